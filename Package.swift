@@ -1,0 +1,142 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "interlock",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "interlock", targets: ["interlock"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // Domain model and pipeline stages. Pure Swift: no I/O, clocks injected.
+        .target(
+            name: "InterlockCore",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // YAML configuration: interpolation, decoding, validation with file and line.
+        .target(
+            name: "InterlockConfig",
+            dependencies: [
+                "InterlockCore",
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Durable state behind one interface; SQLite is the embedded implementation.
+        .target(
+            name: "InterlockStore",
+            dependencies: [
+                "InterlockCore",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Model provider adapters over AsyncHTTPClient.
+        .target(
+            name: "InterlockProviders",
+            dependencies: [
+                "InterlockCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Long-running services: the gateway engine, batched writers.
+        .target(
+            name: "InterlockRuntime",
+            dependencies: [
+                "InterlockCore",
+                "InterlockStore",
+                "InterlockProviders",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Hummingbird application: routes, middleware, error mapping.
+        .target(
+            name: "InterlockServer",
+            dependencies: [
+                "InterlockCore",
+                "InterlockConfig",
+                "InterlockStore",
+                "InterlockProviders",
+                "InterlockRuntime",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "interlock",
+            dependencies: [
+                "InterlockCore",
+                "InterlockConfig",
+                "InterlockServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "InterlockCoreTests",
+            dependencies: ["InterlockCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "InterlockConfigTests",
+            dependencies: ["InterlockConfig", "InterlockCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "InterlockStoreTests",
+            dependencies: ["InterlockStore", "InterlockCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "InterlockServerTests",
+            dependencies: [
+                "InterlockServer", "InterlockConfig", "InterlockCore", "InterlockProviders", "InterlockRuntime", "InterlockStore",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

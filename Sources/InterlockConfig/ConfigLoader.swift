@@ -1,0 +1,350 @@
+import FoundationEssentials
+public import InterlockCore
+import Yams
+
+/// Loads and validates an Interlock configuration file.
+///
+/// Every problem is reported at once with file, line, column and key path; unknown keys are
+/// errors with a "did you mean". `interlock validate` runs exactly this.
+public enum ConfigLoader {
+    public static func load(path: String, environment: [String: String]) throws(ConfigError) -> InterlockConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(file: path, line: 1, column: 1, path: "", message: "cannot read the file")])
+        }
+        return try parse(String(decoding: data, as: UTF8.self), file: path, environment: environment)
+    }
+
+    public static func parse(_ text: String, file: String, environment: [String: String]) throws(ConfigError) -> InterlockConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigError(diagnostics: [yamlDiagnostic(error, file: file)])
+        } catch {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "invalid YAML: \(error)")])
+        }
+        guard let root else {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "the file is empty")])
+        }
+        let reader = ConfigReader(file: file, environment: environment)
+        let config = ConfigDocument(reader: reader).read(ConfigNode(node: root, path: "", reader: reader))
+        guard reader.diagnostics.isEmpty, let config else {
+            throw ConfigError(diagnostics: reader.diagnostics.sorted { ($0.line, $0.column) < ($1.line, $1.column) })
+        }
+        return config
+    }
+
+    private static func yamlDiagnostic(_ error: YamlError, file: String) -> ConfigDiagnostic {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
+            let detail = [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: ": ")
+            return ConfigDiagnostic(file: file, line: mark.line, column: mark.column, path: "", message: "invalid YAML: \(detail)")
+        default:
+            return ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "invalid YAML: \(error)")
+        }
+    }
+}
+
+/// The schema of the configuration file.
+private struct ConfigDocument {
+    let reader: ConfigReader
+
+    func read(_ root: ConfigNode) -> InterlockConfiguration? {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "logging", "gateway", "providers", "models", "agents"]) else {
+            return nil
+        }
+        var config = InterlockConfiguration()
+        if let node = top["server"] { readServer(node, into: &config.server) }
+        if let node = top["node"], let fields = node.mapping(allowed: ["id", "region"]) {
+            if let id = fields["id"]?.nonEmptyString() { config.node.id = id }
+            if let region = fields["region"]?.nonEmptyString() { config.node.region = region }
+        }
+        if let node = top["store"], let fields = node.mapping(allowed: ["sqlite"]) {
+            if let sqlite = fields["sqlite"]?.mapping(allowed: ["path"]), let path = sqlite["path"]?.nonEmptyString() {
+                config.store = .sqlite(path: path)
+            }
+        }
+        if let node = top["ledger"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
+            if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.ledger.flushIntervalMs = value }
+            if let value = fields["max_batch"]?.int(minimum: 1, maximum: 100_000) { config.ledger.maxBatch = value }
+        }
+        if let node = top["logging"], let fields = node.mapping(allowed: ["level", "log_prompts"]) {
+            if let level = fields["level"] {
+                let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+                if let value = level.string() {
+                    if levels.contains(value) { config.logging.level = value } else { level.report("'\(value)' is not one of: \(levels.joined(separator: ", "))") }
+                }
+            }
+            if let value = fields["log_prompts"]?.bool() { config.logging.logPrompts = value }
+        }
+        if let node = top["gateway"] { readGateway(node, into: &config.gateway) }
+        if let node = top["providers"], let entries = node.namedEntries() {
+            config.providers = entries.compactMap { readProvider(id: $0.0, $0.1) }
+        }
+        if let node = top["models"], let entries = node.namedEntries() {
+            config.models = entries.compactMap { readAlias(name: $0.0, $0.1) }
+        }
+        var agentNodes: [String: ConfigNode] = [:]
+        if let node = top["agents"], let items = node.sequence() {
+            for item in items {
+                guard let agent = readAgent(item) else { continue }
+                if agentNodes[agent.id] != nil {
+                    item.report("duplicate agent id '\(agent.id)'")
+                    continue
+                }
+                agentNodes[agent.id] = item
+                config.agents.append(agent)
+            }
+        }
+        crossCheck(config, top: top, agentNodes: agentNodes)
+        return config
+    }
+
+    private func readServer(_ node: ConfigNode, into server: inout ServerSettings) {
+        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "shutdown_grace_ms"]) else { return }
+        if let host = fields["host"]?.nonEmptyString() { server.host = host }
+        if let port = fields["port"]?.int(minimum: 0, maximum: 65_535) { server.port = port }
+        if let value = fields["max_body_bytes"]?.int(minimum: 1_024) { server.maxBodyBytes = value }
+        if let value = fields["shutdown_grace_ms"]?.int(minimum: 0) { server.shutdownGraceMs = value }
+    }
+
+    private func readGateway(_ node: ConfigNode, into gateway: inout GatewaySettings) {
+        guard let fields = node.mapping(allowed: ["queue", "retries", "upstream_timeout_ms", "default_max_output_tokens", "breaker"]) else { return }
+        if let queue = fields["queue"]?.mapping(allowed: ["max_wait_ms", "max_depth"]) {
+            if let value = queue["max_wait_ms"]?.int(minimum: 0) { gateway.queueMaxWaitMs = value }
+            if let value = queue["max_depth"]?.int(minimum: 0) { gateway.queueMaxDepth = value }
+        }
+        if let retries = fields["retries"]?.mapping(allowed: ["max_attempts", "initial_backoff_ms", "max_backoff_ms"]) {
+            if let value = retries["max_attempts"]?.int(minimum: 1, maximum: 10) { gateway.retryMaxAttempts = value }
+            if let value = retries["initial_backoff_ms"]?.int(minimum: 0) { gateway.retryInitialBackoffMs = value }
+            if let value = retries["max_backoff_ms"]?.int(minimum: 0) { gateway.retryMaxBackoffMs = value }
+        }
+        if let value = fields["upstream_timeout_ms"]?.int(minimum: 1) { gateway.upstreamTimeoutMs = value }
+        if let value = fields["default_max_output_tokens"]?.int(minimum: 1) { gateway.defaultMaxOutputTokens = value }
+        if let node = fields["breaker"] { gateway.breaker = readBreaker(node, defaults: gateway.breaker) }
+    }
+
+    private func readBreaker(_ node: ConfigNode, defaults: BreakerSettings) -> BreakerSettings {
+        var breaker = defaults
+        guard let fields = node.mapping(allowed: ["consecutive_failures", "error_rate_percent", "minimum_calls", "window_size", "open_ms", "half_open_probes"]) else {
+            return breaker
+        }
+        if let value = fields["consecutive_failures"]?.int(minimum: 1) { breaker.consecutiveFailures = value }
+        if let value = fields["error_rate_percent"]?.int(minimum: 1, maximum: 100) { breaker.errorRatePercent = value }
+        if let value = fields["minimum_calls"]?.int(minimum: 1) { breaker.minimumCalls = value }
+        if let value = fields["window_size"]?.int(minimum: 1) { breaker.windowSize = value }
+        if let value = fields["open_ms"]?.int(minimum: 1) { breaker.openMs = value }
+        if let value = fields["half_open_probes"]?.int(minimum: 1) { breaker.halfOpenProbes = value }
+        return breaker
+    }
+
+    private func readProvider(id: String, _ node: ConfigNode) -> ProviderSettings? {
+        guard let fields = node.mapping(allowed: [
+            "type", "base_url", "api_key", "api_version", "anthropic_version", "headers", "max_connections",
+            "latency_ms", "stream_chunk_delay_ms", "embedding_dimensions", "rules",
+        ]) else { return nil }
+        guard let typeNode = fields["type"] else {
+            node.report("missing required key 'type' (one of: \(ProviderKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            return nil
+        }
+        guard let kind = typeNode.oneOf(ProviderKind.self, ProviderKind.allCases) else { return nil }
+        let defaultURL: String =
+            switch kind {
+            case .openai: "https://api.openai.com/v1"
+            case .anthropic: "https://api.anthropic.com"
+            case .azureOpenAI, .mock: ""
+            }
+        var provider = ProviderSettings(id: id, kind: kind, baseURL: fields["base_url"]?.nonEmptyString() ?? defaultURL)
+        if kind == .azureOpenAI, fields["base_url"] == nil {
+            node.report("an azure_openai provider needs 'base_url' (https://<resource>.openai.azure.com)")
+        }
+        if !provider.baseURL.isEmpty, !(provider.baseURL.hasPrefix("http://") || provider.baseURL.hasPrefix("https://")) {
+            fields["base_url"]?.report("expected an http:// or https:// URL, found '\(provider.baseURL)'")
+        }
+        if let key = fields["api_key"]?.string() { provider.apiKey = Secret(key) }
+        if let version = fields["api_version"]?.nonEmptyString() { provider.apiVersion = version }
+        if let version = fields["anthropic_version"]?.nonEmptyString() { provider.anthropicVersion = version }
+        if let value = fields["max_connections"]?.int(minimum: 1) { provider.maxConnections = value }
+        if let headers = fields["headers"]?.namedEntries() {
+            provider.headers = headers.compactMap { name, value in value.string().map { (name.lowercased(), Secret($0)) } }
+        }
+        let mockKeys = ["latency_ms", "stream_chunk_delay_ms", "embedding_dimensions", "rules"]
+        if kind == .mock {
+            var mock = MockSettings()
+            if let value = fields["latency_ms"]?.int(minimum: 0) { mock.latencyMs = value }
+            if let value = fields["stream_chunk_delay_ms"]?.int(minimum: 0) { mock.streamChunkDelayMs = value }
+            if let value = fields["embedding_dimensions"]?.int(minimum: 1, maximum: 8192) { mock.embeddingDimensions = value }
+            if let rules = fields["rules"]?.sequence() { mock.rules = rules.compactMap(readMockRule) }
+            provider.mock = mock
+        } else {
+            for key in mockKeys where fields[key] != nil {
+                fields[key]?.report("'\(key)' applies only to providers of type mock")
+            }
+        }
+        return provider
+    }
+
+    private func readMockRule(_ node: ConfigNode) -> MockRule? {
+        guard let fields = node.mapping(allowed: ["match", "reply", "error", "usage", "latency_ms"]) else { return nil }
+        var rule = MockRule()
+        if let match = fields["match"]?.mapping(allowed: ["last_user_contains", "last_user_equals", "has_tool_result", "tool_result_contains", "model"]) {
+            rule.match.lastUserContains = match["last_user_contains"]?.string()
+            rule.match.lastUserEquals = match["last_user_equals"]?.string()
+            rule.match.hasToolResult = match["has_tool_result"]?.bool()
+            rule.match.toolResultContains = match["tool_result_contains"]?.string()
+            rule.match.model = match["model"]?.string()
+        }
+        if let reply = fields["reply"]?.mapping(allowed: ["text", "tool_calls"]) {
+            rule.text = reply["text"]?.string()
+            if let calls = reply["tool_calls"]?.sequence() {
+                rule.toolCalls = calls.compactMap { call in
+                    guard let callFields = call.mapping(allowed: ["name", "arguments"]), let name = callFields["name"]?.nonEmptyString() else {
+                        call.report("a tool call needs a 'name'")
+                        return nil
+                    }
+                    return MockRule.ToolCall(name: name, arguments: callFields["arguments"]?.json() ?? .object([:]))
+                }
+            }
+        }
+        if let error = fields["error"]?.mapping(allowed: ["status", "message", "times"]) {
+            rule.errorStatus = error["status"]?.int(minimum: 400, maximum: 599)
+            rule.errorMessage = error["message"]?.string()
+            rule.errorTimes = error["times"]?.int(minimum: 1)
+            if error["status"] == nil { fields["error"]?.report("an error reply needs 'status'") }
+        }
+        if let usage = fields["usage"]?.mapping(allowed: ["prompt_tokens", "completion_tokens", "cached_tokens"]) {
+            rule.promptTokens = usage["prompt_tokens"]?.int(minimum: 0)
+            rule.completionTokens = usage["completion_tokens"]?.int(minimum: 0)
+            rule.cachedTokens = usage["cached_tokens"]?.int(minimum: 0)
+        }
+        rule.latencyMs = fields["latency_ms"]?.int(minimum: 0)
+        if fields["reply"] == nil, fields["error"] == nil { node.report("a mock rule needs 'reply' or 'error'") }
+        return rule
+    }
+
+    private func readAlias(name: String, _ node: ConfigNode) -> ModelAliasSettings? {
+        guard let fields = node.mapping(allowed: ["strategy", "fallbacks", "deployments"]) else { return nil }
+        var alias = ModelAliasSettings(name: name)
+        if let strategy = fields["strategy"]?.oneOf(RoutingStrategy.self, RoutingStrategy.allCases) { alias.strategy = strategy }
+        if let fallbacks = fields["fallbacks"]?.stringList() { alias.fallbacks = fallbacks }
+        guard let deployments = fields["deployments"]?.sequence() else {
+            if fields["deployments"] == nil { node.report("missing required key 'deployments'") }
+            return alias
+        }
+        if deployments.isEmpty { fields["deployments"]?.report("needs at least one deployment") }
+        for (index, item) in deployments.enumerated() {
+            guard let deployment = readDeployment(item, alias: name, index: index) else { continue }
+            alias.deployments.append(deployment)
+        }
+        return alias
+    }
+
+    private func readDeployment(_ node: ConfigNode, alias: String, index: Int) -> DeploymentSettings? {
+        guard let fields = node.mapping(allowed: ["id", "provider", "model", "region", "weight", "tier", "price", "limits", "azure_deployment", "timeout_ms"]) else {
+            return nil
+        }
+        guard let provider = fields["provider"]?.nonEmptyString() else {
+            if fields["provider"] == nil { node.report("missing required key 'provider'") }
+            return nil
+        }
+        guard let model = fields["model"]?.nonEmptyString() else {
+            if fields["model"] == nil { node.report("missing required key 'model'") }
+            return nil
+        }
+        var deployment = DeploymentSettings(id: fields["id"]?.nonEmptyString() ?? "\(alias)/\(provider)/\(model)", providerID: provider, model: model)
+        if let region = fields["region"]?.nonEmptyString() { deployment.region = region }
+        if let weight = fields["weight"]?.double(minimum: 0) { deployment.weight = weight }
+        if let tier = fields["tier"]?.int(minimum: 0) { deployment.tier = tier }
+        if let price = fields["price"]?.mapping(allowed: ["input_per_mtok", "output_per_mtok", "cached_input_per_mtok"]) {
+            deployment.price = ModelPrice(
+                inputPerMillion: price["input_per_mtok"]?.double(minimum: 0) ?? 0,
+                outputPerMillion: price["output_per_mtok"]?.double(minimum: 0) ?? 0,
+                cachedInputPerMillion: price["cached_input_per_mtok"]?.double(minimum: 0))
+        }
+        if let limits = fields["limits"]?.mapping(allowed: ["rpm", "tpm"]) {
+            deployment.limits = RateLimits(requestsPerMinute: limits["rpm"]?.int(minimum: 1), tokensPerMinute: limits["tpm"]?.int(minimum: 1))
+        }
+        deployment.azureDeployment = fields["azure_deployment"]?.nonEmptyString()
+        deployment.timeoutMs = fields["timeout_ms"]?.int(minimum: 1)
+        return deployment
+    }
+
+    private func readAgent(_ node: ConfigNode) -> AgentSettings? {
+        guard let fields = node.mapping(allowed: ["id", "description", "api_key", "models", "limits", "budgets", "priority"]) else { return nil }
+        guard let id = fields["id"]?.nonEmptyString() else {
+            if fields["id"] == nil { node.report("missing required key 'id'") }
+            return nil
+        }
+        guard let keyNode = fields["api_key"] else {
+            node.report("missing required key 'api_key' (use ${ENV_VAR} to keep it out of the file)")
+            return nil
+        }
+        guard let key = keyNode.string() else { return nil }
+        if key.count < 16 { keyNode.report("an API key must be at least 16 characters") }
+        var agent = AgentSettings(id: id, apiKey: Secret(key))
+        agent.description = fields["description"]?.string() ?? ""
+        agent.models = fields["models"]?.stringList() ?? []
+        if let limits = fields["limits"]?.mapping(allowed: ["rpm", "tpm"]) {
+            agent.requestsPerMinute = limits["rpm"]?.int(minimum: 1)
+            agent.tokensPerMinute = limits["tpm"]?.int(minimum: 1)
+        }
+        if let budgets = fields["budgets"]?.mapping(allowed: ["daily_usd", "monthly_usd"]) {
+            agent.dailyBudget = budgets["daily_usd"]?.double(minimum: 0).map { USD(dollars: $0) }
+            agent.monthlyBudget = budgets["monthly_usd"]?.double(minimum: 0).map { USD(dollars: $0) }
+        }
+        if let priority = fields["priority"]?.int(minimum: -100, maximum: 100) { agent.priority = priority }
+        return agent
+    }
+
+    private func crossCheck(_ config: InterlockConfiguration, top: [String: ConfigNode], agentNodes: [String: ConfigNode]) {
+        let providerIDs = Set(config.providers.map(\.id))
+        let aliasNames = Set(config.models.map(\.name))
+        let modelEntries = top["models"].flatMap { node -> [String: ConfigNode]? in
+            guard let entries = node.namedEntries() else { return nil }
+            return Dictionary(entries, uniquingKeysWith: { first, _ in first })
+        } ?? [:]
+        var deploymentIDs = Set<String>()
+        for alias in config.models {
+            let aliasNode = modelEntries[alias.name]
+            let aliasFields = aliasNode?.mapping(allowed: [])
+            for (index, deployment) in alias.deployments.enumerated() {
+                let node = aliasFields?["deployments"]?.sequence()?[safe: index]
+                if !providerIDs.contains(deployment.providerID) {
+                    var message = "unknown provider '\(deployment.providerID)'"
+                    if let suggestion = Suggestion.closest(to: deployment.providerID, in: providerIDs) { message += "; did you mean '\(suggestion)'?" }
+                    (node ?? aliasNode)?.report(message)
+                }
+                if !deploymentIDs.insert(deployment.id).inserted {
+                    (node ?? aliasNode)?.report("duplicate deployment id '\(deployment.id)' (set 'id' to tell them apart)")
+                }
+            }
+            for fallback in alias.fallbacks where !aliasNames.contains(fallback) || fallback == alias.name {
+                let node = aliasFields?["fallbacks"] ?? aliasNode
+                if fallback == alias.name {
+                    node?.report("an alias cannot fall back to itself")
+                } else {
+                    var message = "unknown model alias '\(fallback)' in fallbacks"
+                    if let suggestion = Suggestion.closest(to: fallback, in: aliasNames) { message += "; did you mean '\(suggestion)'?" }
+                    node?.report(message)
+                }
+            }
+        }
+        var keys: [Secret: String] = [:]
+        for agent in config.agents {
+            let fields = agentNodes[agent.id]?.mapping(allowed: [])
+            for model in agent.models where model != "*" && !aliasNames.contains(model) {
+                var message = "agent '\(agent.id)' is granted unknown model alias '\(model)'"
+                if let suggestion = Suggestion.closest(to: model, in: aliasNames) { message += "; did you mean '\(suggestion)'?" }
+                (fields?["models"] ?? agentNodes[agent.id])?.report(message)
+            }
+            if let other = keys[agent.apiKey] {
+                (fields?["api_key"] ?? agentNodes[agent.id])?.report("agent '\(agent.id)' has the same API key as agent '\(other)'")
+            }
+            keys[agent.apiKey] = agent.id
+        }
+    }
+}
+
+extension Array {
+    fileprivate subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
+}

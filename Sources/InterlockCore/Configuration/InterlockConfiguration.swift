@@ -1,0 +1,253 @@
+/// The validated configuration of an Interlock node. Built by the config loader from YAML;
+/// everything here has passed validation, so the rest of the system can trust it.
+public struct InterlockConfiguration: Sendable {
+    public var server: ServerSettings
+    public var node: NodeSettings
+    public var store: StoreSettings
+    public var ledger: LedgerSettings
+    public var logging: LoggingSettings
+    public var gateway: GatewaySettings
+    public var providers: [ProviderSettings]
+    public var models: [ModelAliasSettings]
+    public var agents: [AgentSettings]
+
+    public init(
+        server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
+        ledger: LedgerSettings = .init(), logging: LoggingSettings = .init(), gateway: GatewaySettings = .init(),
+        providers: [ProviderSettings] = [], models: [ModelAliasSettings] = [], agents: [AgentSettings] = []
+    ) {
+        self.server = server
+        self.node = node
+        self.store = store
+        self.ledger = ledger
+        self.logging = logging
+        self.gateway = gateway
+        self.providers = providers
+        self.models = models
+        self.agents = agents
+    }
+}
+
+public struct ServerSettings: Sendable {
+    public var host: String = "127.0.0.1"
+    public var port: Int = 8080
+    /// Largest request body accepted, in bytes.
+    public var maxBodyBytes: Int = 4 * 1024 * 1024
+    /// How long shutdown waits for in-flight requests and streams, in milliseconds.
+    public var shutdownGraceMs: Int = 30_000
+
+    public init() {}
+}
+
+public struct NodeSettings: Sendable {
+    public var id: String = "node-1"
+    public var region: String = "local"
+
+    public init() {}
+}
+
+public enum StoreSettings: Sendable, Equatable {
+    case sqlite(path: String)
+}
+
+public struct LedgerSettings: Sendable {
+    /// Longest a usage record waits in memory before it is written, in milliseconds.
+    public var flushIntervalMs: Int = 200
+    /// Records written in one statement.
+    public var maxBatch: Int = 500
+
+    public init() {}
+}
+
+public struct LoggingSettings: Sendable {
+    public var level: String = "info"
+    /// Log prompt and completion text. Off by default: prompts often hold personal data.
+    public var logPrompts: Bool = false
+
+    public init() {}
+}
+
+public struct GatewaySettings: Sendable {
+    /// Longest a request waits in a rate-limit queue before it gets 429, in milliseconds.
+    public var queueMaxWaitMs: Int = 10_000
+    /// Requests that may wait in one rate-limit queue at once.
+    public var queueMaxDepth: Int = 1_000
+    /// Attempts per deployment call, first try included.
+    public var retryMaxAttempts: Int = 3
+    public var retryInitialBackoffMs: Int = 250
+    public var retryMaxBackoffMs: Int = 8_000
+    /// Longest an upstream may take to start answering, in milliseconds.
+    public var upstreamTimeoutMs: Int = 120_000
+    /// Output tokens assumed for budget and TPM reservations when a request sets no `max_tokens`.
+    public var defaultMaxOutputTokens: Int = 4_096
+    public var breaker = BreakerSettings()
+
+    public init() {}
+}
+
+public struct BreakerSettings: Sendable, Equatable {
+    public var consecutiveFailures: Int = 5
+    public var errorRatePercent: Int = 50
+    public var minimumCalls: Int = 20
+    public var windowSize: Int = 50
+    public var openMs: Int = 30_000
+    public var halfOpenProbes: Int = 1
+
+    public init() {}
+}
+
+public enum ProviderKind: String, Sendable, CaseIterable {
+    case openai
+    case azureOpenAI = "azure_openai"
+    case anthropic
+    case mock
+
+    /// The wire format the provider speaks natively.
+    public var nativeFormat: WireFormat {
+        switch self {
+        case .openai, .azureOpenAI, .mock: .openAI
+        case .anthropic: .anthropic
+        }
+    }
+}
+
+/// The two model API dialects Interlock speaks on both sides.
+public enum WireFormat: String, Sendable {
+    case openAI = "openai"
+    case anthropic
+}
+
+public struct ProviderSettings: Sendable {
+    public var id: String
+    public var kind: ProviderKind
+    public var baseURL: String
+    public var apiKey: Secret?
+    /// Azure OpenAI `api-version` query parameter.
+    public var apiVersion: String?
+    /// Anthropic `anthropic-version` header.
+    public var anthropicVersion: String = "2023-06-01"
+    /// Extra headers sent upstream (values may be secrets from the environment).
+    public var headers: [(String, Secret)] = []
+    /// Connections kept per upstream host.
+    public var maxConnections: Int = 64
+    public var mock: MockSettings?
+
+    public init(id: String, kind: ProviderKind, baseURL: String, apiKey: Secret? = nil) {
+        self.id = id
+        self.kind = kind
+        self.baseURL = baseURL
+        self.apiKey = apiKey
+    }
+
+    /// A provider that needs a key and has none is switched off: its deployments are skipped.
+    public var isEnabled: Bool {
+        switch kind {
+        case .mock: true
+        // A local OpenAI-compatible server (vLLM, Ollama) needs no key: leave `api_key` out.
+        // An `api_key` that resolves empty (an unset ${VAR:-}) switches the provider off.
+        case .openai: apiKey.map { !$0.isEmpty } ?? true
+        case .azureOpenAI, .anthropic: !(apiKey?.isEmpty ?? true)
+        }
+    }
+}
+
+public struct MockSettings: Sendable {
+    public var latencyMs: Int = 0
+    public var streamChunkDelayMs: Int = 0
+    public var embeddingDimensions: Int = 8
+    public var rules: [MockRule] = []
+
+    public init() {}
+}
+
+public struct MockRule: Sendable {
+    public struct Match: Sendable {
+        public var lastUserContains: String?
+        public var lastUserEquals: String?
+        public var hasToolResult: Bool?
+        public var toolResultContains: String?
+        public var model: String?
+
+        public init() {}
+    }
+
+    public struct ToolCall: Sendable {
+        public var name: String
+        public var arguments: JSONValue
+
+        public init(name: String, arguments: JSONValue) {
+            self.name = name
+            self.arguments = arguments
+        }
+    }
+
+    public var match = Match()
+    public var text: String?
+    public var toolCalls: [ToolCall] = []
+    /// Answer with this HTTP error instead (to exercise retries, breakers and fallbacks).
+    public var errorStatus: Int?
+    public var errorMessage: String?
+    /// Apply the error only to the first N matching calls, then fall through to later rules.
+    public var errorTimes: Int?
+    public var promptTokens: Int?
+    public var completionTokens: Int?
+    public var cachedTokens: Int?
+    public var latencyMs: Int?
+
+    public init() {}
+}
+
+public enum RoutingStrategy: String, Sendable, CaseIterable {
+    case weighted
+    case leastLatency = "least_latency"
+    case lowestCost = "lowest_cost"
+}
+
+public struct ModelAliasSettings: Sendable {
+    public var name: String
+    public var strategy: RoutingStrategy = .weighted
+    /// Aliases tried, in order, when every deployment of this one failed or is unavailable.
+    public var fallbacks: [String] = []
+    public var deployments: [DeploymentSettings] = []
+
+    public init(name: String) { self.name = name }
+}
+
+public struct DeploymentSettings: Sendable {
+    public var id: String
+    public var providerID: String
+    public var model: String
+    public var region: String = "default"
+    public var weight: Double = 1
+    /// Lower tiers are tried first; the next tier only when the first has nothing healthy.
+    public var tier: Int = 0
+    public var price = ModelPrice.free
+    public var limits = RateLimits()
+    /// Azure OpenAI deployment name (defaults to `model`).
+    public var azureDeployment: String?
+    public var timeoutMs: Int?
+
+    public init(id: String, providerID: String, model: String) {
+        self.id = id
+        self.providerID = providerID
+        self.model = model
+    }
+}
+
+public struct AgentSettings: Sendable {
+    public var id: String
+    public var description: String = ""
+    public var apiKey: Secret
+    public var models: [String] = []
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    public var dailyBudget: USD?
+    public var monthlyBudget: USD?
+    /// Queue priority when limits are reached; higher goes first.
+    public var priority: Int = 0
+
+    public init(id: String, apiKey: Secret) {
+        self.id = id
+        self.apiKey = apiKey
+    }
+}

@@ -1,0 +1,446 @@
+/// A syntax error in a JSON document, with the byte offset where it was found.
+public struct JSONSyntaxError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    public var offset: Int
+
+    public var description: String { "\(message) at byte \(offset)" }
+}
+
+/// The kind of a JSON value, known from its first byte.
+public enum JSONKind: Sendable, Equatable {
+    case null, bool, number, string, array, object
+
+    public var name: String {
+        switch self {
+        case .null: "null"
+        case .bool: "boolean"
+        case .number: "number"
+        case .string: "string"
+        case .array: "array"
+        case .object: "object"
+        }
+    }
+}
+
+/// One member of a top-level JSON object, located without decoding its value.
+public struct JSONMemberSpan: Sendable, Equatable {
+    public var key: String
+    /// Byte range of the member's value in the document.
+    public var valueRange: Range<Int>
+    /// Byte range of the whole member, from the key's opening quote to the end of the value.
+    public var memberRange: Range<Int>
+    public var kind: JSONKind
+}
+
+/// A validating, non-recursive-allocation JSON reader.
+///
+/// Two entry points: `parse` builds a `JSONValue`; `scanObject` checks that a document is
+/// well-formed JSON and records where each top-level member's value lies, so the gateway's hot
+/// path can read the few fields it routes on and pass the rest through as bytes.
+public struct JSONParser: ~Copyable {
+    /// Nesting deeper than this is refused: it protects the stack from hostile input.
+    public static let maxDepth = 256
+
+    private let bytes: UnsafeRawBufferPointer
+    private var index: Int = 0
+    private var depth: Int = 0
+
+    private init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> JSONValue {
+        var parser = JSONParser(bytes: bytes)
+        parser.skipWhitespace()
+        let value = try parser.parseValue()
+        parser.skipWhitespace()
+        guard parser.index == bytes.count else { throw parser.error("unexpected data after the JSON value") }
+        return value
+    }
+
+    public static func parse(_ bytes: [UInt8]) throws(JSONSyntaxError) -> JSONValue {
+        do {
+            return try bytes.withUnsafeBytes { try JSONParser.parse($0) }
+        } catch let error as JSONSyntaxError {
+            throw error
+        } catch {
+            preconditionFailure("unreachable")
+        }
+    }
+
+    public static func parse(_ string: String) throws(JSONSyntaxError) -> JSONValue {
+        try parse(Array(string.utf8))
+    }
+
+    /// Validates the whole document and returns the spans of its top-level object's members.
+    /// Throws if the document is not well-formed or its top level is not an object.
+    public static func scanObject(_ bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> [JSONMemberSpan] {
+        var parser = JSONParser(bytes: bytes)
+        parser.skipWhitespace()
+        guard parser.peek() == UInt8(ascii: "{") else {
+            throw parser.error("expected a JSON object")
+        }
+        parser.index += 1
+        var spans: [JSONMemberSpan] = []
+        parser.skipWhitespace()
+        if parser.peek() == UInt8(ascii: "}") {
+            parser.index += 1
+        } else {
+            while true {
+                parser.skipWhitespace()
+                guard parser.peek() == UInt8(ascii: "\"") else { throw parser.error("expected a member name") }
+                let memberStart = parser.index
+                let key = try parser.parseString()
+                parser.skipWhitespace()
+                try parser.expect(UInt8(ascii: ":"), "expected ':' after member name")
+                parser.skipWhitespace()
+                let valueStart = parser.index
+                let kind = try parser.skipValue()
+                spans.append(JSONMemberSpan(key: key, valueRange: valueStart..<parser.index, memberRange: memberStart..<parser.index, kind: kind))
+                parser.skipWhitespace()
+                if parser.peek() == UInt8(ascii: ",") { parser.index += 1; continue }
+                try parser.expect(UInt8(ascii: "}"), "expected ',' or '}' in object")
+                break
+            }
+        }
+        parser.skipWhitespace()
+        guard parser.index == bytes.count else { throw parser.error("unexpected data after the JSON value") }
+        return spans
+    }
+
+    public static func scanObject(_ bytes: [UInt8]) throws(JSONSyntaxError) -> [JSONMemberSpan] {
+        do {
+            return try bytes.withUnsafeBytes { try JSONParser.scanObject($0) }
+        } catch let error as JSONSyntaxError {
+            throw error
+        } catch {
+            preconditionFailure("unreachable")
+        }
+    }
+
+    // MARK: - Reading
+
+    private func error(_ message: String) -> JSONSyntaxError {
+        JSONSyntaxError(message: message, offset: index)
+    }
+
+    private func peek() -> UInt8? {
+        index < bytes.count ? bytes[index] : nil
+    }
+
+    private mutating func expect(_ byte: UInt8, _ message: String) throws(JSONSyntaxError) {
+        guard peek() == byte else { throw error(message) }
+        index += 1
+    }
+
+    private mutating func skipWhitespace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x0A, 0x0D, 0x09: index += 1
+            default: return
+            }
+        }
+    }
+
+    private mutating func expectLiteral(_ literal: String) throws(JSONSyntaxError) {
+        let start = index
+        for byte in literal.utf8 {
+            guard peek() == byte else { throw JSONSyntaxError(message: "invalid literal", offset: start) }
+            index += 1
+        }
+    }
+
+    private mutating func enter() throws(JSONSyntaxError) {
+        depth += 1
+        if depth > JSONParser.maxDepth { throw error("nesting deeper than \(JSONParser.maxDepth) levels") }
+    }
+
+    private mutating func parseValue() throws(JSONSyntaxError) -> JSONValue {
+        guard let byte = peek() else { throw error("unexpected end of input") }
+        switch byte {
+        case UInt8(ascii: "{"):
+            try enter()
+            index += 1
+            var object = JSONObject()
+            skipWhitespace()
+            if peek() == UInt8(ascii: "}") {
+                index += 1
+            } else {
+                while true {
+                    skipWhitespace()
+                    guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                    let key = try parseString()
+                    skipWhitespace()
+                    try expect(UInt8(ascii: ":"), "expected ':' after member name")
+                    skipWhitespace()
+                    let value = try parseValue()
+                    object[key] = value
+                    skipWhitespace()
+                    if peek() == UInt8(ascii: ",") { index += 1; continue }
+                    try expect(UInt8(ascii: "}"), "expected ',' or '}' in object")
+                    break
+                }
+            }
+            depth -= 1
+            return .object(object)
+        case UInt8(ascii: "["):
+            try enter()
+            index += 1
+            var array: [JSONValue] = []
+            skipWhitespace()
+            if peek() == UInt8(ascii: "]") {
+                index += 1
+            } else {
+                while true {
+                    skipWhitespace()
+                    array.append(try parseValue())
+                    skipWhitespace()
+                    if peek() == UInt8(ascii: ",") { index += 1; continue }
+                    try expect(UInt8(ascii: "]"), "expected ',' or ']' in array")
+                    break
+                }
+            }
+            depth -= 1
+            return .array(array)
+        case UInt8(ascii: "\""):
+            return .string(try parseString())
+        case UInt8(ascii: "t"):
+            try expectLiteral("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try expectLiteral("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try expectLiteral("null")
+            return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return try parseNumber()
+        default:
+            throw error("unexpected character")
+        }
+    }
+
+    /// Skips a value while validating it; returns its kind.
+    private mutating func skipValue() throws(JSONSyntaxError) -> JSONKind {
+        guard let byte = peek() else { throw error("unexpected end of input") }
+        switch byte {
+        case UInt8(ascii: "{"):
+            try enter()
+            index += 1
+            skipWhitespace()
+            if peek() == UInt8(ascii: "}") {
+                index += 1
+            } else {
+                while true {
+                    skipWhitespace()
+                    guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                    try skipString()
+                    skipWhitespace()
+                    try expect(UInt8(ascii: ":"), "expected ':' after member name")
+                    skipWhitespace()
+                    _ = try skipValue()
+                    skipWhitespace()
+                    if peek() == UInt8(ascii: ",") { index += 1; continue }
+                    try expect(UInt8(ascii: "}"), "expected ',' or '}' in object")
+                    break
+                }
+            }
+            depth -= 1
+            return .object
+        case UInt8(ascii: "["):
+            try enter()
+            index += 1
+            skipWhitespace()
+            if peek() == UInt8(ascii: "]") {
+                index += 1
+            } else {
+                while true {
+                    skipWhitespace()
+                    _ = try skipValue()
+                    skipWhitespace()
+                    if peek() == UInt8(ascii: ",") { index += 1; continue }
+                    try expect(UInt8(ascii: "]"), "expected ',' or ']' in array")
+                    break
+                }
+            }
+            depth -= 1
+            return .array
+        case UInt8(ascii: "\""):
+            try skipString()
+            return .string
+        case UInt8(ascii: "t"):
+            try expectLiteral("true")
+            return .bool
+        case UInt8(ascii: "f"):
+            try expectLiteral("false")
+            return .bool
+        case UInt8(ascii: "n"):
+            try expectLiteral("null")
+            return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            _ = try scanNumber()
+            return .number
+        default:
+            throw error("unexpected character")
+        }
+    }
+
+    private mutating func skipString() throws(JSONSyntaxError) {
+        index += 1  // opening quote
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index += 1
+                return
+            case UInt8(ascii: "\\"):
+                guard index + 1 < bytes.count else { throw error("unterminated string") }
+                let escape = bytes[index + 1]
+                switch escape {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                    UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    index += 2
+                case UInt8(ascii: "u"):
+                    guard index + 6 <= bytes.count else { throw error("invalid unicode escape") }
+                    for offset in 2..<6 where JSONParser.hexValue(bytes[index + offset]) == nil {
+                        throw error("invalid unicode escape")
+                    }
+                    index += 6
+                default:
+                    throw error("invalid escape sequence")
+                }
+            case 0x00..<0x20:
+                throw error("control character in string")
+            default:
+                index += 1
+            }
+        }
+        throw error("unterminated string")
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt32? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt32(byte - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): UInt32(byte - UInt8(ascii: "A") + 10)
+        default: nil
+        }
+    }
+
+    private mutating func readHex4() throws(JSONSyntaxError) -> UInt32 {
+        guard index + 4 <= bytes.count else { throw error("invalid unicode escape") }
+        var value: UInt32 = 0
+        for offset in 0..<4 {
+            guard let digit = JSONParser.hexValue(bytes[index + offset]) else { throw error("invalid unicode escape") }
+            value = value << 4 | digit
+        }
+        index += 4
+        return value
+    }
+
+    private mutating func parseString() throws(JSONSyntaxError) -> String {
+        index += 1  // opening quote
+        let start = index
+        // Fast path: no escapes.
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
+                index += 1
+                return String(decoding: slice, as: UTF8.self)
+            }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 { break }
+            index += 1
+        }
+        var scalars: [UInt8] = Array(UnsafeRawBufferPointer(rebasing: bytes[start..<index]))
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index += 1
+                return String(decoding: scalars, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                guard index + 1 < bytes.count else { throw error("unterminated string") }
+                let escape = bytes[index + 1]
+                index += 2
+                switch escape {
+                case UInt8(ascii: "\""): scalars.append(UInt8(ascii: "\""))
+                case UInt8(ascii: "\\"): scalars.append(UInt8(ascii: "\\"))
+                case UInt8(ascii: "/"): scalars.append(UInt8(ascii: "/"))
+                case UInt8(ascii: "b"): scalars.append(0x08)
+                case UInt8(ascii: "f"): scalars.append(0x0C)
+                case UInt8(ascii: "n"): scalars.append(0x0A)
+                case UInt8(ascii: "r"): scalars.append(0x0D)
+                case UInt8(ascii: "t"): scalars.append(0x09)
+                case UInt8(ascii: "u"):
+                    var code = try readHex4()
+                    if (0xD800..<0xDC00).contains(code) {
+                        // A high surrogate must be followed by an escaped low surrogate.
+                        if index + 6 <= bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") {
+                            index += 2
+                            let low = try readHex4()
+                            if (0xDC00..<0xE000).contains(low) {
+                                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                            } else {
+                                code = 0xFFFD
+                            }
+                        } else {
+                            code = 0xFFFD
+                        }
+                    } else if (0xDC00..<0xE000).contains(code) {
+                        code = 0xFFFD
+                    }
+                    let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
+                    scalars.append(contentsOf: Array(String(Character(scalar)).utf8))
+                default:
+                    throw error("invalid escape sequence")
+                }
+            case 0x00..<0x20:
+                throw error("control character in string")
+            default:
+                scalars.append(byte)
+                index += 1
+            }
+        }
+        throw error("unterminated string")
+    }
+
+    /// Validates a number's grammar; returns whether it had a fraction or exponent.
+    private mutating func scanNumber() throws(JSONSyntaxError) -> (range: Range<Int>, isInteger: Bool) {
+        let start = index
+        var isInteger = true
+        if peek() == UInt8(ascii: "-") { index += 1 }
+        guard let first = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first) else {
+            throw error("invalid number")
+        }
+        if first == UInt8(ascii: "0") {
+            index += 1
+        } else {
+            while let digit = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) { index += 1 }
+        }
+        if peek() == UInt8(ascii: ".") {
+            isInteger = false
+            index += 1
+            guard let digit = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) else {
+                throw error("invalid number")
+            }
+            while let digit = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) { index += 1 }
+        }
+        if peek() == UInt8(ascii: "e") || peek() == UInt8(ascii: "E") {
+            isInteger = false
+            index += 1
+            if peek() == UInt8(ascii: "+") || peek() == UInt8(ascii: "-") { index += 1 }
+            guard let digit = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) else {
+                throw error("invalid number")
+            }
+            while let digit = peek(), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) { index += 1 }
+        }
+        return (start..<index, isInteger)
+    }
+
+    private mutating func parseNumber() throws(JSONSyntaxError) -> JSONValue {
+        let (range, isInteger) = try scanNumber()
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+        if isInteger, let value = Int64(text) { return .integer(value) }
+        guard let value = Double(text) else { throw JSONSyntaxError(message: "invalid number", offset: range.lowerBound) }
+        return .number(value)
+    }
+}

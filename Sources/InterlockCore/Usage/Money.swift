@@ -1,0 +1,74 @@
+/// An amount of US dollars, held as an integer number of nano-dollars (1e-9 USD), so that
+/// budgets add and compare exactly however many small calls they count.
+public struct USD: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public var nanos: Int64
+
+    public init(nanos: Int64) { self.nanos = nanos }
+
+    public init(dollars: Double) { self.nanos = Int64((dollars * 1e9).rounded()) }
+
+    public static let zero = USD(nanos: 0)
+
+    public var dollars: Double { Double(nanos) / 1e9 }
+
+    public static func + (lhs: USD, rhs: USD) -> USD { USD(nanos: lhs.nanos + rhs.nanos) }
+    public static func - (lhs: USD, rhs: USD) -> USD { USD(nanos: lhs.nanos - rhs.nanos) }
+    public static func += (lhs: inout USD, rhs: USD) { lhs.nanos += rhs.nanos }
+    public static func -= (lhs: inout USD, rhs: USD) { lhs.nanos -= rhs.nanos }
+    public static func < (lhs: USD, rhs: USD) -> Bool { lhs.nanos < rhs.nanos }
+
+    /// Dollars with up to nine decimals and no trailing zeros, e.g. `0.000123`.
+    public var description: String {
+        let sign = nanos < 0 ? "-" : ""
+        let magnitude = nanos.magnitude
+        let whole = magnitude / 1_000_000_000
+        var fraction = String(magnitude % 1_000_000_000)
+        fraction = String(repeating: "0", count: 9 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        return fraction.isEmpty ? "\(sign)\(whole)" : "\(sign)\(whole).\(fraction)"
+    }
+}
+
+/// Model token usage of one call.
+public struct TokenUsage: Sendable, Hashable {
+    /// Prompt tokens, including cached ones.
+    public var inputTokens: Int
+    public var outputTokens: Int
+    /// The part of `inputTokens` that was served from the provider's prompt cache.
+    public var cachedInputTokens: Int
+
+    public init(inputTokens: Int = 0, outputTokens: Int = 0, cachedInputTokens: Int = 0) {
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+        self.cachedInputTokens = cachedInputTokens
+    }
+
+    public static let zero = TokenUsage()
+
+    public var totalTokens: Int { inputTokens + outputTokens }
+}
+
+/// Prices of a deployment in US dollars per million tokens.
+public struct ModelPrice: Sendable, Hashable {
+    public var inputPerMillion: Double
+    public var outputPerMillion: Double
+    public var cachedInputPerMillion: Double
+
+    public init(inputPerMillion: Double = 0, outputPerMillion: Double = 0, cachedInputPerMillion: Double? = nil) {
+        self.inputPerMillion = inputPerMillion
+        self.outputPerMillion = outputPerMillion
+        self.cachedInputPerMillion = cachedInputPerMillion ?? inputPerMillion
+    }
+
+    public static let free = ModelPrice()
+
+    public func cost(of usage: TokenUsage) -> USD {
+        let uncached = max(0, usage.inputTokens - usage.cachedInputTokens)
+        // Price per million tokens in dollars = nano-dollars per thousandth of a token; scale once.
+        let nanos =
+            Double(uncached) * inputPerMillion * 1000
+            + Double(usage.cachedInputTokens) * cachedInputPerMillion * 1000
+            + Double(usage.outputTokens) * outputPerMillion * 1000
+        return USD(nanos: Int64(nanos.rounded(.up)))
+    }
+}

@@ -1,0 +1,97 @@
+/// One Server-Sent Event.
+public struct ServerSentEvent: Sendable, Equatable {
+    public var event: String?
+    public var data: [UInt8]
+
+    public init(event: String? = nil, data: [UInt8]) {
+        self.event = event
+        self.data = data
+    }
+
+    public init(event: String? = nil, data: String) {
+        self.init(event: event, data: Array(data.utf8))
+    }
+
+    /// The event as it goes on the wire.
+    public func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(data.count + 32)
+        if let event {
+            out.append(contentsOf: Array("event: ".utf8))
+            out.append(contentsOf: Array(event.utf8))
+            out.append(0x0A)
+        }
+        out.append(contentsOf: Array("data: ".utf8))
+        out.append(contentsOf: data)
+        out.append(contentsOf: [0x0A, 0x0A])
+        return out
+    }
+
+    public var isDone: Bool { data == Array("[DONE]".utf8) }
+}
+
+/// Splits a byte stream into Server-Sent Events as chunks arrive, whatever the chunk
+/// boundaries. Lines may end in LF, CRLF or CR; comment lines and unknown fields are ignored.
+public struct ServerSentEventParser: Sendable {
+    private var line: [UInt8] = []
+    private var event: String?
+    private var data: [UInt8] = []
+    private var hasData = false
+    private var lastWasCR = false
+
+    public init() {}
+
+    public mutating func consume(_ bytes: some Sequence<UInt8>) -> [ServerSentEvent] {
+        var events: [ServerSentEvent] = []
+        for byte in bytes {
+            if byte == 0x0A, lastWasCR {
+                lastWasCR = false
+                continue
+            }
+            lastWasCR = byte == 0x0D
+            if byte == 0x0A || byte == 0x0D {
+                if let event = endLine() { events.append(event) }
+            } else {
+                line.append(byte)
+            }
+        }
+        return events
+    }
+
+    /// Ends the stream: an event without its final blank line is still delivered.
+    public mutating func finish() -> ServerSentEvent? {
+        if !line.isEmpty { _ = endLine() }
+        return dispatch()
+    }
+
+    private mutating func endLine() -> ServerSentEvent? {
+        defer { line.removeAll(keepingCapacity: true) }
+        if line.isEmpty { return dispatch() }
+        if line.first == UInt8(ascii: ":") { return nil }
+        let colon = line.firstIndex(of: UInt8(ascii: ":"))
+        let field = colon.map { Array(line[..<$0]) } ?? line
+        var value = colon.map { Array(line[($0 + 1)...]) } ?? []
+        if value.first == 0x20 { value.removeFirst() }
+        switch String(decoding: field, as: UTF8.self) {
+        case "data":
+            if hasData { data.append(0x0A) }
+            data.append(contentsOf: value)
+            hasData = true
+        case "event":
+            event = String(decoding: value, as: UTF8.self)
+        default:
+            break
+        }
+        return nil
+    }
+
+    private mutating func dispatch() -> ServerSentEvent? {
+        defer {
+            event = nil
+            data.removeAll(keepingCapacity: true)
+            hasData = false
+        }
+        guard hasData else { return nil }
+        return ServerSentEvent(event: event, data: data)
+    }
+}

@@ -1,0 +1,78 @@
+public import InterlockCore
+import Synchronization
+
+/// Puts a `RateLimitGate` behind a lock and does its waiting: a caller that is queued sleeps
+/// until the gate says its turn may have come, and gives up at the queue's wait bound.
+public final class AsyncRateLimiter: Sendable {
+    public typealias Gate = RateLimitGate<ContinuousClock.Instant>
+
+    private let gate: Mutex<Gate>
+    private let clock = ContinuousClock()
+    public let name: String
+
+    public init(name: String, limits: RateLimits, queue: AdmissionQueuePolicy) {
+        self.name = name
+        self.gate = Mutex(Gate(limits: limits, queuePolicy: queue, now: ContinuousClock.now))
+    }
+
+    public var queueDepth: Int { gate.withLock { $0.queueDepth } }
+
+    public func hasCapacity(tokens: Int) -> Bool {
+        let now = clock.now
+        return gate.withLock { $0.hasCapacity(tokens: tokens, now: now) }
+    }
+
+    public func isThrottled() -> Bool {
+        let now = clock.now
+        return gate.withLock { $0.isThrottled(now: now) }
+    }
+
+    public enum Outcome: Sendable, Equatable {
+        case admitted(waited: Duration)
+        case rejected(retryAfter: Duration, reason: Gate.RejectionReason)
+    }
+
+    /// Waits (bounded) until a request of `tokens` may start.
+    public func acquire(tokens: Int, priority: Int) async throws -> Outcome {
+        let start = clock.now
+        let admission = gate.withLock { $0.admit(tokens: tokens, priority: priority, now: start) }
+        switch admission {
+        case .granted:
+            return .admitted(waited: .zero)
+        case .rejected(let retryAfter, let reason):
+            return .rejected(retryAfter: retryAfter, reason: reason)
+        case .queued(let ticket, var until):
+            let deadline = start.advanced(by: gate.withLock { $0.queuePolicy.maxWait })
+            do {
+                while true {
+                    try await clock.sleep(until: min(until, deadline), tolerance: .milliseconds(1))
+                    let now = clock.now
+                    let poll = gate.withLock { $0.poll(ticket, now: now) }
+                    switch poll {
+                    case .granted:
+                        return .admitted(waited: start.duration(to: now))
+                    case .wait(let next):
+                        if now >= deadline {
+                            gate.withLock { $0.cancel(ticket) }
+                            return .rejected(retryAfter: max(.seconds(1), now.duration(to: next)), reason: .queueFull)
+                        }
+                        until = next
+                    }
+                }
+            } catch {
+                gate.withLock { $0.cancel(ticket) }
+                throw error
+            }
+        }
+    }
+
+    public func reconcile(estimatedTokens: Int, actualTokens: Int) {
+        let now = clock.now
+        gate.withLock { $0.reconcile(estimatedTokens: estimatedTokens, actualTokens: actualTokens, now: now) }
+    }
+
+    public func throttle(for duration: Duration) {
+        let until = clock.now.advanced(by: duration)
+        gate.withLock { $0.throttle(until: until) }
+    }
+}

@@ -1,0 +1,218 @@
+public import InterlockCore
+public import InterlockStore
+import FoundationEssentials
+public import Logging
+import Metrics
+import Synchronization
+
+/// The target-independent stages of the governed pipeline: authenticate, authorize (grants,
+/// default deny), admit (agent rate limits and dollar budgets, reserved up front) and
+/// account (reconcile, usage ledger, metrics). Model calls use it now; tool and agent calls
+/// plug into the same instance, so there is one copy of identity, limits, budgets and audit.
+public final class CallGovernor: Sendable {
+    private final class AgentState: Sendable {
+        let limiter: AsyncRateLimiter?
+        let budget: BudgetAccount?
+
+        init(limiter: AsyncRateLimiter?, budget: BudgetLedger?) {
+            self.limiter = limiter
+            self.budget = budget.map(BudgetAccount.init)
+        }
+    }
+
+    /// A budget ledger behind a lock.
+    private final class BudgetAccount: Sendable {
+        private let ledger: Mutex<BudgetLedger>
+
+        init(_ ledger: BudgetLedger) { self.ledger = Mutex(ledger) }
+
+        func withLock<Result: Sendable>(_ body: (inout BudgetLedger) -> Result) -> Result {
+            ledger.withLock { body(&$0) }
+        }
+    }
+
+    public let directory: AgentDirectory
+    private let agentStates: [String: AgentState]
+    private let ledger: UsageLedgerWriter
+    private let logger: Logger
+    private let wallClockMs: @Sendable () -> Int64
+
+    public init(
+        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, logger: Logger,
+        wallClockMs: (@Sendable () -> Int64)? = nil
+    ) {
+        self.directory = AgentDirectory(agents: agents)
+        var states: [String: AgentState] = [:]
+        for agent in agents {
+            let limits = RateLimits(requestsPerMinute: agent.requestsPerMinute, tokensPerMinute: agent.tokensPerMinute)
+            let budgetLimits = BudgetLedger.Limits(daily: agent.dailyBudget, monthly: agent.monthlyBudget)
+            states[agent.id] = AgentState(
+                limiter: limits.isUnlimited ? nil : AsyncRateLimiter(name: "agent:\(agent.id)", limits: limits, queue: queue),
+                budget: budgetLimits.isEmpty ? nil : BudgetLedger(limits: budgetLimits))
+        }
+        self.agentStates = states
+        self.ledger = ledger
+        self.logger = logger
+        self.wallClockMs = wallClockMs ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+    }
+
+    public func nowMs() -> Int64 { wallClockMs() }
+
+    // MARK: Authenticate
+
+    /// Finds the agent for a presented API key; 401 when there is none or it is wrong.
+    public func authenticate(apiKey: String?) throws(GatewayError) -> AgentSettings {
+        guard let apiKey, !apiKey.isEmpty else { throw GatewayError.missingCredential }
+        guard let agent = directory.authenticate(apiKey: apiKey) else { throw GatewayError.invalidCredential }
+        return agent
+    }
+
+    // MARK: Authorize
+
+    /// Default deny: the agent must have been granted the target by name (or `*`).
+    public func authorize(_ agent: AgentSettings, kind: TargetKind, target: String) throws(GatewayError) {
+        switch kind {
+        case .model:
+            guard agent.models.contains(target) || agent.models.contains("*") else { throw GatewayError.modelNotAllowed(target) }
+        case .tool, .agent:
+            throw GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
+        }
+    }
+
+    // MARK: Admit
+
+    /// A call that passed admission. Settle it exactly once.
+    public struct Admission: Sendable {
+        public var call: GovernedCall
+        public var startedAt: ContinuousClock.Instant
+        public var queued: Duration
+        fileprivate var reservation: BudgetLedger.Reservation?
+    }
+
+    /// Agent-level limits (waiting in the bounded queue if need be), then the budget reservation.
+    public func admit(_ call: GovernedCall) async throws(GatewayError) -> Admission {
+        let started = ContinuousClock.now
+        let state = agentStates[call.agent.id]
+        var queued = Duration.zero
+        if let limiter = state?.limiter {
+            let outcome: AsyncRateLimiter.Outcome
+            do {
+                outcome = try await limiter.acquire(tokens: call.expectedTokens, priority: call.agent.priority)
+            } catch {
+                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while waiting for the agent's rate limit.", status: 499)
+            }
+            switch outcome {
+            case .admitted(let waited):
+                queued = waited
+            case .rejected(let retryAfter, let reason):
+                recordRejection(call, status: 429, code: "agent_rate_limited")
+                throw GatewayError(
+                    kind: .rateLimit, code: "agent_rate_limited",
+                    message: "Agent '\(call.agent.id)' is over its \(reason == .tokensPerMinute ? "tokens-per-minute" : "requests-per-minute") limit; retry after \(Self.seconds(retryAfter)) s.",
+                    retryAfterSeconds: Self.seconds(retryAfter))
+            }
+        }
+        var reservation: BudgetLedger.Reservation?
+        if let budget = state?.budget {
+            let now = wallClockMs()
+            let decision = budget.withLock { $0.reserve(call.expectedCost, epochMs: now) }
+            switch decision {
+            case .granted(let granted):
+                reservation = granted
+            case .exhausted(let period, let limit, let committed, let retryAfter):
+                state?.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                recordRejection(call, status: 429, code: "budget_exceeded")
+                Counter(label: "interlock_budget_rejections_total", dimensions: [("agent", call.agent.id), ("period", period.rawValue)]).increment()
+                throw GatewayError(
+                    kind: .budget, code: "budget_exceeded",
+                    message: "Agent '\(call.agent.id)' has reached its \(period == .day ? "daily" : "monthly") budget of $\(limit) ($\(committed) spent or reserved; this call may cost up to $\(call.expectedCost)).",
+                    retryAfterSeconds: retryAfter)
+            }
+        }
+        return Admission(call: call, startedAt: started, queued: queued, reservation: reservation)
+    }
+
+    // MARK: Account
+
+    /// Reconciles reservations with what the call really used and records it.
+    public func settle(_ admission: Admission, _ outcome: CallOutcome) {
+        let call = admission.call
+        let now = wallClockMs()
+        let state = agentStates[call.agent.id]
+        state?.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
+        if let budget = state?.budget {
+            let remaining: USD? = budget.withLock { ledger in
+                if let reservation = admission.reservation {
+                    ledger.settle(reservation, actual: outcome.cost, epochMs: now)
+                } else {
+                    ledger.record(outcome.cost, epochMs: now)
+                }
+                return ledger.remaining(epochMs: now)
+            }
+            if let remaining {
+                Gauge(label: "interlock_budget_remaining_usd", dimensions: [("agent", call.agent.id)]).record(remaining.dollars)
+            }
+        }
+        let latency = admission.startedAt.duration(to: .now)
+        ledger.append(UsageRecord(
+            requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
+            target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
+            operation: call.operation, stream: call.stream, usage: outcome.usage, cost: outcome.cost, latencyMs: latency.milliseconds,
+            attempts: outcome.attempts, outcome: outcome.outcome, status: outcome.status, errorCode: outcome.errorCode))
+        let dimensions = [("agent", call.agent.id), ("target", call.target), ("operation", call.operation)]
+        Counter(label: "interlock_requests_total", dimensions: dimensions + [("status", String(outcome.status))]).increment()
+        Timer(label: "interlock_request_duration_seconds", dimensions: [("target", call.target), ("operation", call.operation)]).recordNanoseconds(
+            Int64(latency.components.seconds) * 1_000_000_000 + latency.components.attoseconds / 1_000_000_000)
+        if outcome.usage.totalTokens > 0 {
+            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "input")]).increment(by: outcome.usage.inputTokens)
+            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "output")]).increment(by: outcome.usage.outputTokens)
+            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "cached_input")]).increment(by: outcome.usage.cachedInputTokens)
+        }
+        if outcome.cost > .zero {
+            FloatingPointCounter(label: "interlock_cost_usd_total", dimensions: dimensions).increment(by: outcome.cost.dollars)
+        }
+        logger.info(
+            "call finished",
+            metadata: [
+                "interlock.request.id": "\(call.requestID)", "interlock.agent.id": "\(call.agent.id)", "interlock.target": "\(call.target)",
+                "interlock.deployment": "\(outcome.deploymentID ?? "-")", "interlock.status": "\(outcome.status)",
+                "interlock.tokens.input": "\(outcome.usage.inputTokens)", "interlock.tokens.output": "\(outcome.usage.outputTokens)",
+                "interlock.cost_usd": "\(outcome.cost)", "interlock.latency_ms": "\(Int(latency.milliseconds))",
+            ])
+    }
+
+    /// Restores today's and this month's spending from the usage ledger (at start-up).
+    public func restoreBudgets(from store: any InterlockStore) async throws {
+        let now = wallClockMs()
+        for (agentID, state) in agentStates {
+            guard let budget = state.budget else { continue }
+            for period in BudgetPeriod.allCases {
+                let spent = try await store.spend(agentID: agentID, sinceMs: period.start(epochMs: now))
+                budget.withLock { $0.restore(period: period, key: period.key(epochMs: now), spent: spent.cost) }
+            }
+        }
+    }
+
+    /// Spending and reservations of an agent right now (tests, admin).
+    public func budgetSnapshot(agentID: String) -> (spentToday: USD, reserved: USD)? {
+        guard let budget = agentStates[agentID]?.budget else { return nil }
+        let now = wallClockMs()
+        return budget.withLock { ($0.spent(in: .day, epochMs: now), $0.reserved) }
+    }
+
+    public func agentQueueDepth(agentID: String) -> Int {
+        agentStates[agentID]?.limiter?.queueDepth ?? 0
+    }
+
+    private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
+        ledger.append(UsageRecord(
+            requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
+            target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,
+            usage: .zero, cost: .zero, latencyMs: 0, attempts: 0, outcome: .rejected, status: status, errorCode: code))
+        Counter(label: "interlock_requests_total", dimensions: [("agent", call.agent.id), ("target", call.target), ("operation", call.operation), ("status", String(status))]).increment()
+    }
+
+    static func seconds(_ duration: Duration) -> Int {
+        max(1, Int(duration.seconds.rounded(.up)))
+    }
+}

@@ -1,0 +1,33 @@
+import HTTPTypes
+import Hummingbird
+import InterlockCore
+import InterlockRuntime
+
+/// The authenticate stage at the HTTP edge: reads `Authorization: Bearer` or `x-api-key`
+/// (what Anthropic clients send) and asks the governor who it is.
+struct AgentAuthenticationMiddleware: RouterMiddleware {
+    typealias Context = InterlockRequestContext
+    let governor: CallGovernor
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        var key: String?
+        if let authorization = request.headers[.authorization] {
+            let parts = authorization.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer" { key = String(parts[1]).trimmingSpaces() }
+        }
+        if key == nil, let header = request.headers[HTTPField.Name("x-api-key")!] { key = header.trimmingSpaces() }
+        context.agent = try governor.authenticate(apiKey: key)
+        context.logger[metadataKey: "interlock.agent.id"] = .string(context.agent!.id)
+        return try await next(request, context)
+    }
+}
+
+extension StringProtocol {
+    func trimmingSpaces() -> String {
+        var text = Substring(self)
+        while text.first == " " { text.removeFirst() }
+        while text.last == " " { text.removeLast() }
+        return String(text)
+    }
+}

@@ -1,0 +1,84 @@
+import HTTPTypes
+import Hummingbird
+import InterlockCore
+import Logging
+import NIOCore
+
+/// Which API dialect an error must be written in.
+enum ErrorDialect {
+    case openAI
+    case anthropic
+
+    init(path: String) {
+        self = path.hasPrefix("/v1/messages") ? .anthropic : .openAI
+    }
+}
+
+extension GatewayError {
+    func response(dialect: ErrorDialect, requestID: String) -> Response {
+        let body: JSONValue
+        switch dialect {
+        case .openAI:
+            body = ["error": [
+                "message": .string(message), "type": .string(kind.rawValue), "param": param.map(JSONValue.string) ?? .null, "code": .string(code),
+            ]]
+        case .anthropic:
+            let type: String =
+                switch kind {
+                case .budget: "rate_limit_error"
+                case .internal: "api_error"
+                default: kind.rawValue
+                }
+            body = ["type": "error", "error": ["type": .string(type), "message": .string(message), "code": .string(code)], "request_id": .string(requestID)]
+        }
+        var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID]
+        if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
+        if kind == .authentication {
+            let description = message.replacingOccurrences(of: "\"", with: "'")
+            headers[.wwwAuthenticate] = "Bearer error=\"invalid_token\", error_description=\"\(description)\""
+        }
+        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(body))))
+    }
+}
+
+/// Turns every error into a JSON body in the caller's dialect; unknown errors become a
+/// generic 500 whose reason is logged, never shown.
+struct ErrorRenderingMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch {
+            let dialect = ErrorDialect(path: request.uri.path)
+            let requestID = (context as? InterlockRequestContext)?.requestID ?? "unknown"
+            if let error = error as? GatewayError {
+                return error.response(dialect: dialect, requestID: requestID)
+            }
+            if let error = error as? HTTPError {
+                let kind: GatewayError.Kind =
+                    switch error.status.code {
+                    case 404: .notFound
+                    case 413: .requestTooLarge
+                    case 400..<500: .invalidRequest
+                    default: .internal
+                    }
+                let message = error.status.code == 404 ? "No route for \(request.method) \(request.uri.path)." : (error.body ?? error.status.reasonPhrase)
+                return GatewayError(kind: kind, code: error.status.code == 404 ? "route_not_found" : "http_error", message: message, status: Int(error.status.code))
+                    .response(dialect: dialect, requestID: requestID)
+            }
+            context.logger.error("unexpected error", metadata: ["error": "\(String(reflecting: type(of: error)))", "interlock.request.id": "\(requestID)"])
+            return GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request.")
+                .response(dialect: dialect, requestID: requestID)
+        }
+    }
+}
+
+extension String {
+    func replacingOccurrences(of target: Character, with replacement: Character) -> String {
+        String(map { $0 == target ? replacement : $0 })
+    }
+
+    func replacingOccurrences(of target: String, with replacement: String) -> String {
+        guard target.count == 1, replacement.count == 1 else { return self }
+        return replacingOccurrences(of: Character(target), with: Character(replacement))
+    }
+}

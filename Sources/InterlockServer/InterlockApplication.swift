@@ -1,0 +1,87 @@
+public import Hummingbird
+import HTTPTypes
+import Metrics
+public import InterlockCore
+public import InterlockRuntime
+public import InterlockStore
+public import Logging
+public import Prometheus
+import NIOCore
+
+/// Everything the HTTP layer serves, built once at start-up.
+public struct InterlockServices: Sendable {
+    public var configuration: InterlockConfiguration
+    public var gateway: ModelGateway
+    public var store: any InterlockStore
+    public var ledger: UsageLedgerWriter
+    public var metrics: PrometheusCollectorRegistry
+
+    public init(configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry) {
+        self.configuration = configuration
+        self.gateway = gateway
+        self.store = store
+        self.ledger = ledger
+        self.metrics = metrics
+    }
+}
+
+/// The router production uses; tests drive the same one.
+public func buildRouter(_ services: InterlockServices) -> Router<InterlockRequestContext> {
+    let router = Router(context: InterlockRequestContext.self)
+    router.add(middleware: ErrorRenderingMiddleware())
+    router.add(middleware: RequestIDMiddleware())
+
+    router.get("healthz") { _, _ in
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+    }
+    router.get("readyz") { _, _ in
+        do {
+            try await services.store.ping()
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ready"}"#)))
+        } catch {
+            return Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"store unavailable"}"#)))
+        }
+    }
+    router.get("metrics") { _, _ in
+        Metrics.Gauge(label: "interlock_ledger_backlog", dimensions: []).record(Double(services.ledger.backlog))
+        for (deployment, depth) in services.gateway.queueDepths() {
+            Metrics.Gauge(label: "interlock_queue_depth", dimensions: [("scope", "deployment"), ("key", deployment)]).record(Double(depth))
+        }
+        for state in services.gateway.allDeployments {
+            let value: Double = state.breakerState == "closed" ? 0 : state.breakerState == "half_open" ? 1 : 2
+            Metrics.Gauge(label: "interlock_breaker_state", dimensions: [("deployment", state.settings.id)]).record(value)
+        }
+        var buffer: [UInt8] = []
+        services.metrics.emit(into: &buffer)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
+    }
+
+    let agentRoutes = router.group("v1")
+        .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
+        .group(context: AgentRequestContext.self)
+    ModelRoutes(gateway: services.gateway, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
+    return router
+}
+
+/// The Hummingbird application that `interlock serve` runs.
+public func buildApplication(
+    _ services: InterlockServices, host: String, port: Int, logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    Application(
+        router: buildRouter(services),
+        configuration: .init(address: .hostname(host, port: port), serverName: "interlock"),
+        onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) },
+        logger: logger)
+}
+
+/// Puts the request id in the logger's metadata for everything the request logs.
+struct RequestIDMiddleware: RouterMiddleware {
+    typealias Context = InterlockRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        context.logger[metadataKey: "interlock.request.id"] = .string(context.requestID)
+        return try await next(request, context)
+    }
+}

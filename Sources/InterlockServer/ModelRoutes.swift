@@ -1,0 +1,86 @@
+import HTTPTypes
+import Hummingbird
+import InterlockCore
+import InterlockRuntime
+import NIOCore
+
+/// The agent-facing model surfaces: OpenAI-compatible and Anthropic-compatible. They only
+/// adapt HTTP to a `ModelRequest` and a `ModelResult` back; the pipeline does the rest.
+struct ModelRoutes {
+    let gateway: ModelGateway
+    let maxBodyBytes: Int
+
+    func addRoutes(to group: RouterGroup<AgentRequestContext>) {
+        group.post("chat/completions") { request, context in
+            try await self.model(request, context: context, format: .openAI, operation: .chat)
+        }
+        group.post("embeddings") { request, context in
+            try await self.model(request, context: context, format: .openAI, operation: .embeddings)
+        }
+        group.post("messages") { request, context in
+            try await self.model(request, context: context, format: .anthropic, operation: .chat)
+        }
+        group.get("models") { _, context in
+            let created = gateway.governor.nowMs() / 1000
+            let data: [JSONValue] = gateway.models(for: context.agent).map { alias in
+                ["id": .string(alias), "object": "model", "created": .integer(created), "owned_by": "interlock"]
+            }
+            return Self.json(["object": "list", "data": .array(data)], requestID: context.requestID)
+        }
+    }
+
+    private func model(_ request: Request, context: AgentRequestContext, format: WireFormat, operation: ModelOperation) async throws -> Response {
+        var request = request
+        let tooLarge = GatewayError(kind: .requestTooLarge, code: "request_too_large", message: "The request body is larger than the limit of \(maxBodyBytes) bytes.")
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > maxBodyBytes { throw tooLarge }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: maxBodyBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw tooLarge
+        } catch is NIOTooManyBytesError {
+            throw tooLarge
+        }
+        let modelRequest = try ModelRequest.parse(body: Array(buffer.readableBytesView), format: format, operation: operation)
+        let result = try await gateway.handle(
+            modelRequest, agent: context.agent, requestID: context.requestID,
+            traceParent: request.headers[HTTPField.Name("traceparent")!], traceState: request.headers[HTTPField.Name("tracestate")!])
+        switch result {
+        case .complete(let info, let body):
+            var headers = Self.headers(info)
+            headers[.contentType] = "application/json"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+        case .stream(let info, let stream):
+            var headers = Self.headers(info)
+            headers[.contentType] = "text/event-stream"
+            headers[.cacheControl] = "no-cache"
+            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+                await stream.run { buffer in try await writer.write(buffer) }
+                try await writer.finish(nil)
+            })
+        }
+    }
+
+    static func headers(_ info: ModelResponseInfo) -> HTTPFields {
+        var headers: HTTPFields = [:]
+        headers[HTTPField.Name("x-request-id")!] = info.requestID
+        headers[HTTPField.Name("x-interlock-deployment")!] = info.deploymentID
+        headers[HTTPField.Name("x-interlock-provider")!] = info.provider
+        headers[HTTPField.Name("x-interlock-attempts")!] = String(info.attempts)
+        headers[HTTPField.Name("x-interlock-overhead-ms")!] = String(format3(info.overheadMs))
+        if info.queuedMs > 0 { headers[HTTPField.Name("x-interlock-queue-ms")!] = String(format3(info.queuedMs)) }
+        if let cost = info.cost { headers[HTTPField.Name("x-interlock-cost-usd")!] = cost.description }
+        return headers
+    }
+
+    static func format3(_ value: Double) -> String {
+        let scaled = (value * 1000).rounded() / 1000
+        return JSONWriter.string(.number(scaled))
+    }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, requestID: String) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID],
+            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(value))))
+    }
+}

@@ -1,0 +1,32 @@
+public import InterlockCore
+
+/// Spending already recorded for one agent, used to restore budgets at start-up.
+public struct SpendTotals: Sendable, Equatable {
+    public var cost: USD
+    public var calls: Int
+    public var usage: TokenUsage
+
+    public init(cost: USD, calls: Int, usage: TokenUsage) {
+        self.cost = cost
+        self.calls = calls
+        self.usage = usage
+    }
+}
+
+/// Interlock's durable state behind one interface. The embedded implementation is SQLite;
+/// a PostgreSQL one satisfies the same protocol. Nothing above this layer sees SQL.
+public protocol InterlockStore: Sendable {
+    /// Brings the schema to the newest version. Safe to call on every start.
+    func migrate() async throws
+    /// The schema version after `migrate`.
+    func schemaVersion() async throws -> Int
+    /// Appends usage records in one atomic write.
+    func appendUsage(_ records: [UsageRecord]) async throws
+    /// Sum of cost and tokens recorded for an agent from `sinceMs` (Unix ms) on.
+    func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals
+    /// The newest usage records, newest first.
+    func recentUsage(limit: Int) async throws -> [UsageRecord]
+    /// Checks that the store answers (readiness).
+    func ping() async throws
+    func close() async throws
+}

@@ -1,0 +1,176 @@
+public import InterlockCore
+public import Logging
+import SQLiteNIO
+
+/// The embedded store: one SQLite file in WAL mode.
+///
+/// One connection serves writes and reads; sqlite-nio runs each statement on its thread
+/// pool so no event loop blocks on the disk. Batched writes are single multi-row
+/// statements, atomic without an explicit transaction.
+public final class SQLiteStore: InterlockStore {
+    private let connection: SQLiteConnection
+    public let path: String
+
+    private init(connection: SQLiteConnection, path: String) {
+        self.connection = connection
+        self.path = path
+    }
+
+    /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory one.
+    public static func open(path: String, logger: Logger = Logger(label: "interlock.store")) async throws -> SQLiteStore {
+        let storage: SQLiteConnection.Storage = path == ":memory:" ? .memory : .file(path: path)
+        let connection = try await SQLiteConnection.open(storage: storage, logger: logger)
+        let store = SQLiteStore(connection: connection, path: path)
+        if path != ":memory:" {
+            _ = try await connection.query("PRAGMA journal_mode=WAL", [])
+        }
+        _ = try await connection.query("PRAGMA synchronous=NORMAL", [])
+        _ = try await connection.query("PRAGMA busy_timeout=5000", [])
+        _ = try await connection.query("PRAGMA foreign_keys=ON", [])
+        return store
+    }
+
+    /// The journal mode SQLite reports (`wal` for file databases).
+    public func journalMode() async throws -> String {
+        let rows = try await connection.query("PRAGMA journal_mode", [])
+        return rows.first?.columns.first?.data.string ?? ""
+    }
+
+    public func migrate() async throws {
+        _ = try await connection.query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL)", [])
+        let current = try await schemaVersion()
+        for migration in SQLiteMigrations.all where migration.version > current {
+            _ = try await connection.query("BEGIN IMMEDIATE", [])
+            do {
+                for statement in migration.statements { _ = try await connection.query(statement, []) }
+                _ = try await connection.query(
+                    "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, CAST(strftime('%s','now') AS INTEGER) * 1000)",
+                    [.integer(migration.version), .text(migration.name)])
+                _ = try await connection.query("COMMIT", [])
+            } catch {
+                _ = try? await connection.query("ROLLBACK", [])
+                throw error
+            }
+        }
+    }
+
+    public func schemaVersion() async throws -> Int {
+        let rows = try await connection.query("SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations", [])
+        return rows.first?.column("version")?.integer ?? 0
+    }
+
+    private static let usageColumns = [
+        "request_id", "ts_ms", "agent_id", "target_kind", "target", "deployment_id", "provider", "upstream_model", "operation",
+        "stream", "input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos", "latency_ms", "attempts", "outcome",
+        "status", "error_code",
+    ]
+
+    public func appendUsage(_ records: [UsageRecord]) async throws {
+        guard !records.isEmpty else { return }
+        // SQLite allows 32766 bound parameters per statement; stay well below.
+        let perStatement = 1_000
+        var start = 0
+        while start < records.count {
+            let slice = records[start..<min(records.count, start + perStatement)]
+            let placeholders = "(" + Array(repeating: "?", count: SQLiteStore.usageColumns.count).joined(separator: ",") + ")"
+            let sql = "INSERT INTO usage_ledger (\(SQLiteStore.usageColumns.joined(separator: ","))) VALUES "
+                + Array(repeating: placeholders, count: slice.count).joined(separator: ",")
+            var binds: [SQLiteData] = []
+            binds.reserveCapacity(slice.count * SQLiteStore.usageColumns.count)
+            for record in slice {
+                binds += [
+                    .text(record.requestID), .integer(Int(record.timestampMs)), .text(record.agentID), .text(record.targetKind),
+                    .text(record.target), record.deploymentID.map(SQLiteData.text) ?? .null, record.provider.map(SQLiteData.text) ?? .null,
+                    record.upstreamModel.map(SQLiteData.text) ?? .null, .text(record.operation), .integer(record.stream ? 1 : 0),
+                    .integer(record.usage.inputTokens), .integer(record.usage.outputTokens), .integer(record.usage.cachedInputTokens),
+                    .integer(Int(record.cost.nanos)), .float(record.latencyMs), .integer(record.attempts), .text(record.outcome.rawValue),
+                    .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null,
+                ]
+            }
+            _ = try await connection.query(sql, binds)
+            start += perStatement
+        }
+    }
+
+    public func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals {
+        let rows = try await connection.query(
+            """
+            SELECT COALESCE(SUM(cost_nanos), 0) AS cost, COUNT(*) AS calls, COALESCE(SUM(input_tokens), 0) AS input,
+                   COALESCE(SUM(output_tokens), 0) AS output, COALESCE(SUM(cached_input_tokens), 0) AS cached
+            FROM usage_ledger WHERE agent_id = ? AND ts_ms >= ?
+            """, [.text(agentID), .integer(Int(sinceMs))])
+        let row = rows.first
+        return SpendTotals(
+            cost: USD(nanos: Int64(row?.column("cost")?.integer ?? 0)),
+            calls: row?.column("calls")?.integer ?? 0,
+            usage: TokenUsage(
+                inputTokens: row?.column("input")?.integer ?? 0, outputTokens: row?.column("output")?.integer ?? 0,
+                cachedInputTokens: row?.column("cached")?.integer ?? 0))
+    }
+
+    public func recentUsage(limit: Int) async throws -> [UsageRecord] {
+        let rows = try await connection.query(
+            "SELECT \(SQLiteStore.usageColumns.joined(separator: ",")) FROM usage_ledger ORDER BY id DESC LIMIT ?", [.integer(limit)])
+        return rows.map { row in
+            func text(_ name: String) -> String? { row.column(name)?.string }
+            func int(_ name: String) -> Int { row.column(name)?.integer ?? 0 }
+            return UsageRecord(
+                requestID: text("request_id") ?? "", timestampMs: Int64(int("ts_ms")), agentID: text("agent_id") ?? "",
+                targetKind: text("target_kind") ?? "", target: text("target") ?? "", deploymentID: text("deployment_id"),
+                provider: text("provider"), upstreamModel: text("upstream_model"), operation: text("operation") ?? "",
+                stream: int("stream") != 0,
+                usage: TokenUsage(inputTokens: int("input_tokens"), outputTokens: int("output_tokens"), cachedInputTokens: int("cached_input_tokens")),
+                cost: USD(nanos: Int64(int("cost_nanos"))), latencyMs: row.column("latency_ms")?.double ?? 0, attempts: int("attempts"),
+                outcome: UsageRecord.Outcome(rawValue: text("outcome") ?? "") ?? .error, status: int("status"), errorCode: text("error_code"))
+        }
+    }
+
+    public func ping() async throws {
+        _ = try await connection.query("SELECT 1", [])
+    }
+
+    public func close() async throws {
+        try await connection.close()
+    }
+}
+
+/// Versioned schema changes, applied in order, each in its own transaction.
+enum SQLiteMigrations {
+    struct Migration {
+        var version: Int
+        var name: String
+        var statements: [String]
+    }
+
+    static let all: [Migration] = [
+        Migration(version: 1, name: "usage_ledger", statements: [
+            """
+            CREATE TABLE usage_ledger (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                request_id TEXT NOT NULL,
+                ts_ms INTEGER NOT NULL,
+                agent_id TEXT NOT NULL,
+                target_kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                deployment_id TEXT,
+                provider TEXT,
+                upstream_model TEXT,
+                operation TEXT NOT NULL,
+                stream INTEGER NOT NULL,
+                input_tokens INTEGER NOT NULL,
+                output_tokens INTEGER NOT NULL,
+                cached_input_tokens INTEGER NOT NULL,
+                cost_nanos INTEGER NOT NULL,
+                latency_ms REAL NOT NULL,
+                attempts INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                error_code TEXT
+            )
+            """,
+            "CREATE INDEX usage_ledger_agent_ts ON usage_ledger (agent_id, ts_ms)",
+            "CREATE INDEX usage_ledger_request ON usage_ledger (request_id)",
+        ]),
+    ]
+}

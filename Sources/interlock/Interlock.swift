@@ -1,0 +1,169 @@
+import ArgumentParser
+import AsyncHTTPClient
+import FoundationEssentials
+import Hummingbird
+import InterlockConfig
+import InterlockCore
+import InterlockProviders
+import InterlockRuntime
+import InterlockServer
+import InterlockStore
+import Logging
+import Metrics
+import OTel
+import Prometheus
+import ServiceLifecycle
+import Tracing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Interlock's version, printed by `interlock version`.
+let interlockVersion = "0.1.0"
+
+@main
+struct Interlock: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "interlock",
+        abstract: "Interlock — the governed backbone for fleets of AI agents.",
+        subcommands: [Serve.self, Validate.self, Version.self])
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version.")
+
+    func run() {
+        print("interlock \(interlockVersion)")
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check a configuration file and report every error with file and line.")
+
+    @Argument(help: "The YAML configuration file.")
+    var file: String
+
+    func run() throws {
+        do {
+            let config = try ConfigLoader.load(path: file, environment: ProcessInfo.processInfo.environment)
+            print("\(file): OK (\(config.providers.count) providers, \(config.models.count) model aliases, \(config.agents.count) agents)")
+        } catch {
+            printError(error.description)
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the Interlock server.")
+
+    @Option(name: .long, help: "The YAML configuration file.")
+    var config: String
+
+    @Option(name: .long, help: "Address to listen on (overrides server.host).")
+    var host: String?
+
+    @Option(name: .long, help: "Port to listen on; 0 picks a free one (overrides server.port).")
+    var port: Int?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let configuration: InterlockConfiguration
+        do {
+            configuration = try ConfigLoader.load(path: config, environment: environment)
+        } catch {
+            printError(error.description)
+            throw ExitCode(1)
+        }
+        let level = Logger.Level(rawValue: configuration.logging.level) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "interlock")
+        logger[metadataKey: "interlock.node.id"] = .string(configuration.node.id)
+
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        var services: [any Service] = []
+        if Serve.tracingRequested(environment) {
+            var otel = OTel.Configuration.default
+            otel.serviceName = "interlock"
+            otel.logs.enabled = false
+            otel.metrics.enabled = false
+            otel.traces.otlpExporter.protocol = .httpProtobuf
+            services.append(try OTel.bootstrap(configuration: otel))
+            logger.info("OpenTelemetry tracing enabled")
+        }
+
+        let store: any InterlockStore
+        switch configuration.store {
+        case .sqlite(let path):
+            store = try await SQLiteStore.open(path: path, logger: Logger(label: "interlock.store"))
+        }
+        try await store.migrate()
+
+        let ledger = UsageLedgerWriter(
+            store: store, flushInterval: .milliseconds(configuration.ledger.flushIntervalMs), maxBatch: configuration.ledger.maxBatch,
+            logger: Logger(label: "interlock.ledger"))
+        let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
+        let governor = CallGovernor(agents: configuration.agents, queue: queue, ledger: ledger, logger: Logger(label: "interlock.pipeline"))
+        try await governor.restoreBudgets(from: store)
+
+        var clientConfiguration = HTTPClient.Configuration()
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.providers.map(\.maxConnections).max() ?? 64)
+        clientConfiguration.timeout = .init(connect: .seconds(10), read: .seconds(300))
+        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        let gateway = ModelGateway(
+            configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: httpClient), mockUpstream: MockModelUpstream(),
+            logger: Logger(label: "interlock.gateway"))
+
+        let host = self.host ?? configuration.server.host
+        let port = self.port ?? configuration.server.port
+        let app = buildApplication(
+            InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry),
+            host: host, port: port, logger: logger
+        ) { boundPort in
+            // Tests and scripts read this line to learn the port when 0 was asked for.
+            print("interlock listening on http://\(host):\(boundPort)")
+            flushStandardOutput()
+        }
+        // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
+        services += [ledger, app]
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        logger.info("starting", metadata: ["interlock.version": "\(interlockVersion)", "interlock.address": "\(host):\(port)"])
+        do {
+            try await group.run()
+        } catch {
+            logger.error("service group failed", metadata: ["error": "\(error)"])
+        }
+        await ledger.flush()
+        try? await httpClient.shutdown()
+        try? await store.close()
+        logger.info("stopped", metadata: ["interlock.ledger.written": "\(ledger.writtenCount)"])
+    }
+
+    /// Tracing is on when an OTLP endpoint or exporter is named in the standard variables.
+    static func tracingRequested(_ environment: [String: String]) -> Bool {
+        if let exporter = environment["OTEL_TRACES_EXPORTER"] { return exporter != "none" }
+        return environment["OTEL_EXPORTER_OTLP_ENDPOINT"] != nil || environment["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] != nil
+    }
+}
+
+/// Writes a line to standard error.
+func printError(_ message: String) {
+    let line = message + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+/// Flushes standard output so a reader of a pipe sees the line at once.
+func flushStandardOutput() {
+    fflush(nil)
+}

@@ -1,0 +1,96 @@
+import InterlockConfig
+import InterlockCore
+import Testing
+
+@Suite struct ConfigLoaderTests {
+    let valid = """
+        server:
+          port: ${PORT:-9090}
+        providers:
+          mock:
+            type: mock
+        models:
+          fast:
+            deployments:
+              - provider: mock
+                model: m1
+                price: { input_per_mtok: 1, output_per_mtok: 2 }
+        agents:
+          - id: a1
+            api_key: ${A1_KEY}
+            models: [fast]
+            budgets: { daily_usd: 2.5 }
+        """
+
+    @Test func interpolatesVariablesAndDefaults() throws {
+        let config = try ConfigLoader.parse(valid, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+        #expect(config.server.port == 9090)
+        #expect(config.agents.first?.apiKey.reveal() == "0123456789abcdefXYZ")
+        #expect(config.agents.first?.dailyBudget == USD(dollars: 2.5))
+        #expect(config.models.first?.deployments.first?.price.outputPerMillion == 2)
+        let overridden = try ConfigLoader.parse(valid, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "PORT": "7000"])
+        #expect(overridden.server.port == 7000)
+    }
+
+    @Test func reportsEveryErrorWithLineAndSuggestion() {
+        let text = """
+            servr:
+              port: 1
+            providers:
+              mock:
+                type: mokc
+            models:
+              fast:
+                fallbacks: [smrt]
+                deployments:
+                  - provider: mock
+                    model: m1
+                    weight: heavy
+            agents:
+              - id: a1
+                api_key: ${MISSING_KEY}
+              - id: a2
+                api_key: literal-key-0123456789
+                models: [fats]
+            """
+        do {
+            _ = try ConfigLoader.parse(text, file: "bad.yaml", environment: [:])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("bad.yaml:1:1: servr: unknown key 'servr'; did you mean 'server'?") })
+            #expect(lines.contains { $0.hasPrefix("bad.yaml:5:11: providers.mock.type: 'mokc' is not one of") && $0.contains("did you mean 'mock'?") })
+            #expect(lines.contains { $0.hasPrefix("bad.yaml:12:17: models.fast.deployments[0].weight: expected a number, found 'heavy'") })
+            #expect(lines.contains { $0.hasPrefix("bad.yaml:15:") && $0.contains("environment variable 'MISSING_KEY' is not set") })
+            #expect(lines.contains { $0.contains("unknown model alias 'smrt'") })
+            #expect(lines.contains { $0.contains("granted unknown model alias 'fats'; did you mean 'fast'?") })
+            #expect(error.diagnostics.count >= 6)
+        }
+    }
+
+    @Test func yamlSyntaxErrorHasALine() {
+        do {
+            _ = try ConfigLoader.parse("server:\n  port: [1,\n", file: "x.yaml", environment: [:])
+            Issue.record("expected a syntax error")
+        } catch {
+            #expect(error.diagnostics.count == 1)
+            #expect(error.diagnostics[0].description.hasPrefix("x.yaml:"))
+            #expect(error.diagnostics[0].message.contains("invalid YAML"))
+        }
+    }
+
+    @Test func quickstartConfigIsValid() throws {
+        let config = try ConfigLoader.load(path: #filePath.replacingOccurrences(of: "Tests/InterlockConfigTests/ConfigLoaderTests.swift", with: "examples/quickstart.yaml"), environment: [:])
+        #expect(config.agents.count == 2)
+        #expect(Set(config.models.map(\.name)) == ["fast", "smart", "embed"])
+        // With no keys in the environment only the mock providers are enabled.
+        #expect(config.providers.filter(\.isEnabled).map(\.id) == ["mock"])
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
+        guard let range = range(of: target) else { return self }
+        return self[..<range.lowerBound] + replacement + self[range.upperBound...]
+    }
+}

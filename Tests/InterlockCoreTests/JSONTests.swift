@@ -1,0 +1,61 @@
+import InterlockCore
+import Testing
+
+@Suite struct JSONTests {
+    @Test func roundTripsValues() throws {
+        let text = #"{"a":[1,2.5,"x\n\"y\"",true,null],"b":{"c":"\u00e9\ud83d\ude00"},"n":-12}"#
+        let value = try JSONParser.parse(text)
+        #expect(value["a"]?.arrayValue?.count == 5)
+        #expect(value["b"]?["c"]?.stringValue == "é😀")
+        #expect(value["n"] == .integer(-12))
+        #expect(try JSONParser.parse(JSONWriter.string(value)) == value)
+    }
+
+    @Test func rejectsMalformedInputWithOffset() {
+        for bad in [#"{"a":}"#, "[1,]", #"{"a" 1}"#, "01", "\"\u{01}\"", "{} x", "nul", "[" + String(repeating: "[", count: 300)] {
+            #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(bad) }
+        }
+        do {
+            _ = try JSONParser.parse(#"{"a": tru}"#)
+        } catch {
+            #expect(error.offset == 6)
+        }
+    }
+
+    @Test func scanLocatesTopLevelMembersWithoutDecoding() throws {
+        let body = Array(#"{ "model" : "fast", "messages":[{"role":"user"}], "stream":true }"#.utf8)
+        let spans = try JSONParser.scanObject(body)
+        #expect(spans.map(\.key) == ["model", "messages", "stream"])
+        #expect(spans.map(\.kind) == [.string, .array, .bool])
+        #expect(String(decoding: body[spans[0].valueRange], as: UTF8.self) == #""fast""#)
+    }
+}
+
+@Suite struct ModelRequestTests {
+    @Test func readsRoutingFields() throws {
+        let body = Array(#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":50,"stream_options":{"include_usage":true}}"#.utf8)
+        let request = try ModelRequest.parse(body: body, format: .openAI, operation: .chat)
+        #expect(request.alias == "fast")
+        #expect(request.stream)
+        #expect(request.maxOutputTokens == 50)
+        #expect(request.clientWantsStreamUsage)
+        #expect(request.expectedUsage(defaultMaxOutputTokens: 1000).outputTokens == 50)
+    }
+
+    @Test func namesTheParameterAtFault() {
+        func error(_ json: String, format: WireFormat = .openAI) -> GatewayError? {
+            do {
+                _ = try ModelRequest.parse(body: Array(json.utf8), format: format, operation: .chat)
+                return nil
+            } catch { return error }
+        }
+        #expect(error(#"{"messages":[{"role":"user","content":"x"}]}"#)?.param == "model")
+        #expect(error(#"{"model":"fast"}"#)?.code == "missing_required_parameter")
+        #expect(error(#"{"model":"fast","messages":[],"max_tokens":1.5}"#)?.message == "Invalid type for 'max_tokens': expected an integer ≥ 1, but got a non-integer number.")
+        #expect(error(#"{"model":"fast","messages":[{"role":"user"}],"temperature":3}"#)?.param == "temperature")
+        #expect(error(#"{"model":"fast","messages":[ ]}"#)?.param == "messages")
+        #expect(error(#"{"model":"x","messages":[{"role":"user","content":"x"}]}"#, format: .anthropic)?.param == "max_tokens")
+        #expect(error("{not json")?.code == "invalid_json")
+        #expect(error(#"{"model":"a","model":"b","messages":[1]}"#)?.param == "model")
+    }
+}

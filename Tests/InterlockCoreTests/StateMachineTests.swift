@@ -1,0 +1,227 @@
+import InterlockCore
+import Testing
+
+typealias Instant = ManualClock.Instant
+
+func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seconds * 1000))) }
+
+@Suite struct CircuitBreakerTests {
+    let policy = CircuitBreakerPolicy(consecutiveFailures: 3, errorRateThreshold: 0.5, minimumCalls: 10, windowSize: 10, openDuration: .seconds(30), halfOpenProbes: 1)
+
+    @Test func opensAfterConsecutiveFailuresAndProbesAfterOpenDuration() {
+        var breaker = CircuitBreaker<Instant>(policy: policy)
+        #expect(breaker.record(.failure, now: at(0)) == nil)
+        #expect(breaker.record(.failure, now: at(1)) == nil)
+        #expect(breaker.record(.failure, now: at(2)) == .opened(reason: "3 consecutive failures"))
+        #expect(breaker.acquire(now: at(10)).0 == .rejected(retryAfter: .seconds(22)))
+        #expect(!breaker.wouldAllow(now: at(31)))
+        #expect(breaker.wouldAllow(now: at(32)))
+        let (permit, transition) = breaker.acquire(now: at(32))
+        #expect(permit == .probe)
+        #expect(transition == .halfOpened)
+        // Only one probe at a time.
+        if case .rejected = breaker.acquire(now: at(32)).0 {} else { Issue.record("second probe should be refused") }
+        #expect(breaker.record(.success, now: at(33)) == .closed)
+        #expect(breaker.acquire(now: at(33)).0 == .allowed)
+    }
+
+    @Test func failedProbeReopens() {
+        var breaker = CircuitBreaker<Instant>(policy: policy)
+        for second in 0..<3 { _ = breaker.record(.failure, now: at(Double(second))) }
+        _ = breaker.acquire(now: at(40))
+        #expect(breaker.record(.failure, now: at(41)) == .opened(reason: "half-open probe failed"))
+        #expect(breaker.state == .open(until: at(71)))
+    }
+
+    @Test func opensOnErrorRateWithoutConsecutiveRun() {
+        var breaker = CircuitBreaker<Instant>(policy: policy)
+        var transition: CircuitBreaker<Instant>.Transition?
+        for index in 0..<10 {
+            transition = breaker.record(index.isMultiple(of: 2) ? .failure : .success, now: at(Double(index)))
+        }
+        #expect(transition == .opened(reason: "error rate 50% over the last 10 calls"))
+    }
+
+    @Test func successesResetTheConsecutiveCount() {
+        var breaker = CircuitBreaker<Instant>(policy: policy)
+        for index in 0..<9 {
+            #expect(breaker.record(index % 3 == 2 ? .success : .failure, now: at(Double(index))) == nil)
+        }
+        #expect(breaker.state == .closed)
+    }
+}
+
+@Suite struct RateLimitGateTests {
+    let queue = AdmissionQueuePolicy(maxDepth: 2, maxWait: .seconds(5))
+
+    @Test func requestsPerMinuteAdmitThenQueueInOrder() {
+        var gate = RateLimitGate<Instant>(limits: RateLimits(requestsPerMinute: 60), queuePolicy: queue, now: at(0))
+        for _ in 0..<60 { #expect(gate.admit(tokens: 0, now: at(0)) == .granted) }
+        guard case .queued(let first, let until) = gate.admit(tokens: 0, now: at(0)) else {
+            Issue.record("expected to queue")
+            return
+        }
+        #expect(until == at(1))
+        guard case .queued(let second, _) = gate.admit(tokens: 0, now: at(0)) else {
+            Issue.record("expected to queue")
+            return
+        }
+        // Queue bound: the third waiter is refused with a Retry-After.
+        if case .rejected(_, let reason) = gate.admit(tokens: 0, now: at(0)) {
+            #expect(reason == .queueFull)
+        } else {
+            Issue.record("expected a rejection")
+        }
+        // The second waiter cannot pass the first even when polled first.
+        if case .granted = gate.poll(second, now: at(1)) { Issue.record("second waiter jumped the queue") }
+        #expect(gate.poll(first, now: at(1)) == .granted)
+        #expect(gate.poll(second, now: at(2)) == .granted)
+        #expect(gate.queueDepth == 0)
+    }
+
+    @Test func higherPriorityGoesFirst() {
+        var gate = RateLimitGate<Instant>(limits: RateLimits(requestsPerMinute: 60), queuePolicy: AdmissionQueuePolicy(maxDepth: 10, maxWait: .seconds(10)), now: at(0))
+        for _ in 0..<60 { _ = gate.admit(tokens: 0, now: at(0)) }
+        guard case .queued(let low, _) = gate.admit(tokens: 0, priority: 0, now: at(0)),
+            case .queued(let high, _) = gate.admit(tokens: 0, priority: 5, now: at(0))
+        else {
+            Issue.record("expected both to queue")
+            return
+        }
+        if case .granted = gate.poll(low, now: at(1)) { Issue.record("low priority went first") }
+        #expect(gate.poll(high, now: at(1)) == .granted)
+        #expect(gate.poll(low, now: at(2)) == .granted)
+    }
+
+    @Test func waitLongerThanBoundIsRefusedAtOnce() {
+        var gate = RateLimitGate<Instant>(limits: RateLimits(tokensPerMinute: 600), queuePolicy: queue, now: at(0))
+        #expect(gate.admit(tokens: 600, now: at(0)) == .granted)
+        // 600 more tokens need 60 s of refill: past the 5 s bound.
+        guard case .rejected(let retryAfter, let reason) = gate.admit(tokens: 600, now: at(0)) else {
+            Issue.record("expected a rejection")
+            return
+        }
+        #expect(reason == .tokensPerMinute)
+        #expect(retryAfter == .seconds(60))
+    }
+
+    @Test func reconcileReturnsUnusedTokens() {
+        var gate = RateLimitGate<Instant>(limits: RateLimits(tokensPerMinute: 1000), queuePolicy: queue, now: at(0))
+        #expect(gate.admit(tokens: 1000, now: at(0)) == .granted)
+        let before = gate.hasCapacity(tokens: 500, now: at(0))
+        #expect(!before)
+        gate.reconcile(estimatedTokens: 1000, actualTokens: 200, now: at(0))
+        let refunded = gate.hasCapacity(tokens: 800, now: at(0))
+        let beyond = gate.hasCapacity(tokens: 801, now: at(0))
+        #expect(refunded)
+        #expect(!beyond)
+    }
+
+    @Test func throttleBlocksUntilRetryAfter() {
+        var gate = RateLimitGate<Instant>(limits: RateLimits(), queuePolicy: queue, now: at(0))
+        gate.throttle(until: at(3))
+        #expect(gate.isThrottled(now: at(1)))
+        guard case .queued(let ticket, let until) = gate.admit(tokens: 1, now: at(1)) else {
+            Issue.record("expected to queue behind the throttle")
+            return
+        }
+        #expect(until == at(3))
+        #expect(gate.poll(ticket, now: at(3)) == .granted)
+    }
+}
+
+@Suite struct BudgetLedgerTests {
+    let day: Int64 = 1_795_219_200_000  // 2026-11-21T00:00:00Z
+
+    @Test func reservationsCountAgainstTheLimitUntilSettled() {
+        var ledger = BudgetLedger(limits: .init(daily: USD(dollars: 1)))
+        guard case .granted(let first) = ledger.reserve(USD(dollars: 0.6), epochMs: day) else {
+            Issue.record("first reservation refused")
+            return
+        }
+        if case .granted = ledger.reserve(USD(dollars: 0.6), epochMs: day) { Issue.record("overspend allowed") }
+        ledger.settle(first, actual: USD(dollars: 0.1), epochMs: day)
+        #expect(ledger.spent(in: .day, epochMs: day) == USD(dollars: 0.1))
+        if case .granted = ledger.reserve(USD(dollars: 0.6), epochMs: day) {} else { Issue.record("room freed by settle not reusable") }
+    }
+
+    @Test func exhaustedNamesPeriodAndRetryAfterReachesNextDay() {
+        var ledger = BudgetLedger(limits: .init(daily: USD(dollars: 1), monthly: USD(dollars: 10)))
+        ledger.record(USD(dollars: 1), epochMs: day)
+        let decision = ledger.reserve(USD(nanos: 1), epochMs: day + 3_600_000)
+        #expect(decision == .exhausted(period: .day, limit: USD(dollars: 1), committed: USD(dollars: 1), retryAfterSeconds: 23 * 3600))
+        // A new day starts empty; the month keeps counting.
+        if case .granted = ledger.reserve(USD(dollars: 0.5), epochMs: day + 86_400_000) {} else { Issue.record("new day refused") }
+        #expect(ledger.spent(in: .month, epochMs: day + 86_400_000) == USD(dollars: 1))
+    }
+
+    @Test func calendarKeys() {
+        #expect(BudgetPeriod.day.key(epochMs: day) == "2026-11-21")
+        #expect(BudgetPeriod.month.key(epochMs: day) == "2026-11")
+        #expect(BudgetPeriod.month.start(epochMs: day) == 1_793_491_200_000)  // 2026-11-01
+        #expect(BudgetPeriod.month.end(epochMs: day) == 1_796_083_200_000)  // 2026-12-01
+        #expect(BudgetPeriod.day.key(epochMs: 951_782_400_000) == "2000-02-29")
+    }
+}
+
+@Suite struct RouterTests {
+    struct FixedRandom: RandomNumberGenerator {
+        var values: [UInt64]
+        mutating func next() -> UInt64 { values.isEmpty ? 0 : values.removeFirst() }
+    }
+
+    @Test func tiersComeFirstAndUnavailableAreLeftOut() {
+        var random = FixedRandom(values: [])
+        let ranked = ModelRouter.rank(
+            [
+                .init(id: "backup", tier: 1), .init(id: "primary", tier: 0), .init(id: "broken", tier: 0, available: false),
+            ], strategy: .weighted, expected: .zero, using: &random)
+        #expect(ranked == ["primary", "backup"])
+    }
+
+    @Test func leastLatencyMeasuresUnknownFirstThenFastest() {
+        var random = FixedRandom(values: [])
+        let ranked = ModelRouter.rank(
+            [.init(id: "slow", latencyMs: 900), .init(id: "fast", latencyMs: 80), .init(id: "new")],
+            strategy: .leastLatency, expected: .zero, using: &random)
+        #expect(ranked == ["new", "fast", "slow"])
+    }
+
+    @Test func lowestCostUsesExpectedTokens() {
+        var random = FixedRandom(values: [])
+        let cheapInput = ModelPrice(inputPerMillion: 1, outputPerMillion: 20)
+        let cheapOutput = ModelPrice(inputPerMillion: 5, outputPerMillion: 2)
+        let candidates: [ModelRouter.Candidate] = [.init(id: "a", price: cheapInput), .init(id: "b", price: cheapOutput)]
+        #expect(ModelRouter.rank(candidates, strategy: .lowestCost, expected: TokenUsage(inputTokens: 10_000, outputTokens: 10), using: &random) == ["a", "b"])
+        #expect(ModelRouter.rank(candidates, strategy: .lowestCost, expected: TokenUsage(inputTokens: 10, outputTokens: 10_000), using: &random) == ["b", "a"])
+    }
+
+    @Test func weightedFollowsTheDraw() {
+        var lowDraw = SystemRandomNumberGenerator()
+        var counts = ["heavy": 0, "light": 0]
+        for _ in 0..<2_000 {
+            let first = ModelRouter.rank([.init(id: "heavy", weight: 9), .init(id: "light", weight: 1)], strategy: .weighted, expected: .zero, using: &lowDraw)[0]
+            counts[first, default: 0] += 1
+        }
+        #expect(counts["heavy"]! > 1_600 && counts["heavy"]! < 1_990)
+        #expect(counts["light"]! > 10)
+    }
+
+    @Test func saturatedDeploymentsGoLastWithinTheirTier() {
+        var random = FixedRandom(values: [])
+        let ranked = ModelRouter.rank(
+            [.init(id: "busy", latencyMs: 10, hasCapacity: false), .init(id: "idle", latencyMs: 50)],
+            strategy: .leastLatency, expected: .zero, using: &random)
+        #expect(ranked == ["idle", "busy"])
+    }
+}
+
+@Suite struct MoneyTests {
+    @Test func priceCountsCachedInputApart() {
+        let price = ModelPrice(inputPerMillion: 3, outputPerMillion: 15, cachedInputPerMillion: 0.3)
+        let cost = price.cost(of: TokenUsage(inputTokens: 1_000_000, outputTokens: 1_000_000, cachedInputTokens: 500_000))
+        #expect(cost == USD(dollars: 1.5 + 0.15 + 15))
+        #expect(USD(dollars: 0.0000033).description == "0.0000033")
+        #expect(USD(dollars: 2).description == "2")
+    }
+}

@@ -1,0 +1,187 @@
+import AsyncHTTPClient
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import InterlockConfig
+import InterlockCore
+import InterlockProviders
+import InterlockRuntime
+import InterlockServer
+import InterlockStore
+import Logging
+import NIOCore
+import Prometheus
+import Testing
+
+/// Builds the same router production uses, on an in-memory store and the mock provider.
+struct Harness {
+    let services: InterlockServices
+    let router: Router<InterlockRequestContext>
+
+    static func make(_ yaml: String) async throws -> Harness {
+        let configuration = try ConfigLoader.parse(yaml, file: "test.yaml", environment: [:])
+        let store = try await SQLiteStore.open(path: ":memory:")
+        try await store.migrate()
+        let logger = Logger(label: "test")
+        let ledger = UsageLedgerWriter(store: store, flushInterval: .milliseconds(10), maxBatch: 100, logger: logger)
+        let governor = CallGovernor(
+            agents: configuration.agents,
+            queue: AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs)),
+            ledger: ledger, logger: logger)
+        let gateway = ModelGateway(
+            configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
+        let services = InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry())
+        return Harness(services: services, router: buildRouter(services))
+    }
+
+    /// sqlite-nio requires connections to be closed before they are released.
+    func close() async throws {
+        await services.ledger.flush()
+        try await services.store.close()
+    }
+}
+
+let baseConfig = """
+    providers:
+      mock:
+        type: mock
+        rules:
+          - match: { last_user_contains: pricey }
+            reply: { text: "ok" }
+            usage: { prompt_tokens: 1000, completion_tokens: 1000 }
+    models:
+      fast:
+        deployments:
+          - provider: mock
+            model: m
+            price: { input_per_mtok: 1, output_per_mtok: 2 }
+      other:
+        deployments:
+          - provider: mock
+            model: o
+    agents:
+      - id: a
+        api_key: test-key-aaaaaaaaaaaa
+        models: [fast]
+      - id: poor
+        api_key: test-key-pppppppppppp
+        models: [fast]
+        budgets: { daily_usd: 0.05 }
+    """
+
+func chat(_ model: String = "fast", _ text: String = "hi", extra: String = "") -> ByteBuffer {
+    ByteBuffer(string: #"{"model":"\#(model)","messages":[{"role":"user","content":"\#(text)"}]\#(extra)}"#)
+}
+
+func auth(_ key: String) -> HTTPFields {
+    [.authorization: "Bearer \(key)", .contentType: "application/json"]
+}
+
+@Suite struct ModelRouteTests {
+    @Test func authenticationAndGrantsAreDefaultDeny() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: chat()) { response in
+                #expect(response.status == .unauthorized)
+                #expect(response.headers[.wwwAuthenticate]?.hasPrefix("Bearer") == true)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["code"] == "missing_api_key")
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-wrong-wrong"), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("other")) { response in
+                #expect(response.status == .forbidden)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["code"] == "model_not_allowed")
+            }
+            try await client.execute(uri: "/v1/messages", method: .post, headers: [HTTPField.Name("x-api-key")!: "nope-nope-nope-nope"], body: chat()) { response in
+                #expect(response.status == .unauthorized)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["type"] == "error")
+                #expect(body["error"]?["type"] == "authentication_error")
+            }
+        }
+        try await harness.close()
+    }
+
+    @Test func servesChatAndRecordsUsage() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("fast", "pricey")) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("x-interlock-deployment")!] == "fast/mock/m")
+                #expect(response.headers[HTTPField.Name("x-interlock-cost-usd")!] == "0.003")
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["choices"]?.arrayValue?.first?["message"]?["content"] == "ok")
+            }
+        }
+        await harness.services.ledger.flush()
+        let records = try await harness.services.store.recentUsage(limit: 10)
+        #expect(records.count == 1)
+        #expect(records.first?.cost == USD(dollars: 0.003))
+        #expect(records.first?.usage == TokenUsage(inputTokens: 1000, outputTokens: 1000))
+        try await harness.close()
+    }
+
+    @Test func badInputNamesTheProblemAndSendsNothingUpstream() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: ByteBuffer(string: "{oops")) { response in
+                #expect(response.status == .badRequest)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["code"] == "invalid_json")
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat(extra: #","n":"two""#)) { response in
+                #expect(response.status == .badRequest)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["param"] == "n")
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("missing")) { response in
+                #expect(response.status == .notFound)
+            }
+            let big = ByteBuffer(string: #"{"model":"fast","messages":[{"role":"user","content":""# + String(repeating: "x", count: 5_000_000) + #""}]}"#)
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: big) { response in
+                #expect(response.status == .contentTooLarge)
+            }
+        }
+        await harness.services.ledger.flush()
+        #expect(try await harness.services.store.recentUsage(limit: 10).isEmpty)
+        try await harness.close()
+    }
+
+    /// Many parallel requests against a small dollar budget: spend never exceeds the budget by
+    /// more than the largest single reservation.
+    @Test func concurrentRequestsCannotOverspendTheBudget() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        let statuses = try await app.test(.router) { client in
+            try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
+                for _ in 0..<60 {
+                    group.addTask {
+                        try await client.execute(
+                            uri: "/v1/chat/completions", method: .post, headers: auth("test-key-pppppppppppp"),
+                            body: chat("fast", "pricey", extra: #","max_tokens":1000"#)
+                        ) { $0.status }
+                    }
+                }
+                var statuses: [HTTPResponse.Status] = []
+                for try await status in group { statuses.append(status) }
+                return statuses
+            }
+        }
+        await harness.services.ledger.flush()
+        let spent = try await harness.services.store.spend(agentID: "poor", sinceMs: 0)
+        let budget = USD(dollars: 0.05)
+        // Largest reservation: estimated prompt + 1000 output tokens at $1/$2 per million.
+        let largestReservation = USD(dollars: 0.003)
+        #expect(spent.cost <= budget + largestReservation)
+        #expect(statuses.filter { $0 == .ok }.count >= 10)
+        #expect(statuses.contains(.tooManyRequests))
+        #expect(statuses.allSatisfy { $0 == .ok || $0 == .tooManyRequests })
+        try await harness.close()
+    }
+}

@@ -1,0 +1,36 @@
+import InterlockCore
+import InterlockStore
+import Testing
+
+@Suite struct SQLiteStoreTests {
+    func record(_ id: String, agent: String, ts: Int64, nanos: Int64) -> UsageRecord {
+        UsageRecord(
+            requestID: id, timestampMs: ts, agentID: agent, targetKind: "model", target: "fast", deploymentID: "d1", provider: "mock",
+            upstreamModel: "m1", operation: "chat", stream: false, usage: TokenUsage(inputTokens: 10, outputTokens: 5, cachedInputTokens: 2),
+            cost: USD(nanos: nanos), latencyMs: 12.5, attempts: 1, outcome: .success, status: 200, errorCode: nil)
+    }
+
+    @Test func migratesInWALModeAndSumsSpend() async throws {
+        let path = "/tmp/interlock-store-test-\(UInt64.random(in: 0...UInt64.max)).sqlite"
+        let store = try await SQLiteStore.open(path: path)
+        try await store.migrate()
+        try await store.migrate()  // idempotent
+        #expect(try await store.schemaVersion() == 1)
+        #expect(try await store.journalMode() == "wal")
+        let batch = (0..<1_500).map { record("r\($0)", agent: $0 < 1_000 ? "a" : "b", ts: Int64(1_000 + $0), nanos: 100) }
+        try await store.appendUsage(batch)
+        let spend = try await store.spend(agentID: "a", sinceMs: 1_500)
+        #expect(spend.calls == 500)
+        #expect(spend.cost == USD(nanos: 50_000))
+        #expect(spend.usage.cachedInputTokens == 1_000)
+        let recent = try await store.recentUsage(limit: 2)
+        #expect(recent.map(\.requestID) == ["r1499", "r1498"])
+        #expect(recent.first == batch.last)
+        try await store.close()
+        // Reopening keeps the data: it is on disk.
+        let reopened = try await SQLiteStore.open(path: path)
+        try await reopened.migrate()
+        #expect(try await reopened.spend(agentID: "b", sinceMs: 0).calls == 500)
+        try await reopened.close()
+    }
+}
