@@ -162,8 +162,9 @@ extension ModelRequest {
         let limit = request.value("max_completion_tokens") ?? request.value("max_tokens")
         request.maxOutputTokens = limit?.int64Value.map { Int(clamping: $0) }
         request.clientWantsStreamUsage = request.value("stream_options")?["include_usage"]?.boolValue ?? false
-        // About four bytes of JSON per token for English text; images and tool schemas make it rougher.
-        request.estimatedInputTokens = max(1, body.count / 4)
+        // English runs about four bytes per token and CJK about three; JSON syntax adds bytes
+        // that are not tokens. Three bytes per token over-reserves slightly, which is the safe side.
+        request.estimatedInputTokens = max(1, body.count / 3)
         return request
     }
 
