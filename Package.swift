@@ -126,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InterlockStoreTests",
-            dependencies: ["InterlockStore", "InterlockCore"],
+            dependencies: ["InterlockStore", "InterlockCore", "InterlockRuntime"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -14,7 +14,9 @@ final class ConfigReader {
 
     func report(_ node: Node?, path: String, _ message: String) {
         let mark = node?.mark
-        diagnostics.append(ConfigDiagnostic(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path, message: message))
+        let diagnostic = ConfigDiagnostic(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path, message: message)
+        // The cross-reference pass walks some nodes a second time; report each problem once.
+        if !diagnostics.contains(diagnostic) { diagnostics.append(diagnostic) }
     }
 
     /// `${VAR}`, `${VAR:-default}` and `$$` (a literal `$`) in a scalar.
@@ -153,7 +155,7 @@ struct ConfigNode {
 
     func int(minimum: Int = Int.min, maximum: Int = Int.max) -> Int? {
         guard let text = string() else { return nil }
-        guard let value = Int(text.replacingOccurrences(of: "_", with: "")) else {
+        guard let value = Int(text.replacing("_", with: "")) else {
             report("expected an integer, found '\(text)'")
             return nil
         }

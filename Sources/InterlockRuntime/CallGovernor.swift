@@ -171,7 +171,8 @@ public final class CallGovernor: Sendable {
         if outcome.cost > .zero {
             FloatingPointCounter(label: "interlock_cost_usd_total", dimensions: dimensions).increment(by: outcome.cost.dollars)
         }
-        logger.info(
+        // The usage ledger is the per-call record; this line is for debugging and stays off the hot path by default.
+        logger.debug(
             "call finished",
             metadata: [
                 "interlock.request.id": "\(call.requestID)", "interlock.agent.id": "\(call.agent.id)", "interlock.target": "\(call.target)",

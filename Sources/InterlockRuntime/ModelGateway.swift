@@ -36,6 +36,8 @@ public final class ModelGateway: Sendable {
     private let httpUpstream: any ModelUpstream
     private let mockUpstream: any ModelUpstream
     private let logger: Logger
+    /// `logging.log_prompts`: log each request body (off by default; prompts often hold personal data).
+    private let logPrompts: Bool
     /// Largest non-streamed upstream answer accepted.
     private let maxResponseBytes = 64 * 1024 * 1024
 
@@ -65,6 +67,7 @@ public final class ModelGateway: Sendable {
         self.httpUpstream = httpUpstream
         self.mockUpstream = mockUpstream
         self.logger = logger
+        self.logPrompts = configuration.logging.logPrompts
     }
 
     /// The aliases an agent may call, sorted.
@@ -95,6 +98,12 @@ public final class ModelGateway: Sendable {
             requestID: requestID, agent: agent, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState)
         let admission = try await governor.admit(call)
+        if logPrompts {
+            logger.info("model request body", metadata: [
+                "interlock.request.id": "\(requestID)", "interlock.agent.id": "\(agent.id)",
+                "interlock.prompt": "\(String(decoding: request.body, as: UTF8.self))",
+            ])
+        }
         let span = startSpan("\(request.operation == .chat ? "chat" : "embeddings") \(request.alias)", ofKind: .client)
         span.attributes["gen_ai.operation.name"] = request.operation == .chat ? "chat" : "embeddings"
         span.attributes["gen_ai.request.model"] = request.alias
@@ -161,6 +170,8 @@ public final class ModelGateway: Sendable {
         if let traceState = carrier["tracestate"] ?? admission.call.traceState { headers.append(("tracestate", traceState)) }
 
         for deployment in chain {
+            // Translate first: a request this provider cannot take must not hold a permit or tokens.
+            let body = try RequestPreparation.body(for: request, provider: deployment.provider, deployment: deployment.settings, defaultMaxTokens: settings.defaultMaxOutputTokens)
             switch deployment.acquireBreaker() {
             case .rejected(let retryAfter):
                 lastError = GatewayError(kind: .unavailable, code: "deployment_unavailable", message: "Every deployment of '\(request.alias)' is temporarily unavailable.", retryAfterSeconds: CallGovernor.seconds(retryAfter))
@@ -186,7 +197,9 @@ public final class ModelGateway: Sendable {
             case .admitted(let queuedFor):
                 waited += queuedFor
             }
-            let body = try RequestPreparation.body(for: request, provider: deployment.provider, deployment: deployment.settings, defaultMaxTokens: settings.defaultMaxOutputTokens)
+            // Once a result is returned, its settlement reconciles the tokens; every other exit gives them back.
+            var handedOff = false
+            defer { if !handedOff { deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0) } }
             let timeout = Duration.milliseconds(deployment.settings.timeoutMs ?? settings.upstreamTimeoutMs)
             let upstreamCall = UpstreamCall(
                 provider: deployment.provider, deployment: deployment.settings, operation: request.operation, format: deployment.provider.kind.nativeFormat,
@@ -202,6 +215,7 @@ public final class ModelGateway: Sendable {
                         return (attempts, admission.startedAt.duration(to: clock.now) - upstreamTime - waited, waited)
                     }
                     deployment.observe(latency: sent.duration(to: clock.now))
+                    handedOff = true
                     return result
                 } catch let failure as AttemptFailure {
                     switch failure {
@@ -239,7 +253,6 @@ public final class ModelGateway: Sendable {
                     }
                 }
             }
-            deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0)
         }
         throw lastError ?? GatewayError(kind: .upstream, code: "upstream_error", message: "No deployment could serve the request.")
     }

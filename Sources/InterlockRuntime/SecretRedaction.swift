@@ -5,7 +5,7 @@ enum SecretRedaction {
     static func redact(_ text: String, secrets: [Secret?]) -> String {
         var result = text
         for secret in secrets.compactMap({ $0 }) where secret.reveal().count >= 6 {
-            result = result.replacingOccurrences(of: secret.reveal(), with: "[redacted]")
+            result = result.replacing(secret.reveal(), with: "[redacted]")
         }
         // Provider-style keys (sk-..., sk-ant-...) even when they are not ours.
         var output = ""
@@ -21,20 +21,5 @@ enum SecretRedaction {
             }
         }
         return output
-    }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard !target.isEmpty else { return self }
-        var result = ""
-        var remainder = self[...]
-        while let range = remainder.range(of: target) {
-            result += remainder[..<range.lowerBound]
-            result += replacement
-            remainder = remainder[range.upperBound...]
-        }
-        result += remainder
-        return result
     }
 }

@@ -53,7 +53,8 @@ public final class UsageLedgerWriter: Service, Sendable {
         state.withLock { $0.stopping = true }
     }
 
-    /// Writes everything buffered now (used by tests and by shutdown).
+    /// Writes everything buffered now (used by tests and by shutdown). A batch that cannot be
+    /// written because the task was cancelled goes back to the front of the buffer.
     public func flush() async {
         while true {
             let batch: [UsageRecord] = state.withLock { state in
@@ -63,7 +64,10 @@ public final class UsageLedgerWriter: Service, Sendable {
                 return batch
             }
             guard !batch.isEmpty else { return }
-            await write(batch)
+            guard await write(batch) else {
+                state.withLock { $0.buffer.insert(contentsOf: batch, at: 0) }
+                return
+            }
         }
     }
 
@@ -78,16 +82,17 @@ public final class UsageLedgerWriter: Service, Sendable {
         }
     }
 
-    private func write(_ batch: [UsageRecord]) async {
+    /// Writes one batch, retrying failures with backoff; false only when cancelled before it succeeded.
+    private func write(_ batch: [UsageRecord]) async -> Bool {
         var delay = Duration.milliseconds(50)
         while true {
             do {
                 try await store.appendUsage(batch)
                 state.withLock { $0.written += batch.count }
-                return
+                return true
             } catch {
                 logger.error("usage ledger write failed; retrying", metadata: ["interlock.ledger.batch": "\(batch.count)", "error": "\(error)"])
-                if Task.isCancelled { return }
+                if Task.isCancelled { return false }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }

@@ -34,8 +34,13 @@ extension GatewayError {
         var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID]
         if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
         if kind == .authentication {
-            let description = message.replacingOccurrences(of: "\"", with: "'")
-            headers[.wwwAuthenticate] = "Bearer error=\"invalid_token\", error_description=\"\(description)\""
+            // RFC 6750 §3.1: a request with no credentials gets the challenge without an error code.
+            if code == GatewayError.missingCredential.code {
+                headers[.wwwAuthenticate] = "Bearer realm=\"interlock\""
+            } else {
+                let description = message.replacing("\"", with: "'")
+                headers[.wwwAuthenticate] = "Bearer realm=\"interlock\", error=\"invalid_token\", error_description=\"\(description)\""
+            }
         }
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(body))))
     }
@@ -69,16 +74,5 @@ struct ErrorRenderingMiddleware<Context: RequestContext>: RouterMiddleware {
             return GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request.")
                 .response(dialect: dialect, requestID: requestID)
         }
-    }
-}
-
-extension String {
-    func replacingOccurrences(of target: Character, with replacement: Character) -> String {
-        String(map { $0 == target ? replacement : $0 })
-    }
-
-    func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard target.count == 1, replacement.count == 1 else { return self }
-        return replacingOccurrences(of: Character(target), with: Character(replacement))
     }
 }

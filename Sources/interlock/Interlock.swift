@@ -133,11 +133,13 @@ struct Serve: AsyncParsableCommand {
         }
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
         services += [ledger, app]
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { .init(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        // Past this, shutdown stops waiting for in-flight requests and streams.
+        groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(configuration.server.shutdownGraceMs)
+        let group = ServiceGroup(configuration: groupConfiguration)
         logger.info("starting", metadata: ["interlock.version": "\(interlockVersion)", "interlock.address": "\(host):\(port)"])
         do {
             try await group.run()

@@ -80,17 +80,10 @@ import Testing
     }
 
     @Test func quickstartConfigIsValid() throws {
-        let config = try ConfigLoader.load(path: #filePath.replacingOccurrences(of: "Tests/InterlockConfigTests/ConfigLoaderTests.swift", with: "examples/quickstart.yaml"), environment: [:])
+        let config = try ConfigLoader.load(path: #filePath.replacing("Tests/InterlockConfigTests/ConfigLoaderTests.swift", with: "examples/quickstart.yaml"), environment: [:])
         #expect(config.agents.count == 2)
         #expect(Set(config.models.map(\.name)) == ["fast", "smart", "embed"])
         // With no keys in the environment only the mock providers are enabled.
         #expect(config.providers.filter(\.isEnabled).map(\.id) == ["mock"])
-    }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard let range = range(of: target) else { return self }
-        return self[..<range.lowerBound] + replacement + self[range.upperBound...]
     }
 }

@@ -87,12 +87,14 @@ func auth(_ key: String) -> HTTPFields {
         try await app.test(.router) { client in
             try await client.execute(uri: "/v1/chat/completions", method: .post, body: chat()) { response in
                 #expect(response.status == .unauthorized)
-                #expect(response.headers[.wwwAuthenticate]?.hasPrefix("Bearer") == true)
+                // No credentials: the challenge carries no error code (RFC 6750 §3.1).
+                #expect(response.headers[.wwwAuthenticate] == #"Bearer realm="interlock""#)
                 let body = try JSONParser.parse(Array(response.body.readableBytesView))
                 #expect(body["error"]?["code"] == "missing_api_key")
             }
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-wrong-wrong"), body: chat()) { response in
                 #expect(response.status == .unauthorized)
+                #expect(response.headers[.wwwAuthenticate]?.contains(#"error="invalid_token""#) == true)
             }
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("other")) { response in
                 #expect(response.status == .forbidden)
@@ -186,6 +188,45 @@ func auth(_ key: String) -> HTTPFields {
         #expect(statuses.filter { $0 == .ok }.count >= 20)
         #expect(statuses.contains(.tooManyRequests))
         #expect(statuses.allSatisfy { $0 == .ok || $0 == .tooManyRequests })
+        try await harness.close()
+    }
+
+    /// A request the deployment's provider cannot take (embeddings on Anthropic) is refused
+    /// before it takes a breaker permit or TPM tokens, so it leaves the deployment as it was.
+    @Test func refusedTranslationKeepsNoReservation() async throws {
+        let harness = try await Harness.make("""
+            providers:
+              claude:
+                type: anthropic
+                api_key: not-used-in-this-test
+            models:
+              vectors:
+                deployments:
+                  - id: claude-vectors
+                    provider: claude
+                    model: c
+                    limits: { tpm: 1000 }
+            agents:
+              - id: a
+                api_key: test-key-aaaaaaaaaaaa
+                models: [vectors]
+            """)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            for _ in 0..<3 {
+                try await client.execute(
+                    uri: "/v1/embeddings", method: .post, headers: auth("test-key-aaaaaaaaaaaa"),
+                    body: ByteBuffer(string: #"{"model":"vectors","input":"hello"}"#)
+                ) { response in
+                    #expect(response.status == .badRequest)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["error"]?["code"] == "operation_not_supported")
+                }
+            }
+        }
+        let state = try #require(harness.services.gateway.deploymentState("claude-vectors"))
+        #expect(state.limiter.hasCapacity(tokens: 1000))
+        #expect(state.breakerState == "closed")
         try await harness.close()
     }
 }

@@ -1,0 +1,24 @@
+import InterlockCore
+import Testing
+
+@Suite struct ManualClockTests {
+    @Test func sleepersWakeOnlyWhenTheClockReachesTheirDeadline() async throws {
+        let clock = ManualClock()
+        let task = Task { try await clock.sleep(until: clock.now.advanced(by: .seconds(5)), tolerance: nil) }
+        while clock.sleeperCount == 0 { await Task.yield() }
+        clock.advance(by: .seconds(4))
+        #expect(clock.sleeperCount == 1)
+        clock.advance(by: .seconds(1))
+        try await task.value
+        #expect(clock.sleeperCount == 0)
+    }
+
+    @Test func cancellationEndsTheSleep() async {
+        let clock = ManualClock()
+        let task = Task { try await clock.sleep(until: clock.now.advanced(by: .seconds(5)), tolerance: nil) }
+        while clock.sleeperCount == 0 { await Task.yield() }
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(clock.sleeperCount == 0)
+    }
+}
