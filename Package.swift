@@ -125,6 +125,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "InterlockProvidersTests",
+            dependencies: ["InterlockProviders", "InterlockCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "InterlockStoreTests",
             dependencies: ["InterlockStore", "InterlockCore", "InterlockRuntime"],
             swiftSettings: swiftSettings

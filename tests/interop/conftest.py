@@ -10,33 +10,37 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="session")
-def server():
+def start_interlock(config):
+    """Starts `interlock serve` on a fresh database; returns (process, base URL, database path)."""
     binary = os.environ.get("INTERLOCK_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "interlock"))
-    workdir = tempfile.mkdtemp(prefix="interlock-interop-")
-    db = os.path.join(workdir, "interop.sqlite")
-    env = dict(os.environ, INTERLOCK_DB=db)
+    db = os.path.join(tempfile.mkdtemp(prefix="interlock-interop-"), "interop.sqlite")
     process = subprocess.Popen(
-        [binary, "serve", "--config", os.path.join(HERE, "interop.yaml")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        [binary, "serve", "--config", os.path.join(HERE, config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, INTERLOCK_DB=db), text=True,
     )
     deadline = time.time() + 60
-    base = None
     while time.time() < deadline:
         line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                raise RuntimeError("interlock exited early: " + process.stderr.read())
-            continue
         if "listening on" in line:
-            base = line.strip().rsplit(" ", 1)[-1]
-            break
-    assert base, "interlock did not report its address"
-    yield {"base": base, "db": db, "process": process}
+            return process, line.strip().rsplit(" ", 1)[-1], db
+        if not line and process.poll() is not None:
+            raise RuntimeError("interlock exited early: " + process.stderr.read())
+    process.kill()
+    raise RuntimeError("interlock did not report its address")
+
+
+def stop_interlock(process, timeout=30):
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         raise
-    assert process.returncode == 0, process.stderr.read()
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def server():
+    process, base, db = start_interlock("interop.yaml")
+    yield {"base": base, "db": db, "process": process}
+    assert stop_interlock(process) == 0, process.stderr.read()

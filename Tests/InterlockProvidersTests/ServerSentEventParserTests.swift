@@ -1,0 +1,38 @@
+import InterlockProviders
+import Testing
+
+@Suite struct ServerSentEventParserTests {
+    @Test func eventsSurviveAnyChunkBoundary() {
+        let stream = "event: message_start\r\ndata: {\"a\":1}\r\n\r\n: keep-alive comment\n\ndata: line one\ndata: line two\n\nevent: x\ndata: [DONE]\n\n"
+        let bytes = Array(stream.utf8)
+        var expected: [ServerSentEvent] = []
+        do {
+            var parser = ServerSentEventParser()
+            expected = parser.consume(bytes)
+        }
+        #expect(expected == [
+            ServerSentEvent(event: "message_start", data: #"{"a":1}"#),
+            ServerSentEvent(data: "line one\nline two"),
+            ServerSentEvent(event: "x", data: "[DONE]"),
+        ])
+        // Every split point, including inside "\r\n", gives the same events.
+        for split in 0...bytes.count {
+            var parser = ServerSentEventParser()
+            let events = parser.consume(bytes[..<split]) + parser.consume(bytes[split...])
+            #expect(events == expected, "split at \(split)")
+        }
+    }
+
+    @Test func finishDeliversAnEventWithoutItsBlankLine() {
+        var parser = ServerSentEventParser()
+        #expect(parser.consume(Array("data: tail".utf8)).isEmpty)
+        #expect(parser.finish() == ServerSentEvent(data: "tail"))
+        #expect(parser.finish() == nil)
+    }
+
+    @Test func encodedEventsParseBack() {
+        let event = ServerSentEvent(event: "content_block_delta", data: #"{"x":"y"}"#)
+        var parser = ServerSentEventParser()
+        #expect(parser.consume(event.encoded()) == [event])
+    }
+}

@@ -1,0 +1,174 @@
+import AsyncHTTPClient
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import InterlockCore
+import InterlockServer
+import NIOCore
+import Synchronization
+import Testing
+
+/// An OpenAI-compatible upstream whose behaviour depends on the requested model.
+final class ScriptedUpstream: Sendable {
+    let calls = Mutex<[String: Int]>([:])
+    let lastTraceParent = Mutex<String?>(nil)
+
+    func count(_ model: String) -> Int { calls.withLock { $0[model, default: 0] } }
+
+    static func completion(_ text: String) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string:
+            #"{"id":"x","object":"chat.completion","created":1,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"\#(text)"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#)))
+    }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.post("/v1/chat/completions") { request, context -> Response in
+            var request = request
+            let body = try await request.collectBody(upTo: 1 << 20)
+            let model = try JSONParser.parse(Array(body.readableBytesView))["model"]?.stringValue ?? ""
+            let call = self.calls.withLock { calls -> Int in
+                calls[model, default: 0] += 1
+                return calls[model]!
+            }
+            self.lastTraceParent.withLock { $0 = request.headers[HTTPField.Name("traceparent")!] }
+            switch model {
+            case "limited" where call == 1:
+                return Response(status: .tooManyRequests, headers: [HTTPField.Name("retry-after-ms")!: "150", .contentType: "application/json"],
+                    body: .init(byteBuffer: ByteBuffer(string: #"{"error":{"message":"slow down"}}"#)))
+            case "down":
+                return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: #"{"error":{"message":"maintenance"}}"#)))
+            case "slow-stream":
+                return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
+                    for index in 0..<40 {
+                        let chunk = #"data: {"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"w\#(index) "},"finish_reason":null}]}"# + "\n\n"
+                        try await writer.write(ByteBuffer(string: chunk))
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                    try await writer.finish(nil)
+                })
+            default:
+                return Self.completion("served by \(model)")
+            }
+        }
+        return router
+    }
+}
+
+@Suite struct LiveResilienceTests {
+    func config(base: String) -> String {
+        """
+        gateway:
+          retries: { max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 1000 }
+          breaker: { consecutive_failures: 2, open_ms: 60000 }
+        providers:
+          up:
+            type: openai
+            base_url: \(base)/v1
+          mock:
+            type: mock
+        models:
+          limited:
+            deployments: [{ provider: up, model: limited }]
+          flaky:
+            fallbacks: [backup]
+            deployments: [{ id: down-deployment, provider: up, model: down }]
+          backup:
+            deployments: [{ id: backup-deployment, provider: mock, model: m }]
+          slow:
+            deployments: [{ provider: up, model: slow-stream, price: { input_per_mtok: 1, output_per_mtok: 1 } }]
+          plain:
+            deployments: [{ provider: up, model: plain }]
+        agents:
+          - id: a
+            api_key: test-key-aaaaaaaaaaaa
+            models: ["*"]
+        """
+    }
+
+    @Test func retryAfterBreakerFallbackAndTraceContext() async throws {
+        let upstream = ScriptedUpstream()
+        let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstreamApp.test(.live) { upstreamClient in
+            let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
+            let app = Application(router: harness.router)
+            let services = harness.services
+            try await app.test(.live) { client in
+                // 429 with retry-after-ms: the retry waits that long, then succeeds.
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("limited")) { response in
+                    #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "2")
+                    let queued = Double(response.headers[HTTPField.Name("x-interlock-queue-ms")!] ?? "0") ?? 0
+                    #expect(queued >= 140)
+                }
+                // A deployment that keeps failing: two attempts, breaker opens, fallback alias answers.
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
+                    #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-deployment")!] == "backup-deployment")
+                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "3")
+                }
+                #expect(upstream.count("down") == 2)
+                #expect(services.gateway.deploymentState("down-deployment")?.breakerState == "open")
+                // With the breaker open the broken deployment is not called at all.
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
+                    #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "1")
+                }
+                #expect(upstream.count("down") == 2)
+                // The agent's W3C trace context reaches the upstream.
+                let traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                var headers = auth("test-key-aaaaaaaaaaaa")
+                headers[HTTPField.Name("traceparent")!] = traceParent
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat("plain")) { response in
+                    #expect(response.status == .ok)
+                }
+                #expect(upstream.lastTraceParent.withLock { $0 } == traceParent)
+            }
+            try await harness.close()
+        }
+    }
+
+    /// The agent hangs up mid-stream: Interlock stops reading the upstream and bills what was delivered.
+    @Test func agentDisconnectMidStreamIsBilledAsPartial() async throws {
+        let upstream = ScriptedUpstream()
+        let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstreamApp.test(.live) { upstreamClient in
+            let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
+            let app = Application(router: harness.router)
+            let services = harness.services
+            try await app.test(.live) { client in
+                let url = "http://127.0.0.1:\(client.port!)/v1/chat/completions"
+                let received = try await withThrowingTaskGroup(of: Int.self) { group in
+                    group.addTask {
+                        var request = HTTPClientRequest(url: url)
+                        request.method = .POST
+                        request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
+                        request.body = .bytes(chat("slow", "go", extra: #","stream":true"#))
+                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                        var bytes = 0
+                        for try await chunk in response.body {
+                            bytes += chunk.readableBytes
+                            if bytes > 400 { break }  // hang up after a few events
+                        }
+                        return bytes
+                    }
+                    return try await group.next()!
+                }
+                #expect(received > 400)
+                var record: UsageRecord?
+                for _ in 0..<100 {
+                    await services.ledger.flush()
+                    record = try await services.store.recentUsage(limit: 5).first { $0.target == "slow" }
+                    if record != nil { break }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let billed = try #require(record)
+                #expect(billed.outcome == .partial)
+                #expect(billed.status == 499)
+                #expect(billed.usage.outputTokens > 0 && billed.usage.outputTokens < 40)
+                #expect(billed.cost > .zero)
+            }
+            try await harness.close()
+        }
+    }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Measures direct (nginx) vs through-Interlock in one run and writes bench/results/latest.md.
+
+Called by bench/run with the two base URLs, the Interlock pid and the run settings.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEY = "bench-agent-key-0000000001"
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100
+    lower, upper = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lower] + (values[upper] - values[lower]) * (k - lower)
+
+
+def wrk(url, body, duration, connections):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", os.path.join(HERE, "post.lua"), url],
+        env=dict(os.environ, BENCH_BODY=body), capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, int(non2xx.group(1)) if non2xx else 0
+
+
+def fixed_rate(url, body, rate, duration, clients):
+    """Constant-rate load with h2load over HTTP/1.1; latencies from its per-request log."""
+    log = tempfile.NamedTemporaryFile(delete=False, suffix=".log").name
+    per_client = max(1, rate // clients)
+    subprocess.run(
+        ["h2load", "--h1", "-c", str(clients), "--rps", str(per_client), "-D", str(duration),
+         "-d", body, "-H", "content-type: application/json", "-H", f"authorization: Bearer {KEY}",
+         "--log-file", log, url],
+        capture_output=True, text=True, check=True,
+    )
+    latencies, failures = [], 0
+    with open(log) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            if parts[1] != "200":
+                failures += 1
+                continue
+            latencies.append(int(parts[2]) / 1000.0)
+    os.unlink(log)
+    # Drop the first second: connection set-up and warm-up.
+    skip = min(len(latencies) // duration, len(latencies) // 10) if duration else 0
+    latencies = latencies[skip:]
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "count": len(latencies), "failures": failures,
+            "achieved_rps": len(latencies) / max(1, duration - 1)}
+
+
+def ttfb(url, body, runs):
+    values = []
+    for _ in range(runs):
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{time_starttransfer}", "-X", "POST", url,
+             "-H", "content-type: application/json", "-H", f"authorization: Bearer {KEY}", "--data-binary", "@" + body],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        values.append(float(out) * 1000)
+    return percentile(values, 50), percentile(values, 99)
+
+
+def rss_mb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    direct, through, pid, duration, command = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    body = os.path.join(HERE, "request.json")
+    stream_body = os.path.join(HERE, "request-stream.json")
+    chat_direct = direct + "/json/v1/chat/completions"
+    sse_direct = direct + "/sse/v1/chat/completions"
+    chat_through = through + "/v1/chat/completions"
+    results = {"rss_idle_mb": rss_mb(pid, "VmRSS")}
+
+    for url in (chat_direct, chat_through):
+        wrk(url, body, 2, 16)  # warm-up
+    results["saturation_direct"], _ = wrk(chat_direct, body, duration, 64)
+    results["saturation_through"], results["saturation_non2xx"] = wrk(chat_through, body, duration, 64)
+    for rate in (1000, 3000):
+        results[f"direct_{rate}"] = fixed_rate(chat_direct, body, rate, duration, 20)
+        results[f"through_{rate}"] = fixed_rate(chat_through, body, rate, duration, 20)
+    results["ttfb_direct"] = ttfb(sse_direct, stream_body, 200)
+    results["ttfb_through"] = ttfb(chat_through, stream_body, 200)
+    results["rss_peak_mb"] = rss_mb(pid, "VmHWM")
+
+    def ms(value):
+        return f"{value:.3f}"
+
+    lines = [
+        "| measure | direct (nginx) | through Interlock | ratio / added |",
+        "|---|---|---|---|",
+        f"| saturation, req/s (wrk, 64 connections, {duration} s) | {results['saturation_direct']:.0f} | {results['saturation_through']:.0f} | {results['saturation_through'] / results['saturation_direct'] * 100:.1f}% of direct |",
+    ]
+    for rate in (1000, 3000):
+        d, t = results[f"direct_{rate}"], results[f"through_{rate}"]
+        lines.append(f"| p50 latency at {rate} req/s, ms | {ms(d['p50'])} | {ms(t['p50'])} | +{ms(t['p50'] - d['p50'])} ms |")
+        lines.append(f"| p99 latency at {rate} req/s, ms | {ms(d['p99'])} | {ms(t['p99'])} | +{ms(t['p99'] - d['p99'])} ms |")
+        lines.append(f"| achieved rate at {rate} req/s (failed) | {d['achieved_rps']:.0f} ({d['failures']}) | {t['achieved_rps']:.0f} ({t['failures']}) | |")
+    lines.append(f"| time to first streamed byte p50 / p99, ms | {ms(results['ttfb_direct'][0])} / {ms(results['ttfb_direct'][1])} | {ms(results['ttfb_through'][0])} / {ms(results['ttfb_through'][1])} | +{ms(results['ttfb_through'][0] - results['ttfb_direct'][0])} ms (p50) |")
+    lines.append(f"| Interlock RSS idle / peak under load, MB | | {results['rss_idle_mb']:.1f} / {results['rss_peak_mb']:.1f} | |")
+    table = "\n".join(lines)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
+        f.write(f"Command: `{command}`\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, machine: {os.cpu_count()} cores\n\n{table}\n")
+    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
