@@ -114,6 +114,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark baseline only (bench/run): a bare Hummingbird → AsyncHTTPClient pass-through.
+        .executableTarget(
+            name: "interlock-bench-passthrough",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "InterlockCoreTests",
             dependencies: ["InterlockCore"],

@@ -36,6 +36,7 @@ public final class CallGovernor: Sendable {
     private let ledger: UsageLedgerWriter
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
+    private let metrics = CallMetrics()
 
     public init(
         agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, logger: Logger,
@@ -159,18 +160,10 @@ public final class CallGovernor: Sendable {
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
             operation: call.operation, stream: call.stream, usage: outcome.usage, cost: outcome.cost, latencyMs: latency.milliseconds,
             attempts: outcome.attempts, outcome: outcome.outcome, status: outcome.status, errorCode: outcome.errorCode))
-        let dimensions = [("agent", call.agent.id), ("target", call.target), ("operation", call.operation)]
-        Counter(label: "interlock_requests_total", dimensions: dimensions + [("status", String(outcome.status))]).increment()
-        Timer(label: "interlock_request_duration_seconds", dimensions: [("target", call.target), ("operation", call.operation)]).recordNanoseconds(
-            Int64(latency.components.seconds) * 1_000_000_000 + latency.components.attoseconds / 1_000_000_000)
-        if outcome.usage.totalTokens > 0 {
-            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "input")]).increment(by: outcome.usage.inputTokens)
-            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "output")]).increment(by: outcome.usage.outputTokens)
-            Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "cached_input")]).increment(by: outcome.usage.cachedInputTokens)
-        }
-        if outcome.cost > .zero {
-            FloatingPointCounter(label: "interlock_cost_usd_total", dimensions: dimensions).increment(by: outcome.cost.dollars)
-        }
+        metrics.record(
+            agent: call.agent.id, target: call.target, operation: call.operation, status: outcome.status, latency: latency,
+            inputTokens: outcome.usage.inputTokens, outputTokens: outcome.usage.outputTokens,
+            cachedInputTokens: outcome.usage.cachedInputTokens, costDollars: outcome.cost.dollars)
         // The usage ledger is the per-call record; this line is for debugging and stays off the hot path by default.
         logger.debug(
             "call finished",
@@ -210,7 +203,7 @@ public final class CallGovernor: Sendable {
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,
             usage: .zero, cost: .zero, latencyMs: 0, attempts: 0, outcome: .rejected, status: status, errorCode: code))
-        Counter(label: "interlock_requests_total", dimensions: [("agent", call.agent.id), ("target", call.target), ("operation", call.operation), ("status", String(status))]).increment()
+        metrics.recordRejection(agent: call.agent.id, target: call.target, operation: call.operation, status: status)
     }
 
     static func seconds(_ duration: Duration) -> Int {

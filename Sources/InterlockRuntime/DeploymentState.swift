@@ -1,4 +1,5 @@
 public import InterlockCore
+import InterlockProviders
 import Metrics
 import Synchronization
 
@@ -7,6 +8,8 @@ public final class DeploymentState: Sendable {
     public let settings: DeploymentSettings
     public let provider: ProviderSettings
     public let limiter: AsyncRateLimiter
+    let chatEndpoint: UpstreamEndpoint
+    let embeddingsEndpoint: UpstreamEndpoint
     private let breaker: Mutex<CircuitBreaker<ContinuousClock.Instant>>
     private let latency = Mutex(LatencyEstimate())
 
@@ -15,6 +18,8 @@ public final class DeploymentState: Sendable {
         self.provider = provider
         self.limiter = AsyncRateLimiter(name: "deployment:\(settings.id)", limits: settings.limits, queue: queue)
         self.breaker = Mutex(CircuitBreaker(policy: breaker))
+        self.chatEndpoint = RequestPreparation.endpoint(provider: provider, deployment: settings, operation: .chat)
+        self.embeddingsEndpoint = RequestPreparation.endpoint(provider: provider, deployment: settings, operation: .embeddings)
     }
 
     public var breakerState: String { breaker.withLock { $0.state.name } }

@@ -32,6 +32,8 @@ public final class ModelGateway: Sendable {
     public let governor: CallGovernor
     public let settings: GatewaySettings
     private let aliases: [String: ModelAliasSettings]
+    /// Each alias followed by its fallbacks (breadth first, each once), fixed at start.
+    private let aliasChains: [String: [ModelAliasSettings]]
     private let deployments: [String: DeploymentState]
     private let httpUpstream: any ModelUpstream
     private let mockUpstream: any ModelUpstream
@@ -64,6 +66,20 @@ public final class ModelGateway: Sendable {
             }
         }
         self.deployments = states
+        var chains: [String: [ModelAliasSettings]] = [:]
+        for alias in configuration.models {
+            var chain: [ModelAliasSettings] = []
+            var visited = Set<String>()
+            var queue = [alias.name]
+            while !queue.isEmpty {
+                let name = queue.removeFirst()
+                guard visited.insert(name).inserted, let settings = self.aliases[name] else { continue }
+                chain.append(settings)
+                queue += settings.fallbacks
+            }
+            chains[alias.name] = chain
+        }
+        self.aliasChains = chains
         self.httpUpstream = httpUpstream
         self.mockUpstream = mockUpstream
         self.logger = logger
@@ -127,13 +143,14 @@ public final class ModelGateway: Sendable {
     /// The deployments to try, in order: the alias's, then each fallback alias's.
     private func candidateChain(for alias: String) -> [DeploymentState] {
         var chain: [DeploymentState] = []
-        var visited = Set<String>()
-        var queue = [alias]
         var generator = SystemRandomNumberGenerator()
-        while !queue.isEmpty {
-            let name = queue.removeFirst()
-            guard visited.insert(name).inserted, let settings = aliases[name] else { continue }
+        for settings in aliasChains[alias] ?? [] {
             let states = settings.deployments.compactMap { deployments[$0.id] }
+            if states.count == 1 {
+                // Nothing to choose between: skip the ranking.
+                if states[0].wouldAllow() { chain.append(states[0]) }
+                continue
+            }
             let candidates = states.map { state in
                 ModelRouter.Candidate(
                     id: state.settings.id, tier: state.settings.tier, weight: state.settings.weight, price: state.settings.price,
@@ -141,7 +158,6 @@ public final class ModelGateway: Sendable {
             }
             let ranked = ModelRouter.rank(candidates, strategy: settings.strategy, expected: .zero, using: &generator)
             chain += ranked.compactMap { deployments[$0] }
-            queue += settings.fallbacks
         }
         return chain
     }
@@ -202,7 +218,7 @@ public final class ModelGateway: Sendable {
             defer { if !handedOff { deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0) } }
             let timeout = Duration.milliseconds(deployment.settings.timeoutMs ?? settings.upstreamTimeoutMs)
             let upstreamCall = UpstreamCall(
-                provider: deployment.provider, deployment: deployment.settings, operation: request.operation, format: deployment.provider.kind.nativeFormat,
+                endpoint: request.operation == .chat ? deployment.chatEndpoint : deployment.embeddingsEndpoint, provider: deployment.provider, deployment: deployment.settings, operation: request.operation, format: deployment.provider.kind.nativeFormat,
                 body: body, stream: request.stream, headers: headers, timeout: timeout)
             var attempt = 0
             while attempt < settings.retryMaxAttempts {

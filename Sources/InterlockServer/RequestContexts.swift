@@ -1,4 +1,5 @@
 public import Hummingbird
+import Synchronization
 public import InterlockCore
 import Logging
 
@@ -11,7 +12,7 @@ public struct InterlockRequestContext: RequestContext {
     public init(source: Source) {
         self.coreContext = .init(source: source)
         self.agent = nil
-        self.requestID = "req_" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        self.requestID = RequestIDGenerator.next()
     }
 }
 
@@ -26,5 +27,16 @@ public struct AgentRequestContext: ChildRequestContext {
         self.coreContext = context.coreContext
         self.agent = agent
         self.requestID = context.requestID
+    }
+}
+
+/// Request ids: a random prefix chosen at start and a counter, so making one needs no syscall
+/// and ids from different processes do not collide.
+enum RequestIDGenerator {
+    private static let prefix = "req_" + String(UInt32.random(in: 0...UInt32.max), radix: 36) + "_"
+    private static let counter = Atomic<UInt64>(0)
+
+    static func next() -> String {
+        prefix + String(counter.add(1, ordering: .relaxed).newValue, radix: 36)
     }
 }

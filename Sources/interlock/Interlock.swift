@@ -80,7 +80,7 @@ struct Serve: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
-            return handler
+            return DeferredMetadataLogHandler(handler)
         }
         var logger = Logger(label: "interlock")
         logger[metadataKey: "interlock.node.id"] = .string(configuration.node.id)
@@ -116,6 +116,9 @@ struct Serve: AsyncParsableCommand {
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.providers.map(\.maxConnections).max() ?? 64)
         clientConfiguration.timeout = .init(connect: .seconds(10), read: .seconds(300))
+        // Interlock's own `chat {alias}` span covers the upstream call; without a tracer the
+        // client's per-request span is pure overhead.
+        if !Serve.tracingRequested(environment) { clientConfiguration.tracing.tracer = nil }
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         let gateway = ModelGateway(
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: httpClient), mockUpstream: MockModelUpstream(),

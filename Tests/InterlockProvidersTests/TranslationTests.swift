@@ -121,31 +121,28 @@ import Testing
 }
 
 @Suite struct RequestPreparationTests {
-    func call(_ provider: ProviderSettings, deployment: DeploymentSettings, operation: ModelOperation = .chat, stream: Bool = false) -> UpstreamCall {
-        UpstreamCall(provider: provider, deployment: deployment, operation: operation, format: provider.kind.nativeFormat, body: [], stream: stream, headers: [("traceparent", "00-abc-def-01")], timeout: .seconds(1))
-    }
-
     @Test func azureUsesDeploymentPathApiVersionAndApiKeyHeader() {
         var provider = ProviderSettings(id: "az", kind: .azureOpenAI, baseURL: "https://res.openai.azure.com/", apiKey: Secret("azure-secret"))
         provider.apiVersion = "2024-10-21"
         var deployment = DeploymentSettings(id: "d", providerID: "az", model: "gpt-4o")
         deployment.azureDeployment = "prod-gpt4o"
-        let endpoint = RequestPreparation.endpoint(for: call(provider, deployment: deployment, operation: .embeddings))
+        let endpoint = RequestPreparation.endpoint(provider: provider, deployment: deployment, operation: .embeddings)
         #expect(endpoint.url == "https://res.openai.azure.com/openai/deployments/prod-gpt4o/embeddings?api-version=2024-10-21")
         #expect(endpoint.headers.contains { $0 == ("api-key", "azure-secret") })
         #expect(!endpoint.headers.contains { $0.0 == "authorization" })
-        #expect(endpoint.headers.contains { $0 == ("traceparent", "00-abc-def-01") })
     }
 
     @Test func openAIAndAnthropicEndpoints() {
-        let openAI = RequestPreparation.endpoint(for: call(ProviderSettings(id: "o", kind: .openai, baseURL: "http://localhost:8000/v1"), deployment: DeploymentSettings(id: "d", providerID: "o", model: "m"), stream: true))
+        let openAI = RequestPreparation.endpoint(provider: ProviderSettings(id: "o", kind: .openai, baseURL: "http://localhost:8000/v1"), deployment: DeploymentSettings(id: "d", providerID: "o", model: "m"), operation: .chat)
         #expect(openAI.url == "http://localhost:8000/v1/chat/completions")
         #expect(!openAI.headers.contains { $0.0 == "authorization" })  // keyless local server
-        #expect(openAI.headers.contains { $0 == ("accept", "text/event-stream") })
-        let anthropic = RequestPreparation.endpoint(for: call(ProviderSettings(id: "a", kind: .anthropic, baseURL: "https://api.anthropic.com", apiKey: Secret("k")), deployment: DeploymentSettings(id: "d", providerID: "a", model: "m")))
+        var withHeaders = ProviderSettings(id: "a", kind: .anthropic, baseURL: "https://api.anthropic.com", apiKey: Secret("k"))
+        withHeaders.headers = [("x-team", Secret("blue"))]
+        let anthropic = RequestPreparation.endpoint(provider: withHeaders, deployment: DeploymentSettings(id: "d", providerID: "a", model: "m"), operation: .chat)
         #expect(anthropic.url == "https://api.anthropic.com/v1/messages")
         #expect(anthropic.headers.contains { $0 == ("x-api-key", "k") })
         #expect(anthropic.headers.contains { $0 == ("anthropic-version", "2023-06-01") })
+        #expect(anthropic.headers.contains { $0 == ("x-team", "blue") })
     }
 
     @Test func sameFormatSplicesModelAndStreamUsageWithoutReencoding() throws {

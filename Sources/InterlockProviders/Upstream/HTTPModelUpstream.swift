@@ -13,10 +13,11 @@ public final class HTTPModelUpstream: ModelUpstream {
     }
 
     public func send(_ call: UpstreamCall) async throws -> UpstreamResponse {
-        let endpoint = RequestPreparation.endpoint(for: call)
-        var request = HTTPClientRequest(url: endpoint.url)
+        var request = HTTPClientRequest(url: call.endpoint.url)
         request.method = .POST
-        for (name, value) in endpoint.headers { request.headers.add(name: name, value: value) }
+        for (name, value) in call.endpoint.headers { request.headers.add(name: name, value: value) }
+        for (name, value) in call.headers { request.headers.add(name: name, value: value) }
+        if call.stream { request.headers.add(name: "accept", value: "text/event-stream") }
         request.body = .bytes(ByteBuffer(bytes: call.body))
         let response: HTTPClientResponse
         do {

@@ -57,28 +57,26 @@ public enum RequestPreparation {
         return out
     }
 
-    /// The URL path and headers for a provider.
-    public static func endpoint(for call: UpstreamCall) -> (url: String, headers: [(String, String)]) {
-        let base = call.provider.baseURL.hasSuffix("/") ? String(call.provider.baseURL.dropLast()) : call.provider.baseURL
+    /// The URL and fixed headers of a deployment for one operation.
+    public static func endpoint(provider: ProviderSettings, deployment: DeploymentSettings, operation: ModelOperation) -> UpstreamEndpoint {
+        let base = provider.baseURL.hasSuffix("/") ? String(provider.baseURL.dropLast()) : provider.baseURL
         var headers: [(String, String)] = [("content-type", "application/json")]
         let url: String
-        switch call.provider.kind {
+        switch provider.kind {
         case .openai, .mock:
-            url = base + (call.operation == .chat ? "/chat/completions" : "/embeddings")
-            if let key = call.provider.apiKey, !key.isEmpty { headers.append(("authorization", "Bearer " + key.reveal())) }
+            url = base + (operation == .chat ? "/chat/completions" : "/embeddings")
+            if let key = provider.apiKey, !key.isEmpty { headers.append(("authorization", "Bearer " + key.reveal())) }
         case .azureOpenAI:
-            let deployment = call.deployment.azureDeployment ?? call.deployment.model
-            let path = call.operation == .chat ? "chat/completions" : "embeddings"
-            url = "\(base)/openai/deployments/\(deployment)/\(path)?api-version=\(call.provider.apiVersion ?? "2024-10-21")"
-            if let key = call.provider.apiKey { headers.append(("api-key", key.reveal())) }
+            let name = deployment.azureDeployment ?? deployment.model
+            let path = operation == .chat ? "chat/completions" : "embeddings"
+            url = "\(base)/openai/deployments/\(name)/\(path)?api-version=\(provider.apiVersion ?? "2024-10-21")"
+            if let key = provider.apiKey { headers.append(("api-key", key.reveal())) }
         case .anthropic:
             url = base + "/v1/messages"
-            if let key = call.provider.apiKey { headers.append(("x-api-key", key.reveal())) }
-            headers.append(("anthropic-version", call.provider.anthropicVersion))
+            if let key = provider.apiKey { headers.append(("x-api-key", key.reveal())) }
+            headers.append(("anthropic-version", provider.anthropicVersion))
         }
-        if call.stream { headers.append(("accept", "text/event-stream")) }
-        for (name, value) in call.provider.headers { headers.append((name, value.reveal())) }
-        headers += call.headers
-        return (url, headers)
+        for (name, value) in provider.headers { headers.append((name, value.reveal())) }
+        return UpstreamEndpoint(url: url, headers: headers)
     }
 }

@@ -2,8 +2,21 @@ public import InterlockCore
 public import NIOCore
 public import AsyncHTTPClient
 
+/// Where a deployment is reached and the headers every request to it carries (credentials
+/// included). Computed once per deployment and operation, not per request.
+public struct UpstreamEndpoint: Sendable {
+    public var url: String
+    public var headers: [(String, String)]
+
+    public init(url: String, headers: [(String, String)]) {
+        self.url = url
+        self.headers = headers
+    }
+}
+
 /// A request ready to send to one deployment.
 public struct UpstreamCall: Sendable {
+    public var endpoint: UpstreamEndpoint
     public var provider: ProviderSettings
     public var deployment: DeploymentSettings
     public var operation: ModelOperation
@@ -11,14 +24,15 @@ public struct UpstreamCall: Sendable {
     public var format: WireFormat
     public var body: [UInt8]
     public var stream: Bool
-    /// Extra headers to send: trace context, idempotency key.
+    /// Headers of this request only: trace context, request id.
     public var headers: [(String, String)]
     public var timeout: Duration
 
     public init(
-        provider: ProviderSettings, deployment: DeploymentSettings, operation: ModelOperation, format: WireFormat,
+        endpoint: UpstreamEndpoint, provider: ProviderSettings, deployment: DeploymentSettings, operation: ModelOperation, format: WireFormat,
         body: [UInt8], stream: Bool, headers: [(String, String)], timeout: Duration
     ) {
+        self.endpoint = endpoint
         self.provider = provider
         self.deployment = deployment
         self.operation = operation
