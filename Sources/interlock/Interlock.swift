@@ -116,6 +116,9 @@ struct Serve: AsyncParsableCommand {
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.providers.map(\.maxConnections).max() ?? 64)
         clientConfiguration.timeout = .init(connect: .seconds(10), read: .seconds(300))
+        // A model or tool API has no business redirecting; following one could carry upstream
+        // credentials to another host.
+        clientConfiguration.redirectConfiguration = .disallow
         // Interlock's own `chat {alias}` span covers the upstream call; without a tracer the
         // client's per-request span is pure overhead.
         if !Serve.tracingRequested(environment) { clientConfiguration.tracing.tracer = nil }
