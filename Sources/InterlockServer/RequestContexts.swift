@@ -30,10 +30,10 @@ public struct AgentRequestContext: ChildRequestContext {
     }
 }
 
-/// Request ids: a random prefix chosen at start and a counter, so making one needs no syscall
-/// and ids from different processes do not collide.
+/// Request ids: a 64-bit random prefix chosen at start and a counter, so making one needs no
+/// syscall and ids from different processes or restarts practically never collide.
 enum RequestIDGenerator {
-    private static let prefix = "req_" + String(UInt32.random(in: 0...UInt32.max), radix: 36) + "_"
+    private static let prefix = "req_" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + "_"
     private static let counter = Atomic<UInt64>(0)
 
     static func next() -> String {
