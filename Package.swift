@@ -124,6 +124,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark prototype only (bench/run): an event-loop-native proxy, to size the transport choice.
+        .executableTarget(
+            name: "interlock-bench-nio-proxy",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            // Bench-only prototype written in the NIO-handler style; Swift 5 mode spares it the
+            // Sendable wrapping that production code on this path would carry.
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         .testTarget(
             name: "InterlockCoreTests",
             dependencies: ["InterlockCore"],

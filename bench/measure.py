@@ -93,24 +93,27 @@ def rss_mb(pid, field):
 
 
 def main():
-    direct, through, bare, pid, duration, command = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    direct, through, bare, nio, pid, duration, command = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
     body = os.path.join(HERE, "request.json")
     stream_body = os.path.join(HERE, "request-stream.json")
     chat_direct = direct + "/json/v1/chat/completions"
     sse_direct = direct + "/sse/v1/chat/completions"
     chat_through = through + "/v1/chat/completions"
     chat_bare = bare + "/v1/chat/completions"
+    chat_nio = nio + "/v1/chat/completions"
     results = {"rss_idle_mb": rss_mb(pid, "VmRSS")}
 
-    for url in (chat_direct, chat_through, chat_bare):
+    for url in (chat_direct, chat_through, chat_bare, chat_nio):
         wrk(url, body, 2, 16)  # warm-up
     results["saturation_direct"], _ = wrk(chat_direct, body, duration, 64)
     results["saturation_through"], results["saturation_non2xx"] = wrk(chat_through, body, duration, 64)
     results["saturation_bare"], _ = wrk(chat_bare, body, duration, 64)
+    results["saturation_nio"], _ = wrk(chat_nio, body, duration, 64)
     for rate in (1000, 3000):
         results[f"direct_{rate}"] = fixed_rate(chat_direct, body, rate, duration)
         results[f"through_{rate}"] = fixed_rate(chat_through, body, rate, duration)
         results[f"bare_{rate}"] = fixed_rate(chat_bare, body, rate, duration)
+        results[f"nio_{rate}"] = fixed_rate(chat_nio, body, rate, duration)
     results["ttfb_direct"] = ttfb(sse_direct, stream_body, 200)
     results["ttfb_through"] = ttfb(chat_through, stream_body, 200)
     results["rss_peak_mb"] = rss_mb(pid, "VmHWM")
@@ -119,17 +122,17 @@ def main():
         return f"{value:.3f}"
 
     lines = [
-        "| measure | direct (nginx) | through Interlock | Interlock vs direct | bare Hummingbird→AHC proxy | bare vs direct |",
-        "|---|---|---|---|---|---|",
-        f"| saturation, req/s (wrk, 2 threads, 64 connections, {duration} s) | {results['saturation_direct']:.0f} | {results['saturation_through']:.0f} | {results['saturation_through'] / results['saturation_direct'] * 100:.1f}% | {results['saturation_bare']:.0f} | {results['saturation_bare'] / results['saturation_direct'] * 100:.1f}% |",
+        "| measure | direct (nginx) | through Interlock | Interlock vs direct | bare Hummingbird→AHC proxy | bare vs direct | event-loop proxy prototype | prototype vs direct |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| saturation, req/s (wrk, 2 threads, 64 connections, {duration} s) | {results['saturation_direct']:.0f} | {results['saturation_through']:.0f} | {results['saturation_through'] / results['saturation_direct'] * 100:.1f}% | {results['saturation_bare']:.0f} | {results['saturation_bare'] / results['saturation_direct'] * 100:.1f}% | {results['saturation_nio']:.0f} | {results['saturation_nio'] / results['saturation_direct'] * 100:.1f}% |",
     ]
     for rate in (1000, 3000):
-        d, t, b = results[f"direct_{rate}"], results[f"through_{rate}"], results[f"bare_{rate}"]
+        d, t, b, n = results[f"direct_{rate}"], results[f"through_{rate}"], results[f"bare_{rate}"], results[f"nio_{rate}"]
         for p in ("p50", "p99"):
-            lines.append(f"| {p} latency at {rate} req/s, ms | {ms(d[p])} | {ms(t[p])} | +{ms(t[p] - d[p])} | {ms(b[p])} | +{ms(b[p] - d[p])} |")
-        lines.append(f"| requests measured at {rate} req/s (failed) | {d['count']} ({d['failures']}) | {t['count']} ({t['failures']}) | | {b['count']} ({b['failures']}) | |")
-    lines.append(f"| time to first streamed byte p50 / p99, ms | {ms(results['ttfb_direct'][0])} / {ms(results['ttfb_direct'][1])} | {ms(results['ttfb_through'][0])} / {ms(results['ttfb_through'][1])} | +{ms(results['ttfb_through'][0] - results['ttfb_direct'][0])} (p50) | | |")
-    lines.append(f"| Interlock RSS idle / peak under load, MB | | {results['rss_idle_mb']:.1f} / {results['rss_peak_mb']:.1f} | | | |")
+            lines.append(f"| {p} latency at {rate} req/s, ms | {ms(d[p])} | {ms(t[p])} | +{ms(t[p] - d[p])} | {ms(b[p])} | +{ms(b[p] - d[p])} | {ms(n[p])} | +{ms(n[p] - d[p])} |")
+        lines.append(f"| requests measured at {rate} req/s (failed) | {d['count']} ({d['failures']}) | {t['count']} ({t['failures']}) | | {b['count']} ({b['failures']}) | | {n['count']} ({n['failures']}) | |")
+    lines.append(f"| time to first streamed byte p50 / p99, ms | {ms(results['ttfb_direct'][0])} / {ms(results['ttfb_direct'][1])} | {ms(results['ttfb_through'][0])} / {ms(results['ttfb_through'][1])} | +{ms(results['ttfb_through'][0] - results['ttfb_direct'][0])} (p50) | | | | |")
+    lines.append(f"| Interlock RSS idle / peak under load, MB | | {results['rss_idle_mb']:.1f} / {results['rss_peak_mb']:.1f} | | | | | |")
     table = "\n".join(lines)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
