@@ -101,15 +101,21 @@ private struct ConfigDocument {
     }
 
     private func readServer(_ node: ConfigNode, into server: inout ServerSettings) {
-        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "shutdown_grace_ms"]) else { return }
+        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "shutdown_grace_ms", "event_loop_path"]) else { return }
         if let host = fields["host"]?.nonEmptyString() { server.host = host }
         if let port = fields["port"]?.int(minimum: 0, maximum: 65_535) { server.port = port }
         if let value = fields["max_body_bytes"]?.int(minimum: 1_024) { server.maxBodyBytes = value }
         if let value = fields["shutdown_grace_ms"]?.int(minimum: 0) { server.shutdownGraceMs = value }
+        if let value = fields["event_loop_path"]?.bool() { server.eventLoopPath = value }
     }
 
     private func readGateway(_ node: ConfigNode, into gateway: inout GatewaySettings) {
-        guard let fields = node.mapping(allowed: ["queue", "retries", "upstream_timeout_ms", "default_max_output_tokens", "breaker"]) else { return }
+        guard let fields = node.mapping(allowed: ["queue", "retries", "upstream_timeout_ms", "default_max_output_tokens", "breaker", "upstream_pool"]) else { return }
+        if let pool = fields["upstream_pool"]?.mapping(allowed: ["max_idle_per_host", "idle_timeout_ms", "connect_timeout_ms"]) {
+            if let value = pool["max_idle_per_host"]?.int(minimum: 0) { gateway.upstreamPool.maxIdlePerHost = value }
+            if let value = pool["idle_timeout_ms"]?.int(minimum: 1) { gateway.upstreamPool.idleTimeoutMs = value }
+            if let value = pool["connect_timeout_ms"]?.int(minimum: 1) { gateway.upstreamPool.connectTimeoutMs = value }
+        }
         if let queue = fields["queue"]?.mapping(allowed: ["max_wait_ms", "max_depth"]) {
             if let value = queue["max_wait_ms"]?.int(minimum: 0) { gateway.queueMaxWaitMs = value }
             if let value = queue["max_depth"]?.int(minimum: 0) { gateway.queueMaxDepth = value }

@@ -32,6 +32,12 @@ public final class AsyncRateLimiter: Sendable {
         case rejected(retryAfter: Duration, reason: Gate.RejectionReason)
     }
 
+    /// Starts a request only if it needs no wait; otherwise changes nothing.
+    public func acquireImmediately(tokens: Int) -> Bool {
+        let now = clock.now
+        return gate.withLock { $0.admitImmediately(tokens: tokens, now: now) }
+    }
+
     /// Waits (bounded) until a request of `tokens` may start.
     public func acquire(tokens: Int, priority: Int) async throws -> Outcome {
         let start = clock.now

@@ -113,6 +113,21 @@ public final class CallGovernor: Sendable {
                     retryAfterSeconds: Self.seconds(retryAfter))
             }
         }
+        return try reserveBudget(call, state: state, started: started, queued: queued)
+    }
+
+    /// Admission without waiting, for the event-loop path: `nil` (and nothing changed) when the
+    /// agent's rate limit would make the call wait or refuse it, so the caller takes the
+    /// waiting path, which also produces the refusal. Budget refusals are thrown here.
+    public func admitImmediately(_ call: GovernedCall) throws(GatewayError) -> Admission? {
+        let started = ContinuousClock.now
+        let state = agentStates[call.agent.id]
+        if let limiter = state?.limiter, !limiter.acquireImmediately(tokens: call.expectedTokens) { return nil }
+        return try reserveBudget(call, state: state, started: started, queued: .zero)
+    }
+
+    /// The budget half of admission, after the agent's rate limit let the call through.
+    private func reserveBudget(_ call: GovernedCall, state: AgentState?, started: ContinuousClock.Instant, queued: Duration) throws(GatewayError) -> Admission {
         var reservation: BudgetLedger.Reservation?
         if let budget = state?.budget {
             let now = wallClockMs()

@@ -103,8 +103,18 @@ public final class ModelGateway: Sendable {
     // MARK: - The call
 
     public func handle(_ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
+        let (call, chain) = try prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState)
+        let admission = try await governor.admit(call)
+        let span = begin(request, admission: admission)
+        return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
+    }
+
+    /// The checks before admission: the alias exists and is granted (default deny), the
+    /// deployments to try, and what the call may cost.
+    private func prepare(
+        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?
+    ) throws(GatewayError) -> (GovernedCall, [DeploymentState]) {
         guard aliases[request.alias] != nil else { throw GatewayError.unknownModel(request.alias) }
-        // Authorize: default deny.
         try governor.authorize(agent, kind: .model, target: request.alias)
         let chain = candidateChain(for: request.alias)
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
@@ -113,21 +123,33 @@ public final class ModelGateway: Sendable {
         let call = GovernedCall(
             requestID: requestID, agent: agent, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState)
-        let admission = try await governor.admit(call)
+        return (call, chain)
+    }
+
+    /// After admission: the prompt log (when enabled) and the call's span.
+    private func begin(_ request: ModelRequest, admission: CallGovernor.Admission) -> any Span {
+        let call = admission.call
         if logPrompts {
             logger.info("model request body", metadata: [
-                "interlock.request.id": "\(requestID)", "interlock.agent.id": "\(agent.id)",
+                "interlock.request.id": "\(call.requestID)", "interlock.agent.id": "\(call.agent.id)",
                 "interlock.prompt": "\(String(decoding: request.body, as: UTF8.self))",
             ])
         }
         let span = startSpan("\(request.operation == .chat ? "chat" : "embeddings") \(request.alias)", ofKind: .client)
         span.attributes["gen_ai.operation.name"] = request.operation == .chat ? "chat" : "embeddings"
         span.attributes["gen_ai.request.model"] = request.alias
-        span.attributes["interlock.agent.id"] = agent.id
-        span.attributes["interlock.request.id"] = requestID
+        span.attributes["interlock.agent.id"] = call.agent.id
+        span.attributes["interlock.request.id"] = call.requestID
         if let maxTokens = request.maxOutputTokens { span.attributes["gen_ai.request.max_tokens"] = maxTokens }
+        return span
+    }
+
+    /// Execute and, on failure, settle the admission and end the span.
+    private func run(
+        _ request: ModelRequest, chain: [DeploymentState], admission: CallGovernor.Admission, span: any Span, resume: Resume?
+    ) async throws -> ModelResult {
         do {
-            let result = try await execute(request, chain: chain, admission: admission, span: span)
+            let result = try await execute(request, chain: chain, admission: admission, span: span, resume: resume)
             if case .complete = result { span.end() }
             return result
         } catch {
@@ -138,6 +160,87 @@ public final class ModelGateway: Sendable {
             governor.settle(admission, CallOutcome(outcome: .error, status: gatewayError.status, errorCode: gatewayError.code))
             throw gatewayError
         }
+    }
+
+    // MARK: - The event-loop path
+
+    /// Starts a non-streamed call on the event loop that read it: the same stages as `handle`,
+    /// taken only when none of them has to wait. Anything else is declined before any state
+    /// changes (and served by `handle`), or continued on the async path after admission.
+    public func startOnLoop(
+        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
+    ) -> LoopStart {
+        guard !request.stream, let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState),
+            let first = chain.first, first.provider.kind != .mock
+        else { return .declined }
+        let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint
+        guard let target = endpoint.target else { return .declined }
+        let admission: CallGovernor.Admission
+        do {
+            guard let admitted = try governor.admitImmediately(call) else { return .declined }
+            admission = admitted
+        } catch {
+            return .refused(error)
+        }
+        let span = begin(request, admission: admission)
+        let later = LoopContinuation(request: request, chain: chain, admission: admission, span: span, resume: nil)
+        guard let body = try? RequestPreparation.body(for: request, provider: first.provider, deployment: first.settings, defaultMaxTokens: settings.defaultMaxOutputTokens)
+        else { return .continueAsync(later) }
+        switch first.acquireBreaker() {
+        case .allowed: break
+        case .probe:
+            first.releaseProbe()
+            return .continueAsync(later)
+        case .rejected:
+            return .continueAsync(later)
+        }
+        let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
+        guard first.limiter.acquireImmediately(tokens: expected.totalTokens) else { return .continueAsync(later) }
+        let headers = endpoint.headers + upstreamHeaders(admission, span: span)
+        return .send(LoopAttempt(
+            target: target, headers: headers, body: ByteBuffer(bytes: body),
+            timeout: .milliseconds(first.settings.timeoutMs ?? settings.upstreamTimeoutMs), maxResponseBytes: min(maxResponseBytes, self.maxResponseBytes),
+            request: request, chain: chain, deployment: first, admission: admission, span: span, sent: .now))
+    }
+
+    /// Takes the upstream's answer to a loop attempt. Success is settled here; a failure goes
+    /// to the async path, which handles it exactly as it handles its own attempts (retry,
+    /// fallback, or the error the agent gets).
+    public func finishOnLoop(_ attempt: LoopAttempt, _ result: Result<LoopHTTPResponse, UpstreamFailure>) -> LoopFinish {
+        let deployment = attempt.deployment
+        let request = attempt.request
+        func resume(_ failure: AttemptFailure) -> LoopFinish {
+            .continueAsync(LoopContinuation(
+                request: request, chain: attempt.chain, admission: attempt.admission, span: attempt.span, resume: Resume(failure: failure, sent: attempt.sent)))
+        }
+        let response: LoopHTTPResponse
+        switch result {
+        case .failure(let failure):
+            return resume(.retryable(status: failure == .timeout ? 504 : 502, message: "The upstream for '\(request.alias)' failed: \(failure).", retryAfter: nil))
+        case .success(let answer):
+            response = answer
+        }
+        guard (200..<300).contains(response.status) else {
+            return resume(classify(status: response.status, body: Array(response.body.readableBytesView), retryAfter: response.retryAfter, request: request, deployment: deployment))
+        }
+        deployment.record(success: true)
+        annotate(attempt.span, deployment: deployment)
+        let upstreamTime = attempt.sent.duration(to: .now)
+        do {
+            let result = try complete(
+                response.body, request: request, deployment: deployment, admission: attempt.admission, span: attempt.span,
+                timing: (1, attempt.admission.startedAt.duration(to: .now) - upstreamTime, .zero))
+            deployment.observe(latency: upstreamTime)
+            attempt.span.end()
+            return .done(result)
+        } catch {
+            return resume(error)
+        }
+    }
+
+    /// Finishes a loop call on the async path.
+    public func continueAsync(_ continuation: LoopContinuation) async throws -> ModelResult {
+        try await run(continuation.request, chain: continuation.chain, admission: continuation.admission, span: continuation.span, resume: continuation.resume)
     }
 
     /// The deployments to try, in order: the alias's, then each fallback alias's.
@@ -162,14 +265,16 @@ public final class ModelGateway: Sendable {
         return chain
     }
 
-    private enum AttemptFailure: Error {
+    fileprivate enum AttemptFailure: Error {
         /// Try again (same deployment after backoff, or the next one).
         case retryable(status: Int, message: String, retryAfter: Duration?)
         /// The request itself is wrong: answer the agent, no retry, no fallback.
         case final(GatewayError)
     }
 
-    private func execute(_ request: ModelRequest, chain: [DeploymentState], admission: CallGovernor.Admission, span: any Span) async throws -> ModelResult {
+    private func execute(
+        _ request: ModelRequest, chain: [DeploymentState], admission: CallGovernor.Admission, span: any Span, resume: Resume?
+    ) async throws -> ModelResult {
         guard !chain.isEmpty else {
             throw GatewayError(kind: .unavailable, code: "no_deployment_available", message: "No deployment of '\(request.alias)' is available right now (circuit breakers open or providers not configured).", retryAfterSeconds: 5)
         }
@@ -179,39 +284,40 @@ public final class ModelGateway: Sendable {
         var waited = admission.queued
         var lastError: GatewayError?
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
-        var headers: [(String, String)] = [("x-request-id", admission.call.requestID)]
-        var carrier: [String: String] = [:]
-        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
-        if let traceParent = carrier["traceparent"] ?? admission.call.traceParent { headers.append(("traceparent", traceParent)) }
-        if let traceState = carrier["tracestate"] ?? admission.call.traceState { headers.append(("tracestate", traceState)) }
+        let headers = upstreamHeaders(admission, span: span)
 
-        for deployment in chain {
+        for (index, deployment) in chain.enumerated() {
+            // A call resumed from the event-loop path already holds this deployment's breaker
+            // permit and limiter tokens, and its first attempt already failed.
+            var injectedFailure = index == 0 ? resume?.failure : nil
             // Translate first: a request this provider cannot take must not hold a permit or tokens.
             let body = try RequestPreparation.body(for: request, provider: deployment.provider, deployment: deployment.settings, defaultMaxTokens: settings.defaultMaxOutputTokens)
-            switch deployment.acquireBreaker() {
-            case .rejected(let retryAfter):
-                lastError = GatewayError(kind: .unavailable, code: "deployment_unavailable", message: "Every deployment of '\(request.alias)' is temporarily unavailable.", retryAfterSeconds: CallGovernor.seconds(retryAfter))
-                continue
-            case .allowed, .probe:
-                break
-            }
-            let admitted: AsyncRateLimiter.Outcome
-            do {
-                admitted = try await deployment.limiter.acquire(tokens: expected.totalTokens, priority: admission.call.agent.priority)
-            } catch {
-                deployment.releaseProbe()
-                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while queued.", status: 499)
-            }
-            switch admitted {
-            case .rejected(let retryAfter, _):
-                deployment.releaseProbe()
-                lastError = GatewayError(
-                    kind: .rateLimit, code: "deployment_rate_limited",
-                    message: "'\(request.alias)' is at its rate limit and the wait queue is full; retry after \(CallGovernor.seconds(retryAfter)) s.",
-                    retryAfterSeconds: CallGovernor.seconds(retryAfter))
-                continue
-            case .admitted(let queuedFor):
-                waited += queuedFor
+            if injectedFailure == nil {
+                switch deployment.acquireBreaker() {
+                case .rejected(let retryAfter):
+                    lastError = GatewayError(kind: .unavailable, code: "deployment_unavailable", message: "Every deployment of '\(request.alias)' is temporarily unavailable.", retryAfterSeconds: CallGovernor.seconds(retryAfter))
+                    continue
+                case .allowed, .probe:
+                    break
+                }
+                let admitted: AsyncRateLimiter.Outcome
+                do {
+                    admitted = try await deployment.limiter.acquire(tokens: expected.totalTokens, priority: admission.call.agent.priority)
+                } catch {
+                    deployment.releaseProbe()
+                    throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while queued.", status: 499)
+                }
+                switch admitted {
+                case .rejected(let retryAfter, _):
+                    deployment.releaseProbe()
+                    lastError = GatewayError(
+                        kind: .rateLimit, code: "deployment_rate_limited",
+                        message: "'\(request.alias)' is at its rate limit and the wait queue is full; retry after \(CallGovernor.seconds(retryAfter)) s.",
+                        retryAfterSeconds: CallGovernor.seconds(retryAfter))
+                    continue
+                case .admitted(let queuedFor):
+                    waited += queuedFor
+                }
             }
             // Once a result is returned, its settlement reconciles the tokens; every other exit gives them back.
             var handedOff = false
@@ -224,8 +330,12 @@ public final class ModelGateway: Sendable {
             while attempt < settings.retryMaxAttempts {
                 attempt += 1
                 attempts += 1
-                let sent = clock.now
+                let sent = injectedFailure != nil ? (resume?.sent ?? clock.now) : clock.now
                 do {
+                    if let failure = injectedFailure {
+                        injectedFailure = nil
+                        throw failure
+                    }
                     let result = try await tryDeployment(upstreamCall, request: request, deployment: deployment, admission: admission, span: span) { elapsed in
                         upstreamTime += elapsed
                         return (attempts, admission.startedAt.duration(to: clock.now) - upstreamTime - waited, waited)
@@ -273,6 +383,16 @@ public final class ModelGateway: Sendable {
         throw lastError ?? GatewayError(kind: .upstream, code: "upstream_error", message: "No deployment could serve the request.")
     }
 
+    /// Headers of this request for the upstream: request id and trace context.
+    private func upstreamHeaders(_ admission: CallGovernor.Admission, span: any Span) -> [(String, String)] {
+        var headers: [(String, String)] = [("x-request-id", admission.call.requestID)]
+        var carrier: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
+        if let traceParent = carrier["traceparent"] ?? admission.call.traceParent { headers.append(("traceparent", traceParent)) }
+        if let traceState = carrier["tracestate"] ?? admission.call.traceState { headers.append(("tracestate", traceState)) }
+        return headers
+    }
+
     private func jitteredBackoff(attempt: Int) -> Duration {
         let ceiling = min(Double(settings.retryMaxBackoffMs), Double(settings.retryInitialBackoffMs) * pow2(attempt - 1))
         return .milliseconds(Double.random(in: ceiling / 2...max(ceiling / 2, ceiling)))
@@ -302,25 +422,10 @@ public final class ModelGateway: Sendable {
         let native = call.format
         guard (200..<300).contains(response.status) else {
             let bytes = (try? await response.body.collect(upTo: 1 << 20)).map { Array($0.readableBytesView) } ?? []
-            let upstreamMessage = ResponseTranslation.errorMessage(fromBody: bytes).map { SecretRedaction.redact($0, secrets: [deployment.provider.apiKey]) }
-            switch response.status {
-            case 429, 408, 409, 500...599:
-                throw AttemptFailure.retryable(
-                    status: response.status, message: "The upstream for '\(request.alias)' answered \(response.status)" + (upstreamMessage.map { ": \($0)" } ?? "."),
-                    retryAfter: response.retryAfter)
-            case 401, 403, 404:
-                // Interlock's own credentials or deployment name are wrong: another deployment may work.
-                throw AttemptFailure.retryable(status: 502, message: "The upstream for '\(request.alias)' refused Interlock's credentials or deployment (HTTP \(response.status)).", retryAfter: nil)
-            default:
-                throw AttemptFailure.final(GatewayError(
-                    kind: .invalidRequest, code: "upstream_rejected_request",
-                    message: "The model provider rejected the request" + (upstreamMessage.map { ": \($0)" } ?? "."), status: response.status))
-            }
+            throw classify(status: response.status, body: bytes, retryAfter: response.retryAfter, request: request, deployment: deployment)
         }
         deployment.record(success: true)
-        span.attributes["gen_ai.provider.name"] = deployment.provider.kind.rawValue
-        span.attributes["gen_ai.response.model"] = deployment.settings.model
-        span.attributes["interlock.deployment"] = deployment.settings.id
+        annotate(span, deployment: deployment)
         let created = governor.nowMs() / 1000
 
         if !request.stream {
@@ -330,32 +435,7 @@ public final class ModelGateway: Sendable {
             } catch {
                 throw AttemptFailure.retryable(status: 502, message: "The upstream for '\(request.alias)' broke off its answer.", retryAfter: nil)
             }
-            let (attempts, overhead, queued) = timing(sent.duration(to: clock.now))
-            let upstreamBytes = Array(buffer.readableBytesView)
-            var usage = UsageReading.fromBody(upstreamBytes, format: native) ?? TokenUsage(inputTokens: request.estimatedInputTokens)
-            var out = buffer
-            if native != request.format {
-                guard case .object(let object)? = try? JSONParser.parse(upstreamBytes) else {
-                    throw AttemptFailure.retryable(status: 502, message: "The upstream for '\(request.alias)' sent an answer that is not JSON.", retryAfter: nil)
-                }
-                let translated: JSONObject =
-                    request.format == .openAI
-                    ? ResponseTranslation.openAIResponse(fromAnthropic: object, model: request.alias, created: created)
-                    : ResponseTranslation.anthropicResponse(fromOpenAI: object, model: request.alias)
-                out = ByteBuffer(bytes: JSONWriter.bytes(.object(translated)))
-            }
-            if request.operation == .embeddings { usage.outputTokens = 0 }
-            let cost = deployment.settings.price.cost(of: usage)
-            deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
-            span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
-            span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
-            governor.settle(admission, CallOutcome(
-                usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
-                attempts: attempts, outcome: .success, status: 200))
-            let info = ModelResponseInfo(
-                requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: attempts,
-                overheadMs: max(0, overhead.milliseconds), queuedMs: queued.milliseconds, cost: cost)
-            return .complete(info: info, body: out)
+            return try complete(buffer, request: request, deployment: deployment, admission: admission, span: span, timing: timing(sent.duration(to: clock.now)))
         }
 
         // Streaming: read until the first event arrives before committing to this deployment,
@@ -401,6 +481,115 @@ public final class ModelGateway: Sendable {
         }
         return .stream(info: info, stream: stream)
     }
+}
+
+extension ModelGateway {
+    /// What an error status from the upstream means for the call.
+    fileprivate func classify(status: Int, body: [UInt8], retryAfter: Duration?, request: ModelRequest, deployment: DeploymentState) -> AttemptFailure {
+        let upstreamMessage = ResponseTranslation.errorMessage(fromBody: body).map { SecretRedaction.redact($0, secrets: [deployment.provider.apiKey]) }
+        switch status {
+        case 429, 408, 409, 500...599:
+            return .retryable(
+                status: status, message: "The upstream for '\(request.alias)' answered \(status)" + (upstreamMessage.map { ": \($0)" } ?? "."),
+                retryAfter: retryAfter)
+        case 401, 403, 404:
+            // Interlock's own credentials or deployment name are wrong: another deployment may work.
+            return .retryable(status: 502, message: "The upstream for '\(request.alias)' refused Interlock's credentials or deployment (HTTP \(status)).", retryAfter: nil)
+        default:
+            return .final(GatewayError(
+                kind: .invalidRequest, code: "upstream_rejected_request",
+                message: "The model provider rejected the request" + (upstreamMessage.map { ": \($0)" } ?? "."), status: status))
+        }
+    }
+
+    fileprivate func annotate(_ span: any Span, deployment: DeploymentState) {
+        span.attributes["gen_ai.provider.name"] = deployment.provider.kind.rawValue
+        span.attributes["gen_ai.response.model"] = deployment.settings.model
+        span.attributes["interlock.deployment"] = deployment.settings.id
+    }
+
+    /// A complete (non-streamed) answer: usage, cost, translation to the agent's format, and
+    /// settlement. `timing` is (attempts, overhead, queued) for the response headers.
+    fileprivate func complete(
+        _ buffer: ByteBuffer, request: ModelRequest, deployment: DeploymentState, admission: CallGovernor.Admission, span: any Span,
+        timing: (Int, Duration, Duration)
+    ) throws(AttemptFailure) -> ModelResult {
+        let (attempts, overhead, queued) = timing
+        let native = deployment.provider.kind.nativeFormat
+        let upstreamBytes = Array(buffer.readableBytesView)
+        var usage = UsageReading.fromBody(upstreamBytes, format: native) ?? TokenUsage(inputTokens: request.estimatedInputTokens)
+        var out = buffer
+        if native != request.format {
+            guard case .object(let object)? = try? JSONParser.parse(upstreamBytes) else {
+                throw AttemptFailure.retryable(status: 502, message: "The upstream for '\(request.alias)' sent an answer that is not JSON.", retryAfter: nil)
+            }
+            let translated: JSONObject =
+                request.format == .openAI
+                ? ResponseTranslation.openAIResponse(fromAnthropic: object, model: request.alias, created: governor.nowMs() / 1000)
+                : ResponseTranslation.anthropicResponse(fromOpenAI: object, model: request.alias)
+            out = ByteBuffer(bytes: JSONWriter.bytes(.object(translated)))
+        }
+        if request.operation == .embeddings { usage.outputTokens = 0 }
+        let cost = deployment.settings.price.cost(of: usage)
+        deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
+        span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
+        span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
+        governor.settle(admission, CallOutcome(
+            usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
+            attempts: attempts, outcome: .success, status: 200))
+        let info = ModelResponseInfo(
+            requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: attempts,
+            overheadMs: max(0, overhead.milliseconds), queuedMs: queued.milliseconds, cost: cost)
+        return .complete(info: info, body: out)
+    }
+}
+
+/// A failed first attempt handed from the event-loop path to the async one.
+struct Resume: Sendable {
+    fileprivate let failure: ModelGateway.AttemptFailure
+    let sent: ContinuousClock.Instant
+}
+
+/// What `startOnLoop` decided.
+public enum LoopStart: Sendable {
+    /// Not for the event-loop path, and nothing was changed: serve it with `handle`.
+    case declined
+    /// Refused at admission (already recorded): answer with this error.
+    case refused(GatewayError)
+    /// Admitted and holding the first deployment: send this upstream with the loop client.
+    case send(LoopAttempt)
+    /// Admitted, but the first deployment cannot take it without waiting: finish with `continueAsync`.
+    case continueAsync(LoopContinuation)
+}
+
+/// What `finishOnLoop` decided.
+public enum LoopFinish: Sendable {
+    case done(ModelResult)
+    case continueAsync(LoopContinuation)
+}
+
+/// A non-streamed call admitted on an event loop, holding its first deployment.
+public struct LoopAttempt: Sendable {
+    public let target: UpstreamTarget
+    public let headers: [(String, String)]
+    public let body: ByteBuffer
+    public let timeout: Duration
+    public let maxResponseBytes: Int
+    let request: ModelRequest
+    let chain: [DeploymentState]
+    let deployment: DeploymentState
+    let admission: CallGovernor.Admission
+    let span: any Span
+    let sent: ContinuousClock.Instant
+}
+
+/// An admitted call that the async path finishes.
+public struct LoopContinuation: Sendable {
+    let request: ModelRequest
+    let chain: [DeploymentState]
+    let admission: CallGovernor.Admission
+    let span: any Span
+    let resume: Resume?
 }
 
 /// Carries trace context into a string dictionary, then into upstream headers.

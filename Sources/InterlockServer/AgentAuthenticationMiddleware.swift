@@ -11,15 +11,19 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
-        var key: String?
-        if let authorization = request.headers[.authorization] {
-            let parts = authorization.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { key = String(parts[1]).trimmingSpaces() }
-        }
-        if key == nil, let header = request.headers[HTTPField.Name("x-api-key")!] { key = header.trimmingSpaces() }
+        let key = Self.apiKey(authorization: request.headers[.authorization], xAPIKey: request.headers[HTTPField.Name("x-api-key")!])
         context.agent = try governor.authenticate(apiKey: key)
         context.logger[metadataKey: "interlock.agent.id"] = .string(context.agent!.id)
         return try await next(request, context)
+    }
+
+    /// The presented key: `Authorization: Bearer KEY`, else `x-api-key: KEY`.
+    static func apiKey(authorization: String?, xAPIKey: String?) -> String? {
+        if let authorization {
+            let parts = authorization.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer" { return String(parts[1]).trimmingSpaces() }
+        }
+        return xAPIKey?.trimmingSpaces()
     }
 }
 

@@ -15,7 +15,9 @@ enum ErrorDialect {
 }
 
 extension GatewayError {
-    func response(dialect: ErrorDialect, requestID: String) -> Response {
+    /// The error as the caller's API would send it: status, headers and JSON body. Both the
+    /// Hummingbird routes and the event-loop path answer with this.
+    func rendered(dialect: ErrorDialect, requestID: String) -> (status: Int, headers: [(String, String)], body: [UInt8]) {
         let body: JSONValue
         switch dialect {
         case .openAI:
@@ -31,18 +33,25 @@ extension GatewayError {
                 }
             body = ["type": "error", "error": ["type": .string(type), "message": .string(message), "code": .string(code)], "request_id": .string(requestID)]
         }
-        var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID]
-        if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
+        var headers: [(String, String)] = [("content-type", "application/json"), ("x-request-id", requestID)]
+        if let retryAfterSeconds { headers.append(("retry-after", String(retryAfterSeconds))) }
         if kind == .authentication {
             // RFC 6750 §3.1: a request with no credentials gets the challenge without an error code.
             if code == GatewayError.missingCredential.code {
-                headers[.wwwAuthenticate] = "Bearer realm=\"interlock\""
+                headers.append(("www-authenticate", "Bearer realm=\"interlock\""))
             } else {
                 let description = message.replacing("\"", with: "'")
-                headers[.wwwAuthenticate] = "Bearer realm=\"interlock\", error=\"invalid_token\", error_description=\"\(description)\""
+                headers.append(("www-authenticate", "Bearer realm=\"interlock\", error=\"invalid_token\", error_description=\"\(description)\""))
             }
         }
-        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(body))))
+        return (status, headers, JSONWriter.bytes(body))
+    }
+
+    func response(dialect: ErrorDialect, requestID: String) -> Response {
+        let (status, pairs, body) = rendered(dialect: dialect, requestID: requestID)
+        var headers = HTTPFields()
+        for (name, value) in pairs { headers.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 }
 

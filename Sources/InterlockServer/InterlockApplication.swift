@@ -1,12 +1,15 @@
 public import Hummingbird
+public import HummingbirdCore
 import HTTPTypes
 import Metrics
 public import InterlockCore
 public import InterlockRuntime
 public import InterlockStore
+public import InterlockProviders
+public import NIOPosix
 public import Logging
 public import Prometheus
-import NIOCore
+public import NIOCore
 
 /// Everything the HTTP layer serves, built once at start-up.
 public struct InterlockServices: Sendable {
@@ -15,13 +18,19 @@ public struct InterlockServices: Sendable {
     public var store: any InterlockStore
     public var ledger: UsageLedgerWriter
     public var metrics: PrometheusCollectorRegistry
+    /// The event-loop path's upstream client; `nil` serves every call on the async path.
+    public var loopClient: LoopHTTPClient?
 
-    public init(configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry) {
+    public init(
+        configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry,
+        loopClient: LoopHTTPClient? = nil
+    ) {
         self.configuration = configuration
         self.gateway = gateway
         self.store = store
         self.ledger = ledger
         self.metrics = metrics
+        self.loopClient = loopClient
     }
 }
 
@@ -70,9 +79,22 @@ public func buildApplication(
 ) -> some ApplicationProtocol {
     Application(
         router: buildRouter(services),
+        server: .interlock(services),
         configuration: .init(address: .hostname(host, port: port), serverName: "interlock"),
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) },
+        eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton),
         logger: logger)
+}
+
+extension HTTPServerBuilder {
+    /// HTTP/1.1 with the event-loop path in front of the router (when `services.loopClient`
+    /// is set). The loop client must use the server's event loop group.
+    public static func interlock(_ services: InterlockServices) -> HTTPServerBuilder {
+        let path = services.loopClient.map {
+            EventLoopPath(gateway: services.gateway, client: $0, maxBodyBytes: services.configuration.server.maxBodyBytes)
+        }
+        return HTTPServerBuilder { responder in InterlockHTTP1Channel(responder: responder, path: path) }
+    }
 }
 
 /// Puts the request id in the logger's metadata for everything the request logs.

@@ -63,13 +63,18 @@ struct ModelRoutes {
 
     static func headers(_ info: ModelResponseInfo) -> HTTPFields {
         var headers: HTTPFields = [:]
-        headers[HTTPField.Name("x-request-id")!] = info.requestID
-        headers[HTTPField.Name("x-interlock-deployment")!] = info.deploymentID
-        headers[HTTPField.Name("x-interlock-provider")!] = info.provider
-        headers[HTTPField.Name("x-interlock-attempts")!] = String(info.attempts)
-        headers[HTTPField.Name("x-interlock-overhead-ms")!] = String(format3(info.overheadMs))
-        if info.queuedMs > 0 { headers[HTTPField.Name("x-interlock-queue-ms")!] = String(format3(info.queuedMs)) }
-        if let cost = info.cost { headers[HTTPField.Name("x-interlock-cost-usd")!] = cost.description }
+        for (name, value) in headerPairs(info) { headers.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+        return headers
+    }
+
+    /// The response headers that say where and how a call was served (both paths send them).
+    static func headerPairs(_ info: ModelResponseInfo) -> [(String, String)] {
+        var headers: [(String, String)] = [
+            ("x-request-id", info.requestID), ("x-interlock-deployment", info.deploymentID), ("x-interlock-provider", info.provider),
+            ("x-interlock-attempts", String(info.attempts)), ("x-interlock-overhead-ms", format3(info.overheadMs)),
+        ]
+        if info.queuedMs > 0 { headers.append(("x-interlock-queue-ms", format3(info.queuedMs))) }
+        if let cost = info.cost { headers.append(("x-interlock-cost-usd", cost.description)) }
         return headers
     }
 

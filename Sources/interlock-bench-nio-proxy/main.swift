@@ -2,6 +2,7 @@
 // machine. Each request is read, forwarded and answered on the event loop that accepted it,
 // over an upstream keep-alive connection owned by that loop, with no Swift-concurrency hop.
 // It exists to size the transport choice recorded in BENCHMARKS.md; Interlock does not use it.
+import AsyncHTTPClient
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -11,13 +12,21 @@ import Glibc
 #endif
 
 let arguments = CommandLine.arguments
-guard arguments.count == 4, let port = Int(arguments[1]), let upstreamPort = Int(arguments[2]) else {
+guard arguments.count >= 4, let port = Int(arguments[1]), let upstreamPort = Int(arguments[2]) else {
     print("usage: interlock-bench-nio-proxy PORT UPSTREAM_PORT UPSTREAM_PATH")
     exit(2)
 }
 let upstreamPath = arguments[3]
+/// `ahc`: forward with AsyncHTTPClient's delegate API pinned to the accepting loop instead.
+let useAHC = arguments.count > 4 && arguments[4] == "ahc"
 let upstreamAddress = try SocketAddress(ipAddress: "127.0.0.1", port: upstreamPort)
 let group = MultiThreadedEventLoopGroup.singleton
+var ahcConfiguration = HTTPClient.Configuration()
+ahcConfiguration.redirectConfiguration = .disallow
+ahcConfiguration.tracing.tracer = nil
+ahcConfiguration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
+let ahc = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: ahcConfiguration)
+let upstreamURL = "http://127.0.0.1:\(upstreamPort)\(upstreamPath)"
 
 /// Idle upstream connections of one event loop. Touched only on that loop.
 final class UpstreamPool {
@@ -65,7 +74,28 @@ final class ProxyHandler: ChannelInboundHandler {
         case .body(var part):
             if body == nil { body = part } else { body!.writeBuffer(&part) }
         case .end:
-            forward(context: context)
+            if useAHC { forwardWithAHC(context: context) } else { forward(context: context) }
+        }
+    }
+
+    private func forwardWithAHC(context: ChannelHandlerContext) {
+        let keepAlive = requestHead?.isKeepAlive ?? true
+        let body = self.body ?? ByteBuffer()
+        let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        var request = try! HTTPClient.Request(url: upstreamURL, method: .POST)
+        request.headers.add(name: "content-type", value: "application/json")
+        request.body = .byteBuffer(body)
+        let task = ahc.execute(request: request, delegate: ResponseAccumulator(request: request), eventLoop: .delegateAndChannel(on: context.eventLoop))
+        task.futureResult.whenSuccess { response in
+            let context = loopBoundContext.value
+            var responseHeaders = HTTPHeaders()
+            responseHeaders.add(name: "content-type", value: "application/json")
+            responseHeaders.add(name: "content-length", value: String(response.body?.readableBytes ?? 0))
+            if !keepAlive { responseHeaders.add(name: "connection", value: "close") }
+            context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: responseHeaders))), promise: nil)
+            if let responseBody = response.body { context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(responseBody))), promise: nil) }
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+            if !keepAlive { context.close(promise: nil) }
         }
     }
 

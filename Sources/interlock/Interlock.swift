@@ -10,6 +10,7 @@ import InterlockServer
 import InterlockStore
 import Logging
 import Metrics
+import NIOPosix
 import OTel
 import Prometheus
 import ServiceLifecycle
@@ -127,10 +128,15 @@ struct Serve: AsyncParsableCommand {
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: httpClient), mockUpstream: MockModelUpstream(),
             logger: Logger(label: "interlock.gateway"))
 
+        // The event-loop path's client lives on the server's event loops.
+        let loopClient =
+            configuration.server.eventLoopPath
+            ? try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton, configuration: .init(configuration.gateway.upstreamPool)) : nil
+
         let host = self.host ?? configuration.server.host
         let port = self.port ?? configuration.server.port
         let app = buildApplication(
-            InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry),
+            InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient),
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.
@@ -154,6 +160,7 @@ struct Serve: AsyncParsableCommand {
         }
         await ledger.flush()
         try? await httpClient.shutdown()
+        loopClient?.closeIdleConnections()
         try? await store.close()
         logger.info("stopped", metadata: ["interlock.ledger.written": "\(ledger.writtenCount)"])
     }

@@ -91,13 +91,15 @@ final class ScriptedUpstream: Sendable {
         let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await upstreamApp.test(.live) { upstreamClient in
             let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
-            let app = Application(router: harness.router)
+            let app = harness.application()
             let services = harness.services
             try await app.test(.live) { client in
                 // 429 with retry-after-ms: the retry waits that long, then succeeds.
                 try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("limited")) { response in
                     #expect(response.status == .ok)
                     #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "2")
+                    // First attempt on the event loop, the retry on the async path.
+                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop,async")
                     let queued = Double(response.headers[HTTPField.Name("x-interlock-queue-ms")!] ?? "0") ?? 0
                     #expect(queued >= 140)
                 }
@@ -121,6 +123,7 @@ final class ScriptedUpstream: Sendable {
                 headers[HTTPField.Name("traceparent")!] = traceParent
                 try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat("plain")) { response in
                     #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
                 }
                 #expect(upstream.lastTraceParent.withLock { $0 } == traceParent)
             }
@@ -134,7 +137,7 @@ final class ScriptedUpstream: Sendable {
         let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await upstreamApp.test(.live) { upstreamClient in
             let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
-            let app = Application(router: harness.router)
+            let app = harness.application()
             let services = harness.services
             try await app.test(.live) { client in
                 let url = "http://127.0.0.1:\(client.port!)/v1/chat/completions"

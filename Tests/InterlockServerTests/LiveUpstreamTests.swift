@@ -87,7 +87,7 @@ final class FakeProvider: Sendable {
                     models: [gpt, claude]
                 """
             let harness = try await Harness.make(config)
-            let app = Application(router: harness.router)
+            let app = harness.application()
             try await app.test(.live) { client in
                 try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("gpt")) { response in
                     #expect(response.status == .ok)

@@ -10,6 +10,7 @@ import InterlockServer
 import InterlockStore
 import Logging
 import NIOCore
+import NIOPosix
 import Prometheus
 import Testing
 
@@ -30,8 +31,15 @@ struct Harness {
             ledger: ledger, logger: logger)
         let gateway = ModelGateway(
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
-        let services = InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry())
+        let services = InterlockServices(
+            configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry(),
+            loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton))
         return Harness(services: services, router: buildRouter(services))
+    }
+
+    /// The server production runs: the router behind the event-loop path.
+    func application() -> some ApplicationProtocol {
+        Application(router: router, server: .interlock(services), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
     }
 
     /// sqlite-nio requires connections to be closed before they are released.

@@ -10,13 +10,13 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def start_interlock(config):
+def start_interlock(config, env=None):
     """Starts `interlock serve` on a fresh database; returns (process, base URL, database path)."""
     binary = os.environ.get("INTERLOCK_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "interlock"))
     db = os.path.join(tempfile.mkdtemp(prefix="interlock-interop-"), "interop.sqlite")
     process = subprocess.Popen(
         [binary, "serve", "--config", os.path.join(HERE, config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, INTERLOCK_DB=db), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, INTERLOCK_DB=db, **(env or {})), text=True,
     )
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -35,6 +35,9 @@ public struct ServerSettings: Sendable {
     public var maxBodyBytes: Int = 4 * 1024 * 1024
     /// How long shutdown waits for in-flight requests and streams, in milliseconds.
     public var shutdownGraceMs: Int = 30_000
+    /// Serve non-streamed model calls that need no wait on the event loop that read them
+    /// (README, "The event-loop path"). Off sends every call through the async path.
+    public var eventLoopPath: Bool = true
 
     public init() {}
 }
@@ -81,6 +84,17 @@ public struct GatewaySettings: Sendable {
     /// Output tokens assumed for budget and TPM reservations when a request sets no `max_tokens`.
     public var defaultMaxOutputTokens: Int = 4_096
     public var breaker = BreakerSettings()
+    public var upstreamPool = UpstreamPoolSettings()
+
+    public init() {}
+}
+
+/// Keep-alive connections of the event-loop path's upstream client, per event loop.
+public struct UpstreamPoolSettings: Sendable, Equatable {
+    public var maxIdlePerHost: Int = 128
+    /// Idle connections older than this are closed, not reused; keep it under the upstream's keep-alive timeout.
+    public var idleTimeoutMs: Int = 30_000
+    public var connectTimeoutMs: Int = 10_000
 
     public init() {}
 }

@@ -79,6 +79,15 @@ public struct RateLimitGate<Instant: InstantProtocol>: Sendable where Instant.Du
         return .queued(waiter.ticket, until: now.advanced(by: max(wait.duration, .milliseconds(1))))
     }
 
+    /// Starts the request if it can start right now with nobody waiting; otherwise changes
+    /// nothing and returns false (the caller then goes through `admit`).
+    public mutating func admitImmediately(tokens amount: Int, now: Instant) -> Bool {
+        let amount = Double(max(0, amount))
+        guard queue.isEmpty, waitForCapacity(tokens: amount, now: now) == .zero else { return false }
+        consume(tokens: amount, now: now)
+        return true
+    }
+
     /// A queued caller checks whether it may start now.
     public mutating func poll(_ ticket: Ticket, now: Instant) -> Poll {
         guard let position = queue.firstIndex(where: { $0.ticket == ticket }) else {

@@ -64,4 +64,12 @@ extension Duration {
 
     /// The duration in milliseconds as a `Double`.
     public var milliseconds: Double { seconds * 1000 }
+
+    /// The duration in whole nanoseconds, saturating.
+    public var nanoseconds: Int64 {
+        let parts = components
+        let (scaled, overflow) = parts.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return parts.seconds < 0 ? .min : .max }
+        return scaled &+ parts.attoseconds / 1_000_000_000
+    }
 }

@@ -7,10 +7,13 @@ public import AsyncHTTPClient
 public struct UpstreamEndpoint: Sendable {
     public var url: String
     public var headers: [(String, String)]
+    /// The URL parsed for the event-loop client; `nil` when it cannot serve it.
+    public var target: UpstreamTarget?
 
     public init(url: String, headers: [(String, String)]) {
         self.url = url
         self.headers = headers
+        self.target = UpstreamTarget(url: url)
     }
 }
 

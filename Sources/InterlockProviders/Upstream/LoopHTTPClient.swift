@@ -1,0 +1,342 @@
+import FoundationEssentials
+public import InterlockCore
+public import NIOCore
+public import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// Where an HTTP upstream lives, parsed once from a deployment's endpoint URL.
+public struct UpstreamTarget: Sendable, Hashable {
+    public var tls: Bool
+    public var host: String
+    public var port: Int
+    /// Path and query, as sent in the request line.
+    public var path: String
+    /// The `Host` header: the host, with the port when it is not the scheme's default.
+    public var hostHeader: String
+
+    /// `nil` for URLs the loop client does not serve (other schemes, user info in the URL).
+    public init?(url: String) {
+        guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            parsed.user == nil, parsed.password == nil, var host = parsed.host, !host.isEmpty
+        else { return nil }
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        tls = scheme == "https"
+        self.host = host
+        let defaultPort = tls ? 443 : 80
+        port = parsed.port ?? defaultPort
+        let rawPath = parsed.path.isEmpty ? "/" : parsed.path
+        path = parsed.query.map { "\(rawPath)?\($0)" } ?? rawPath
+        let hostLiteral = host.contains(":") ? "[\(host)]" : host
+        hostHeader = port == defaultPort ? hostLiteral : "\(hostLiteral):\(port)"
+    }
+
+    var isIPAddress: Bool {
+        host.contains(":") || host.allSatisfy { $0.isNumber || $0 == "." }
+    }
+}
+
+/// A complete upstream answer.
+public struct LoopHTTPResponse: Sendable {
+    public var status: Int
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public var retryAfter: Duration? { HTTPModelUpstream.retryAfter(headers) }
+}
+
+/// An HTTP/1.1 client whose connections belong to event loops: a request is sent and its
+/// answer read on the loop that asked, over a keep-alive connection owned by that loop, so the
+/// event-loop fast path never leaves its thread. HTTP parsing and TLS are NIO's (NIOHTTP1,
+/// NIOSSL); this type only pools connections and matches one request to one answer.
+///
+/// Non-streamed calls only: streams and everything that must wait go through AsyncHTTPClient.
+public final class LoopHTTPClient: Sendable {
+    public struct Configuration: Sendable {
+        public var connectTimeout: Duration = .seconds(10)
+        /// Idle keep-alive connections kept per event loop and upstream.
+        public var maxIdlePerHost: Int = 128
+        /// An idle connection older than this is closed instead of reused (stay under the
+        /// upstream's own keep-alive timeout).
+        public var idleTimeout: Duration = .seconds(30)
+
+        public init() {}
+
+        public init(_ settings: UpstreamPoolSettings) {
+            connectTimeout = .milliseconds(settings.connectTimeoutMs)
+            maxIdlePerHost = settings.maxIdlePerHost
+            idleTimeout = .milliseconds(settings.idleTimeoutMs)
+        }
+    }
+
+    private let pools: [ObjectIdentifier: LoopConnectionPool]
+
+    /// One pool per event loop of `group`. Requests must come from one of those loops.
+    public init(group: any EventLoopGroup, configuration: Configuration = .init()) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.applicationProtocols = ["http/1.1"]
+        let context = try NIOSSLContext(configuration: tls)
+        var pools: [ObjectIdentifier: LoopConnectionPool] = [:]
+        for loop in group.makeIterator() {
+            pools[ObjectIdentifier(loop)] = LoopConnectionPool(loop: loop, configuration: configuration, tls: context)
+        }
+        self.pools = pools
+    }
+
+    /// Whether requests can be sent from `loop` (it belongs to the client's group).
+    public func serves(_ loop: any EventLoop) -> Bool {
+        pools[ObjectIdentifier(loop)] != nil
+    }
+
+    /// Sends a POST and collects the whole answer. Call on `loop`; the future completes there.
+    public func post(
+        on loop: any EventLoop, to target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, timeout: Duration, maxResponseBytes: Int
+    ) -> EventLoopFuture<LoopHTTPResponse> {
+        guard let pool = pools[ObjectIdentifier(loop)] else {
+            return loop.makeFailedFuture(UpstreamFailure.connection("event loop without a connection pool"))
+        }
+        loop.preconditionInEventLoop()
+        let exchange = Exchange(
+            promise: loop.makePromise(), target: target, headers: headers, body: body, maxResponseBytes: maxResponseBytes)
+        pool.start(exchange, timeout: timeout)
+        return exchange.promise.futureResult
+    }
+
+    /// Closes every idle connection (at shutdown).
+    public func closeIdleConnections() {
+        for pool in pools.values {
+            pool.loop.execute { pool.closeIdle() }
+        }
+    }
+}
+
+/// One request waiting for its answer.
+final class Exchange {
+    let promise: EventLoopPromise<LoopHTTPResponse>
+    let target: UpstreamTarget
+    let headers: [(String, String)]
+    let body: ByteBuffer
+    let maxResponseBytes: Int
+    var done = false
+    /// Sent over a connection that had served an earlier request: if that connection turns out
+    /// to be closed before any answer, the request is sent once more on a new one.
+    var reusedConnection = false
+    var retriedOnFreshConnection = false
+    var channel: (any Channel)?
+    var timeoutTask: Scheduled<Void>?
+
+    init(promise: EventLoopPromise<LoopHTTPResponse>, target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, maxResponseBytes: Int) {
+        self.promise = promise
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.maxResponseBytes = maxResponseBytes
+    }
+
+    func finish(_ result: Result<LoopHTTPResponse, UpstreamFailure>) {
+        guard !done else { return }
+        done = true
+        timeoutTask?.cancel()
+        timeoutTask = nil
+        switch result {
+        case .success(let response): promise.succeed(response)
+        case .failure(let failure): promise.fail(failure)
+        }
+    }
+}
+
+/// The connections of one event loop. Touched only on that loop.
+final class LoopConnectionPool: @unchecked Sendable {
+    private struct Idle {
+        var channel: any Channel
+        var handler: UpstreamConnectionHandler
+        var since: NIODeadline
+    }
+
+    let loop: any EventLoop
+    private let configuration: LoopHTTPClient.Configuration
+    private let tls: NIOSSLContext
+    private var idle: [UpstreamTarget: [Idle]] = [:]
+
+    init(loop: any EventLoop, configuration: LoopHTTPClient.Configuration, tls: NIOSSLContext) {
+        self.loop = loop
+        self.configuration = configuration
+        self.tls = tls
+    }
+
+    func start(_ exchange: Exchange, timeout: Duration) {
+        let loopBound = NIOLoopBound(exchange, eventLoop: loop)
+        exchange.timeoutTask = loop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
+            let exchange = loopBound.value
+            exchange.finish(.failure(.timeout))
+            exchange.channel?.close(promise: nil)
+        }
+        dispatch(exchange)
+    }
+
+    private func dispatch(_ exchange: Exchange) {
+        if let connection = checkout(exchange.target) {
+            exchange.reusedConnection = true
+            send(exchange, on: connection.channel, handler: connection.handler)
+        } else {
+            connect(exchange)
+        }
+    }
+
+    private func checkout(_ target: UpstreamTarget) -> Idle? {
+        let oldest = NIODeadline.now() - .nanoseconds(configuration.idleTimeout.nanoseconds)
+        while var list = idle[target], let last = list.popLast() {
+            idle[target] = list
+            if last.channel.isActive, last.since > oldest { return last }
+            last.channel.close(promise: nil)
+        }
+        return nil
+    }
+
+    /// A connection that finished an exchange and may carry another.
+    func checkin(_ channel: any Channel, handler: UpstreamConnectionHandler, target: UpstreamTarget) {
+        let now = NIODeadline.now()
+        let oldest = now - .nanoseconds(configuration.idleTimeout.nanoseconds)
+        var list = idle[target] ?? []
+        while let first = list.first, first.since <= oldest || !first.channel.isActive {
+            first.channel.close(promise: nil)
+            list.removeFirst()
+        }
+        if list.count < configuration.maxIdlePerHost, channel.isActive {
+            list.append(Idle(channel: channel, handler: handler, since: now))
+        } else {
+            channel.close(promise: nil)
+        }
+        idle[target] = list
+    }
+
+    func closeIdle() {
+        for list in idle.values { for connection in list { connection.channel.close(promise: nil) } }
+        idle = [:]
+    }
+
+    /// The connection died before answering a request sent on a reused connection: the
+    /// upstream closed it while idle, so the request never reached it. Send it once more.
+    func retryOnFreshConnection(_ exchange: Exchange) -> Bool {
+        guard exchange.reusedConnection, !exchange.retriedOnFreshConnection, !exchange.done else { return false }
+        exchange.retriedOnFreshConnection = true
+        exchange.reusedConnection = false
+        connect(exchange)
+        return true
+    }
+
+    private func connect(_ exchange: Exchange) {
+        let target = exchange.target
+        let tls = target.tls ? self.tls : nil
+        let serverName = target.isIPAddress ? nil : target.host
+        let loopBound = NIOLoopBound((exchange, self), eventLoop: loop)
+        ClientBootstrap(group: loop)
+            .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler())
+                }
+            }
+            .connect(host: target.host, port: target.port)
+            .whenComplete { result in
+                let (exchange, pool) = loopBound.value
+                switch result {
+                case .success(let channel):
+                    guard !exchange.done, let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self) else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    pool.send(exchange, on: channel, handler: handler)
+                case .failure(let error):
+                    if case ChannelError.connectTimeout = error {
+                        exchange.finish(.failure(.timeout))
+                    } else {
+                        exchange.finish(.failure(.connection("connect failed")))
+                    }
+                }
+            }
+    }
+
+    private func send(_ exchange: Exchange, on channel: any Channel, handler: UpstreamConnectionHandler) {
+        exchange.channel = channel
+        handler.begin(exchange, pool: self)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(exchange.headers.count + 3)
+        headers.add(name: "host", value: exchange.target.hostHeader)
+        for (name, value) in exchange.headers { headers.add(name: name, value: value) }
+        headers.add(name: "content-length", value: String(exchange.body.readableBytes))
+        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: exchange.target.path, headers: headers)), promise: nil)
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(exchange.body)), promise: nil)
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+    }
+}
+
+/// Reads the answer to the exchange in flight on one upstream connection.
+final class UpstreamConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private var exchange: Exchange?
+    private weak var pool: LoopConnectionPool?
+    private var head: HTTPResponseHead?
+    private var body = ByteBuffer()
+    private var closing = false
+
+    func begin(_ exchange: Exchange, pool: LoopConnectionPool) {
+        self.exchange = exchange
+        self.pool = pool
+        head = nil
+        body.clear()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let exchange else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            closing = !head.isKeepAlive
+        case .body(var part):
+            guard body.readableBytes + part.readableBytes <= exchange.maxResponseBytes else {
+                self.exchange = nil
+                exchange.finish(.failure(.responseTooLarge))
+                context.close(promise: nil)
+                return
+            }
+            body.writeBuffer(&part)
+        case .end:
+            self.exchange = nil
+            guard let head else { return }
+            let response = LoopHTTPResponse(status: Int(head.status.code), headers: head.headers, body: body)
+            body = ByteBuffer()
+            self.head = nil
+            let finishedInTime = !exchange.done
+            exchange.finish(.success(response))
+            if closing || !finishedInTime {
+                context.close(promise: nil)
+            } else if let pool {
+                pool.checkin(context.channel, handler: self, target: exchange.target)
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failInFlight(answerStarted: head != nil)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failInFlight(answerStarted: head != nil)
+        context.close(promise: nil)
+    }
+
+    private func failInFlight(answerStarted: Bool) {
+        guard let exchange else { return }
+        self.exchange = nil
+        if !answerStarted, let pool, pool.retryOnFreshConnection(exchange) { return }
+        exchange.finish(.failure(.connection(answerStarted ? "connection closed mid-answer" : "connection closed")))
+    }
+}

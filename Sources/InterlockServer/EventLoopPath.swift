@@ -1,0 +1,326 @@
+public import HummingbirdCore
+import InterlockCore
+public import InterlockProviders
+public import InterlockRuntime
+public import Logging
+public import NIOCore
+import NIOHTTP1
+public import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+
+/// What the event-loop path needs: the gateway, the loop-owned upstream client, the body limit.
+public struct EventLoopPath: Sendable {
+    public let gateway: ModelGateway
+    public let client: LoopHTTPClient
+    public let maxBodyBytes: Int
+
+    public init(gateway: ModelGateway, client: LoopHTTPClient, maxBodyBytes: Int) {
+        self.gateway = gateway
+        self.client = client
+        self.maxBodyBytes = maxBodyBytes
+    }
+}
+
+/// Hummingbird's HTTP/1.1 child channel with the event-loop path in front of the router.
+/// The pipeline is Hummingbird's own (`HTTP1Channel`) with one handler added after the
+/// HTTP/1 codec: it answers the model calls it can finish on the loop and passes every other
+/// request, untouched, to the router.
+public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
+    public typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+
+    public let responder: HTTPChannelHandler.Responder
+    let path: EventLoopPath?
+
+    public init(responder: @escaping HTTPChannelHandler.Responder, path: EventLoopPath?) {
+        self.responder = responder
+        self.path = path
+    }
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let pipeline = channel.pipeline.syncOperations
+            try pipeline.configureHTTPServerPipeline(
+                withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
+                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: .init())
+            if let path, path.client.serves(channel.eventLoop) {
+                try pipeline.addHandler(EventLoopModelHandler(path: path))
+            }
+            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+            return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+        }
+    }
+
+    public func handle(value: Value, logger: Logger) async {
+        await handleHTTP(asyncChannel: value, logger: logger)
+    }
+}
+
+/// Serves non-streamed model calls on the event loop that read them: authenticate, parse,
+/// `ModelGateway.startOnLoop` (grants, admission, routing, breaker and limiter, all without
+/// waiting), the upstream call over the loop's own keep-alive connection, and
+/// `finishOnLoop` (usage, cost, settlement). A request it cannot take — another route, a
+/// stream, an unknown key, a call that would wait — goes to the router before any state
+/// changes; a call whose first attempt fails continues on the async path (retries, fallbacks).
+///
+/// Responses leave in request order: while a call of its own is in flight the handler holds
+/// later requests (and stops reading), and it does not take a request while one it passed on
+/// is still being answered.
+final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private struct Route {
+        var format: WireFormat
+        var operation: ModelOperation
+    }
+
+    private enum Mode {
+        case idle
+        case collecting(HTTPRequestHead, ByteBuffer, Route)
+        /// Passing a request's remaining parts to the router.
+        case forwarding
+        /// A call of its own is in flight.
+        case busy(keepAlive: Bool, version: HTTPVersion)
+    }
+
+    private let path: EventLoopPath
+    private var mode = Mode.idle
+    /// Requests passed to the router whose response has not ended yet.
+    private var routerResponsesPending = 0
+    private var held = CircularBuffer<HTTPServerRequestPart>()
+    private var readPending = false
+    private var quiescePending = false
+    private var active = true
+
+    init(path: EventLoopPath) {
+        self.path = path
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .busy = mode {
+            held.append(part)
+            return
+        }
+        process(part, context: context)
+    }
+
+    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch (mode, part) {
+        case (.idle, .head(let head)):
+            if routerResponsesPending == 0, let route = Self.route(head), !Self.declaresLargerBody(head, than: path.maxBodyBytes) {
+                mode = .collecting(head, ByteBuffer(), route)
+            } else {
+                routerResponsesPending += 1
+                mode = .forwarding
+                context.fireChannelRead(wrapInboundOut(part))
+            }
+        case (.collecting(let head, var body, let route), .body(var chunk)):
+            if body.readableBytes + chunk.readableBytes > path.maxBodyBytes {
+                // The router answers 413.
+                body.writeBuffer(&chunk)
+                forward(head: head, body: body, end: false, context: context)
+                mode = .forwarding
+            } else {
+                mode = .idle  // drop the buffer's second reference before appending
+                body.writeBuffer(&chunk)
+                mode = .collecting(head, body, route)
+            }
+        case (.collecting(let head, let body, let route), .end):
+            start(head: head, body: body, route: route, context: context)
+        case (.forwarding, .end):
+            mode = .idle
+            context.fireChannelRead(wrapInboundOut(part))
+        default:
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        active = false
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Graceful shutdown: the connection-state handler closes idle connections, and it does
+        // not see this handler's calls, so the event waits until ours is answered.
+        if event is ChannelShouldQuiesceEvent {
+            switch mode {
+            case .busy, .collecting:
+                quiescePending = true
+                return
+            case .idle, .forwarding:
+                break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { routerResponsesPending = max(0, routerResponsesPending - 1) }
+        context.write(data, promise: promise)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if case .busy = mode {
+            readPending = true
+            return
+        }
+        context.read()
+    }
+
+    // MARK: The call
+
+    private static func route(_ head: HTTPRequestHead) -> Route? {
+        guard head.method == .POST, !head.headers.contains(name: "expect") else { return nil }
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        switch path {
+        case "/v1/chat/completions": return Route(format: .openAI, operation: .chat)
+        case "/v1/embeddings": return Route(format: .openAI, operation: .embeddings)
+        case "/v1/messages": return Route(format: .anthropic, operation: .chat)
+        default: return nil
+        }
+    }
+
+    private static func declaresLargerBody(_ head: HTTPRequestHead, than limit: Int) -> Bool {
+        guard let length = head.headers.first(name: "content-length") else { return false }
+        guard let value = Int(length) else { return true }
+        return value > limit
+    }
+
+    /// Hands a request to the router, as it arrived.
+    private func forward(head: HTTPRequestHead, body: ByteBuffer, end: Bool, context: ChannelHandlerContext) {
+        routerResponsesPending += 1
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+        if body.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(body))) }
+        if end { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+        releaseQuiesce(context: context)
+    }
+
+    private func start(head: HTTPRequestHead, body: ByteBuffer, route: Route, context: ChannelHandlerContext) {
+        mode = .idle
+        let gateway = path.gateway
+        let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
+        guard let agent = try? gateway.governor.authenticate(apiKey: key),
+            let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: route.format, operation: route.operation)
+        else {
+            forward(head: head, body: body, end: true, context: context)
+            return
+        }
+        let requestID = RequestIDGenerator.next()
+        let decision = gateway.startOnLoop(
+            request, agent: agent, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),
+            traceState: head.headers.first(name: "tracestate"), maxResponseBytes: Int.max)
+        let dialect: ErrorDialect = route.format == .anthropic ? .anthropic : .openAI
+        mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
+        switch decision {
+        case .declined:
+            mode = .idle
+            forward(head: head, body: body, end: true, context: context)
+        case .refused(let error):
+            respond(error: error, dialect: dialect, requestID: requestID, context: context)
+        case .send(let attempt):
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            path.client.post(
+                on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout,
+                maxResponseBytes: attempt.maxResponseBytes
+            ).whenComplete { result in
+                let (handler, context) = loopBound.value
+                let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
+                switch gateway.finishOnLoop(attempt, answer) {
+                case .done(let result):
+                    handler.respond(result, dialect: dialect, requestID: requestID, servedBy: "event-loop", context: context)
+                case .continueAsync(let continuation):
+                    handler.continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
+                }
+            }
+        case .continueAsync(let continuation):
+            continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
+        }
+    }
+
+    /// Retries, fallbacks and queue waits happen on the async path; the answer comes back here.
+    private func continueAsync(_ continuation: LoopContinuation, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        let gateway = path.gateway
+        let promise = context.eventLoop.makePromise(of: ModelResult.self)
+        promise.completeWithTask { try await gateway.continueAsync(continuation) }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .success(let answer):
+                handler.respond(answer, dialect: dialect, requestID: requestID, servedBy: "event-loop,async", context: context)
+            case .failure(let error):
+                let gatewayError = (error as? GatewayError) ?? GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request.")
+                handler.respond(error: gatewayError, dialect: dialect, requestID: requestID, context: context)
+            }
+        }
+    }
+
+    /// `servedBy` becomes `x-interlock-path`: `event-loop` when the whole call ran on the loop,
+    /// `event-loop,async` when it continued on the async path (retry, fallback, queue wait).
+    private func respond(_ result: ModelResult, dialect: ErrorDialect, requestID: String, servedBy: String, context: ChannelHandlerContext) {
+        switch result {
+        case .complete(let info, let body):
+            var headers = ModelRoutes.headerPairs(info)
+            headers.append(("content-type", "application/json"))
+            headers.append(("x-interlock-path", servedBy))
+            write(status: .ok, headers: headers, body: body, context: context)
+        case .stream:
+            // `startOnLoop` takes no streamed call, so none can come back.
+            respond(error: GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request."), dialect: dialect, requestID: requestID, context: context)
+        }
+    }
+
+    private func respond(error: GatewayError, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        let (status, headers, body) = error.rendered(dialect: dialect, requestID: requestID)
+        write(status: HTTPResponseStatus(statusCode: status), headers: headers, body: ByteBuffer(bytes: body), context: context)
+    }
+
+    private func write(status: HTTPResponseStatus, headers pairs: [(String, String)], body: ByteBuffer, context: ChannelHandlerContext) {
+        guard case .busy(let keepAlive, let version) = mode else { return }
+        mode = .idle
+        if active {
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(pairs.count + 3)
+            for (name, value) in pairs { headers.add(name: name, value: value) }
+            headers.add(name: "content-length", value: String(body.readableBytes))
+            headers.add(name: "server", value: "interlock")
+            if !keepAlive { headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        guard keepAlive, active else {
+            context.close(promise: nil)
+            return
+        }
+        releaseQuiesce(context: context)
+        // Requests that arrived meanwhile, in order. What goes to the router is delivered at
+        // read-complete, which this replay outside a read cycle must send itself.
+        let replaying = !held.isEmpty
+        while !held.isEmpty {
+            if case .busy = mode { break }
+            process(held.removeFirst(), context: context)
+        }
+        if replaying { context.fireChannelReadComplete() }
+        if readPending {
+            if case .busy = mode { return }
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func releaseQuiesce(context: ChannelHandlerContext) {
+        guard quiescePending else { return }
+        quiescePending = false
+        context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+    }
+}

@@ -1,0 +1,149 @@
+"""The event-loop path (non-streamed model calls served on the loop that read them), driven
+with the real `openai` and `anthropic` clients and raw pipelined HTTP/1.1, against a real HTTP
+upstream started here."""
+import json
+import socket
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anthropic
+import openai
+import pytest
+
+from conftest import start_interlock, stop_interlock
+
+KEY = "loop-tester-key-00000000001"
+UPSTREAM_KEY = "sk-upstream-secret-000000000001"
+
+
+class Upstream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    calls = {}
+    authorizations = set()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        model = body["model"]
+        Upstream.calls[model] = Upstream.calls.get(model, 0) + 1
+        Upstream.authorizations.add(self.headers.get("authorization"))
+        if model == "flaky" and Upstream.calls[model] == 1:
+            self.answer(500, {"error": {"message": "try again"}})
+            return
+        text = "echo: " + body["messages"][-1]["content"]
+        self.answer(200, {
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        })
+
+    def answer(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def loop_server():
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{upstream.server_address[1]}"
+    process, base, db = start_interlock("event_loop.yaml", env={"UPSTREAM_URL": url, "UPSTREAM_KEY": UPSTREAM_KEY})
+    yield {"base": base, "db": db}
+    assert stop_interlock(process) == 0, process.stderr.read()
+    upstream.shutdown()
+
+
+def ledger_row(db, request_id):
+    for _ in range(100):
+        with sqlite3.connect(db) as connection:
+            row = connection.execute(
+                "select status, attempts, input_tokens, output_tokens, cost_nanos, outcome from usage_ledger where request_id = ?", (request_id,)
+            ).fetchone()
+        if row:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"no usage row for {request_id}")
+
+
+def test_openai_chat_is_served_on_the_event_loop_and_billed(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="plain", messages=[{"role": "user", "content": "hello"}])
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "echo: hello"
+    assert raw.headers["x-interlock-path"] == "event-loop"
+    assert raw.headers["x-interlock-attempts"] == "1"
+    # 7 input tokens at $1/Mtok and 3 output at $2/Mtok.
+    assert raw.headers["x-interlock-cost-usd"] == "0.000013"
+    status, attempts, input_tokens, output_tokens, cost_nanos, outcome = ledger_row(loop_server["db"], raw.headers["x-request-id"])
+    assert (status, attempts, input_tokens, output_tokens, cost_nanos, outcome) == (200, 1, 7, 3, 13_000, "success")
+    # The upstream saw Interlock's credential, never the agent's.
+    assert f"Bearer {UPSTREAM_KEY}" in Upstream.authorizations
+    assert not any(KEY in (value or "") for value in Upstream.authorizations)
+
+
+def test_a_failed_first_attempt_is_retried_on_the_async_path(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "again"}])
+    assert raw.parse().choices[0].message.content == "echo: again"
+    assert raw.headers["x-interlock-path"] == "event-loop,async"
+    assert raw.headers["x-interlock-attempts"] == "2"
+    assert Upstream.calls["flaky"] == 2
+
+
+def test_anthropic_client_is_translated_on_the_event_loop(loop_server):
+    client = anthropic.Anthropic(base_url=loop_server["base"], api_key=KEY, max_retries=0)
+    raw = client.messages.with_raw_response.create(model="plain", max_tokens=50, messages=[{"role": "user", "content": "bonjour"}])
+    message = raw.parse()
+    assert message.content[0].text == "echo: bonjour"
+    assert message.usage.input_tokens == 7 and message.usage.output_tokens == 3
+    assert raw.headers["x-interlock-path"] == "event-loop"
+
+
+def test_budget_refusal_on_the_event_loop_is_an_openai_error(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key="broke-agent-key-00000000001", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["code"] == "budget_exceeded"
+    assert refused.value.response.headers.get("retry-after")
+
+
+def test_pipelined_requests_are_answered_in_order(loop_server):
+    host, port = loop_server["base"].removeprefix("http://").split(":")
+    def chat(text):
+        body = json.dumps({"model": "plain", "messages": [{"role": "user", "content": text}]}).encode()
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(chat("one") + health + chat("two") + models + chat("three") + chat("four") + health)
+        connection.settimeout(0.2)
+        data, deadline = b"", time.time() + 10
+        while time.time() < deadline and (data.count(b"HTTP/1.1 ") < 7 or not data.rstrip().endswith(b"}")):
+            try:
+                chunk = connection.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            data += chunk
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert len(bodies) == 7
+    order = []
+    for body in bodies:
+        payload = json.loads(body)
+        if "choices" in payload:
+            order.append(payload["choices"][0]["message"]["content"])
+        elif payload.get("object") == "list":
+            order.append("models")
+        else:
+            order.append(payload["status"])
+    assert order == ["echo: one", "ok", "echo: two", "models", "echo: three", "echo: four", "ok"]
