@@ -130,6 +130,19 @@ private struct ConfigDocument {
         if let node = fields["breaker"] { gateway.breaker = readBreaker(node, defaults: gateway.breaker) }
     }
 
+    /// RFC 9110 `token`.
+    static func isHeaderName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+
+    /// RFC 9110 field value: visible characters, spaces and tabs; no CR, LF, NUL or other controls.
+    static func isHeaderValue(_ value: String) -> Bool {
+        value.utf8.allSatisfy { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }
+    }
+
     private func readBreaker(_ node: ConfigNode, defaults: BreakerSettings) -> BreakerSettings {
         var breaker = defaults
         guard let fields = node.mapping(allowed: ["consecutive_failures", "error_rate_percent", "minimum_calls", "window_size", "open_ms", "half_open_probes"]) else {
@@ -167,12 +180,21 @@ private struct ConfigDocument {
         if !provider.baseURL.isEmpty, !(provider.baseURL.hasPrefix("http://") || provider.baseURL.hasPrefix("https://")) {
             fields["base_url"]?.report("expected an http:// or https:// URL, found '\(provider.baseURL)'")
         }
-        if let key = fields["api_key"]?.string() { provider.apiKey = Secret(key) }
+        if let node = fields["api_key"], let key = node.string() {
+            // Sent as a header value: the upstream clients do not re-check it per request.
+            if !Self.isHeaderValue(key) { node.report("the API key contains a line break or control character") }
+            provider.apiKey = Secret(key)
+        }
         if let version = fields["api_version"]?.nonEmptyString() { provider.apiVersion = version }
         if let version = fields["anthropic_version"]?.nonEmptyString() { provider.anthropicVersion = version }
         if let value = fields["max_connections"]?.int(minimum: 1) { provider.maxConnections = value }
         if let headers = fields["headers"]?.namedEntries() {
-            provider.headers = headers.compactMap { name, value in value.string().map { (name.lowercased(), Secret($0)) } }
+            provider.headers = headers.compactMap { name, value in
+                guard let text = value.string() else { return nil }
+                if !Self.isHeaderName(name) { value.report("'\(name)' is not a valid HTTP header name") }
+                if !Self.isHeaderValue(text) { value.report("the value of header '\(name)' contains a line break or control character") }
+                return (name.lowercased(), Secret(text))
+            }
         }
         let mockKeys = ["latency_ms", "stream_chunk_delay_ms", "embedding_dimensions", "rules"]
         if kind == .mock {

@@ -136,6 +136,8 @@ public final class ModelGateway: Sendable {
             ])
         }
         let span = startSpan("\(request.operation == .chat ? "chat" : "embeddings") \(request.alias)", ofKind: .client)
+        // Setting an attribute builds a dictionary even on a span that records nothing.
+        guard span.isRecording else { return span }
         span.attributes["gen_ai.operation.name"] = request.operation == .chat ? "chat" : "embeddings"
         span.attributes["gen_ai.request.model"] = request.alias
         span.attributes["interlock.agent.id"] = call.agent.id
@@ -503,6 +505,7 @@ extension ModelGateway {
     }
 
     fileprivate func annotate(_ span: any Span, deployment: DeploymentState) {
+        guard span.isRecording else { return }
         span.attributes["gen_ai.provider.name"] = deployment.provider.kind.rawValue
         span.attributes["gen_ai.response.model"] = deployment.settings.model
         span.attributes["interlock.deployment"] = deployment.settings.id
@@ -532,8 +535,10 @@ extension ModelGateway {
         if request.operation == .embeddings { usage.outputTokens = 0 }
         let cost = deployment.settings.price.cost(of: usage)
         deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
-        span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
-        span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
+        if span.isRecording {
+            span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
+            span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
+        }
         governor.settle(admission, CallOutcome(
             usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
             attempts: attempts, outcome: .success, status: 200))

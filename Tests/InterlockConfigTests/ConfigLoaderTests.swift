@@ -68,6 +68,35 @@ import Testing
         }
     }
 
+    /// Upstream headers are not re-validated per request, so bad ones must stop the config.
+    @Test func upstreamHeadersAndKeysMustBeValidHeaderFields() {
+        let text = """
+            providers:
+              up:
+                type: openai
+                api_key: ${KEY}
+                headers:
+                  "x ok": fine
+                  x-tenant: ${TENANT}
+            models:
+              fast:
+                deployments: [{ provider: up, model: m }]
+            agents:
+              - { id: a, api_key: agent-key-0123456789, models: [fast] }
+            """
+        do {
+            _ = try ConfigLoader.parse(text, file: "h.yaml", environment: ["KEY": "sk-1\r\nx-evil: 1", "TENANT": "t\n"])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("h.yaml:4:") && $0.contains("API key contains a line break") })
+            #expect(lines.contains { $0.contains("'x ok' is not a valid HTTP header name") })
+            #expect(lines.contains { $0.hasPrefix("h.yaml:7:") && $0.contains("header 'x-tenant' contains a line break") })
+        }
+        // Clean values, but the header name alone still fails the file.
+        #expect((try? ConfigLoader.parse(text, file: "h.yaml", environment: ["KEY": "sk-1", "TENANT": "t"])) == nil)
+    }
+
     @Test func yamlSyntaxErrorHasALine() {
         do {
             _ = try ConfigLoader.parse("server:\n  port: [1,\n", file: "x.yaml", environment: [:])
