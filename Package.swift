@@ -135,6 +135,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark only (bench/pipeline): CPU per call of the pipeline stages, in process, no network.
+        .executableTarget(
+            name: "interlock-bench-pipeline",
+            dependencies: [
+                "InterlockCore", "InterlockConfig", "InterlockStore", "InterlockProviders", "InterlockRuntime",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Benchmark prototype only (bench/run): an event-loop-native proxy, to size the transport choice.
         .executableTarget(
             name: "interlock-bench-nio-proxy",

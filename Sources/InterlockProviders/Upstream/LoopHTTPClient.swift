@@ -42,6 +42,12 @@ public struct LoopHTTPResponse: Sendable {
     public var headers: HTTPHeaders
     public var body: ByteBuffer
 
+    public init(status: Int, headers: HTTPHeaders, body: ByteBuffer) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
     public var retryAfter: Duration? { HTTPModelUpstream.retryAfter(headers) }
 }
 

@@ -1,0 +1,97 @@
+// CPU per call of the governed pipeline on the event-loop path, in process and without
+// network: authenticate, parse, `startOnLoop` (grants, admission, routing, breaker, limiter,
+// request preparation), `finishOnLoop` with a canned upstream answer (usage, cost,
+// settlement, metrics, ledger append), and the ledger's batched SQLite write.
+// Run with `bench/pipeline`.
+import AsyncHTTPClient
+import FoundationEssentials
+import InterlockConfig
+import InterlockCore
+import InterlockProviders
+import InterlockRuntime
+import InterlockStore
+import Logging
+import NIOCore
+import NIOHTTP1
+
+let arguments = CommandLine.arguments
+let calls = arguments.count > 1 ? Int(arguments[1]) ?? 200_000 : 200_000
+let root = arguments.count > 2 ? arguments[2] : "bench"
+
+let yaml = """
+    providers:
+      upstream: { type: openai, base_url: "http://127.0.0.1:9/v1", api_key: sk-bench-0000000000000000 }
+    models:
+      bench:
+        deployments:
+          - { provider: upstream, model: bench-model, price: { input_per_mtok: 0.15, output_per_mtok: 0.60 } }
+    agents:
+      - { id: bench, api_key: bench-agent-key-0000000001, models: [bench], budgets: { daily_usd: 1000000 }, limits: { rpm: 100000000, tpm: 100000000000 } }
+    """
+let configuration = try ConfigLoader.parse(yaml, file: "pipeline.yaml", environment: [:])
+let directory = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-bench-pipeline-\(UInt32.random(in: 0...UInt32.max))")
+try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: directory) }
+let store = try await SQLiteStore.open(path: directory.appendingPathComponent("bench.sqlite").path)
+try await store.migrate()
+let logger = Logger(label: "bench")
+let ledger = UsageLedgerWriter(store: store, flushInterval: .seconds(3600), maxBatch: 500, logger: logger)
+let governor = CallGovernor(
+    agents: configuration.agents, queue: AdmissionQueuePolicy(maxDepth: 1000, maxWait: .seconds(10)), ledger: ledger, logger: logger)
+let gateway = ModelGateway(
+    configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
+
+let requestBody = Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/request.json")))
+var answerHeaders = HTTPHeaders()
+answerHeaders.add(name: "content-type", value: "application/json")
+let answer = LoopHTTPResponse(
+    status: 200, headers: answerHeaders, body: ByteBuffer(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/chat.json")))))
+let key = "bench-agent-key-0000000001"
+
+func measure(_ name: String, _ body: () throws -> Void) rethrows -> Double {
+    let clock = ContinuousClock()
+    let start = clock.now
+    for _ in 0..<calls { try body() }
+    let micros = start.duration(to: clock.now).milliseconds * 1000 / Double(calls)
+    print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", micros)) µs/call")
+    return micros
+}
+
+// Warm up caches (metrics handles, dictionaries).
+for _ in 0..<1000 {
+    let agent = try governor.authenticate(apiKey: key)
+    let request = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
+    guard case .send(let attempt) = gateway.startOnLoop(request, agent: agent, requestID: "warm", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+        case .done = gateway.finishOnLoop(attempt, .success(answer))
+    else { fatalError("the pipeline did not take the call") }
+}
+await ledger.flush()
+
+print("calls: \(calls)")
+let agent = try governor.authenticate(apiKey: key)
+let parsed = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
+_ = try measure("authenticate (key hash, constant-time match)") { _ = try governor.authenticate(apiKey: key) }
+_ = try measure("parse request (JSON scan, parameter checks)") { _ = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat) }
+var index = 0
+let total = try measure("whole call: authenticate … finishOnLoop") {
+    index += 1
+    let agent = try governor.authenticate(apiKey: key)
+    let request = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
+    guard case .send(let attempt) = gateway.startOnLoop(request, agent: agent, requestID: "r\(index)", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+        case .done = gateway.finishOnLoop(attempt, .success(answer))
+    else { fatalError("the pipeline did not take the call") }
+}
+_ = measure("startOnLoop + finishOnLoop only") {
+    guard case .send(let attempt) = gateway.startOnLoop(parsed, agent: agent, requestID: "r", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+        case .done = gateway.finishOnLoop(attempt, .success(answer))
+    else { fatalError("the pipeline did not take the call") }
+}
+let clock = ContinuousClock()
+let backlog = ledger.backlog
+let flushStart = clock.now
+await ledger.flush()
+let flushMicros = flushStart.duration(to: clock.now).milliseconds * 1000 / Double(max(backlog, 1))
+print("\("usage ledger write (SQLite, batches of 500)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", flushMicros)) µs/record (\(backlog) records)")
+print("\("pipeline total per call".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", total + flushMicros)) µs")
+try await store.close()
+try await HTTPClient.shared.shutdown()
