@@ -166,13 +166,13 @@ public final class ModelGateway: Sendable {
 
     // MARK: - The event-loop path
 
-    /// Starts a non-streamed call on the event loop that read it: the same stages as `handle`,
+    /// Starts a call on the event loop that read it: the same stages as `handle`,
     /// taken only when none of them has to wait. Anything else is declined before any state
     /// changes (and served by `handle`), or continued on the async path after admission.
     public func startOnLoop(
         _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
     ) -> LoopStart {
-        guard !request.stream, let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState),
+        guard let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState),
             let first = chain.first, first.provider.kind != .mock
         else { return .declined }
         let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint
@@ -198,11 +198,64 @@ public final class ModelGateway: Sendable {
         }
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
         guard first.limiter.acquireImmediately(tokens: expected.totalTokens) else { return .continueAsync(later) }
-        let headers = endpoint.headers + upstreamHeaders(admission, span: span)
+        var headers = endpoint.headers + upstreamHeaders(admission, span: span)
+        if request.stream { headers.append(("accept", "text/event-stream")) }
         return .send(LoopAttempt(
             target: target, headers: headers, body: ByteBuffer(bytes: body),
             timeout: .milliseconds(first.settings.timeoutMs ?? settings.upstreamTimeoutMs), maxResponseBytes: min(maxResponseBytes, self.maxResponseBytes),
-            request: request, chain: chain, deployment: first, admission: admission, span: span, sent: .now))
+            stream: request.stream, request: request, chain: chain, deployment: first, admission: admission, span: span, sent: .now))
+    }
+
+    /// A streamed loop attempt whose upstream answered 2xx: the session that relays and
+    /// settles it. A stream that ends or fails before its first event is handed to the async
+    /// path with `streamFailedOnLoop`, as the async path retries such a stream.
+    public func openStreamOnLoop(_ attempt: LoopAttempt) -> LoopStreamSession {
+        let deployment = attempt.deployment
+        let admission = attempt.admission
+        deployment.record(success: true)
+        annotate(attempt.span, deployment: deployment)
+        let upstreamTime = attempt.sent.duration(to: .now)
+        deployment.observe(latency: upstreamTime)
+        let request = attempt.request
+        let transcoder = StreamTranscoder(
+            from: deployment.provider.kind.nativeFormat, to: request.format, alias: request.alias, clientWantsUsage: request.clientWantsStreamUsage,
+            created: governor.nowMs() / 1000, requestID: admission.call.requestID)
+        let info = ModelResponseInfo(
+            requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: 1,
+            overheadMs: max(0, (admission.startedAt.duration(to: .now) - upstreamTime).milliseconds), queuedMs: 0, cost: nil)
+        return LoopStreamSession(
+            info: info, transcoder: transcoder, estimatedInputTokens: request.estimatedInputTokens,
+            settle: streamSettlement(deployment: deployment, admission: admission, span: attempt.span, attempts: 1))
+    }
+
+    /// A loop stream that broke off before its first event: retry it on the async path.
+    public func streamFailedOnLoop(_ attempt: LoopAttempt, _ session: LoopStreamSession) -> LoopContinuation {
+        session.abandon()
+        return LoopContinuation(
+            request: attempt.request, chain: attempt.chain, admission: attempt.admission, span: attempt.span,
+            resume: Resume(
+                failure: .retryable(status: 502, message: "The upstream stream for '\(attempt.request.alias)' ended without any event.", retryAfter: nil),
+                sent: attempt.sent))
+    }
+
+    /// Settles a stream once it ended: cost, limiter, span, usage ledger.
+    fileprivate func streamSettlement(
+        deployment: DeploymentState, admission: CallGovernor.Admission, span: any Span, attempts: Int
+    ) -> @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void {
+        let governor = self.governor
+        return { usage, outcome, status in
+            let cost = deployment.settings.price.cost(of: usage)
+            deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
+            if span.isRecording {
+                span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
+                span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
+                if outcome != .success { span.attributes["error.type"] = "stream_incomplete" }
+            }
+            span.end()
+            governor.settle(admission, CallOutcome(
+                usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
+                attempts: attempts, outcome: outcome, status: status))
+        }
     }
 
     /// Takes the upstream's answer to a loop attempt. Success is settled here; a failure goes
@@ -466,21 +519,10 @@ public final class ModelGateway: Sendable {
         let info = ModelResponseInfo(
             requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: attempts,
             overheadMs: max(0, overhead.milliseconds), queuedMs: queued.milliseconds, cost: nil)
-        let governor = self.governor
         let stream = ModelStream(
             iterator: iterator, parser: parser, transcoder: transcoder, pending: first, upstreamEnded: ended,
-            estimatedInputTokens: request.estimatedInputTokens
-        ) { usage, outcome, status in
-            let cost = deployment.settings.price.cost(of: usage)
-            deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
-            span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
-            span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
-            if outcome != .success { span.attributes["error.type"] = "stream_incomplete" }
-            span.end()
-            governor.settle(admission, CallOutcome(
-                usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
-                attempts: attempts, outcome: outcome, status: status))
-        }
+            estimatedInputTokens: request.estimatedInputTokens,
+            settle: streamSettlement(deployment: deployment, admission: admission, span: span, attempts: attempts))
         return .stream(info: info, stream: stream)
     }
 }
@@ -555,6 +597,54 @@ struct Resume: Sendable {
     let sent: ContinuousClock.Instant
 }
 
+/// A stream relayed on an event loop: upstream events in, the agent's events out (translated
+/// when the formats differ), settled exactly once however it ends. Loop-bound.
+public final class LoopStreamSession: @unchecked Sendable {
+    public let info: ModelResponseInfo
+    private var parser = ServerSentEventParser()
+    private var transcoder: StreamTranscoder
+    private let estimatedInputTokens: Int
+    private let settle: @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void
+    private var settled = false
+
+    init(info: ModelResponseInfo, transcoder: StreamTranscoder, estimatedInputTokens: Int, settle: @escaping @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void) {
+        self.info = info
+        self.transcoder = transcoder
+        self.estimatedInputTokens = estimatedInputTokens
+        self.settle = settle
+    }
+
+    deinit {
+        if !settled { settle(TokenUsage(inputTokens: estimatedInputTokens), .partial, 499) }
+    }
+
+    /// The agent's bytes for one piece of the upstream body (empty until an event completes).
+    public func consume(_ chunk: ByteBuffer) -> [UInt8] {
+        var out: [UInt8] = []
+        for event in parser.consume(chunk.readableBytesView) { out += transcoder.transcode(event) }
+        return out
+    }
+
+    /// The upstream ended (`completed`) or broke off: the last bytes for the agent.
+    public func finish(completed: Bool) -> [UInt8] {
+        var tail: [UInt8] = []
+        if let event = parser.finish() { tail += transcoder.transcode(event) }
+        tail += transcoder.finish(completed: completed)
+        return tail
+    }
+
+    /// Settles the call with the usage the upstream reported, or an estimate of what was delivered.
+    public func end(upstreamBroke: Bool, agentGone: Bool) {
+        guard !settled else { return }
+        settled = true
+        let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
+        settle(usage, outcome, agentGone ? 499 : 200)
+    }
+
+    /// Handed to the async path before anything reached the agent: nothing to settle here.
+    func abandon() { settled = true }
+}
+
 /// What `startOnLoop` decided.
 public enum LoopStart: Sendable {
     /// Not for the event-loop path, and nothing was changed: serve it with `handle`.
@@ -573,13 +663,15 @@ public enum LoopFinish: Sendable {
     case continueAsync(LoopContinuation)
 }
 
-/// A non-streamed call admitted on an event loop, holding its first deployment.
+/// A call admitted on an event loop, holding its first deployment.
 public struct LoopAttempt: Sendable {
     public let target: UpstreamTarget
     public let headers: [(String, String)]
     public let body: ByteBuffer
     public let timeout: Duration
     public let maxResponseBytes: Int
+    /// Send with `postStreaming` and relay through `openStreamOnLoop`.
+    public let stream: Bool
     let request: ModelRequest
     let chain: [DeploymentState]
     let deployment: DeploymentState

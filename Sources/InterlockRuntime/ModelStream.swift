@@ -74,9 +74,16 @@ public final class ModelStream: @unchecked Sendable {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
         }
+        let (usage, outcome) = Self.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
+        settled = true
+        settle(usage, outcome, agentGone ? 499 : 200)
+    }
+
+    /// How a finished stream is billed: the usage the upstream reported or, failing that, the
+    /// prompt estimate and one token per delivered fragment; `partial` unless it completed.
+    static func outcome(transcoder: StreamTranscoder, estimatedInputTokens: Int, upstreamBroke: Bool, agentGone: Bool) -> (TokenUsage, UsageRecord.Outcome) {
         let complete = transcoder.sawEnd && !agentGone && !upstreamBroke
         let usage = transcoder.reportedUsage ?? TokenUsage(inputTokens: estimatedInputTokens, outputTokens: transcoder.deliveredFragments)
-        settled = true
-        settle(usage, complete ? .success : .partial, agentGone ? 499 : 200)
+        return (usage, complete ? .success : .partial)
     }
 }

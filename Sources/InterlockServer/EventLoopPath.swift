@@ -56,11 +56,11 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
     }
 }
 
-/// Serves non-streamed model calls on the event loop that read them: authenticate, parse,
+/// Serves model calls on the event loop that read them: authenticate, parse,
 /// `ModelGateway.startOnLoop` (grants, admission, routing, breaker and limiter, all without
 /// waiting), the upstream call over the loop's own keep-alive connection, and
-/// `finishOnLoop` (usage, cost, settlement). A request it cannot take — another route, a
-/// stream, an unknown key, a call that would wait — goes to the router before any state
+/// `finishOnLoop` or a `LoopStreamSession` (usage, cost, settlement). A request it cannot
+/// take — another route, an unknown key, a call that would wait — goes to the router before any state
 /// changes; a call whose first attempt fails continues on the async path (retries, fallbacks).
 ///
 /// Responses leave in request order: while a call of its own is in flight the handler holds
@@ -94,6 +94,20 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var readPending = false
     private var quiescePending = false
     private var active = true
+    /// The stream this handler is relaying, if any.
+    private var streaming: StreamState?
+
+    private final class StreamState {
+        let upstream: LoopHTTPStream
+        let session: LoopStreamSession
+        /// The head went out with the first event.
+        var committed = false
+
+        init(upstream: LoopHTTPStream, session: LoopStreamSession) {
+            self.upstream = upstream
+            self.session = session
+        }
+    }
 
     init(path: EventLoopPath) {
         self.path = path
@@ -143,7 +157,18 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         active = false
+        if let streaming {
+            // The agent hung up mid-stream: stop the upstream, bill what was delivered.
+            self.streaming = nil
+            streaming.upstream.cancel()
+            streaming.session.end(upstreamBroke: false, agentGone: true)
+        }
         context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { streaming?.upstream.resume() }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -226,6 +251,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             forward(head: head, body: body, end: true, context: context)
         case .refused(let error):
             respond(error: error, dialect: dialect, requestID: requestID, context: context)
+        case .send(let attempt) where attempt.stream:
+            sendStream(attempt, dialect: dialect, requestID: requestID, context: context)
         case .send(let attempt):
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             path.client.post(
@@ -234,13 +261,17 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             ).whenComplete { result in
                 let (handler, context) = loopBound.value
                 let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
-                switch gateway.finishOnLoop(attempt, answer) {
-                case .done(let result):
-                    handler.respond(result, dialect: dialect, requestID: requestID, servedBy: "event-loop", context: context)
-                case .continueAsync(let continuation):
-                    handler.continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
-                }
+                handler.take(gateway.finishOnLoop(attempt, answer), dialect: dialect, requestID: requestID, context: context)
             }
+        case .continueAsync(let continuation):
+            continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
+        }
+    }
+
+    private func take(_ finish: LoopFinish, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        switch finish {
+        case .done(let result):
+            respond(result, dialect: dialect, requestID: requestID, servedBy: "event-loop", context: context)
         case .continueAsync(let continuation):
             continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
         }
@@ -273,9 +304,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             headers.append(("content-type", "application/json"))
             headers.append(("x-interlock-path", servedBy))
             write(status: .ok, headers: headers, body: body, context: context)
-        case .stream:
-            // `startOnLoop` takes no streamed call, so none can come back.
-            respond(error: GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request."), dialect: dialect, requestID: requestID, context: context)
+        case .stream(let info, let stream):
+            respond(stream: stream, info: info, context: context)
         }
     }
 
@@ -285,19 +315,32 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func write(status: HTTPResponseStatus, headers pairs: [(String, String)], body: ByteBuffer, context: ChannelHandlerContext) {
-        guard case .busy(let keepAlive, let version) = mode else { return }
-        mode = .idle
+        guard case .busy(let keepAlive, _) = mode else { return }
         if active {
-            var headers = HTTPHeaders()
-            headers.reserveCapacity(pairs.count + 3)
-            for (name, value) in pairs { headers.add(name: name, value: value) }
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            headers.add(name: "server", value: "interlock")
-            if !keepAlive { headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+            writeHead(status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive, context: context)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
+        finishExchange(context: context)
+    }
+
+    /// `contentLength` nil: a stream, sent chunked.
+    private func writeHead(status: HTTPResponseStatus, headers pairs: [(String, String)], contentLength: Int?, keepAlive: Bool, context: ChannelHandlerContext) {
+        guard case .busy(_, let version) = mode else { return }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(pairs.count + 3)
+        for (name, value) in pairs { headers.add(name: name, value: value) }
+        if let contentLength { headers.add(name: "content-length", value: String(contentLength)) }
+        headers.add(name: "server", value: "interlock")
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+    }
+
+    /// The response has been written: on to the requests that waited behind it.
+    private func finishExchange(context: ChannelHandlerContext) {
+        guard case .busy(let keepAlive, _) = mode else { return }
+        mode = .idle
+        streaming = nil
         guard keepAlive, active else {
             context.close(promise: nil)
             return
@@ -315,6 +358,101 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             if case .busy = mode { return }
             readPending = false
             context.read()
+        }
+    }
+
+    // MARK: Streams
+
+    /// Relays a streamed answer read on this loop. Nothing is sent to the agent before the
+    /// first event, so a stream that breaks off earlier is retried on the async path.
+    private func sendStream(_ attempt: LoopAttempt, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        let gateway = path.gateway
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        path.client.postStreaming(on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout)
+            .whenComplete { result in
+                let (handler, context) = loopBound.value
+                let upstream: LoopHTTPStream
+                switch result {
+                case .failure(let error):
+                    let failure = (error as? UpstreamFailure) ?? .connection("upstream client error")
+                    handler.take(gateway.finishOnLoop(attempt, .failure(failure)), dialect: dialect, requestID: requestID, context: context)
+                    return
+                case .success(let answer):
+                    upstream = answer
+                }
+                guard (200..<300).contains(upstream.status) else {
+                    // The error body says why; the async path decides what happens next.
+                    var body = ByteBuffer()
+                    upstream.onBody = { part in
+                        var part = part
+                        if body.readableBytes < 1 << 20 { body.writeBuffer(&part) }
+                    }
+                    upstream.onEnd = { _ in
+                        let response = LoopHTTPResponse(status: upstream.status, headers: upstream.headers, body: body)
+                        handler.take(gateway.finishOnLoop(attempt, .success(response)), dialect: dialect, requestID: requestID, context: context)
+                    }
+                    return
+                }
+                handler.relay(upstream, session: gateway.openStreamOnLoop(attempt), attempt: attempt, dialect: dialect, requestID: requestID, context: context)
+            }
+    }
+
+    private func relay(_ upstream: LoopHTTPStream, session: LoopStreamSession, attempt: LoopAttempt, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        guard case .busy(let keepAlive, _) = mode else { return }
+        let state = StreamState(upstream: upstream, session: session)
+        streaming = state
+        upstream.onBody = { [unowned self] chunk in
+            let bytes = session.consume(chunk)
+            guard !bytes.isEmpty, active else { return }
+            if !state.committed {
+                state.committed = true
+                var headers = ModelRoutes.headerPairs(session.info)
+                headers += [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-interlock-path", "event-loop")]
+                writeHead(status: .ok, headers: headers, contentLength: nil, keepAlive: keepAlive, context: context)
+            }
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: bytes)))), promise: nil)
+            // The agent reads slower than the upstream writes: stop reading the upstream.
+            if !context.channel.isWritable { upstream.pause() }
+        }
+        upstream.onEnd = { [unowned self] failure in
+            guard state.committed else {
+                // Ended before its first event: nothing reached the agent, the async path retries.
+                streaming = nil
+                continueAsync(path.gateway.streamFailedOnLoop(attempt, session), dialect: dialect, requestID: requestID, context: context)
+                return
+            }
+            let tail = session.finish(completed: failure == nil)
+            if active {
+                if !tail.isEmpty { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: tail)))), promise: nil) }
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            }
+            session.end(upstreamBroke: failure != nil, agentGone: !active)
+            finishExchange(context: context)
+        }
+    }
+
+    /// A streamed answer from the async path (after a retry or fallback), written as it comes.
+    private func respond(stream: ModelStream, info: ModelResponseInfo, context: ChannelHandlerContext) {
+        guard case .busy(let keepAlive, _) = mode else { return }
+        var headers = ModelRoutes.headerPairs(info)
+        headers += [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-interlock-path", "event-loop,async")]
+        if active { writeHead(status: .ok, headers: headers, contentLength: nil, keepAlive: keepAlive, context: context) }
+        let loop = context.eventLoop
+        let loopBound = NIOLoopBound((self, context), eventLoop: loop)
+        let done = loop.makePromise(of: Void.self)
+        done.completeWithTask {
+            await stream.run { buffer in
+                try await loop.flatSubmit { () -> EventLoopFuture<Void> in
+                    let (handler, context) = loopBound.value
+                    guard handler.active else { return loop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+                    return context.writeAndFlush(handler.wrapOutboundOut(.body(.byteBuffer(buffer))))
+                }.get()
+            }
+        }
+        done.futureResult.whenComplete { _ in
+            let (handler, context) = loopBound.value
+            if handler.active { context.writeAndFlush(handler.wrapOutboundOut(.end(nil)), promise: nil) }
+            handler.finishExchange(context: context)
         }
     }
 

@@ -101,6 +101,8 @@ final class FakeProvider: Sendable {
                 ) { response in
                     #expect(response.status == .ok)
                     #expect(response.headers[.contentType] == "text/event-stream")
+                    // Relayed and translated (Anthropic events to OpenAI chunks) on the event loop.
+                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
                     let text = String(buffer: response.body)
                     var content = ""
                     var usage: JSONValue?

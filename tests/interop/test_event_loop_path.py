@@ -28,8 +28,11 @@ class Upstream(BaseHTTPRequestHandler):
         model = body["model"]
         Upstream.calls[model] = Upstream.calls.get(model, 0) + 1
         Upstream.authorizations.add(self.headers.get("authorization"))
-        if model == "flaky" and Upstream.calls[model] == 1:
+        if model in ("flaky", "flaky-stream") and Upstream.calls[model] == 1:
             self.answer(500, {"error": {"message": "try again"}})
+            return
+        if body.get("stream"):
+            self.stream(model, "echo: " + body["messages"][-1]["content"])
             return
         text = "echo: " + body["messages"][-1]["content"]
         self.answer(200, {
@@ -37,6 +40,25 @@ class Upstream(BaseHTTPRequestHandler):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
         })
+
+    def stream(self, model, text):
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        def event(payload):
+            data = f"data: {json.dumps(payload)}\n\n".encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        chunk = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model}
+        for word in text.split(" "):
+            event(dict(chunk, choices=[{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]))
+            time.sleep(0.01)
+        event(dict(chunk, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        event(dict(chunk, choices=[], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}))
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        self.wfile.flush()
 
     def answer(self, status, payload):
         data = json.dumps(payload).encode()
@@ -96,6 +118,31 @@ def test_a_failed_first_attempt_is_retried_on_the_async_path(loop_server):
     assert raw.headers["x-interlock-path"] == "event-loop,async"
     assert raw.headers["x-interlock-attempts"] == "2"
     assert Upstream.calls["flaky"] == 2
+
+
+def test_openai_stream_is_relayed_on_the_event_loop_and_billed(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="plain", messages=[{"role": "user", "content": "stream me please"}], stream=True
+    ) as response:
+        assert response.headers["x-interlock-path"] == "event-loop"
+        request_id = response.headers["x-request-id"]
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+    assert text == "echo: stream me please "
+    status, attempts, input_tokens, output_tokens, cost_nanos, outcome = ledger_row(loop_server["db"], request_id)
+    assert (status, attempts, input_tokens, output_tokens, cost_nanos, outcome) == (200, 1, 7, 3, 13_000, "success")
+
+
+def test_a_stream_whose_first_attempt_fails_is_retried_on_the_async_path(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="flaky-stream", messages=[{"role": "user", "content": "second try"}], stream=True
+    ) as response:
+        assert response.headers["x-interlock-path"] == "event-loop,async"
+        assert response.headers["x-interlock-attempts"] == "2"
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+    assert text == "echo: second try "
+    assert Upstream.calls["flaky-stream"] == 2
 
 
 def test_anthropic_client_is_translated_on_the_event_loop(loop_server):

@@ -56,7 +56,7 @@ public struct LoopHTTPResponse: Sendable {
 /// event-loop fast path never leaves its thread. HTTP parsing and TLS are NIO's (NIOHTTP1,
 /// NIOSSL); this type only pools connections and matches one request to one answer.
 ///
-/// Non-streamed calls only: streams and everything that must wait go through AsyncHTTPClient.
+/// Calls that must wait (retries, fallbacks, queue waits) go through AsyncHTTPClient instead.
 public final class LoopHTTPClient: Sendable {
     public struct Configuration: Sendable {
         public var connectTimeout: Duration = .seconds(10)
@@ -103,9 +103,25 @@ public final class LoopHTTPClient: Sendable {
         }
         loop.preconditionInEventLoop()
         let exchange = Exchange(
-            promise: loop.makePromise(), target: target, headers: headers, body: body, maxResponseBytes: maxResponseBytes)
+            promise: loop.makePromise(), headPromise: nil, target: target, headers: headers, body: body, maxResponseBytes: maxResponseBytes)
         pool.start(exchange, timeout: timeout)
-        return exchange.promise.futureResult
+        return exchange.promise!.futureResult
+    }
+
+    /// Sends a POST and hands over the answer's head as soon as it arrives; the body follows
+    /// through the returned stream's callbacks. `timeout` bounds the wait for the head and,
+    /// after it, every gap between two reads. Call on `loop`; everything happens there.
+    public func postStreaming(
+        on loop: any EventLoop, to target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, timeout: Duration
+    ) -> EventLoopFuture<LoopHTTPStream> {
+        guard let pool = pools[ObjectIdentifier(loop)] else {
+            return loop.makeFailedFuture(UpstreamFailure.connection("event loop without a connection pool"))
+        }
+        loop.preconditionInEventLoop()
+        let exchange = Exchange(
+            promise: nil, headPromise: loop.makePromise(), target: target, headers: headers, body: body, maxResponseBytes: Int.max)
+        pool.start(exchange, timeout: timeout)
+        return exchange.headPromise!.futureResult
     }
 
     /// Closes every idle connection (at shutdown).
@@ -116,9 +132,57 @@ public final class LoopHTTPClient: Sendable {
     }
 }
 
+/// A streamed answer from the upstream. Loop-bound: set the callbacks when the head arrives
+/// (before returning from the callback that received it) and call the methods on the loop.
+public final class LoopHTTPStream: @unchecked Sendable {
+    public let status: Int
+    public let headers: HTTPHeaders
+    /// Each piece of the body as it is read.
+    public var onBody: ((ByteBuffer) -> Void)?
+    /// The end: `nil` when the answer was complete, else why it broke off.
+    public var onEnd: ((UpstreamFailure?) -> Void)?
+    fileprivate let channel: any Channel
+    fileprivate var cancelled = false
+    fileprivate var paused = false
+
+    init(status: Int, headers: HTTPHeaders, channel: any Channel) {
+        self.status = status
+        self.headers = headers
+        self.channel = channel
+    }
+
+    public var retryAfter: Duration? { HTTPModelUpstream.retryAfter(headers) }
+
+    /// Stops reading (the agent is not keeping up); `resume` reads again.
+    public func pause() {
+        guard !paused else { return }
+        paused = true
+        channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+    }
+
+    public func resume() {
+        guard paused else { return }
+        paused = false
+        channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        channel.read()
+    }
+
+    /// Abandons the answer and its connection (the agent went away).
+    public func cancel() {
+        guard !cancelled else { return }
+        cancelled = true
+        onBody = nil
+        onEnd = nil
+        channel.close(promise: nil)
+    }
+}
+
 /// One request waiting for its answer.
 final class Exchange {
-    let promise: EventLoopPromise<LoopHTTPResponse>
+    /// Collected answer (`post`) …
+    let promise: EventLoopPromise<LoopHTTPResponse>?
+    /// … or streamed answer (`postStreaming`).
+    let headPromise: EventLoopPromise<LoopHTTPStream>?
     let target: UpstreamTarget
     let headers: [(String, String)]
     let body: ByteBuffer
@@ -130,24 +194,64 @@ final class Exchange {
     var retriedOnFreshConnection = false
     var channel: (any Channel)?
     var timeoutTask: Scheduled<Void>?
+    /// Streaming: the idle deadline, pushed forward by every read.
+    var timeout: TimeAmount = .seconds(0)
+    var readDeadline = NIODeadline.distantFuture
+    var stream: LoopHTTPStream?
 
-    init(promise: EventLoopPromise<LoopHTTPResponse>, target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, maxResponseBytes: Int) {
+    init(
+        promise: EventLoopPromise<LoopHTTPResponse>?, headPromise: EventLoopPromise<LoopHTTPStream>?, target: UpstreamTarget, headers: [(String, String)],
+        body: ByteBuffer, maxResponseBytes: Int
+    ) {
         self.promise = promise
+        self.headPromise = headPromise
         self.target = target
         self.headers = headers
         self.body = body
         self.maxResponseBytes = maxResponseBytes
     }
 
+    var isStreaming: Bool { headPromise != nil }
+
+    /// The exchange failed or (collected) completed.
     func finish(_ result: Result<LoopHTTPResponse, UpstreamFailure>) {
+        if let stream {
+            // Streaming and already past the head: the failure ends the stream.
+            guard !done || stream.onEnd != nil else { return }
+            let end = stream.onEnd
+            stream.onEnd = nil
+            stream.onBody = nil
+            timeoutTask?.cancel()
+            timeoutTask = nil
+            if case .failure(let failure) = result { end?(failure) } else { end?(nil) }
+            return
+        }
         guard !done else { return }
         done = true
         timeoutTask?.cancel()
         timeoutTask = nil
         switch result {
-        case .success(let response): promise.succeed(response)
-        case .failure(let failure): promise.fail(failure)
+        case .success(let response): promise?.succeed(response)
+        case .failure(let failure):
+            promise?.fail(failure)
+            headPromise?.fail(failure)
         }
+    }
+
+    /// Streaming: the head arrived.
+    func deliverHead(_ head: HTTPResponseHead, channel: any Channel) {
+        guard !done, let headPromise else { return }
+        done = true
+        let stream = LoopHTTPStream(status: Int(head.status.code), headers: head.headers, channel: channel)
+        self.stream = stream
+        readDeadline = .now() + timeout
+        headPromise.succeed(stream)
+    }
+
+    /// Streaming: a piece of the body.
+    func deliverBody(_ part: ByteBuffer) {
+        readDeadline = .now() + timeout
+        stream?.onBody?(part)
     }
 }
 
@@ -171,13 +275,23 @@ final class LoopConnectionPool: @unchecked Sendable {
     }
 
     func start(_ exchange: Exchange, timeout: Duration) {
-        let loopBound = NIOLoopBound(exchange, eventLoop: loop)
-        exchange.timeoutTask = loop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
-            let exchange = loopBound.value
+        exchange.timeout = .nanoseconds(timeout.nanoseconds)
+        scheduleTimeout(exchange, at: .now() + exchange.timeout)
+        dispatch(exchange)
+    }
+
+    private func scheduleTimeout(_ exchange: Exchange, at deadline: NIODeadline) {
+        let loopBound = NIOLoopBound((exchange, self), eventLoop: loop)
+        exchange.timeoutTask = loop.scheduleTask(deadline: deadline) {
+            let (exchange, pool) = loopBound.value
+            // A stream that is still reading pushes its deadline forward instead of failing.
+            if exchange.stream != nil, exchange.readDeadline > .now() {
+                pool.scheduleTimeout(exchange, at: exchange.readDeadline)
+                return
+            }
             exchange.finish(.failure(.timeout))
             exchange.channel?.close(promise: nil)
         }
-        dispatch(exchange)
     }
 
     private func dispatch(_ exchange: Exchange) {
@@ -307,6 +421,9 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             closing = !head.isKeepAlive
+            if exchange.isStreaming { exchange.deliverHead(head, channel: context.channel) }
+        case .body(let part) where exchange.isStreaming:
+            exchange.deliverBody(part)
         case .body(var part):
             guard body.readableBytes + part.readableBytes <= exchange.maxResponseBytes else {
                 self.exchange = nil
@@ -321,8 +438,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
             let response = LoopHTTPResponse(status: Int(head.status.code), headers: head.headers, body: body)
             body = ByteBuffer()
             self.head = nil
-            let finishedInTime = !exchange.done
+            let finishedInTime = exchange.isStreaming ? !(exchange.stream?.cancelled ?? true) && exchange.stream?.onEnd != nil : !exchange.done
             exchange.finish(.success(response))
+            // A connection goes back to the pool reading again.
+            exchange.stream?.resume()
             if closing || !finishedInTime {
                 context.close(promise: nil)
             } else if let pool {
