@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "logging", "gateway", "providers", "models", "agents"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "logging", "gateway", "providers", "models", "agents"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -63,6 +63,10 @@ private struct ConfigDocument {
             if let sqlite = fields["sqlite"]?.mapping(allowed: ["path"]), let path = sqlite["path"]?.nonEmptyString() {
                 config.store = .sqlite(path: path)
             }
+        }
+        if let node = top["audit"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
+            if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.audit.flushIntervalMs = value }
+            if let value = fields["max_batch"]?.int(minimum: 1, maximum: 100_000) { config.audit.maxBatch = value }
         }
         if let node = top["ledger"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
             if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.ledger.flushIntervalMs = value }

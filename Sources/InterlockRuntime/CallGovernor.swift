@@ -34,14 +34,17 @@ public final class CallGovernor: Sendable {
     public let directory: AgentDirectory
     private let agentStates: [String: AgentState]
     private let ledger: UsageLedgerWriter
+    /// Where every governed call is recorded; nil only in tests that do not look.
+    public let audit: AuditLog?
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
 
     public init(
-        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, logger: Logger,
+        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, audit: AuditLog? = nil, logger: Logger,
         wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
+        self.audit = audit
         self.directory = AgentDirectory(agents: agents)
         var states: [String: AgentState] = [:]
         for agent in agents {
@@ -61,23 +64,44 @@ public final class CallGovernor: Sendable {
 
     // MARK: Authenticate
 
-    /// Finds the agent for a presented API key; 401 when there is none or it is wrong.
-    public func authenticate(apiKey: String?) throws(GatewayError) -> AgentSettings {
-        guard let apiKey, !apiKey.isEmpty else { throw GatewayError.missingCredential }
-        guard let agent = directory.authenticate(apiKey: apiKey) else { throw GatewayError.invalidCredential }
-        return agent
+    /// Finds the agent for a presented API key; 401 when there is none or it is wrong, and
+    /// the refusal is audited (`auth.failed`) when `audited`. The event-loop path asks
+    /// without auditing: a refusal there is handed to the router, which asks again.
+    public func authenticate(apiKey: String?, audited: Bool = true, requestID: String? = nil, target: String? = nil) throws(GatewayError) -> AgentSettings {
+        let error: GatewayError
+        if let apiKey, !apiKey.isEmpty {
+            if let agent = directory.authenticate(apiKey: apiKey) { return agent }
+            error = .invalidCredential
+        } else {
+            error = .missingCredential
+        }
+        if audited {
+            audit?.record(AuditRecord(
+                timestampMs: 0, node: "", action: "auth.failed", target: target, decision: "deny", reason: error.code, status: error.status,
+                requestID: requestID))
+        }
+        throw error
     }
 
     // MARK: Authorize
 
-    /// Default deny: the agent must have been granted the target by name (or `*`).
-    public func authorize(_ agent: AgentSettings, kind: TargetKind, target: String) throws(GatewayError) {
+    /// Default deny: the agent must have been granted the target by name (or `*`). A refusal
+    /// is audited when `audited` (see `authenticate`).
+    public func authorize(_ agent: AgentSettings, kind: TargetKind, target: String, audited: Bool = true, requestID: String? = nil) throws(GatewayError) {
+        let error: GatewayError
         switch kind {
         case .model:
-            guard agent.models.contains(target) || agent.models.contains("*") else { throw GatewayError.modelNotAllowed(target) }
+            if agent.models.contains(target) || agent.models.contains("*") { return }
+            error = GatewayError.modelNotAllowed(target)
         case .tool, .agent:
-            throw GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
+            error = GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
         }
+        if audited {
+            audit?.record(AuditRecord(
+                timestampMs: 0, node: "", action: "\(kind.rawValue).call", agentID: agent.id, target: target, decision: "deny", reason: error.code,
+                outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status, requestID: requestID))
+        }
+        throw error
     }
 
     // MARK: Admit
@@ -170,6 +194,10 @@ public final class CallGovernor: Sendable {
             }
         }
         let latency = admission.startedAt.duration(to: .now)
+        audit?.record(AuditRecord(
+            timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target, decision: "allow",
+            reason: outcome.errorCode, argumentsHash: call.argumentsHash, outcome: outcome.outcome.rawValue, status: outcome.status,
+            costNanos: outcome.cost.nanos, requestID: call.requestID))
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
@@ -214,6 +242,10 @@ public final class CallGovernor: Sendable {
     }
 
     private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
+        audit?.record(AuditRecord(
+            timestampMs: 0, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target, decision: "deny",
+            reason: code, argumentsHash: call.argumentsHash, outcome: UsageRecord.Outcome.rejected.rawValue, status: status, costNanos: 0,
+            requestID: call.requestID))
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,

@@ -24,11 +24,14 @@ public struct GovernedCall: Sendable {
     /// Incoming W3C trace context, passed upstream when no tracer is running.
     public var traceParent: String?
     public var traceState: String?
+    /// SHA-256 (hex) of the call's arguments, for the audit log (which never stores them).
+    public var argumentsHash: String?
 
     public init(
         requestID: String, agent: AgentSettings, targetKind: TargetKind, target: String, operation: String, stream: Bool,
-        expectedTokens: Int, expectedCost: USD, traceParent: String? = nil, traceState: String? = nil
+        expectedTokens: Int, expectedCost: USD, traceParent: String? = nil, traceState: String? = nil, argumentsHash: String? = nil
     ) {
+        self.argumentsHash = argumentsHash
         self.requestID = requestID
         self.agent = agent
         self.targetKind = targetKind

@@ -112,17 +112,26 @@ public final class ModelGateway: Sendable {
     /// The checks before admission: the alias exists and is granted (default deny), the
     /// deployments to try, and what the call may cost.
     private func prepare(
-        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?
+        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, audited: Bool = true
     ) throws(GatewayError) -> (GovernedCall, [DeploymentState]) {
-        guard aliases[request.alias] != nil else { throw GatewayError.unknownModel(request.alias) }
-        try governor.authorize(agent, kind: .model, target: request.alias)
+        guard aliases[request.alias] != nil else {
+            let error = GatewayError.unknownModel(request.alias)
+            if audited {
+                governor.audit?.record(AuditRecord(
+                    timestampMs: 0, node: "", action: "model.call", agentID: agent.id, target: request.alias, decision: "deny", reason: error.code,
+                    outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status, requestID: requestID))
+            }
+            throw error
+        }
+        try governor.authorize(agent, kind: .model, target: request.alias, audited: audited, requestID: requestID)
         let chain = candidateChain(for: request.alias)
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
         // Reserve for the most expensive deployment the call could land on.
         let reserve = chain.map { $0.settings.price.cost(of: expected) }.max() ?? .zero
         let call = GovernedCall(
             requestID: requestID, agent: agent, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
-            stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState)
+            stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState,
+            argumentsHash: governor.audit == nil ? nil : AuditRecord.sha256Hex(request.body))
         return (call, chain)
     }
 
@@ -172,7 +181,7 @@ public final class ModelGateway: Sendable {
     public func startOnLoop(
         _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
     ) -> LoopStart {
-        guard let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState),
+        guard let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState, audited: false),
             let first = chain.first, first.provider.kind != .mock
         else { return .declined }
         let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint

@@ -233,7 +233,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         mode = .idle
         let gateway = path.gateway
         let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
-        guard let agent = try? gateway.governor.authenticate(apiKey: key),
+        guard let agent = try? gateway.governor.authenticate(apiKey: key, audited: false),
             let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: route.format, operation: route.operation)
         else {
             forward(head: head, body: body, end: true, context: context)

@@ -6,10 +6,10 @@ public import InterlockCore
 public import InterlockRuntime
 public import InterlockStore
 public import InterlockProviders
-public import NIOPosix
+import NIOPosix
 public import Logging
 public import Prometheus
-public import NIOCore
+import NIOCore
 
 /// Everything the HTTP layer serves, built once at start-up.
 public struct InterlockServices: Sendable {

@@ -13,6 +13,17 @@ public struct SpendTotals: Sendable, Equatable {
     }
 }
 
+/// A page of the audit log as stored, and where the next page starts.
+public struct AuditPage: Sendable {
+    public var records: [AuditRecord]
+    public var lastPosition: Int64
+
+    public init(records: [AuditRecord], lastPosition: Int64) {
+        self.records = records
+        self.lastPosition = lastPosition
+    }
+}
+
 /// Interlock's durable state behind one interface. The embedded implementation is SQLite;
 /// a PostgreSQL one satisfies the same protocol. Nothing above this layer sees SQL.
 public protocol InterlockStore: Sendable {
@@ -26,6 +37,13 @@ public protocol InterlockStore: Sendable {
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals
     /// The newest usage records, newest first.
     func recentUsage(limit: Int) async throws -> [UsageRecord]
+    /// Appends audit records, already linked into the chain, in one atomic write.
+    func appendAudit(_ records: [AuditRecord]) async throws
+    /// The last record of the audit chain (where a restarted node continues it).
+    func auditHead() async throws -> (sequence: Int64, hash: String)?
+    /// Audit records in the order they were stored, after storage position `position` (0 for
+    /// the start), at most `limit`. Verification reads the log with it exactly as it is.
+    func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

@@ -126,6 +126,64 @@ public final class SQLiteStore: InterlockStore {
         }
     }
 
+    private static let auditColumns = [
+        "seq", "ts_ms", "node", "action", "agent_id", "user_id", "actors", "run_id", "parent_run_id", "supervisor", "target", "decision",
+        "reason", "args_sha256", "outcome", "status", "cost_nanos", "request_id", "prev_hash", "hash",
+    ]
+
+    public func appendAudit(_ records: [AuditRecord]) async throws {
+        guard !records.isEmpty else { return }
+        let perStatement = 1_000
+        var start = 0
+        while start < records.count {
+            let slice = records[start..<min(records.count, start + perStatement)]
+            let placeholders = "(" + Array(repeating: "?", count: SQLiteStore.auditColumns.count).joined(separator: ",") + ")"
+            let sql = "INSERT INTO audit_log (\(SQLiteStore.auditColumns.joined(separator: ","))) VALUES "
+                + Array(repeating: placeholders, count: slice.count).joined(separator: ",")
+            var binds: [SQLiteData] = []
+            binds.reserveCapacity(slice.count * SQLiteStore.auditColumns.count)
+            func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
+            for record in slice {
+                binds += [
+                    .integer(Int(record.sequence)), .integer(Int(record.timestampMs)), .text(record.node), .text(record.action), text(record.agentID),
+                    text(record.userID), .text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string)))), text(record.runID),
+                    text(record.parentRunID), text(record.supervisor), text(record.target), .text(record.decision), text(record.reason),
+                    text(record.argumentsHash), text(record.outcome), record.status.map { .integer($0) } ?? .null,
+                    record.costNanos.map { .integer(Int($0)) } ?? .null, text(record.requestID), .text(record.previousHash), .text(record.hash),
+                ]
+            }
+            _ = try await connection.query(sql, binds)
+            start += perStatement
+        }
+    }
+
+    public func auditHead() async throws -> (sequence: Int64, hash: String)? {
+        let rows = try await connection.query("SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1", [])
+        guard let row = rows.first, let sequence = row.column("seq")?.integer, let hash = row.column("hash")?.string else { return nil }
+        return (Int64(sequence), hash)
+    }
+
+    public func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+        let rows = try await connection.query(
+            "SELECT pos, \(SQLiteStore.auditColumns.joined(separator: ",")) FROM audit_log WHERE pos > ? ORDER BY pos LIMIT ?",
+            [.integer(Int(position)), .integer(limit)])
+        var last = position
+        let records = rows.map { row in
+            func text(_ name: String) -> String? { row.column(name)?.string }
+            func int(_ name: String) -> Int? { row.column(name)?.integer }
+            last = Int64(int("pos") ?? Int(last))
+            let actors: [String] =
+                text("actors").flatMap { try? JSONParser.parse(Array($0.utf8)) }?.arrayValue?.compactMap(\.stringValue) ?? []
+            return AuditRecord(
+                sequence: Int64(int("seq") ?? 0), timestampMs: Int64(int("ts_ms") ?? 0), node: text("node") ?? "", action: text("action") ?? "",
+                agentID: text("agent_id"), userID: text("user_id"), actorChain: actors, runID: text("run_id"), parentRunID: text("parent_run_id"),
+                supervisor: text("supervisor"), target: text("target"), decision: text("decision") ?? "", reason: text("reason"),
+                argumentsHash: text("args_sha256"), outcome: text("outcome"), status: int("status"), costNanos: int("cost_nanos").map(Int64.init),
+                requestID: text("request_id"), previousHash: text("prev_hash") ?? "", hash: text("hash") ?? "")
+        }
+        return AuditPage(records: records, lastPosition: last)
+    }
+
     public func ping() async throws {
         _ = try await connection.query("SELECT 1", [])
     }
@@ -171,6 +229,39 @@ enum SQLiteMigrations {
             """,
             "CREATE INDEX usage_ledger_agent_ts ON usage_ledger (agent_id, ts_ms)",
             "CREATE INDEX usage_ledger_request ON usage_ledger (request_id)",
+        ]),
+        Migration(version: 2, name: "audit_log", statements: [
+            // `pos` is the storage order; `seq` is the chain's own numbering and deliberately not
+            // unique, so a tampered log still loads and `interlock audit verify` can say where
+            // it breaks.
+            """
+            CREATE TABLE audit_log (
+                pos INTEGER PRIMARY KEY AUTOINCREMENT,
+                seq INTEGER NOT NULL,
+                ts_ms INTEGER NOT NULL,
+                node TEXT NOT NULL,
+                action TEXT NOT NULL,
+                agent_id TEXT,
+                user_id TEXT,
+                actors TEXT NOT NULL,
+                run_id TEXT,
+                parent_run_id TEXT,
+                supervisor TEXT,
+                target TEXT,
+                decision TEXT NOT NULL,
+                reason TEXT,
+                args_sha256 TEXT,
+                outcome TEXT,
+                status INTEGER,
+                cost_nanos INTEGER,
+                request_id TEXT,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX audit_log_seq ON audit_log (seq)",
+            "CREATE INDEX audit_log_agent_ts ON audit_log (agent_id, ts_ms)",
+            "CREATE INDEX audit_log_ts ON audit_log (ts_ms)",
         ]),
     ]
 }

@@ -94,4 +94,3 @@ let flushMicros = flushStart.duration(to: clock.now).milliseconds * 1000 / Doubl
 print("\("usage ledger write (SQLite, batches of 500)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", flushMicros)) µs/record (\(backlog) records)")
 print("\("pipeline total per call".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", total + flushMicros)) µs")
 try await store.close()
-try await HTTPClient.shared.shutdown()

@@ -28,7 +28,7 @@ struct Interlock: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "interlock",
         abstract: "Interlock — the governed backbone for fleets of AI agents.",
-        subcommands: [Serve.self, Validate.self, Version.self])
+        subcommands: [Serve.self, Validate.self, Audit.self, Version.self])
 }
 
 struct Version: ParsableCommand {
@@ -52,6 +52,111 @@ struct Validate: ParsableCommand {
         } catch {
             printError(error.description)
             throw ExitCode(1)
+        }
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check or export the tamper-evident audit log.", subcommands: [AuditVerify.self, AuditExport.self])
+}
+
+/// Where the audit commands read: `--store FILE` or the store of `--config FILE`.
+struct AuditStoreOptions: ParsableArguments {
+    @Option(name: .long, help: "The SQLite store file.")
+    var store: String?
+
+    @Option(name: .long, help: "A configuration file; its store is used.")
+    var config: String?
+
+    func open() async throws -> SQLiteStore {
+        var path = store
+        if path == nil, let config {
+            do {
+                let configuration = try ConfigLoader.load(path: config, environment: ProcessInfo.processInfo.environment)
+                if case .sqlite(let file) = configuration.store { path = file }
+            } catch {
+                printError(error.description)
+                throw ExitCode(2)
+            }
+        }
+        guard let path else {
+            printError("interlock audit: give --store FILE or --config FILE")
+            throw ExitCode(2)
+        }
+        guard FileManager.default.fileExists(atPath: path) else {
+            printError("interlock audit: no store at \(path)")
+            throw ExitCode(2)
+        }
+        let store = try await SQLiteStore.open(path: path)
+        try await store.migrate()
+        return store
+    }
+}
+
+struct AuditVerify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Walk the audit chain; exit 1 at the first record that was altered, removed, inserted or reordered.")
+
+    @OptionGroup var options: AuditStoreOptions
+
+    func run() async throws {
+        let store = try await options.open()
+        var chain = AuditChain()
+        var position: Int64 = 0
+        var failure: AuditChain.Break?
+        while failure == nil {
+            let page = try await store.auditRecords(afterPosition: position, limit: 1_000)
+            if page.records.isEmpty { break }
+            failure = chain.verify(page.records)
+            position = page.lastPosition
+        }
+        try? await store.close()
+        if let failure {
+            printError("audit chain broken at \(failure)")
+            throw ExitCode(1)
+        }
+        // Truncating the tail leaves a valid shorter chain: compare the head with one recorded elsewhere.
+        print("audit chain intact: \(chain.lastSequence) records; head \(chain.lastSequence) \(chain.lastHash)")
+    }
+}
+
+struct AuditExport: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export", abstract: "Write the audit log as JSON Lines, one record per line with its hashes.")
+
+    @OptionGroup var options: AuditStoreOptions
+
+    @Option(name: .long, help: "Write to this file instead of standard output.")
+    var output: String?
+
+    func run() async throws {
+        let store = try await options.open()
+        var lines: [UInt8] = []
+        var position: Int64 = 0
+        while true {
+            let page = try await store.auditRecords(afterPosition: position, limit: 1_000)
+            if page.records.isEmpty { break }
+            for record in page.records {
+                CanonicalJSON.write(record.json(includingHash: true), into: &lines)
+                lines.append(UInt8(ascii: "\n"))
+            }
+            position = page.lastPosition
+        }
+        try? await store.close()
+        if let output {
+            guard FileManager.default.createFile(atPath: output, contents: Data(lines)) else {
+                printError("interlock audit export: cannot write \(output)")
+                throw ExitCode(2)
+            }
+        } else {
+            var offset = 0
+            while offset < lines.count {
+                let written = lines[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+                guard written > 0 else { throw ExitCode(2) }
+                offset += written
+            }
         }
     }
 }
@@ -111,7 +216,11 @@ struct Serve: AsyncParsableCommand {
             store: store, flushInterval: .milliseconds(configuration.ledger.flushIntervalMs), maxBatch: configuration.ledger.maxBatch,
             logger: Logger(label: "interlock.ledger"))
         let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
-        let governor = CallGovernor(agents: configuration.agents, queue: queue, ledger: ledger, logger: Logger(label: "interlock.pipeline"))
+        let audit = try await AuditLog.open(
+            store: store, node: configuration.node.id, flushInterval: .milliseconds(configuration.audit.flushIntervalMs),
+            maxBatch: configuration.audit.maxBatch, logger: Logger(label: "interlock.audit"), wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
+        let governor = CallGovernor(
+            agents: configuration.agents, queue: queue, ledger: ledger, audit: audit, logger: Logger(label: "interlock.pipeline"))
         try await governor.restoreBudgets(from: store)
 
         var clientConfiguration = HTTPClient.Configuration()
@@ -144,7 +253,7 @@ struct Serve: AsyncParsableCommand {
             flushStandardOutput()
         }
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
-        services += [ledger, app]
+        services += [ledger, audit.writer, app]
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -159,6 +268,7 @@ struct Serve: AsyncParsableCommand {
             logger.error("service group failed", metadata: ["error": "\(error)"])
         }
         await ledger.flush()
+        await audit.writer.flush()
         try? await httpClient.shutdown()
         loopClient?.closeIdleConnections()
         try? await store.close()

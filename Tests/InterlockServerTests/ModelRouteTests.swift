@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import FoundationEssentials
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -25,10 +26,13 @@ struct Harness {
         try await store.migrate()
         let logger = Logger(label: "test")
         let ledger = UsageLedgerWriter(store: store, flushInterval: .milliseconds(10), maxBatch: 100, logger: logger)
+        let audit = try await AuditLog.open(
+            store: store, node: "test-node", flushInterval: .milliseconds(10), maxBatch: 100, logger: logger,
+            wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
         let governor = CallGovernor(
             agents: configuration.agents,
             queue: AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs)),
-            ledger: ledger, logger: logger)
+            ledger: ledger, audit: audit, logger: logger)
         let gateway = ModelGateway(
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
         let services = InterlockServices(
@@ -45,6 +49,7 @@ struct Harness {
     /// sqlite-nio requires connections to be closed before they are released.
     func close() async throws {
         await services.ledger.flush()
+        await services.gateway.governor.audit?.writer.flush()
         try await services.store.close()
     }
 }

@@ -21,6 +21,24 @@ final class FlakyStore: InterlockStore {
         if fail { throw CancellationError() }
         rows.withLock { $0 += records }
     }
+    let auditFailuresLeft = Mutex(2)
+    let auditRows = Mutex<[AuditRecord]>([])
+    func appendAudit(_ records: [AuditRecord]) async throws {
+        let fail = auditFailuresLeft.withLock { left -> Bool in
+            guard left > 0 else { return false }
+            left -= 1
+            return true
+        }
+        if fail { throw CancellationError() }
+        auditRows.withLock { $0 += records }
+    }
+    func auditHead() async throws -> (sequence: Int64, hash: String)? {
+        auditRows.withLock { rows in rows.last.map { ($0.sequence, $0.hash) } }
+    }
+    func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+        let rows = auditRows.withLock { Array($0.dropFirst(Int(position)).prefix(limit)) }
+        return AuditPage(records: rows, lastPosition: position + Int64(rows.count))
+    }
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals { SpendTotals(cost: .zero, calls: 0, usage: .zero) }
     func recentUsage(limit: Int) async throws -> [UsageRecord] { [] }
     func ping() async throws {}
@@ -44,5 +62,21 @@ final class FlakyStore: InterlockStore {
         #expect(writer.backlog == 0)
         #expect(writer.writtenCount == 10)
         #expect(store.rows.withLock { $0.map(\.requestID) } == (0..<10).map { "r\($0)" })
+    }
+
+    /// A failed audit batch is retried with the same links: the stored chain has no gap and verifies.
+    @Test func failedAuditWritesKeepTheChainIntact() async throws {
+        let store = FlakyStore()
+        let audit = try await AuditLog.open(store: store, node: "n", flushInterval: .milliseconds(5), maxBatch: 3, logger: Logger(label: "test"), wallClockMs: { 7 })
+        let run = Task { try await audit.writer.run() }
+        for index in 0..<10 { audit.record(AuditRecord(timestampMs: 0, node: "", action: "test", target: "t\(index)", decision: "allow")) }
+        for _ in 0..<200 where store.auditRows.withLock({ $0.count }) < 10 { try await Task.sleep(for: .milliseconds(10)) }
+        run.cancel()
+        let rows = store.auditRows.withLock { $0 }
+        #expect(rows.map(\.sequence) == Array(1...10))
+        #expect(rows.map(\.target) == (0..<10).map { "t\($0)" })
+        var chain = AuditChain()
+        #expect(chain.verify(rows) == nil)
+        #expect(store.auditFailuresLeft.withLock { $0 } == 0)
     }
 }

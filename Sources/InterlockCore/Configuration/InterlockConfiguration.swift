@@ -5,6 +5,7 @@ public struct InterlockConfiguration: Sendable {
     public var node: NodeSettings
     public var store: StoreSettings
     public var ledger: LedgerSettings
+    public var audit = AuditSettings()
     public var logging: LoggingSettings
     public var gateway: GatewaySettings
     public var providers: [ProviderSettings]
@@ -55,6 +56,15 @@ public enum StoreSettings: Sendable, Equatable {
 
 public struct LedgerSettings: Sendable {
     /// Longest a usage record waits in memory before it is written, in milliseconds.
+    public var flushIntervalMs: Int = 200
+    /// Records written in one statement.
+    public var maxBatch: Int = 500
+
+    public init() {}
+}
+
+public struct AuditSettings: Sendable {
+    /// Longest an audit record waits in memory before it is written, in milliseconds.
     public var flushIntervalMs: Int = 200
     /// Records written in one statement.
     public var maxBatch: Int = 500

@@ -1,0 +1,161 @@
+public import InterlockCore
+public import InterlockStore
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// The usage ledger's writer.
+public typealias UsageLedgerWriter = BatchedWriter<UsageRecord>
+
+extension BatchedWriter where Record == UsageRecord {
+    public convenience init(store: any InterlockStore, flushInterval: Duration, maxBatch: Int, logger: Logger) {
+        self.init(name: "usage ledger", flushInterval: flushInterval, maxBatch: maxBatch, logger: logger) { try await store.appendUsage($0) }
+    }
+}
+
+/// Writes records to the store in batches, off the request path (the usage ledger, the
+/// audit log).
+///
+/// Requests hand records over without waiting; every `flushInterval` the writer takes what
+/// has gathered and writes it in statements of at most `maxBatch` records. On graceful
+/// shutdown (which the service group delivers after the HTTP server has drained) it writes
+/// everything still held, then returns. A failed write is retried with backoff, so a store
+/// hiccup delays records but does not drop them; batches are written in the order they were
+/// handed over.
+public final class BatchedWriter<Record: Sendable>: Service, Sendable {
+    private struct State {
+        var buffer: [Record] = []
+        var stopping = false
+        var written = 0
+    }
+
+    private let name: String
+    private let store: @Sendable ([Record]) async throws -> Void
+    private let flushInterval: Duration
+    private let maxBatch: Int
+    private let logger: Logger
+    private let state = Mutex(State())
+    /// One flush at a time, so batches reach the store in order.
+    private let flushing = AsyncSerialGate()
+
+    public init(
+        name: String, flushInterval: Duration, maxBatch: Int, logger: Logger, write: @escaping @Sendable ([Record]) async throws -> Void
+    ) {
+        self.name = name
+        self.store = write
+        self.flushInterval = flushInterval
+        self.maxBatch = maxBatch
+        self.logger = logger
+    }
+
+    /// Records waiting to be written.
+    public var backlog: Int { state.withLock { $0.buffer.count } }
+    /// Records written since start.
+    public var writtenCount: Int { state.withLock { $0.written } }
+
+    public func append(_ record: Record) {
+        state.withLock { $0.buffer.append(record) }
+    }
+
+    /// Appends under the writer's lock together with `make`, so records made in that order
+    /// are written in that order (the audit chain links records as it hands them over).
+    public func append(_ make: () -> Record) {
+        state.withLock { $0.buffer.append(make()) }
+    }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.loop()
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    /// Asks `run` to write what is left and return.
+    public func stop() {
+        state.withLock { $0.stopping = true }
+    }
+
+    /// Writes everything buffered now (used by tests and by shutdown). A batch that cannot be
+    /// written because the task was cancelled goes back to the front of the buffer.
+    public func flush() async {
+        await flushing.run { await self.flushNow() }
+    }
+
+    private func flushNow() async {
+        while true {
+            let batch: [Record] = state.withLock { state in
+                let count = min(maxBatch, state.buffer.count)
+                let batch = Array(state.buffer.prefix(count))
+                state.buffer.removeFirst(count)
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            guard await write(batch) else {
+                state.withLock { $0.buffer.insert(contentsOf: batch, at: 0) }
+                return
+            }
+        }
+    }
+
+    private func loop() async {
+        while true {
+            try? await Task.sleep(for: flushInterval)
+            await flush()
+            if state.withLock({ $0.stopping }) || Task.isCancelled {
+                await flush()
+                return
+            }
+        }
+    }
+
+    /// Writes one batch, retrying failures with backoff; false only when cancelled before it succeeded.
+    private func write(_ batch: [Record]) async -> Bool {
+        var delay = Duration.milliseconds(50)
+        while true {
+            do {
+                try await store(batch)
+                state.withLock { $0.written += batch.count }
+                return true
+            } catch {
+                logger.error("\(name) write failed; retrying", metadata: ["interlock.ledger.batch": "\(batch.count)", "error": "\(error)"])
+                if Task.isCancelled { return false }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+    }
+}
+
+/// Runs async sections one at a time, in arrival order.
+final class AsyncSerialGate: Sendable {
+    private struct State {
+        var busy = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    func run(_ body: @Sendable () async -> Void) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let proceed = state.withLock { state -> Bool in
+                if state.busy {
+                    state.waiters.append(continuation)
+                    return false
+                }
+                state.busy = true
+                return true
+            }
+            if proceed { continuation.resume() }
+        }
+        await body()
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiters.isEmpty {
+                state.busy = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
+    }
+}
