@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "logging", "gateway", "providers", "models", "agents"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "logging", "gateway", "providers", "models", "agents", "operators"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -98,6 +98,32 @@ private struct ConfigDocument {
                 }
                 agentNodes[agent.id] = item
                 config.agents.append(agent)
+            }
+        }
+        if let node = top["operators"], let items = node.sequence() {
+            var seen = Set<String>()
+            let agentKeys = Set(config.agents.map { $0.apiKey.reveal() })
+            for item in items {
+                guard let fields = item.mapping(allowed: ["id", "token", "role"]) else { continue }
+                guard let id = fields["id"]?.nonEmptyString() else {
+                    if fields["id"] == nil { item.report("missing required key 'id'") }
+                    continue
+                }
+                if !seen.insert(id).inserted { item.report("duplicate operator id '\(id)'") }
+                guard let tokenNode = fields["token"] else {
+                    item.report("missing required key 'token' (use ${ENV_VAR} to keep it out of the file)")
+                    continue
+                }
+                guard let token = tokenNode.string() else { continue }
+                if token.count < 16 { tokenNode.report("an operator token must be at least 16 characters") }
+                // One secret must not be both an agent's key and an operator's token.
+                if agentKeys.contains(token) { tokenNode.report("this token is also an agent's API key; operators and agents need different credentials") }
+                guard let roleNode = fields["role"] else {
+                    item.report("missing required key 'role' (admin, operator or viewer)")
+                    continue
+                }
+                guard let role = roleNode.oneOf(OperatorRole.self, OperatorRole.allCases) else { continue }
+                config.operators.append(OperatorSettings(id: id, token: Secret(token), role: role))
             }
         }
         crossCheck(config, top: top, agentNodes: agentNodes)

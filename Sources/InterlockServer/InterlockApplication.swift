@@ -65,6 +65,11 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
     }
 
+    AdminRoutes(
+        operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), store: services.store,
+        governor: services.gateway.governor, gateway: services.gateway
+    ).addRoutes(to: router)
+
     let agentRoutes = router.group("v1")
         .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
         .group(context: AgentRequestContext.self)

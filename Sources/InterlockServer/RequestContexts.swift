@@ -7,11 +7,14 @@ import Logging
 public struct InterlockRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var agent: AgentSettings?
+    /// Set by `OperatorAuthenticationMiddleware` on admin routes.
+    public var operatorSettings: OperatorSettings?
     public var requestID: String
 
     public init(source: Source) {
         self.coreContext = .init(source: source)
         self.agent = nil
+        self.operatorSettings = nil
         self.requestID = RequestIDGenerator.next()
     }
 }

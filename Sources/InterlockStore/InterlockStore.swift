@@ -13,6 +13,31 @@ public struct SpendTotals: Sendable, Equatable {
     }
 }
 
+/// Which audit records a query wants; nil fields match everything.
+public struct AuditFilter: Sendable, Equatable {
+    public var agentID: String?
+    public var userID: String?
+    public var runID: String?
+    public var target: String?
+    public var action: String?
+    public var decision: String?
+    /// Unix milliseconds, inclusive.
+    public var fromMs: Int64?
+    /// Unix milliseconds, exclusive.
+    public var toMs: Int64?
+
+    public init() {}
+
+    public static let all = AuditFilter()
+}
+
+extension InterlockStore {
+    /// The whole log as stored, a page at a time.
+    public func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+        try await auditRecords(matching: .all, afterPosition: position, limit: limit)
+    }
+}
+
 /// A page of the audit log as stored, and where the next page starts.
 public struct AuditPage: Sendable {
     public var records: [AuditRecord]
@@ -42,8 +67,9 @@ public protocol InterlockStore: Sendable {
     /// The last record of the audit chain (where a restarted node continues it).
     func auditHead() async throws -> (sequence: Int64, hash: String)?
     /// Audit records in the order they were stored, after storage position `position` (0 for
-    /// the start), at most `limit`. Verification reads the log with it exactly as it is.
-    func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage
+    /// the start), at most `limit`, those matching `filter`. Verification reads the whole log
+    /// with it exactly as it is (empty filter).
+    func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

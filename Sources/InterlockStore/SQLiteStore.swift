@@ -163,10 +163,29 @@ public final class SQLiteStore: InterlockStore {
         return (Int64(sequence), hash)
     }
 
-    public func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+    public func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+        var conditions = ["pos > ?"]
+        var binds: [SQLiteData] = [.integer(Int(position))]
+        for (column, value) in [
+            ("agent_id", filter.agentID), ("user_id", filter.userID), ("run_id", filter.runID), ("target", filter.target),
+            ("action", filter.action), ("decision", filter.decision),
+        ] {
+            guard let value else { continue }
+            conditions.append("\(column) = ?")
+            binds.append(.text(value))
+        }
+        if let from = filter.fromMs {
+            conditions.append("ts_ms >= ?")
+            binds.append(.integer(Int(from)))
+        }
+        if let to = filter.toMs {
+            conditions.append("ts_ms < ?")
+            binds.append(.integer(Int(to)))
+        }
+        binds.append(.integer(limit))
         let rows = try await connection.query(
-            "SELECT pos, \(SQLiteStore.auditColumns.joined(separator: ",")) FROM audit_log WHERE pos > ? ORDER BY pos LIMIT ?",
-            [.integer(Int(position)), .integer(limit)])
+            "SELECT pos, \(SQLiteStore.auditColumns.joined(separator: ",")) FROM audit_log WHERE \(conditions.joined(separator: " AND ")) ORDER BY pos LIMIT ?",
+            binds)
         var last = position
         let records = rows.map { row in
             func text(_ name: String) -> String? { row.column(name)?.string }

@@ -97,6 +97,30 @@ import Testing
         #expect((try? ConfigLoader.parse(text, file: "h.yaml", environment: ["KEY": "sk-1", "TENANT": "t"])) == nil)
     }
 
+    @Test func operatorsNeedTheirOwnTokensAndAKnownRole() throws {
+        let text = valid + """
+
+            operators:
+              - { id: alice, token: op-token-0123456789abc, role: admin }
+              - { id: bob, token: short, role: viewr }
+              - { id: alice, token: "${A1_KEY}", role: operator }
+            """
+        do {
+            _ = try ConfigLoader.parse(text, file: "o.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.contains("operator token must be at least 16 characters") }, "\(lines)")
+            #expect(lines.contains { $0.contains("'viewr' is not one of") && $0.contains("did you mean 'viewer'?") })
+            #expect(lines.contains { $0.contains("duplicate operator id 'alice'") })
+            #expect(lines.contains { $0.contains("also an agent's API key") })
+        }
+        let good = try ConfigLoader.parse(valid + "\noperators:\n  - { id: alice, token: op-token-0123456789abc, role: admin }\n", file: "o.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+        #expect(good.operators.map(\.id) == ["alice"])
+        #expect(good.operators.first?.role == .admin)
+        #expect(OperatorRole.viewer < .operator && OperatorRole.operator < .admin)
+    }
+
     @Test func yamlSyntaxErrorHasALine() {
         do {
             _ = try ConfigLoader.parse("server:\n  port: [1,\n", file: "x.yaml", environment: [:])

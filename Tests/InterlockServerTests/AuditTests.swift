@@ -92,3 +92,88 @@ import Testing
         try await harness.close()
     }
 }
+
+@Suite struct AdminAPITests {
+    let config = baseConfig + """
+
+        operators:
+          - { id: alice, token: op-admin-token-0000000001, role: admin }
+          - { id: victor, token: op-viewer-token-000000001, role: viewer }
+        """
+
+    func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
+
+    @Test func onlyOperatorTokensOpenTheAdminAPI() async throws {
+        let harness = try await Harness.make(config)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/admin/v1/agents", method: .get) { response in
+                #expect(response.status == .unauthorized)
+            }
+            // An agent's key is not an operator token.
+            try await client.execute(uri: "/admin/v1/agents", method: .get, headers: bearer("test-key-aaaaaaaaaaaa")) { response in
+                #expect(response.status == .unauthorized)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["code"] == "invalid_operator_token")
+            }
+            // And an operator token is not an agent's key.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("op-admin-token-0000000001"), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+            }
+            try await client.execute(uri: "/admin/v1/agents", method: .get, headers: bearer("op-viewer-token-000000001")) { response in
+                #expect(response.status == .ok)
+                let text = String(buffer: response.body)
+                let body = try JSONParser.parse(Array(text.utf8))
+                #expect(body["data"]?.arrayValue?.compactMap { $0["id"]?.stringValue } == ["a", "poor"])
+                #expect(body["data"]?.arrayValue?.last?["budgets"]?["daily_usd"] == 0.05)
+                // Keys never leave.
+                #expect(!text.contains("test-key-"))
+            }
+        }
+        try await harness.close()
+    }
+
+    @Test func auditQueryFiltersPagesAndIsItselfAudited() async throws {
+        let harness = try await Harness.make(config)
+        let app = Application(router: harness.router)
+        let audit = harness.services.gateway.governor.audit
+        try await app.test(.router) { client in
+            for _ in 0..<5 {
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat()) { _ in }
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("other")) { _ in }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-pppppppppppp"), body: chat()) { _ in }
+            await audit?.writer.flush()
+
+            try await client.execute(uri: "/admin/v1/audit?agent=a&decision=allow&limit=3", method: .get, headers: bearer("op-viewer-token-000000001")) { response in
+                #expect(response.status == .ok)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                let data = body["data"]?.arrayValue ?? []
+                #expect(data.count == 3)
+                #expect(data.allSatisfy { $0["agent"] == "a" && $0["decision"] == "allow" })
+                let next = try #require(body["next_after"]?.int64Value)
+                try await client.execute(uri: "/admin/v1/audit?agent=a&decision=allow&limit=3&after=\(next)", method: .get, headers: bearer("op-viewer-token-000000001")) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["data"]?.arrayValue?.count == 2)
+                    #expect(body["next_after"] == .null)
+                }
+            }
+            try await client.execute(uri: "/admin/v1/audit?decision=deny", method: .get, headers: bearer("op-admin-token-0000000001")) { response in
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["data"]?.arrayValue?.compactMap { $0["reason"]?.stringValue } == ["model_not_allowed"])
+            }
+            try await client.execute(uri: "/admin/v1/audit?limit=5000", method: .get, headers: bearer("op-admin-token-0000000001")) { response in
+                #expect(response.status == .badRequest)
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["param"] == "limit")
+            }
+        }
+        let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 1_000).records
+        let reads = records.filter { $0.action == "operator.audit.read" }
+        #expect(reads.count == 3)
+        #expect(reads.allSatisfy { $0.actorChain.first?.hasPrefix("operator:") == true })
+        var chain = AuditChain()
+        #expect(chain.verify(records) == nil)
+        try await harness.close()
+    }
+}

@@ -35,7 +35,7 @@ final class FlakyStore: InterlockStore {
     func auditHead() async throws -> (sequence: Int64, hash: String)? {
         auditRows.withLock { rows in rows.last.map { ($0.sequence, $0.hash) } }
     }
-    func auditRecords(afterPosition position: Int64, limit: Int) async throws -> AuditPage {
+    func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage {
         let rows = auditRows.withLock { Array($0.dropFirst(Int(position)).prefix(limit)) }
         return AuditPage(records: rows, lastPosition: position + Int64(rows.count))
     }

@@ -6,6 +6,7 @@ public struct InterlockConfiguration: Sendable {
     public var store: StoreSettings
     public var ledger: LedgerSettings
     public var audit = AuditSettings()
+    public var operators: [OperatorSettings] = []
     public var logging: LoggingSettings
     public var gateway: GatewaySettings
     public var providers: [ProviderSettings]
@@ -255,6 +256,34 @@ public struct DeploymentSettings: Sendable {
         self.id = id
         self.providerID = providerID
         self.model = model
+    }
+}
+
+/// What an operator may do. Each role includes the ones below it.
+public enum OperatorRole: String, Sendable, CaseIterable, Comparable {
+    /// Read: agents, audit, nodes.
+    case viewer
+    /// Day-to-day actions (later: approvals, pausing runs).
+    case `operator`
+    /// Everything, including changing agents and credentials.
+    case admin
+
+    private var rank: Int { Self.allCases.firstIndex(of: self)! }
+
+    public static func < (lhs: OperatorRole, rhs: OperatorRole) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// A human or tool that administers Interlock. Operators use the admin API and never the
+/// agent endpoints; agents never the admin API.
+public struct OperatorSettings: Sendable {
+    public var id: String
+    public var token: Secret
+    public var role: OperatorRole
+
+    public init(id: String, token: Secret, role: OperatorRole) {
+        self.id = id
+        self.token = token
+        self.role = role
     }
 }
 
