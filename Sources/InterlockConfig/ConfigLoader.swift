@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "logging", "gateway", "providers", "models", "agents", "operators"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -63,6 +63,13 @@ private struct ConfigDocument {
             if let sqlite = fields["sqlite"]?.mapping(allowed: ["path"]), let path = sqlite["path"]?.nonEmptyString() {
                 config.store = .sqlite(path: path)
             }
+        }
+        if let node = top["auth"], let fields = node.mapping(allowed: ["issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s"]) {
+            if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
+            if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
+            if let value = fields["trust_domain"]?.nonEmptyString() { config.auth.trustDomain = value }
+            if let value = fields["token_ttl_s"]?.int(minimum: 30, maximum: 86_400) { config.auth.tokenTTLSeconds = value }
+            if let value = fields["leeway_s"]?.int(minimum: 0, maximum: 300) { config.auth.leewaySeconds = value }
         }
         if let node = top["audit"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
             if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.audit.flushIntervalMs = value }

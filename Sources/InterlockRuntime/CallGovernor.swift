@@ -36,15 +36,18 @@ public final class CallGovernor: Sendable {
     private let ledger: UsageLedgerWriter
     /// Where every governed call is recorded; nil only in tests that do not look.
     public let audit: AuditLog?
+    /// Verifies access tokens from `/oauth/token`; nil accepts API keys only.
+    public let tokens: TokenService?
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
 
     public init(
-        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, audit: AuditLog? = nil, logger: Logger,
-        wallClockMs: (@Sendable () -> Int64)? = nil
+        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil,
+        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
         self.audit = audit
+        self.tokens = tokens
         self.directory = AgentDirectory(agents: agents)
         var states: [String: AgentState] = [:]
         for agent in agents {
@@ -63,6 +66,26 @@ public final class CallGovernor: Sendable {
     public func nowMs() -> Int64 { wallClockMs() }
 
     // MARK: Authenticate
+
+    /// Finds the agent for a presented credential: an access token from `/oauth/token` or an
+    /// API key. 401 (audited) when there is none or it is not valid.
+    public func authenticate(credential: String?, requestID: String? = nil, target: String? = nil) async throws(GatewayError) -> AgentSettings {
+        guard let credential, let tokens, TokenService.looksLikeJWT(credential) else {
+            return try authenticate(apiKey: credential, requestID: requestID, target: target)
+        }
+        do throws(GatewayError) {
+            let id = try await tokens.verify(credential, nowMs: wallClockMs())
+            guard let agent = directory.agent(id: id) else {
+                throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token's agent '\(id)' is not known here.")
+            }
+            return agent
+        } catch {
+            audit?.record(AuditRecord(
+                timestampMs: 0, node: "", action: "auth.failed", target: target, decision: "deny", reason: error.code, status: error.status,
+                requestID: requestID))
+            throw error
+        }
+    }
 
     /// Finds the agent for a presented API key; 401 when there is none or it is wrong, and
     /// the refusal is audited (`auth.failed`) when `audited`. The event-loop path asks

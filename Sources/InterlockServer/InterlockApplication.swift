@@ -70,6 +70,10 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         governor: services.gateway.governor, gateway: services.gateway
     ).addRoutes(to: router)
 
+    if let tokens = services.gateway.governor.tokens {
+        OAuthRoutes(tokens: tokens, governor: services.gateway.governor).addRoutes(to: router)
+    }
+
     let agentRoutes = router.group("v1")
         .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
         .group(context: AgentRequestContext.self)

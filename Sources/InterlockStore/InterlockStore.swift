@@ -13,6 +13,20 @@ public struct SpendTotals: Sendable, Equatable {
     }
 }
 
+/// A key Interlock signs access tokens with. The private key is PEM; a key is published in
+/// the JWKS from creation until its tokens can no longer be valid.
+public struct SigningKeyRecord: Sendable, Equatable {
+    public var kid: String
+    public var privateKeyPEM: String
+    public var createdMs: Int64
+
+    public init(kid: String, privateKeyPEM: String, createdMs: Int64) {
+        self.kid = kid
+        self.privateKeyPEM = privateKeyPEM
+        self.createdMs = createdMs
+    }
+}
+
 /// Which audit records a query wants; nil fields match everything.
 public struct AuditFilter: Sendable, Equatable {
     public var agentID: String?
@@ -70,6 +84,9 @@ public protocol InterlockStore: Sendable {
     /// the start), at most `limit`, those matching `filter`. Verification reads the whole log
     /// with it exactly as it is (empty filter).
     func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage
+    /// Token-signing keys, newest first.
+    func signingKeys() async throws -> [SigningKeyRecord]
+    func insertSigningKey(_ key: SigningKeyRecord) async throws
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

@@ -203,6 +203,19 @@ public final class SQLiteStore: InterlockStore {
         return AuditPage(records: records, lastPosition: last)
     }
 
+    public func signingKeys() async throws -> [SigningKeyRecord] {
+        let rows = try await connection.query("SELECT kid, private_pem, created_ms FROM signing_keys ORDER BY created_ms DESC, kid", [])
+        return rows.compactMap { row in
+            guard let kid = row.column("kid")?.string, let pem = row.column("private_pem")?.string, let created = row.column("created_ms")?.integer else { return nil }
+            return SigningKeyRecord(kid: kid, privateKeyPEM: pem, createdMs: Int64(created))
+        }
+    }
+
+    public func insertSigningKey(_ key: SigningKeyRecord) async throws {
+        _ = try await connection.query(
+            "INSERT INTO signing_keys (kid, private_pem, created_ms) VALUES (?, ?, ?)", [.text(key.kid), .text(key.privateKeyPEM), .integer(Int(key.createdMs))])
+    }
+
     public func ping() async throws {
         _ = try await connection.query("SELECT 1", [])
     }
@@ -281,6 +294,9 @@ enum SQLiteMigrations {
             "CREATE INDEX audit_log_seq ON audit_log (seq)",
             "CREATE INDEX audit_log_agent_ts ON audit_log (agent_id, ts_ms)",
             "CREATE INDEX audit_log_ts ON audit_log (ts_ms)",
+        ]),
+        Migration(version: 3, name: "signing_keys", statements: [
+            "CREATE TABLE signing_keys (kid TEXT PRIMARY KEY, private_pem TEXT NOT NULL, created_ms INTEGER NOT NULL)",
         ]),
     ]
 }

@@ -219,8 +219,9 @@ struct Serve: AsyncParsableCommand {
         let audit = try await AuditLog.open(
             store: store, node: configuration.node.id, flushInterval: .milliseconds(configuration.audit.flushIntervalMs),
             maxBatch: configuration.audit.maxBatch, logger: Logger(label: "interlock.audit"), wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
+        let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
         let governor = CallGovernor(
-            agents: configuration.agents, queue: queue, ledger: ledger, audit: audit, logger: Logger(label: "interlock.pipeline"))
+            agents: configuration.agents, queue: queue, ledger: ledger, audit: audit, tokens: tokens, logger: Logger(label: "interlock.pipeline"))
         try await governor.restoreBudgets(from: store)
 
         var clientConfiguration = HTTPClient.Configuration()

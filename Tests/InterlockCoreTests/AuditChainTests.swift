@@ -24,12 +24,11 @@ import Testing
         ])
         let text = String(decoding: CanonicalJSON.bytes(value), as: UTF8.self)
         let keys = ["\\r", "1", "\u{80}", "\u{f6}", "\u{20ac}", "\u{1f600}", "\u{fb33}"]
-        var position = text.startIndex
-        for key in keys {
-            let range = text.range(of: "\"\(key)\":", range: position..<text.endIndex)
-            #expect(range != nil, "\(key) out of order in \(text)")
-            position = range?.upperBound ?? position
-        }
+        // Keys appear in exactly this order.
+        let found = keys.map { key in text.ranges(of: "\"\(key)\":").first?.lowerBound }
+        #expect(found.allSatisfy { $0 != nil }, "\(text)")
+        let offsets = found.compactMap { $0 }.map { text.distance(from: text.startIndex, to: $0) }
+        #expect(offsets == offsets.sorted(), "\(text)")
         #expect(String(decoding: CanonicalJSON.bytes(.string("a\u{8}\u{c}\n\u{1}\"\\/é")), as: UTF8.self) == #""a\b\f\n\u0001\"\\/é""#)
         let nested: JSONValue = .array([.integer(1), .bool(true), .null, .object(["b": .integer(1), "a": .integer(2)])])
         let nestedText = String(decoding: CanonicalJSON.bytes(nested), as: UTF8.self)

@@ -32,7 +32,9 @@ struct Harness {
         let governor = CallGovernor(
             agents: configuration.agents,
             queue: AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs)),
-            ledger: ledger, audit: audit, logger: logger)
+            ledger: ledger, audit: audit,
+            tokens: try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000)),
+            logger: logger)
         let gateway = ModelGateway(
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
         let services = InterlockServices(

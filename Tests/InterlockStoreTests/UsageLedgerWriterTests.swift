@@ -39,6 +39,8 @@ final class FlakyStore: InterlockStore {
         let rows = auditRows.withLock { Array($0.dropFirst(Int(position)).prefix(limit)) }
         return AuditPage(records: rows, lastPosition: position + Int64(rows.count))
     }
+    func signingKeys() async throws -> [SigningKeyRecord] { [] }
+    func insertSigningKey(_ key: SigningKeyRecord) async throws {}
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals { SpendTotals(cost: .zero, calls: 0, usage: .zero) }
     func recentUsage(limit: Int) async throws -> [UsageRecord] { [] }
     func ping() async throws {}

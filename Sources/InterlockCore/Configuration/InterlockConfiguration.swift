@@ -6,6 +6,7 @@ public struct InterlockConfiguration: Sendable {
     public var store: StoreSettings
     public var ledger: LedgerSettings
     public var audit = AuditSettings()
+    public var auth = AuthSettings()
     public var operators: [OperatorSettings] = []
     public var logging: LoggingSettings
     public var gateway: GatewaySettings
@@ -60,6 +61,22 @@ public struct LedgerSettings: Sendable {
     public var flushIntervalMs: Int = 200
     /// Records written in one statement.
     public var maxBatch: Int = 500
+
+    public init() {}
+}
+
+/// Interlock as an OAuth authorization server for its agents (`/oauth/token`).
+public struct AuthSettings: Sendable {
+    /// `iss` of issued tokens, and the issuer in `/.well-known/openid-configuration`.
+    public var issuer: String = "interlock"
+    /// `aud` of issued tokens, and the audience a presented token must carry.
+    public var audience: String = "interlock"
+    /// Agents are `spiffe://<trust_domain>/agent/<id>` in `sub`.
+    public var trustDomain: String = "interlock.local"
+    /// Lifetime of an access token, in seconds.
+    public var tokenTTLSeconds: Int = 900
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    public var leewaySeconds: Int = 30
 
     public init() {}
 }

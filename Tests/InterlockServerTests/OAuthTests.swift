@@ -1,0 +1,164 @@
+import FoundationEssentials
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import InterlockCore
+import InterlockRuntime
+import InterlockServer
+import NIOCore
+import Testing
+
+@Suite struct OAuthTests {
+    func tokenRequest(_ body: String, headers: HTTPFields = [:]) -> (HTTPFields, ByteBuffer) {
+        var fields: HTTPFields = [.contentType: "application/x-www-form-urlencoded"]
+        for field in headers { fields.append(field) }
+        return (fields, ByteBuffer(string: body))
+    }
+
+    func json(_ response: TestResponse) throws -> JSONValue {
+        try JSONParser.parse(Array(response.body.readableBytesView))
+    }
+
+    @Test func clientCredentialsGiveATokenThatOpensTheGateway() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            var issued = ""
+            let (headers, body) = tokenRequest("grant_type=client_credentials&client_id=a&client_secret=test-key-aaaaaaaaaaaa")
+            try await client.execute(uri: "/oauth/token", method: .post, headers: headers, body: body) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[.cacheControl] == "no-store")
+                let token = try json(response)
+                #expect(token["token_type"] == "Bearer" && token["expires_in"] == 900 && token["scope"] == "model:fast")
+                issued = token["access_token"]?.stringValue ?? ""
+            }
+            // The token works wherever an API key does, for the same agent.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(issued), body: chat()) { response in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(issued), body: chat("other")) { response in
+                #expect(response.status == .forbidden)
+            }
+            // HTTP Basic client authentication (RFC 6749 §2.3.1).
+            let basic = Data("a:test-key-aaaaaaaaaaaa".utf8).base64EncodedString()
+            let (basicHeaders, basicBody) = tokenRequest("grant_type=client_credentials", headers: [.authorization: "Basic \(basic)"])
+            try await client.execute(uri: "/oauth/token", method: .post, headers: basicHeaders, body: basicBody) { response in
+                #expect(response.status == .ok)
+            }
+            // Discovery and keys.
+            try await client.execute(uri: "/.well-known/jwks.json", method: .get) { response in
+                let keys = try json(response)["keys"]?.arrayValue ?? []
+                #expect(keys.count == 1)
+                #expect(keys.first?["kty"] == "EC" && keys.first?["crv"] == "P-256" && keys.first?["alg"] == "ES256")
+                #expect(keys.first?["d"] == nil)
+                let header = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(issued, 0))
+                #expect(header["kid"] == keys.first?["kid"])
+            }
+            try await client.execute(uri: "/.well-known/openid-configuration", method: .get) { response in
+                let document = try json(response)
+                #expect(document["issuer"] == "interlock")
+                #expect(document["jwks_uri"]?.stringValue?.hasSuffix("/.well-known/jwks.json") == true)
+                #expect(document["grant_types_supported"] == ["client_credentials"])
+            }
+            let claims = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(issued, 1))
+            #expect(claims["sub"] == "spiffe://interlock.local/agent/a")
+            #expect(claims["iss"] == "interlock")
+            #expect(claims["aud"] == "interlock" || claims["aud"] == ["interlock"])
+            #expect(claims["jti"]?.stringValue?.isEmpty == false)
+        }
+        try await harness.close()
+    }
+
+    @Test func tokenRequestErrorsFollowRFC6749() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            let cases: [(String, HTTPResponse.Status, String)] = [
+                ("grant_type=client_credentials&client_id=a&client_secret=wrong-secret-000000", .unauthorized, "invalid_client"),
+                ("grant_type=client_credentials&client_id=poor&client_secret=test-key-aaaaaaaaaaaa", .unauthorized, "invalid_client"),
+                ("grant_type=client_credentials", .unauthorized, "invalid_client"),
+                ("grant_type=password&username=a&password=b", .badRequest, "unsupported_grant_type"),
+                ("client_id=a&client_secret=test-key-aaaaaaaaaaaa", .badRequest, "invalid_request"),
+                ("grant_type=client_credentials&grant_type=client_credentials", .badRequest, "invalid_request"),
+                ("grant_type=client_credentials&client_id=a&client_secret=test-key-aaaaaaaaaaaa&scope=model%3Afast+model%3Aother", .badRequest, "invalid_scope"),
+            ]
+            for (body, status, error) in cases {
+                let (headers, buffer) = tokenRequest(body)
+                try await client.execute(uri: "/oauth/token", method: .post, headers: headers, body: buffer) { response in
+                    #expect(response.status == status, "\(body)")
+                    let answer = try json(response)
+                    #expect(answer["error"]?.stringValue == error, "\(body)")
+                    #expect(answer["error_description"]?.stringValue?.isEmpty == false)
+                }
+            }
+            try await client.execute(uri: "/oauth/token", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: "{}")) { response in
+                #expect(response.status == .badRequest)
+                let answer = try json(response)
+                #expect(answer["error"] == "invalid_request")
+            }
+        }
+        try await harness.close()
+    }
+
+    @Test func badTokensAreRefusedWithAPreciseReason() async throws {
+        let harness = try await Harness.make(baseConfig)
+        let tokens = try #require(harness.services.gateway.governor.tokens)
+        let agent = try #require(harness.services.gateway.governor.directory.agent(id: "a"))
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let good = try await tokens.issue(for: agent, scopes: ["model:fast"], nowMs: now)
+        let expired = try await tokens.issue(for: agent, scopes: [], nowMs: now - 3_600_000)
+        var otherAudience = AuthSettings()
+        otherAudience.audience = "someone-else"
+        let foreign = try await TokenService.open(store: harness.services.store, settings: otherAudience, nowMs: now)
+            .issue(for: agent, scopes: [], nowMs: now)
+        let parts = good.split(separator: ".").map(String.init)
+        let payload = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(good, 1))
+        var forged = payload.objectValue ?? [:]
+        forged["sub"] = "spiffe://interlock.local/agent/poor"
+        let tampered = [parts[0], TokenServiceTestSupport.encodeSegment(JSONWriter.bytes(.object(forged))), parts[2]].joined(separator: ".")
+        let none = [TokenServiceTestSupport.encodeSegment(Array(#"{"alg":"none","typ":"JWT"}"#.utf8)), parts[1], ""].joined(separator: ".")
+        let hs256 = [TokenServiceTestSupport.encodeSegment(Array(#"{"alg":"HS256","typ":"JWT","kid":"x"}"#.utf8)), parts[1], parts[2]].joined(separator: ".")
+        var header = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(good, 0)).objectValue ?? [:]
+        header["kid"] = "es256-unknown"
+        let unknownKid = [TokenServiceTestSupport.encodeSegment(JSONWriter.bytes(.object(header))), parts[1], parts[2]].joined(separator: ".")
+        let badSignature = parts[0] + "." + parts[1] + "." + String(parts[2].reversed())
+
+        let cases: [(String, String)] = [
+            (expired, "expired"), (foreign, "audience"), (tampered, "signature"), (none, "'none' is not accepted"),
+            (hs256, "'HS256' is not accepted"), (unknownKid, "not one of Interlock's signing keys"), (badSignature, "signature"),
+            (TokenServiceTestSupport.encodeSegment(Array(#"{"alg":"#.utf8)) + ".e30.x", "malformed"),
+        ]
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            for (token, reason) in cases {
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(token), body: chat()) { response in
+                    #expect(response.status == .unauthorized, "\(reason)")
+                    let challenge = response.headers[.wwwAuthenticate] ?? ""
+                    #expect(challenge.contains(#"error="invalid_token""#), "\(reason)")
+                    #expect(challenge.contains(reason), "\(reason): \(challenge)")
+                }
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(good), body: chat()) { response in
+                #expect(response.status == .ok)
+            }
+        }
+        // Refusals are audited; nothing was spent.
+        await harness.services.gateway.governor.audit?.writer.flush()
+        let refusals = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records.filter { $0.action == "auth.failed" }
+        #expect(refusals.count == cases.count)
+        try await harness.close()
+    }
+}
+
+enum TokenServiceTestSupport {
+    static func decodeSegment(_ token: String, _ index: Int) -> [UInt8] {
+        let segment = token.split(separator: ".", omittingEmptySubsequences: false)[index]
+        var base64 = segment.replacing("-", with: "+").replacing("_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        return Array(Data(base64Encoded: String(base64)) ?? Data())
+    }
+
+    static func encodeSegment(_ bytes: [UInt8]) -> String {
+        Data(bytes).base64EncodedString().replacing("+", with: "-").replacing("/", with: "_").replacing("=", with: "")
+    }
+}
