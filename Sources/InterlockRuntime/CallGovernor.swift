@@ -93,6 +93,11 @@ public final class CallGovernor: Sendable {
     public func authenticate(apiKey: String?, audited: Bool = true, requestID: String? = nil, target: String? = nil) throws(GatewayError) -> AgentSettings {
         let error: GatewayError
         if let apiKey, !apiKey.isEmpty {
+            if let tokens, TokenService.looksLikeJWT(apiKey) {
+                // Only a token verified before can be accepted without waiting.
+                if let id = tokens.cachedAgentID(apiKey, nowMs: wallClockMs()), let agent = directory.agent(id: id) { return agent }
+                if !audited { throw GatewayError.invalidCredential }
+            }
             if let agent = directory.authenticate(apiKey: apiKey) { return agent }
             error = .invalidCredential
         } else {

@@ -3,6 +3,7 @@ import FoundationEssentials
 public import InterlockCore
 public import InterlockStore
 import JWTKit
+import Synchronization
 
 /// Interlock's authorization server for agents: client credentials in, short-lived ES256
 /// access tokens out (`/oauth/token`), the public keys published (`/.well-known/jwks.json`),
@@ -12,6 +13,10 @@ public final class TokenService: Sendable {
     private let activeKid: String
     private let publicJWKs: [JSONValue]
     public let settings: AuthSettings
+    /// Tokens that passed verification, until they expire: an ES256 verification costs about
+    /// 300 µs of CPU here. Only the token's own checks are cached; the agent it names is
+    /// looked up on every call, so disabling an agent still takes effect at once.
+    private let verified = VerifiedTokens(capacity: 10_000)
 
     /// The claims of an agent's access token.
     struct AccessToken: JWTPayload {
@@ -78,8 +83,20 @@ public final class TokenService: Sendable {
         return try await keys.sign(token, kid: JWKIdentifier(string: activeKid))
     }
 
+    /// The agent id of a token verified earlier and not expired since; nil otherwise. Never waits.
+    public func cachedAgentID(_ token: String, nowMs: Int64) -> String? {
+        verified.agentID(token, nowMs: nowMs)
+    }
+
     /// The agent id a presented token stands for, or a 401 that says exactly what is wrong.
     public func verify(_ token: String, nowMs: Int64) async throws(GatewayError) -> String {
+        if let agentID = verified.agentID(token, nowMs: nowMs) { return agentID }
+        let (agentID, expiresMs) = try await verifyUncached(token, nowMs: nowMs)
+        verified.insert(token, agentID: agentID, expiresMs: expiresMs, nowMs: nowMs)
+        return agentID
+    }
+
+    private func verifyUncached(_ token: String, nowMs: Int64) async throws(GatewayError) -> (String, Int64) {
         func refuse(_ description: String) -> GatewayError {
             GatewayError(kind: .authentication, code: "invalid_token", message: description)
         }
@@ -107,7 +124,8 @@ public final class TokenService: Sendable {
         guard payload.aud.value.contains(settings.audience) else { throw refuse("The token is not meant for audience '\(settings.audience)'.") }
         let prefix = "spiffe://\(settings.trustDomain)/agent/"
         guard payload.sub.value.hasPrefix(prefix) else { throw refuse("The token's subject is not an agent of trust domain '\(settings.trustDomain)'.") }
-        return String(payload.sub.value.dropFirst(prefix.count))
+        let expiresMs = Int64((payload.exp.value.timeIntervalSince1970 + leeway) * 1000)
+        return (String(payload.sub.value.dropFirst(prefix.count)), expiresMs)
     }
 
     /// `/.well-known/jwks.json`.
@@ -122,5 +140,40 @@ public final class TokenService: Sendable {
         var base64 = text.replacing("-", with: "+").replacing("_", with: "/")
         while base64.count % 4 != 0 { base64 += "=" }
         return Data(base64Encoded: String(base64)).map { Array($0) }
+    }
+}
+
+/// Verified tokens and when they stop being valid, bounded.
+final class VerifiedTokens: Sendable {
+    private struct Entry {
+        var agentID: String
+        var expiresMs: Int64
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+    private let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func agentID(_ token: String, nowMs: Int64) -> String? {
+        entries.withLock { entries in
+            guard let entry = entries[token] else { return nil }
+            guard entry.expiresMs > nowMs else {
+                entries[token] = nil
+                return nil
+            }
+            return entry.agentID
+        }
+    }
+
+    func insert(_ token: String, agentID: String, expiresMs: Int64, nowMs: Int64) {
+        entries.withLock { entries in
+            if entries.count >= capacity {
+                entries = entries.filter { $0.value.expiresMs > nowMs }
+                // Still full of live tokens: start over rather than grow without bound.
+                if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            }
+            entries[token] = Entry(agentID: agentID, expiresMs: expiresMs)
+        }
     }
 }

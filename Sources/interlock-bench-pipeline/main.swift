@@ -36,8 +36,10 @@ let store = try await SQLiteStore.open(path: directory.appendingPathComponent("b
 try await store.migrate()
 let logger = Logger(label: "bench")
 let ledger = UsageLedgerWriter(store: store, flushInterval: .seconds(3600), maxBatch: 500, logger: logger)
+let audit = try await AuditLog.open(
+    store: store, node: "bench", flushInterval: .seconds(3600), maxBatch: 500, logger: logger, wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
 let governor = CallGovernor(
-    agents: configuration.agents, queue: AdmissionQueuePolicy(maxDepth: 1000, maxWait: .seconds(10)), ledger: ledger, logger: logger)
+    agents: configuration.agents, queue: AdmissionQueuePolicy(maxDepth: 1000, maxWait: .seconds(10)), ledger: ledger, audit: audit, logger: logger)
 let gateway = ModelGateway(
     configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
 
@@ -66,6 +68,7 @@ for _ in 0..<1000 {
     else { fatalError("the pipeline did not take the call") }
 }
 await ledger.flush()
+await audit.writer.flush()
 
 print("calls: \(calls)")
 let agent = try governor.authenticate(apiKey: key)
@@ -86,11 +89,26 @@ _ = measure("startOnLoop + finishOnLoop only") {
         case .done = gateway.finishOnLoop(attempt, .success(answer))
     else { fatalError("the pipeline did not take the call") }
 }
+// Authentication by access token instead of API key: ES256 verification per call.
+let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+let accessToken = try await tokens.issue(for: agent, scopes: TokenService.scopes(of: agent), nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+let verifyCalls = max(1, calls / 20)
+let verifyClock = ContinuousClock()
+let verifyStart = verifyClock.now
+for _ in 0..<verifyCalls { _ = try await tokens.verify(accessToken, nowMs: Int64(Date().timeIntervalSince1970 * 1000)) }
+let verifyMicros = verifyStart.duration(to: verifyClock.now).milliseconds * 1000 / Double(verifyCalls)
+print("\("authenticate by access token (ES256 verify)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", verifyMicros)) µs/call (\(verifyCalls) calls)")
+
 let clock = ContinuousClock()
 let backlog = ledger.backlog
 let flushStart = clock.now
 await ledger.flush()
 let flushMicros = flushStart.duration(to: clock.now).milliseconds * 1000 / Double(max(backlog, 1))
 print("\("usage ledger write (SQLite, batches of 500)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", flushMicros)) µs/record (\(backlog) records)")
-print("\("pipeline total per call".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", total + flushMicros)) µs")
+let auditBacklog = audit.writer.backlog
+let auditStart = clock.now
+await audit.writer.flush()
+let auditMicros = auditStart.duration(to: clock.now).milliseconds * 1000 / Double(max(auditBacklog, 1))
+print("\("audit write (link, hash, SQLite, batches of 500)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", auditMicros)) µs/record (\(auditBacklog) records)")
+print("\("pipeline total per call".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", total + flushMicros + auditMicros)) µs")
 try await store.close()

@@ -51,6 +51,21 @@ import Testing
         return records
     }
 
+    /// The direct canonical writer and the generic one agree, for every shape of record.
+    @Test func directCanonicalFormMatchesTheGenericOne() {
+        var records = chain(8)
+        records[2].actorChain = ["user:ann", "agent:planner", "agent:mailer"]
+        records[3].userID = "ann \"quoted\" \u{1}\u{e9}"
+        records[4].status = nil
+        records[4].costNanos = nil
+        records[5].runID = "run-1"
+        records[5].parentRunID = "run-0"
+        records[5].supervisor = "bob"
+        for record in records {
+            #expect(record.canonicalBytes() == CanonicalJSON.bytes(record.json(includingHash: false)))
+        }
+    }
+
     @Test func linkedRecordsVerify() {
         let records = chain(20)
         #expect(records.first?.previousHash == AuditRecord.genesisHash)

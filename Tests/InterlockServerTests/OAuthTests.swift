@@ -142,6 +142,12 @@ import Testing
                 #expect(response.status == .ok)
             }
         }
+        // A verified token is remembered until it expires (so calls with it need no second
+        // signature check and can take the event-loop path), and not a moment longer.
+        #expect(tokens.cachedAgentID(good, nowMs: now) == "a")
+        #expect((try? harness.services.gateway.governor.authenticate(apiKey: good, audited: false))?.id == "a")
+        #expect(tokens.cachedAgentID(expired, nowMs: now) == nil)
+        #expect(tokens.cachedAgentID(good, nowMs: now + Int64(tokens.settings.tokenTTLSeconds + tokens.settings.leewaySeconds) * 1000 + 1) == nil)
         // Refusals are audited; nothing was spent.
         await harness.services.gateway.governor.audit?.writer.flush()
         let refusals = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records.filter { $0.action == "auth.failed" }

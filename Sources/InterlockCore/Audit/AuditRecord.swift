@@ -88,7 +88,54 @@ public struct AuditRecord: Sendable, Equatable {
 
     /// SHA-256 (hex) of the canonical JSON of every field but `hash`.
     public func computedHash() -> String {
-        AuditChain.hex(SHA256.hash(data: CanonicalJSON.bytes(json(includingHash: false))))
+        AuditChain.hex(SHA256.hash(data: canonicalBytes()))
+    }
+
+    /// The RFC 8785 form of `json(includingHash: false)`, written directly: every record has
+    /// the same members, so their sorted order is fixed and no `JSONValue` is built.
+    public func canonicalBytes() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        func key(_ name: StaticString, first: Bool = false) {
+            out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
+            out.append(UInt8(ascii: "\""))
+            name.withUTF8Buffer { out.append(contentsOf: $0) }
+            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        }
+        func text(_ value: String?) {
+            if let value { JSONWriter.writeString(value, into: &out) } else { out.append(contentsOf: "null".utf8) }
+        }
+        func integer(_ value: Int64?) {
+            if let value { CanonicalJSON.write(.integer(value), into: &out) } else { out.append(contentsOf: "null".utf8) }
+        }
+        // Member names in UTF-16 order (all ASCII, so plain byte order).
+        key("action", first: true); text(action)
+        key("actors")
+        out.append(UInt8(ascii: "["))
+        for (index, actor) in actorChain.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            JSONWriter.writeString(actor, into: &out)
+        }
+        out.append(UInt8(ascii: "]"))
+        key("agent"); text(agentID)
+        key("args_sha256"); text(argumentsHash)
+        key("cost_nanos"); integer(costNanos)
+        key("decision"); text(decision)
+        key("node"); text(node)
+        key("outcome"); text(outcome)
+        key("parent_run"); text(parentRunID)
+        key("prev_hash"); text(previousHash)
+        key("reason"); text(reason)
+        key("request_id"); text(requestID)
+        key("run"); text(runID)
+        key("seq"); integer(sequence)
+        key("status"); integer(status.map(Int64.init))
+        key("supervisor"); text(supervisor)
+        key("target"); text(target)
+        key("ts_ms"); integer(timestampMs)
+        key("user"); text(userID)
+        out.append(UInt8(ascii: "}"))
+        return out
     }
 }
 

@@ -13,6 +13,9 @@ public enum CanonicalJSON {
         switch value {
         case .null, .bool, .string:
             JSONWriter.write(value, into: &output)
+        case .integer(let integer) where integer.magnitude <= 1 << 53:
+            // Exactly representable as a double: ECMAScript writes it as plain digits.
+            output.append(contentsOf: String(integer).utf8)
         case .integer(let integer):
             output.append(contentsOf: number(Double(integer)).utf8)
         case .number(let double):
