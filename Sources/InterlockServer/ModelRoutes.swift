@@ -41,7 +41,18 @@ struct ModelRoutes {
         } catch is NIOTooManyBytesError {
             throw tooLarge
         }
-        let modelRequest = try ModelRequest.parse(body: Array(buffer.readableBytesView), format: format, operation: operation)
+        let bytes = Array(buffer.readableBytesView)
+        let modelRequest: ModelRequest
+        do {
+            modelRequest = try ModelRequest.parse(body: bytes, format: format, operation: operation)
+        } catch {
+            // Refused before the pipeline could name a target: still an audited call.
+            gateway.governor.audit?.record(AuditRecord(
+                timestampMs: 0, node: "", action: "model.call", agentID: context.agent.id, target: request.uri.path, decision: "deny",
+                reason: error.code, argumentsHash: AuditRecord.sha256Hex(bytes), outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status,
+                requestID: context.requestID))
+            throw error
+        }
         let result = try await gateway.handle(
             modelRequest, agent: context.agent, requestID: context.requestID,
             traceParent: request.headers[HTTPField.Name("traceparent")!], traceState: request.headers[HTTPField.Name("tracestate")!])

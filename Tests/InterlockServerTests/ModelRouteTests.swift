@@ -170,6 +170,11 @@ func auth(_ key: String) -> HTTPFields {
         }
         await harness.services.ledger.flush()
         #expect(try await harness.services.store.recentUsage(limit: 10).isEmpty)
+        // Each refusal is in the audit log with its reason; none cost anything.
+        await harness.services.gateway.governor.audit?.writer.flush()
+        let refusals = try await harness.services.store.auditRecords(afterPosition: 0, limit: 10).records
+        #expect(refusals.map { $0.reason ?? "" } == ["invalid_json", "invalid_parameter", "model_not_found"])
+        #expect(refusals.allSatisfy { $0.decision == "deny" && $0.agentID == "a" && $0.costNanos == nil })
         try await harness.close()
     }
 
