@@ -80,9 +80,7 @@ public final class CallGovernor: Sendable {
             }
             return agent
         } catch {
-            audit?.record(AuditRecord(
-                timestampMs: 0, node: "", action: "auth.failed", target: target, decision: "deny", reason: error.code, status: error.status,
-                requestID: requestID))
+            auditRefusal(error, action: "auth.failed", agentID: nil, target: target, requestID: requestID)
             throw error
         }
     }
@@ -103,11 +101,7 @@ public final class CallGovernor: Sendable {
         } else {
             error = .missingCredential
         }
-        if audited {
-            audit?.record(AuditRecord(
-                timestampMs: 0, node: "", action: "auth.failed", target: target, decision: "deny", reason: error.code, status: error.status,
-                requestID: requestID))
-        }
+        if audited { auditRefusal(error, action: "auth.failed", agentID: nil, target: target, requestID: requestID) }
         throw error
     }
 
@@ -124,11 +118,7 @@ public final class CallGovernor: Sendable {
         case .tool, .agent:
             error = GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
         }
-        if audited {
-            audit?.record(AuditRecord(
-                timestampMs: 0, node: "", action: "\(kind.rawValue).call", agentID: agent.id, target: target, decision: "deny", reason: error.code,
-                outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status, requestID: requestID))
-        }
+        if audited { auditRefusal(error, action: "\(kind.rawValue).call", agentID: agent.id, target: target, requestID: requestID) }
         throw error
     }
 
@@ -269,11 +259,25 @@ public final class CallGovernor: Sendable {
         agentStates[agentID]?.limiter?.queueDepth ?? 0
     }
 
-    private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
+    /// The audit record of a refused call, whichever stage refused it. Refusals before an
+    /// agent is known (`auth.failed`) carry no agent and no outcome.
+    public func auditRefusal(
+        _ error: GatewayError, action: String, agentID: String?, target: String?, argumentsHash: String? = nil, requestID: String?
+    ) {
+        auditRefusal(reason: error.code, status: error.status, action: action, agentID: agentID, target: target, argumentsHash: argumentsHash, requestID: requestID)
+    }
+
+    private func auditRefusal(reason: String, status: Int, action: String, agentID: String?, target: String?, argumentsHash: String?, requestID: String?) {
         audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target, decision: "deny",
-            reason: code, argumentsHash: call.argumentsHash, outcome: UsageRecord.Outcome.rejected.rawValue, status: status, costNanos: 0,
-            requestID: call.requestID))
+            timestampMs: 0, node: "", action: action, agentID: agentID, target: target, decision: "deny", reason: reason,
+            argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
+            requestID: requestID))
+    }
+
+    private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
+        auditRefusal(
+            reason: code, status: status, action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target,
+            argumentsHash: call.argumentsHash, requestID: call.requestID)
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,

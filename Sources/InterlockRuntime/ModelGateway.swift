@@ -116,11 +116,7 @@ public final class ModelGateway: Sendable {
     ) throws(GatewayError) -> (GovernedCall, [DeploymentState]) {
         guard aliases[request.alias] != nil else {
             let error = GatewayError.unknownModel(request.alias)
-            if audited {
-                governor.audit?.record(AuditRecord(
-                    timestampMs: 0, node: "", action: "model.call", agentID: agent.id, target: request.alias, decision: "deny", reason: error.code,
-                    outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status, requestID: requestID))
-            }
+            if audited { governor.auditRefusal(error, action: "model.call", agentID: agent.id, target: request.alias, requestID: requestID) }
             throw error
         }
         try governor.authorize(agent, kind: .model, target: request.alias, audited: audited, requestID: requestID)

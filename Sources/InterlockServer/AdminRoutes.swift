@@ -12,7 +12,6 @@ struct AdminRoutes {
     let operators: CredentialDirectory<OperatorSettings>
     let store: any InterlockStore
     let governor: CallGovernor
-    let gateway: ModelGateway
 
     func addRoutes(to router: Router<InterlockRequestContext>) {
         let admin = router.group("admin/v1")

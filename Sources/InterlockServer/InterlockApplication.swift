@@ -67,7 +67,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
 
     AdminRoutes(
         operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), store: services.store,
-        governor: services.gateway.governor, gateway: services.gateway
+        governor: services.gateway.governor
     ).addRoutes(to: router)
 
     if let tokens = services.gateway.governor.tokens {

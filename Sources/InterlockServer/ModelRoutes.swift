@@ -47,10 +47,9 @@ struct ModelRoutes {
             modelRequest = try ModelRequest.parse(body: bytes, format: format, operation: operation)
         } catch {
             // Refused before the pipeline could name a target: still an audited call.
-            gateway.governor.audit?.record(AuditRecord(
-                timestampMs: 0, node: "", action: "model.call", agentID: context.agent.id, target: request.uri.path, decision: "deny",
-                reason: error.code, argumentsHash: AuditRecord.sha256Hex(bytes), outcome: UsageRecord.Outcome.rejected.rawValue, status: error.status,
-                requestID: context.requestID))
+            gateway.governor.auditRefusal(
+                error, action: "model.call", agentID: context.agent.id, target: request.uri.path, argumentsHash: AuditRecord.sha256Hex(bytes),
+                requestID: context.requestID)
             throw error
         }
         let result = try await gateway.handle(

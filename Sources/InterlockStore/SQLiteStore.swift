@@ -21,12 +21,18 @@ public final class SQLiteStore: InterlockStore {
         let storage: SQLiteConnection.Storage = path == ":memory:" ? .memory : .file(path: path)
         let connection = try await SQLiteConnection.open(storage: storage, logger: logger)
         let store = SQLiteStore(connection: connection, path: path)
-        if path != ":memory:" {
-            _ = try await connection.query("PRAGMA journal_mode=WAL", [])
+        do {
+            if path != ":memory:" {
+                _ = try await connection.query("PRAGMA journal_mode=WAL", [])
+            }
+            _ = try await connection.query("PRAGMA synchronous=NORMAL", [])
+            _ = try await connection.query("PRAGMA busy_timeout=5000", [])
+            _ = try await connection.query("PRAGMA foreign_keys=ON", [])
+        } catch {
+            // Not a database (or not a usable one): close before the connection is released.
+            try? await connection.close()
+            throw error
         }
-        _ = try await connection.query("PRAGMA synchronous=NORMAL", [])
-        _ = try await connection.query("PRAGMA busy_timeout=5000", [])
-        _ = try await connection.query("PRAGMA foreign_keys=ON", [])
         return store
     }
 
@@ -67,29 +73,42 @@ public final class SQLiteStore: InterlockStore {
     ]
 
     public func appendUsage(_ records: [UsageRecord]) async throws {
+        try await insertRows(table: "usage_ledger", columns: SQLiteStore.usageColumns, records) { record in
+            [
+                .text(record.requestID), .integer(Int(record.timestampMs)), .text(record.agentID), .text(record.targetKind),
+                .text(record.target), record.deploymentID.map(SQLiteData.text) ?? .null, record.provider.map(SQLiteData.text) ?? .null,
+                record.upstreamModel.map(SQLiteData.text) ?? .null, .text(record.operation), .integer(record.stream ? 1 : 0),
+                .integer(record.usage.inputTokens), .integer(record.usage.outputTokens), .integer(record.usage.cachedInputTokens),
+                .integer(Int(record.cost.nanos)), .float(record.latencyMs), .integer(record.attempts), .text(record.outcome.rawValue),
+                .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null,
+            ]
+        }
+    }
+
+    /// Inserts rows with multi-row `INSERT`s, all or none: SQLite allows 32766 bound
+    /// parameters per statement, so a large batch takes several statements, and those run in
+    /// one transaction (a retried batch must not leave half of itself behind).
+    private func insertRows<Record>(table: String, columns: [String], _ records: [Record], values: (Record) -> [SQLiteData]) async throws {
         guard !records.isEmpty else { return }
-        // SQLite allows 32766 bound parameters per statement; stay well below.
-        let perStatement = 1_000
-        var start = 0
-        while start < records.count {
-            let slice = records[start..<min(records.count, start + perStatement)]
-            let placeholders = "(" + Array(repeating: "?", count: SQLiteStore.usageColumns.count).joined(separator: ",") + ")"
-            let sql = "INSERT INTO usage_ledger (\(SQLiteStore.usageColumns.joined(separator: ","))) VALUES "
-                + Array(repeating: placeholders, count: slice.count).joined(separator: ",")
-            var binds: [SQLiteData] = []
-            binds.reserveCapacity(slice.count * SQLiteStore.usageColumns.count)
-            for record in slice {
-                binds += [
-                    .text(record.requestID), .integer(Int(record.timestampMs)), .text(record.agentID), .text(record.targetKind),
-                    .text(record.target), record.deploymentID.map(SQLiteData.text) ?? .null, record.provider.map(SQLiteData.text) ?? .null,
-                    record.upstreamModel.map(SQLiteData.text) ?? .null, .text(record.operation), .integer(record.stream ? 1 : 0),
-                    .integer(record.usage.inputTokens), .integer(record.usage.outputTokens), .integer(record.usage.cachedInputTokens),
-                    .integer(Int(record.cost.nanos)), .float(record.latencyMs), .integer(record.attempts), .text(record.outcome.rawValue),
-                    .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null,
-                ]
+        let perStatement = max(1, 30_000 / columns.count)
+        let placeholders = "(" + Array(repeating: "?", count: columns.count).joined(separator: ",") + ")"
+        let prefix = "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES "
+        let transaction = records.count > perStatement
+        if transaction { _ = try await connection.query("BEGIN IMMEDIATE", []) }
+        do {
+            var start = 0
+            while start < records.count {
+                let slice = records[start..<min(records.count, start + perStatement)]
+                var binds: [SQLiteData] = []
+                binds.reserveCapacity(slice.count * columns.count)
+                for record in slice { binds += values(record) }
+                _ = try await connection.query(prefix + Array(repeating: placeholders, count: slice.count).joined(separator: ","), binds)
+                start += perStatement
             }
-            _ = try await connection.query(sql, binds)
-            start += perStatement
+            if transaction { _ = try await connection.query("COMMIT", []) }
+        } catch {
+            if transaction { _ = try? await connection.query("ROLLBACK", []) }
+            throw error
         }
     }
 
@@ -132,28 +151,15 @@ public final class SQLiteStore: InterlockStore {
     ]
 
     public func appendAudit(_ records: [AuditRecord]) async throws {
-        guard !records.isEmpty else { return }
-        let perStatement = 1_000
-        var start = 0
-        while start < records.count {
-            let slice = records[start..<min(records.count, start + perStatement)]
-            let placeholders = "(" + Array(repeating: "?", count: SQLiteStore.auditColumns.count).joined(separator: ",") + ")"
-            let sql = "INSERT INTO audit_log (\(SQLiteStore.auditColumns.joined(separator: ","))) VALUES "
-                + Array(repeating: placeholders, count: slice.count).joined(separator: ",")
-            var binds: [SQLiteData] = []
-            binds.reserveCapacity(slice.count * SQLiteStore.auditColumns.count)
-            func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
-            for record in slice {
-                binds += [
-                    .integer(Int(record.sequence)), .integer(Int(record.timestampMs)), .text(record.node), .text(record.action), text(record.agentID),
-                    text(record.userID), .text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string)))), text(record.runID),
-                    text(record.parentRunID), text(record.supervisor), text(record.target), .text(record.decision), text(record.reason),
-                    text(record.argumentsHash), text(record.outcome), record.status.map { .integer($0) } ?? .null,
-                    record.costNanos.map { .integer(Int($0)) } ?? .null, text(record.requestID), .text(record.previousHash), .text(record.hash),
-                ]
-            }
-            _ = try await connection.query(sql, binds)
-            start += perStatement
+        func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
+        try await insertRows(table: "audit_log", columns: SQLiteStore.auditColumns, records) { record in
+            [
+                .integer(Int(record.sequence)), .integer(Int(record.timestampMs)), .text(record.node), .text(record.action), text(record.agentID),
+                text(record.userID), .text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string)))), text(record.runID),
+                text(record.parentRunID), text(record.supervisor), text(record.target), .text(record.decision), text(record.reason),
+                text(record.argumentsHash), text(record.outcome), record.status.map { .integer($0) } ?? .null,
+                record.costNanos.map { .integer(Int($0)) } ?? .null, text(record.requestID), .text(record.previousHash), .text(record.hash),
+            ]
         }
     }
 

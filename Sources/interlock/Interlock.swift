@@ -88,8 +88,27 @@ struct AuditStoreOptions: ParsableArguments {
             printError("interlock audit: no store at \(path)")
             throw ExitCode(2)
         }
-        let store = try await SQLiteStore.open(path: path)
-        try await store.migrate()
+        // Read only what is there: no migration, so checking an evidence copy never changes it.
+        let store: SQLiteStore
+        do {
+            store = try await SQLiteStore.open(path: path)
+        } catch {
+            printError("interlock audit: \(path) is not an Interlock store (\(error))")
+            throw ExitCode(2)
+        }
+        let version: Int
+        do {
+            version = try await store.schemaVersion()
+        } catch {
+            try? await store.close()
+            printError("interlock audit: \(path) is not an Interlock store (\(error))")
+            throw ExitCode(2)
+        }
+        guard version >= 2 else {
+            try? await store.close()
+            printError("interlock audit: \(path) has no audit log (schema version \(version); the audit log arrived in version 2)")
+            throw ExitCode(2)
+        }
         return store
     }
 }

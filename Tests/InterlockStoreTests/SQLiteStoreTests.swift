@@ -33,4 +33,19 @@ import Testing
         #expect(try await reopened.spend(agentID: "b", sinceMs: 0).calls == 500)
         try await reopened.close()
     }
+
+    /// A batch too large for one statement is written by several statements in one transaction.
+    @Test func largeBatchesAreWrittenWhole() async throws {
+        let store = try await SQLiteStore.open(path: ":memory:")
+        try await store.migrate()
+        try await store.appendUsage((0..<5_000).map { record("big\($0)", agent: "big", ts: 10, nanos: 1) })
+        #expect(try await store.spend(agentID: "big", sinceMs: 0).calls == 5_000)
+        let records = (0..<5_000).map { index in
+            AuditRecord(sequence: Int64(index + 1), timestampMs: 1, node: "n", action: "a", decision: "allow", previousHash: "p", hash: "h\(index)")
+        }
+        try await store.appendAudit(records)
+        let stored = try await store.auditRecords(afterPosition: 0, limit: 10_000).records
+        #expect(stored.map(\.hash) == records.map(\.hash))
+        try await store.close()
+    }
 }

@@ -32,7 +32,8 @@ def canonical(value):
 def snapshot(server):
     """A consistent copy of the running server's store, after some audited calls."""
     client = openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0)
-    client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "audit me"}])
+    for _ in range(3):
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "audit me"}])
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server["base"] + "/v1", api_key="wrong-key-0000000000", max_retries=0).chat.completions.create(
             model="fast", messages=[{"role": "user", "content": "hi"}])
@@ -78,8 +79,7 @@ def test_exported_chain_verifies_independently(snapshot):
 ])
 def test_tampering_is_found_at_its_record(snapshot, tamper, kind):
     with sqlite3.connect(snapshot) as connection:
-        if connection.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] < 4:
-            pytest.skip("needs at least four records")
+        assert connection.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] >= 4
         connection.executescript(tamper)
     verified = audit("verify", "--store", snapshot)
     assert verified.returncode == 1
@@ -92,3 +92,9 @@ def test_verify_without_a_store_is_a_clear_error(tmp_path):
     missing = audit("verify", "--store", str(tmp_path / "none.sqlite"))
     assert missing.returncode == 2
     assert "no store at" in missing.stderr
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello")
+    wrong = audit("verify", "--store", str(not_a_store))
+    assert wrong.returncode == 2
+    assert "is not an Interlock store" in wrong.stderr
+    assert not_a_store.read_text() == "hello"
