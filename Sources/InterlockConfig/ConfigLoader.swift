@@ -64,12 +64,18 @@ private struct ConfigDocument {
                 config.store = .sqlite(path: path)
             }
         }
-        if let node = top["auth"], let fields = node.mapping(allowed: ["issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s"]) {
+        if let node = top["auth"], let fields = node.mapping(allowed: [
+            "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s",
+        ]) {
             if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
             if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
             if let value = fields["trust_domain"]?.nonEmptyString() { config.auth.trustDomain = value }
             if let value = fields["token_ttl_s"]?.int(minimum: 30, maximum: 86_400) { config.auth.tokenTTLSeconds = value }
             if let value = fields["leeway_s"]?.int(minimum: 0, maximum: 300) { config.auth.leewaySeconds = value }
+            if let value = fields["api_key_ttl_s"]?.int(minimum: 0, maximum: 10 * 365 * 86_400) { config.auth.apiKeyTTLSeconds = value }
+            if let value = fields["api_key_rotation_overlap_s"]?.int(minimum: 0, maximum: 365 * 86_400) {
+                config.auth.apiKeyRotationOverlapSeconds = value
+            }
         }
         if let node = top["audit"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
             if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.audit.flushIntervalMs = value }
@@ -98,18 +104,18 @@ private struct ConfigDocument {
         var agentNodes: [String: ConfigNode] = [:]
         if let node = top["agents"], let items = node.sequence() {
             for item in items {
-                guard let agent = readAgent(item) else { continue }
-                if agentNodes[agent.id] != nil {
-                    item.report("duplicate agent id '\(agent.id)'")
+                guard let declared = readAgent(item) else { continue }
+                if agentNodes[declared.agent.id] != nil {
+                    item.report("duplicate agent id '\(declared.agent.id)'")
                     continue
                 }
-                agentNodes[agent.id] = item
-                config.agents.append(agent)
+                agentNodes[declared.agent.id] = item
+                config.agents.append(declared)
             }
         }
         if let node = top["operators"], let items = node.sequence() {
             var seen = Set<String>()
-            let agentKeys = Set(config.agents.map { $0.apiKey.reveal() })
+            let agentKeys = Set(config.agents.compactMap { $0.apiKey?.reveal() })
             for item in items {
                 guard let fields = item.mapping(allowed: ["id", "token", "role"]) else { continue }
                 guard let id = fields["id"]?.nonEmptyString() else {
@@ -335,30 +341,35 @@ private struct ConfigDocument {
     }
 
     private func readAgent(_ node: ConfigNode) -> AgentSettings? {
-        guard let fields = node.mapping(allowed: ["id", "description", "api_key", "models", "limits", "budgets", "priority"]) else { return nil }
-        guard let id = fields["id"]?.nonEmptyString() else {
-            if fields["id"] == nil { node.report("missing required key 'id'") }
+        guard let fields = node.mapping(allowed: [
+            "id", "owner", "description", "region", "api_key", "models", "tools", "agents", "limits", "budgets", "priority",
+        ]) else { return nil }
+        guard let idNode = fields["id"] else {
+            node.report("missing required key 'id'")
             return nil
         }
-        guard let keyNode = fields["api_key"] else {
-            node.report("missing required key 'api_key' (use ${ENV_VAR} to keep it out of the file)")
-            return nil
+        guard let id = idNode.nonEmptyString() else { return nil }
+        if !Agent.isValidID(id) { idNode.report("an agent id must be 1 to 128 letters, digits, '-', '_' or '.'") }
+        var agent = Agent(id: id)
+        var apiKey: Secret?
+        if let keyNode = fields["api_key"], let key = keyNode.string() {
+            if key.count < 16 { keyNode.report("an API key must be at least 16 characters") }
+            apiKey = Secret(key)
         }
-        guard let key = keyNode.string() else { return nil }
-        if key.count < 16 { keyNode.report("an API key must be at least 16 characters") }
-        var agent = AgentSettings(id: id, apiKey: Secret(key))
+        agent.owner = fields["owner"]?.string() ?? ""
         agent.description = fields["description"]?.string() ?? ""
-        agent.models = fields["models"]?.stringList() ?? []
+        agent.region = fields["region"]?.string() ?? ""
+        agent.grants = AgentGrants(
+            models: fields["models"]?.stringList() ?? [], tools: fields["tools"]?.stringList() ?? [], agents: fields["agents"]?.stringList() ?? [])
         if let limits = fields["limits"]?.mapping(allowed: ["rpm", "tpm"]) {
-            agent.requestsPerMinute = limits["rpm"]?.int(minimum: 1)
-            agent.tokensPerMinute = limits["tpm"]?.int(minimum: 1)
+            agent.limits = RateLimits(requestsPerMinute: limits["rpm"]?.int(minimum: 1), tokensPerMinute: limits["tpm"]?.int(minimum: 1))
         }
         if let budgets = fields["budgets"]?.mapping(allowed: ["daily_usd", "monthly_usd"]) {
             agent.dailyBudget = budgets["daily_usd"]?.double(minimum: 0).map { USD(dollars: $0) }
             agent.monthlyBudget = budgets["monthly_usd"]?.double(minimum: 0).map { USD(dollars: $0) }
         }
         if let priority = fields["priority"]?.int(minimum: -100, maximum: 100) { agent.priority = priority }
-        return agent
+        return AgentSettings(agent: agent, apiKey: apiKey)
     }
 
     private func crossCheck(_ config: InterlockConfiguration, top: [String: ConfigNode], agentNodes: [String: ConfigNode]) {
@@ -395,17 +406,19 @@ private struct ConfigDocument {
             }
         }
         var keys: [Secret: String] = [:]
-        for agent in config.agents {
+        for declared in config.agents {
+            let agent = declared.agent
             let fields = agentNodes[agent.id]?.mapping(allowed: [])
-            for model in agent.models where model != "*" && !aliasNames.contains(model) {
+            for model in agent.grants.models where model != "*" && !aliasNames.contains(model) {
                 var message = "agent '\(agent.id)' is granted unknown model alias '\(model)'"
                 if let suggestion = Suggestion.closest(to: model, in: aliasNames) { message += "; did you mean '\(suggestion)'?" }
                 (fields?["models"] ?? agentNodes[agent.id])?.report(message)
             }
-            if let other = keys[agent.apiKey] {
+            guard let apiKey = declared.apiKey else { continue }
+            if let other = keys[apiKey] {
                 (fields?["api_key"] ?? agentNodes[agent.id])?.report("agent '\(agent.id)' has the same API key as agent '\(other)'")
             }
-            keys[agent.apiKey] = agent.id
+            keys[apiKey] = agent.id
         }
     }
 }

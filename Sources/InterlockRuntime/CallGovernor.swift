@@ -10,29 +10,8 @@ import Synchronization
 /// account (reconcile, usage ledger, metrics). Model calls use it now; tool and agent calls
 /// plug into the same instance, so there is one copy of identity, limits, budgets and audit.
 public final class CallGovernor: Sendable {
-    private final class AgentState: Sendable {
-        let limiter: AsyncRateLimiter?
-        let budget: BudgetAccount?
-
-        init(limiter: AsyncRateLimiter?, budget: BudgetLedger?) {
-            self.limiter = limiter
-            self.budget = budget.map(BudgetAccount.init)
-        }
-    }
-
-    /// A budget ledger behind a lock.
-    private final class BudgetAccount: Sendable {
-        private let ledger: Mutex<BudgetLedger>
-
-        init(_ ledger: BudgetLedger) { self.ledger = Mutex(ledger) }
-
-        func withLock<Result: Sendable>(_ body: (inout BudgetLedger) -> Result) -> Result {
-            ledger.withLock { body(&$0) }
-        }
-    }
-
-    public let directory: AgentDirectory
-    private let agentStates: [String: AgentState]
+    /// The agents, their keys and their live limit and budget state.
+    public let registry: AgentRegistry
     private let ledger: UsageLedgerWriter
     /// Where every governed call is recorded; nil only in tests that do not look.
     public let audit: AuditLog?
@@ -43,82 +22,120 @@ public final class CallGovernor: Sendable {
     private let metrics = CallMetrics()
 
     public init(
-        agents: [AgentSettings], queue: AdmissionQueuePolicy, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil,
-        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+        registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, logger: Logger,
+        wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
+        self.registry = registry
         self.audit = audit
         self.tokens = tokens
-        self.directory = AgentDirectory(agents: agents)
-        var states: [String: AgentState] = [:]
-        for agent in agents {
-            let limits = RateLimits(requestsPerMinute: agent.requestsPerMinute, tokensPerMinute: agent.tokensPerMinute)
-            let budgetLimits = BudgetLedger.Limits(daily: agent.dailyBudget, monthly: agent.monthlyBudget)
-            states[agent.id] = AgentState(
-                limiter: limits.isUnlimited ? nil : AsyncRateLimiter(name: "agent:\(agent.id)", limits: limits, queue: queue),
-                budget: budgetLimits.isEmpty ? nil : BudgetLedger(limits: budgetLimits))
-        }
-        self.agentStates = states
         self.ledger = ledger
         self.logger = logger
         self.wallClockMs = wallClockMs ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+    }
+
+    /// The governor of a node: the registry opened from the store and reconciled with the
+    /// config's agents, budgets restored from the usage ledger.
+    public static func open(
+        configuration: InterlockConfiguration, store: any InterlockStore, ledger: UsageLedgerWriter, audit: AuditLog?, tokens: TokenService?,
+        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+    ) async throws -> CallGovernor {
+        let clock = wallClockMs ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+        let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
+        let registry = try await AgentRegistry.open(
+            store: store, declared: configuration.agents, queue: queue, settings: configuration.auth, nowMs: clock(), logger: logger)
+        let governor = CallGovernor(registry: registry, ledger: ledger, audit: audit, tokens: tokens, logger: logger, wallClockMs: clock)
+        try await governor.restoreBudgets(from: store)
+        return governor
     }
 
     public func nowMs() -> Int64 { wallClockMs() }
 
     // MARK: Authenticate
 
-    /// Finds the agent for a presented credential: an access token from `/oauth/token` or an
-    /// API key. 401 (audited) when there is none or it is not valid.
-    public func authenticate(credential: String?, requestID: String? = nil, target: String? = nil) async throws(GatewayError) -> AgentSettings {
+    /// Who is calling, from a presented credential: an access token from `/oauth/token` or an
+    /// API key. 401 (audited) when there is none or it is not valid, or the agent is disabled.
+    public func authenticate(credential: String?, requestID: String? = nil, target: String? = nil) async throws(GatewayError) -> Caller {
         guard let credential, let tokens, TokenService.looksLikeJWT(credential) else {
             return try authenticate(apiKey: credential, requestID: requestID, target: target)
         }
         do throws(GatewayError) {
-            let id = try await tokens.verify(credential, nowMs: wallClockMs())
-            guard let agent = directory.agent(id: id) else {
-                throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token's agent '\(id)' is not known here.")
-            }
-            return agent
+            return try caller(for: await tokens.verify(credential, nowMs: wallClockMs()))
         } catch {
             auditRefusal(error, action: "auth.failed", agentID: nil, target: target, requestID: requestID)
             throw error
         }
     }
 
-    /// Finds the agent for a presented API key; 401 when there is none or it is wrong, and
-    /// the refusal is audited (`auth.failed`) when `audited`. The event-loop path asks
-    /// without auditing: a refusal there is handed to the router, which asks again.
-    public func authenticate(apiKey: String?, audited: Bool = true, requestID: String? = nil, target: String? = nil) throws(GatewayError) -> AgentSettings {
+    /// Who is calling, without waiting: an API key, or an access token verified before. 401
+    /// when there is no valid credential, audited (`auth.failed`) when `audited`. The
+    /// event-loop path asks without auditing: a refusal there is handed to the router, which
+    /// asks again (and verifies a token it has not seen).
+    public func authenticate(apiKey: String?, audited: Bool = true, requestID: String? = nil, target: String? = nil) throws(GatewayError) -> Caller {
         let error: GatewayError
-        if let apiKey, !apiKey.isEmpty {
+        do throws(GatewayError) {
+            guard let apiKey, !apiKey.isEmpty else { throw GatewayError.missingCredential }
             if let tokens, TokenService.looksLikeJWT(apiKey) {
-                // Only a token verified before can be accepted without waiting.
-                if let id = tokens.cachedAgentID(apiKey, nowMs: wallClockMs()), let agent = directory.agent(id: id) { return agent }
-                if !audited { throw GatewayError.invalidCredential }
+                guard let verified = tokens.cachedToken(apiKey, nowMs: wallClockMs()) else { throw GatewayError.invalidCredential }
+                return try caller(for: verified)
             }
-            if let agent = directory.authenticate(apiKey: apiKey) { return agent }
-            error = .invalidCredential
-        } else {
-            error = .missingCredential
+            let now = wallClockMs()
+            switch registry.match(apiKey: apiKey, nowMs: now) {
+            case .valid(let entry, let key):
+                try Self.requireEnabled(entry.agent)
+                return Caller(agent: entry.agent, credential: .apiKey(id: key.id))
+            case .unknown:
+                throw GatewayError.invalidCredential
+            case .expired(let key):
+                throw GatewayError(kind: .authentication, code: "api_key_expired", message: "The API key '\(key.prefix.isEmpty ? key.id : key.prefix)' has expired.")
+            case .revoked(let key):
+                throw GatewayError(kind: .authentication, code: "api_key_revoked", message: "The API key '\(key.prefix.isEmpty ? key.id : key.prefix)' was revoked.")
+            }
+        } catch let refusal {
+            error = refusal
         }
         if audited { auditRefusal(error, action: "auth.failed", agentID: nil, target: target, requestID: requestID) }
         throw error
     }
 
+    /// The caller a verified token stands for, if its agent is still known and enabled and the
+    /// token was not issued before the agent was last disabled.
+    private func caller(for token: TokenService.VerifiedToken) throws(GatewayError) -> Caller {
+        guard let agent = registry.entry(id: token.agentID)?.agent else {
+            throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token's agent '\(token.agentID)' is not known here.")
+        }
+        try Self.requireEnabled(agent)
+        guard token.issuedAtMs >= agent.tokensValidFromMs else {
+            throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token was issued before agent '\(agent.id)' was disabled; get a new one.")
+        }
+        return Caller(agent: agent, credential: .accessToken(id: token.id), scopes: token.scopes, user: token.user, actorChain: token.actorChain)
+    }
+
+    static func requireEnabled(_ agent: Agent) throws(GatewayError) {
+        guard !agent.disabled else {
+            throw GatewayError(kind: .authentication, code: "agent_disabled", message: "Agent '\(agent.id)' is disabled.")
+        }
+    }
+
     // MARK: Authorize
 
-    /// Default deny: the agent must have been granted the target by name (or `*`). A refusal
-    /// is audited when `audited` (see `authenticate`).
-    public func authorize(_ agent: AgentSettings, kind: TargetKind, target: String, audited: Bool = true, requestID: String? = nil) throws(GatewayError) {
+    /// Default deny: the agent must have been granted the target by name (or `*`), and the
+    /// credential's scopes must include it. A refusal is audited when `audited` (see
+    /// `authenticate`).
+    public func authorize(_ caller: Caller, kind: TargetKind, target: String, audited: Bool = true, requestID: String? = nil) throws(GatewayError) {
+        if caller.permits(kind: kind.rawValue, name: target) { return }
         let error: GatewayError
-        switch kind {
-        case .model:
-            if agent.models.contains(target) || agent.models.contains("*") { return }
-            error = GatewayError.modelNotAllowed(target)
-        case .tool, .agent:
-            error = GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
+        if !caller.agent.grants.covers(scope: "\(kind.rawValue):\(target)") {
+            error = kind == .model
+                ? GatewayError.modelNotAllowed(target)
+                : GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")
+        } else {
+            error = GatewayError(
+                kind: .permission, code: "insufficient_scope",
+                message: "The access token does not carry the scope '\(kind.rawValue):\(target)'.", param: kind == .model ? "model" : nil)
         }
-        if audited { auditRefusal(error, action: "\(kind.rawValue).call", agentID: agent.id, target: target, requestID: requestID) }
+        if audited {
+            auditRefusal(error, action: "\(kind.rawValue).call", caller: caller, target: target, requestID: requestID)
+        }
         throw error
     }
 
@@ -130,14 +147,51 @@ public final class CallGovernor: Sendable {
         public var startedAt: ContinuousClock.Instant
         public var queued: Duration
         fileprivate var reservation: BudgetLedger.Reservation?
+        /// The agent's state the call was admitted against (kept if the agent changes meanwhile).
+        fileprivate let entry: AgentRegistry.Entry
+        /// The agent's cut-off generation at admission: a stream watches from here.
+        let cutOffGeneration: UInt64
+
+        /// Calls `handler` when the agent is disabled while this call runs (at once, if it
+        /// was disabled since admission). Streams use it to stop.
+        public func watchCutOff(_ handler: @escaping @Sendable () -> Void) -> CutOffSignal.Registration? {
+            guard let registration = entry.cutOff.register(since: cutOffGeneration, handler) else {
+                handler()
+                return nil
+            }
+            return registration
+        }
+
+        /// Waits until the agent is disabled (or the task is cancelled).
+        func waitForCutOff() async {
+            await entry.cutOff.wait(since: cutOffGeneration)
+        }
+    }
+
+    /// The agent as it stands now: a call whose agent was disabled after it authenticated
+    /// is refused here, before it costs anything.
+    private func currentEntry(_ call: GovernedCall) throws(GatewayError) -> (AgentRegistry.Entry, UInt64) {
+        guard let entry = registry.entry(id: call.agent.id) else {
+            throw GatewayError(kind: .authentication, code: "invalid_api_key", message: "Agent '\(call.agent.id)' is not known here.")
+        }
+        // The generation first: a disable that lands after this read moves it on.
+        let generation = entry.cutOff.generation
+        guard let current = registry.entry(id: call.agent.id) else { throw GatewayError.invalidCredential }
+        do {
+            try Self.requireEnabled(current.agent)
+        } catch {
+            auditRefusal(error, action: "\(call.targetKind.rawValue).call", caller: call.caller, target: call.target, requestID: call.requestID)
+            throw error
+        }
+        return (current, generation)
     }
 
     /// Agent-level limits (waiting in the bounded queue if need be), then the budget reservation.
     public func admit(_ call: GovernedCall) async throws(GatewayError) -> Admission {
         let started = ContinuousClock.now
-        let state = agentStates[call.agent.id]
+        let (entry, generation) = try currentEntry(call)
         var queued = Duration.zero
-        if let limiter = state?.limiter {
+        if let limiter = entry.limiter {
             let outcome: AsyncRateLimiter.Outcome
             do {
                 outcome = try await limiter.acquire(tokens: call.expectedTokens, priority: call.agent.priority)
@@ -155,7 +209,7 @@ public final class CallGovernor: Sendable {
                     retryAfterSeconds: Self.seconds(retryAfter))
             }
         }
-        return try reserveBudget(call, state: state, started: started, queued: queued)
+        return try reserveBudget(call, entry: entry, generation: generation, started: started, queued: queued)
     }
 
     /// Admission without waiting, for the event-loop path: `nil` (and nothing changed) when the
@@ -163,22 +217,24 @@ public final class CallGovernor: Sendable {
     /// waiting path, which also produces the refusal. Budget refusals are thrown here.
     public func admitImmediately(_ call: GovernedCall) throws(GatewayError) -> Admission? {
         let started = ContinuousClock.now
-        let state = agentStates[call.agent.id]
-        if let limiter = state?.limiter, !limiter.acquireImmediately(tokens: call.expectedTokens) { return nil }
-        return try reserveBudget(call, state: state, started: started, queued: .zero)
+        let (entry, generation) = try currentEntry(call)
+        if let limiter = entry.limiter, !limiter.acquireImmediately(tokens: call.expectedTokens) { return nil }
+        return try reserveBudget(call, entry: entry, generation: generation, started: started, queued: .zero)
     }
 
     /// The budget half of admission, after the agent's rate limit let the call through.
-    private func reserveBudget(_ call: GovernedCall, state: AgentState?, started: ContinuousClock.Instant, queued: Duration) throws(GatewayError) -> Admission {
+    private func reserveBudget(
+        _ call: GovernedCall, entry: AgentRegistry.Entry, generation: UInt64, started: ContinuousClock.Instant, queued: Duration
+    ) throws(GatewayError) -> Admission {
         var reservation: BudgetLedger.Reservation?
-        if let budget = state?.budget {
+        if let budget = entry.budget {
             let now = wallClockMs()
             let decision = budget.withLock { $0.reserve(call.expectedCost, epochMs: now) }
             switch decision {
             case .granted(let granted):
                 reservation = granted
             case .exhausted(let period, let limit, let committed, let retryAfter):
-                state?.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
                 recordRejection(call, status: 429, code: "budget_exceeded")
                 Counter(label: "interlock_budget_rejections_total", dimensions: [("agent", call.agent.id), ("period", period.rawValue)]).increment()
                 throw GatewayError(
@@ -187,7 +243,7 @@ public final class CallGovernor: Sendable {
                     retryAfterSeconds: retryAfter)
             }
         }
-        return Admission(call: call, startedAt: started, queued: queued, reservation: reservation)
+        return Admission(call: call, startedAt: started, queued: queued, reservation: reservation, entry: entry, cutOffGeneration: generation)
     }
 
     // MARK: Account
@@ -196,9 +252,9 @@ public final class CallGovernor: Sendable {
     public func settle(_ admission: Admission, _ outcome: CallOutcome) {
         let call = admission.call
         let now = wallClockMs()
-        let state = agentStates[call.agent.id]
-        state?.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
-        if let budget = state?.budget {
+        let entry = admission.entry
+        entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
+        if let budget = entry.budget {
             let remaining: USD? = budget.withLock { ledger in
                 if let reservation = admission.reservation {
                     ledger.settle(reservation, actual: outcome.cost, epochMs: now)
@@ -213,9 +269,9 @@ public final class CallGovernor: Sendable {
         }
         let latency = admission.startedAt.duration(to: .now)
         audit?.record(AuditRecord(
-            timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target, decision: "allow",
-            reason: outcome.errorCode, argumentsHash: call.argumentsHash, outcome: outcome.outcome.rawValue, status: outcome.status,
-            costNanos: outcome.cost.nanos, requestID: call.requestID))
+            timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, userID: call.caller.user,
+            actorChain: call.caller.actorChain, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
+            outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID))
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
@@ -239,10 +295,10 @@ public final class CallGovernor: Sendable {
     /// Restores today's and this month's spending from the usage ledger (at start-up).
     public func restoreBudgets(from store: any InterlockStore) async throws {
         let now = wallClockMs()
-        for (agentID, state) in agentStates {
-            guard let budget = state.budget else { continue }
+        for entry in registry.entries {
+            guard let budget = entry.budget else { continue }
             for period in BudgetPeriod.allCases {
-                let spent = try await store.spend(agentID: agentID, sinceMs: period.start(epochMs: now))
+                let spent = try await store.spend(agentID: entry.agent.id, sinceMs: period.start(epochMs: now))
                 budget.withLock { $0.restore(period: period, key: period.key(epochMs: now), spent: spent.cost) }
             }
         }
@@ -250,13 +306,13 @@ public final class CallGovernor: Sendable {
 
     /// Spending and reservations of an agent right now (tests, admin).
     public func budgetSnapshot(agentID: String) -> (spentToday: USD, reserved: USD)? {
-        guard let budget = agentStates[agentID]?.budget else { return nil }
+        guard let budget = registry.entry(id: agentID)?.budget else { return nil }
         let now = wallClockMs()
         return budget.withLock { ($0.spent(in: .day, epochMs: now), $0.reserved) }
     }
 
     public func agentQueueDepth(agentID: String) -> Int {
-        agentStates[agentID]?.limiter?.queueDepth ?? 0
+        registry.entry(id: agentID)?.limiter?.queueDepth ?? 0
     }
 
     /// The audit record of a refused call, whichever stage refused it. Refusals before an
@@ -264,20 +320,29 @@ public final class CallGovernor: Sendable {
     public func auditRefusal(
         _ error: GatewayError, action: String, agentID: String?, target: String?, argumentsHash: String? = nil, requestID: String?
     ) {
-        auditRefusal(reason: error.code, status: error.status, action: action, agentID: agentID, target: target, argumentsHash: argumentsHash, requestID: requestID)
+        record(refusal: error.code, status: error.status, action: action, agentID: agentID, user: nil, actors: [], target: target,
+            argumentsHash: argumentsHash, requestID: requestID)
     }
 
-    private func auditRefusal(reason: String, status: Int, action: String, agentID: String?, target: String?, argumentsHash: String?, requestID: String?) {
+    /// The audit record of a call refused after authentication: who, for whom, through whom.
+    public func auditRefusal(_ error: GatewayError, action: String, caller: Caller, target: String?, argumentsHash: String? = nil, requestID: String?) {
+        record(refusal: error.code, status: error.status, action: action, agentID: caller.agent.id, user: caller.user, actors: caller.actorChain,
+            target: target, argumentsHash: argumentsHash, requestID: requestID)
+    }
+
+    private func record(
+        refusal reason: String, status: Int, action: String, agentID: String?, user: String?, actors: [String], target: String?, argumentsHash: String?,
+        requestID: String?
+    ) {
         audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: action, agentID: agentID, target: target, decision: "deny", reason: reason,
-            argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
+            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, target: target, decision: "deny",
+            reason: reason, argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
             requestID: requestID))
     }
 
     private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
-        auditRefusal(
-            reason: code, status: status, action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, target: call.target,
-            argumentsHash: call.argumentsHash, requestID: call.requestID)
+        record(refusal: code, status: status, action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, user: call.caller.user,
+            actors: call.caller.actorChain, target: call.target, argumentsHash: call.argumentsHash, requestID: call.requestID)
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,

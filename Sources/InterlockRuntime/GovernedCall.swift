@@ -11,7 +11,9 @@ public enum TargetKind: String, Sendable {
 /// whatever the target.
 public struct GovernedCall: Sendable {
     public var requestID: String
-    public var agent: AgentSettings
+    /// Who is calling (agent, credential, user, actors), from the authenticate stage.
+    public var caller: Caller
+    public var agent: Agent { caller.agent }
     public var targetKind: TargetKind
     /// The name the agent used: a model alias, a tool name, an agent id.
     public var target: String
@@ -28,12 +30,12 @@ public struct GovernedCall: Sendable {
     public var argumentsHash: String?
 
     public init(
-        requestID: String, agent: AgentSettings, targetKind: TargetKind, target: String, operation: String, stream: Bool,
+        requestID: String, caller: Caller, targetKind: TargetKind, target: String, operation: String, stream: Bool,
         expectedTokens: Int, expectedCost: USD, traceParent: String? = nil, traceState: String? = nil, argumentsHash: String? = nil
     ) {
         self.argumentsHash = argumentsHash
         self.requestID = requestID
-        self.agent = agent
+        self.caller = caller
         self.targetKind = targetKind
         self.target = target
         self.operation = operation

@@ -86,10 +86,9 @@ public final class ModelGateway: Sendable {
         self.logPrompts = configuration.logging.logPrompts
     }
 
-    /// The aliases an agent may call, sorted.
-    public func models(for agent: AgentSettings) -> [String] {
-        let all = agent.models.contains("*") ? Array(aliases.keys) : agent.models.filter { aliases[$0] != nil }
-        return all.sorted()
+    /// The aliases a caller may call (its agent's grants and its token's scopes), sorted.
+    public func models(for caller: Caller) -> [String] {
+        aliases.keys.filter { caller.permits(kind: TargetKind.model.rawValue, name: $0) }.sorted()
     }
 
     public func deploymentState(_ id: String) -> DeploymentState? { deployments[id] }
@@ -102,8 +101,8 @@ public final class ModelGateway: Sendable {
 
     // MARK: - The call
 
-    public func handle(_ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
-        let (call, chain) = try prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState)
+    public func handle(_ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
+        let (call, chain) = try prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState)
         let admission = try await governor.admit(call)
         let span = begin(request, admission: admission)
         return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
@@ -112,20 +111,20 @@ public final class ModelGateway: Sendable {
     /// The checks before admission: the alias exists and is granted (default deny), the
     /// deployments to try, and what the call may cost.
     private func prepare(
-        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, audited: Bool = true
+        _ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?, audited: Bool = true
     ) throws(GatewayError) -> (GovernedCall, [DeploymentState]) {
         guard aliases[request.alias] != nil else {
             let error = GatewayError.unknownModel(request.alias)
-            if audited { governor.auditRefusal(error, action: "model.call", agentID: agent.id, target: request.alias, requestID: requestID) }
+            if audited { governor.auditRefusal(error, action: "model.call", caller: caller, target: request.alias, requestID: requestID) }
             throw error
         }
-        try governor.authorize(agent, kind: .model, target: request.alias, audited: audited, requestID: requestID)
+        try governor.authorize(caller, kind: .model, target: request.alias, audited: audited, requestID: requestID)
         let chain = candidateChain(for: request.alias)
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
         // Reserve for the most expensive deployment the call could land on.
         let reserve = chain.map { $0.settings.price.cost(of: expected) }.max() ?? .zero
         let call = GovernedCall(
-            requestID: requestID, agent: agent, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
+            requestID: requestID, caller: caller, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState,
             argumentsHash: governor.audit == nil ? nil : AuditRecord.sha256Hex(request.body))
         return (call, chain)
@@ -175,9 +174,9 @@ public final class ModelGateway: Sendable {
     /// taken only when none of them has to wait. Anything else is declined before any state
     /// changes (and served by `handle`), or continued on the async path after admission.
     public func startOnLoop(
-        _ request: ModelRequest, agent: AgentSettings, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
+        _ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
     ) -> LoopStart {
-        guard let (call, chain) = try? prepare(request, agent: agent, requestID: requestID, traceParent: traceParent, traceState: traceState, audited: false),
+        guard let (call, chain) = try? prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState, audited: false),
             let first = chain.first, first.provider.kind != .mock
         else { return .declined }
         let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint
@@ -229,7 +228,7 @@ public final class ModelGateway: Sendable {
             requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: 1,
             overheadMs: max(0, (admission.startedAt.duration(to: .now) - upstreamTime).milliseconds), queuedMs: 0, cost: nil)
         return LoopStreamSession(
-            info: info, transcoder: transcoder, estimatedInputTokens: request.estimatedInputTokens,
+            info: info, transcoder: transcoder, estimatedInputTokens: request.estimatedInputTokens, admission: admission,
             settle: streamSettlement(deployment: deployment, admission: admission, span: attempt.span, attempts: 1))
     }
 
@@ -246,9 +245,9 @@ public final class ModelGateway: Sendable {
     /// Settles a stream once it ended: cost, limiter, span, usage ledger.
     fileprivate func streamSettlement(
         deployment: DeploymentState, admission: CallGovernor.Admission, span: any Span, attempts: Int
-    ) -> @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void {
+    ) -> StreamSettlement {
         let governor = self.governor
-        return { usage, outcome, status in
+        return { usage, outcome, status, errorCode in
             let cost = deployment.settings.price.cost(of: usage)
             deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
             if span.isRecording {
@@ -259,7 +258,7 @@ public final class ModelGateway: Sendable {
             span.end()
             governor.settle(admission, CallOutcome(
                 usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
-                attempts: attempts, outcome: outcome, status: status))
+                attempts: attempts, outcome: outcome, status: status, errorCode: errorCode))
         }
     }
 
@@ -526,7 +525,7 @@ public final class ModelGateway: Sendable {
             overheadMs: max(0, overhead.milliseconds), queuedMs: queued.milliseconds, cost: nil)
         let stream = ModelStream(
             iterator: iterator, parser: parser, transcoder: transcoder, pending: first, upstreamEnded: ended,
-            estimatedInputTokens: request.estimatedInputTokens,
+            estimatedInputTokens: request.estimatedInputTokens, admission: admission,
             settle: streamSettlement(deployment: deployment, admission: admission, span: span, attempts: attempts))
         return .stream(info: info, stream: stream)
     }
@@ -609,18 +608,28 @@ public final class LoopStreamSession: @unchecked Sendable {
     private var parser = ServerSentEventParser()
     private var transcoder: StreamTranscoder
     private let estimatedInputTokens: Int
-    private let settle: @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void
+    private let admission: CallGovernor.Admission
+    private let settle: StreamSettlement
     private var settled = false
 
-    init(info: ModelResponseInfo, transcoder: StreamTranscoder, estimatedInputTokens: Int, settle: @escaping @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void) {
+    init(info: ModelResponseInfo, transcoder: StreamTranscoder, estimatedInputTokens: Int, admission: CallGovernor.Admission, settle: @escaping StreamSettlement) {
         self.info = info
         self.transcoder = transcoder
         self.estimatedInputTokens = estimatedInputTokens
+        self.admission = admission
         self.settle = settle
     }
 
     deinit {
-        if !settled { settle(TokenUsage(inputTokens: estimatedInputTokens), .partial, 499) }
+        if !settled { settle(TokenUsage(inputTokens: estimatedInputTokens), .partial, 499, nil) }
+    }
+
+    public var agentID: String { admission.call.agent.id }
+
+    /// Calls `handler` (from any thread) if the agent is disabled while the stream runs, at
+    /// once if that happened since admission. Cancel the registration when the stream ends.
+    public func watchCutOff(_ handler: @escaping @Sendable () -> Void) -> CutOffSignal.Registration? {
+        admission.watchCutOff(handler)
     }
 
     /// The agent's bytes for one piece of the upstream body (empty until an event completes).
@@ -638,12 +647,23 @@ public final class LoopStreamSession: @unchecked Sendable {
         return tail
     }
 
+    /// The agent was disabled: the error event that ends its stream, and the settlement.
+    public func cutOff() -> [UInt8] {
+        let tail = transcoder.finish(completed: false, interruption: .agentDisabled(admission.call.agent.id))
+        if !settled {
+            settled = true
+            let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: true, agentGone: false)
+            settle(usage, outcome, 200, "agent_disabled")
+        }
+        return tail
+    }
+
     /// Settles the call with the usage the upstream reported, or an estimate of what was delivered.
     public func end(upstreamBroke: Bool, agentGone: Bool) {
         guard !settled else { return }
         settled = true
         let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
-        settle(usage, outcome, agentGone ? 499 : 200)
+        settle(usage, outcome, agentGone ? 499 : 200, nil)
     }
 
     /// Handed to the async path before anything reached the agent: nothing to settle here.

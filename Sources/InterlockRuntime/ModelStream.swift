@@ -15,13 +15,15 @@ public final class ModelStream: @unchecked Sendable {
     private var pending: [UInt8]
     private var upstreamEnded: Bool
     private let estimatedInputTokens: Int
-    private let settle: @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void
+    private let settle: StreamSettlement
+    private let admission: CallGovernor.Admission
     private var settled = false
 
     init(
         iterator: UpstreamBody.Iterator, parser: ServerSentEventParser, transcoder: StreamTranscoder, pending: [UInt8], upstreamEnded: Bool,
-        estimatedInputTokens: Int, settle: @escaping @Sendable (TokenUsage, UsageRecord.Outcome, Int) -> Void
+        estimatedInputTokens: Int, admission: CallGovernor.Admission, settle: @escaping StreamSettlement
     ) {
+        self.admission = admission
         self.iterator = iterator
         self.parser = parser
         self.transcoder = transcoder
@@ -33,12 +35,43 @@ public final class ModelStream: @unchecked Sendable {
 
     deinit {
         // A stream that was never run (the agent left before the body started) still counts.
-        if !settled { settle(TokenUsage(inputTokens: estimatedInputTokens), .partial, 499) }
+        if !settled { settle(TokenUsage(inputTokens: estimatedInputTokens), .partial, 499, nil) }
+    }
+
+    private enum Pull {
+        case chunk(ByteBuffer?)
+        case cutOff
+    }
+
+    /// The iterator, handed to the child task that reads it and back (one reader at a time).
+    private final class IteratorBox: @unchecked Sendable {
+        var iterator: UpstreamBody.Iterator
+        init(_ iterator: UpstreamBody.Iterator) { self.iterator = iterator }
+    }
+
+    /// The next upstream chunk, unless the agent is disabled first: an idle upstream must
+    /// not keep a disabled agent's stream open.
+    private func pull() async throws -> Pull {
+        let box = IteratorBox(iterator)
+        let admission = self.admission
+        let result = try await withThrowingTaskGroup(of: Pull.self) { group in
+            group.addTask { .chunk(try await box.iterator.next()) }
+            group.addTask {
+                await admission.waitForCutOff()
+                return .cutOff
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
+        }
+        iterator = box.iterator
+        return result
     }
 
     public func run(write: (ByteBuffer) async throws -> Void) async {
         var agentGone = false
         var upstreamBroke = false
+        var cutOff = false
         do {
             try await write(ByteBuffer(bytes: pending))
             pending = []
@@ -48,11 +81,17 @@ public final class ModelStream: @unchecked Sendable {
         while !agentGone, !upstreamEnded {
             let chunk: ByteBuffer?
             do {
-                chunk = try await iterator.next()
+                switch try await pull() {
+                case .chunk(let next): chunk = next
+                case .cutOff:
+                    cutOff = true
+                    chunk = nil
+                }
             } catch {
                 upstreamBroke = true
                 break
             }
+            if cutOff { break }
             guard let chunk else {
                 upstreamEnded = true
                 break
@@ -66,7 +105,10 @@ public final class ModelStream: @unchecked Sendable {
                 agentGone = true
             }
         }
-        if !agentGone {
+        if !agentGone, cutOff {
+            let tail = transcoder.finish(completed: false, interruption: .agentDisabled(admission.call.agent.id))
+            do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
+        } else if !agentGone {
             var tail: [UInt8] = []
             if let event = parser.finish() { tail += transcoder.transcode(event) }
             tail += transcoder.finish(completed: !upstreamBroke)
@@ -74,9 +116,10 @@ public final class ModelStream: @unchecked Sendable {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
         }
-        let (usage, outcome) = Self.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
+        let (usage, outcome) = Self.outcome(
+            transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke || cutOff, agentGone: agentGone)
         settled = true
-        settle(usage, outcome, agentGone ? 499 : 200)
+        settle(usage, outcome, agentGone ? 499 : 200, cutOff ? "agent_disabled" : nil)
     }
 
     /// How a finished stream is billed: the usage the upstream reported or, failing that, the
@@ -87,3 +130,6 @@ public final class ModelStream: @unchecked Sendable {
         return (usage, complete ? .success : .partial)
     }
 }
+
+/// Settles a finished stream: usage, outcome, status, and the error code when it was stopped.
+typealias StreamSettlement = @Sendable (TokenUsage, UsageRecord.Outcome, Int, String?) -> Void

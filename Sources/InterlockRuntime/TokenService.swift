@@ -64,17 +64,27 @@ public final class TokenService: Sendable {
         self.settings = settings
     }
 
-    /// The scopes an agent holds: `model:<alias>` per granted alias.
-    public static func scopes(of agent: AgentSettings) -> [String] {
-        agent.models.map { "model:\($0)" }
+    /// What a token that verified stands for.
+    public struct VerifiedToken: Sendable {
+        /// The agent acting: `sub` of an agent's own token.
+        public var agentID: String
+        /// The token's `scope`, split; nil when it has none (every grant of the agent).
+        public var scopes: [String]?
+        /// The user a delegated token acts for.
+        public var user: String?
+        public var actorChain: [String]
+        /// `jti`.
+        public var id: String
+        public var issuedAtMs: Int64
+        public var expiresMs: Int64
     }
 
-    public func subject(for agent: AgentSettings) -> String {
+    public func subject(for agent: Agent) -> String {
         "spiffe://\(settings.trustDomain)/agent/\(agent.id)"
     }
 
     /// An access token for `agent` with `scopes` (already checked against its grants).
-    public func issue(for agent: AgentSettings, scopes: [String], nowMs: Int64) async throws -> String {
+    public func issue(for agent: Agent, scopes: [String], nowMs: Int64) async throws -> String {
         let now = Date(timeIntervalSince1970: Double(nowMs) / 1000)
         let token = AccessToken(
             iss: IssuerClaim(value: settings.issuer), sub: SubjectClaim(value: subject(for: agent)), aud: AudienceClaim(value: [settings.audience]),
@@ -83,20 +93,21 @@ public final class TokenService: Sendable {
         return try await keys.sign(token, kid: JWKIdentifier(string: activeKid))
     }
 
-    /// The agent id of a token verified earlier and not expired since; nil otherwise. Never waits.
-    public func cachedAgentID(_ token: String, nowMs: Int64) -> String? {
-        verified.agentID(token, nowMs: nowMs)
+    /// A token verified earlier and not expired since; nil otherwise. Never waits.
+    public func cachedToken(_ token: String, nowMs: Int64) -> VerifiedToken? {
+        verified.token(token, nowMs: nowMs)
     }
 
-    /// The agent id a presented token stands for, or a 401 that says exactly what is wrong.
-    public func verify(_ token: String, nowMs: Int64) async throws(GatewayError) -> String {
-        if let agentID = verified.agentID(token, nowMs: nowMs) { return agentID }
-        let (agentID, expiresMs) = try await verifyUncached(token, nowMs: nowMs)
-        verified.insert(token, agentID: agentID, expiresMs: expiresMs, nowMs: nowMs)
-        return agentID
+    /// What a presented token stands for, or a 401 that says exactly what is wrong. Whether
+    /// its agent may still use it (enabled, not cut off) is the caller's check, every time.
+    public func verify(_ token: String, nowMs: Int64) async throws(GatewayError) -> VerifiedToken {
+        if let cached = verified.token(token, nowMs: nowMs) { return cached }
+        let result = try await verifyUncached(token, nowMs: nowMs)
+        verified.insert(token, result, nowMs: nowMs)
+        return result
     }
 
-    private func verifyUncached(_ token: String, nowMs: Int64) async throws(GatewayError) -> (String, Int64) {
+    private func verifyUncached(_ token: String, nowMs: Int64) async throws(GatewayError) -> VerifiedToken {
         func refuse(_ description: String) -> GatewayError {
             GatewayError(kind: .authentication, code: "invalid_token", message: description)
         }
@@ -125,7 +136,9 @@ public final class TokenService: Sendable {
         let prefix = "spiffe://\(settings.trustDomain)/agent/"
         guard payload.sub.value.hasPrefix(prefix) else { throw refuse("The token's subject is not an agent of trust domain '\(settings.trustDomain)'.") }
         let expiresMs = Int64((payload.exp.value.timeIntervalSince1970 + leeway) * 1000)
-        return (String(payload.sub.value.dropFirst(prefix.count)), expiresMs)
+        return VerifiedToken(
+            agentID: String(payload.sub.value.dropFirst(prefix.count)), scopes: payload.scope.map { $0.split(separator: " ").map(String.init) },
+            user: nil, actorChain: [], id: payload.jti.value, issuedAtMs: Int64(payload.iat.value.timeIntervalSince1970 * 1000), expiresMs: expiresMs)
     }
 
     /// `/.well-known/jwks.json`.
@@ -143,37 +156,32 @@ public final class TokenService: Sendable {
     }
 }
 
-/// Verified tokens and when they stop being valid, bounded.
+/// Verified tokens, until they stop being valid; bounded.
 final class VerifiedTokens: Sendable {
-    private struct Entry {
-        var agentID: String
-        var expiresMs: Int64
-    }
-
-    private let entries = Mutex<[String: Entry]>([:])
+    private let entries = Mutex<[String: TokenService.VerifiedToken]>([:])
     private let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }
 
-    func agentID(_ token: String, nowMs: Int64) -> String? {
+    func token(_ token: String, nowMs: Int64) -> TokenService.VerifiedToken? {
         entries.withLock { entries in
             guard let entry = entries[token] else { return nil }
             guard entry.expiresMs > nowMs else {
                 entries[token] = nil
                 return nil
             }
-            return entry.agentID
+            return entry
         }
     }
 
-    func insert(_ token: String, agentID: String, expiresMs: Int64, nowMs: Int64) {
+    func insert(_ token: String, _ verified: TokenService.VerifiedToken, nowMs: Int64) {
         entries.withLock { entries in
             if entries.count >= capacity {
                 entries = entries.filter { $0.value.expiresMs > nowMs }
                 // Still full of live tokens: start over rather than grow without bound.
                 if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
             }
-            entries[token] = Entry(agentID: agentID, expiresMs: expiresMs)
+            entries[token] = verified
         }
     }
 }

@@ -21,23 +21,152 @@ struct AdminRoutes {
             try context.require(.viewer)
             return try await audit(request, context: context)
         }
+        addAgentRoutes(to: admin)
+    }
+
+    // MARK: Agents and their keys
+
+    private func addAgentRoutes(to admin: RouterGroup<OperatorRequestContext>) {
+        let registry = governor.registry
         admin.get("agents") { _, context in
             try context.require(.viewer)
             await record(context, action: "operator.agents.list", target: nil)
-            let agents: [JSONValue] = governor.directory.agents.sorted { $0.id < $1.id }.map { agent in
-                var limits: JSONObject = [:]
-                if let rpm = agent.requestsPerMinute { limits["rpm"] = .integer(Int64(rpm)) }
-                if let tpm = agent.tokensPerMinute { limits["tpm"] = .integer(Int64(tpm)) }
-                var budgets: JSONObject = [:]
-                if let daily = agent.dailyBudget { budgets["daily_usd"] = .number(daily.dollars) }
-                if let monthly = agent.monthlyBudget { budgets["monthly_usd"] = .number(monthly.dollars) }
-                // Never the key.
-                return .object([
-                    "id": .string(agent.id), "description": .string(agent.description), "models": .array(agent.models.map(JSONValue.string)),
-                    "limits": .object(limits), "budgets": .object(budgets), "priority": .integer(Int64(agent.priority)),
-                ])
+            return ModelRoutes.json(["object": "list", "data": .array(registry.agents.map(\.json))], requestID: context.requestID)
+        }
+        admin.post("agents") { request, context in
+            try context.require(.admin)
+            let body = try await Self.jsonBody(request)
+            guard body["id"] != nil else { throw GatewayError.invalidRequest("'id' is required.", code: "invalid_field", param: "id") }
+            var agent = Agent(id: "")
+            try agent.apply(body, creating: true)
+            let created = try await change(context, action: "operator.agent.create", target: agent.id) {
+                try await registry.create(agent, nowMs: governor.nowMs())
             }
-            return ModelRoutes.json(["object": "list", "data": .array(agents)], requestID: context.requestID)
+            return ModelRoutes.json(created.json, status: .created, requestID: context.requestID)
+        }
+        admin.get("agents/:agent") { _, context in
+            try context.require(.viewer)
+            let id = try context.parameters.require("agent")
+            await record(context, action: "operator.agent.read", target: id)
+            guard let agent = registry.entry(id: id)?.agent else { throw Self.noAgent(id) }
+            return ModelRoutes.json(agent.json, requestID: context.requestID)
+        }
+        admin.patch("agents/:agent") { request, context in
+            try context.require(.admin)
+            let id = try context.parameters.require("agent")
+            let body = try await Self.jsonBody(request)
+            let updated = try await change(context, action: "operator.agent.update", target: id) {
+                try await registry.update(id: id, patch: body, nowMs: governor.nowMs())
+            }
+            return ModelRoutes.json(updated.json, requestID: context.requestID)
+        }
+        // Disabling is an emergency stop: operators may do it; enabling again takes an admin.
+        admin.post("agents/:agent/disable") { request, context in
+            try context.require(.operator)
+            let id = try context.parameters.require("agent")
+            let agent = try await change(context, action: "operator.agent.disable", target: id) {
+                try await registry.setDisabled(id: id, true, reason: "operator:\(context.operatorSettings.id)", nowMs: governor.nowMs())
+            }
+            return ModelRoutes.json(agent.json, requestID: context.requestID)
+        }
+        admin.post("agents/:agent/enable") { _, context in
+            try context.require(.admin)
+            let id = try context.parameters.require("agent")
+            let agent = try await change(context, action: "operator.agent.enable", target: id) {
+                try await registry.setDisabled(id: id, false, reason: nil, nowMs: governor.nowMs())
+            }
+            return ModelRoutes.json(agent.json, requestID: context.requestID)
+        }
+        admin.get("agents/:agent/keys") { _, context in
+            try context.require(.viewer)
+            let id = try context.parameters.require("agent")
+            await record(context, action: "operator.keys.list", target: id)
+            guard registry.entry(id: id) != nil else { throw Self.noAgent(id) }
+            let now = governor.nowMs()
+            return ModelRoutes.json(["object": "list", "data": .array(registry.keys(agentID: id).map { $0.json(nowMs: now) })], requestID: context.requestID)
+        }
+        admin.post("agents/:agent/keys") { request, context in
+            try context.require(.admin)
+            let id = try context.parameters.require("agent")
+            let body = try await Self.jsonBody(request, allowed: ["ttl_s"])
+            let ttl = try Self.seconds(body, "ttl_s")
+            let issued = try await change(context, action: "operator.key.issue", target: id) {
+                try await registry.issueKey(agentID: id, ttlSeconds: ttl, nowMs: governor.nowMs())
+            }
+            return ModelRoutes.json(Self.issuedKey(issued.key, issued.record, nowMs: governor.nowMs()), status: .created, requestID: context.requestID)
+        }
+        admin.post("agents/:agent/keys/:key/rotate") { request, context in
+            try context.require(.admin)
+            let id = try context.parameters.require("agent")
+            let keyID = try context.parameters.require("key")
+            let body = try await Self.jsonBody(request, allowed: ["ttl_s", "overlap_s"])
+            let ttl = try Self.seconds(body, "ttl_s")
+            let overlap = try Self.seconds(body, "overlap_s")
+            let rotated = try await change(context, action: "operator.key.rotate", target: "\(id)/\(keyID)") {
+                try await registry.rotateKey(agentID: id, keyID: keyID, overlapSeconds: overlap, ttlSeconds: ttl, nowMs: governor.nowMs())
+            }
+            let now = governor.nowMs()
+            var answer = Self.issuedKey(rotated.key, rotated.record, nowMs: now)
+            if case .object(var fields) = answer {
+                fields["previous"] = rotated.previous.json(nowMs: now)
+                answer = .object(fields)
+            }
+            return ModelRoutes.json(answer, status: .created, requestID: context.requestID)
+        }
+        admin.post("agents/:agent/keys/:key/revoke") { _, context in
+            try context.require(.operator)
+            let id = try context.parameters.require("agent")
+            let keyID = try context.parameters.require("key")
+            let key = try await change(context, action: "operator.key.revoke", target: "\(id)/\(keyID)") {
+                try await registry.revokeKey(agentID: id, keyID: keyID, nowMs: governor.nowMs())
+            }
+            return ModelRoutes.json(key.json(nowMs: governor.nowMs()), requestID: context.requestID)
+        }
+    }
+
+    /// A new key as the operator sees it, the only time: the key and its record.
+    private static func issuedKey(_ key: String, _ record: APIKeyRecord, nowMs: Int64) -> JSONValue {
+        guard case .object(var fields) = record.json(nowMs: nowMs) else { return .null }
+        fields["key"] = .string(key)
+        return .object(fields)
+    }
+
+    private static func noAgent(_ id: String) -> GatewayError {
+        GatewayError(kind: .notFound, code: "agent_not_found", message: "There is no agent '\(id)'.")
+    }
+
+    /// The request's JSON object (an empty body is `{}`); 400 for anything else.
+    private static func jsonBody(_ request: Request, allowed: Set<String>? = nil) async throws -> JSONValue {
+        var request = request
+        let buffer = try await request.collectBody(upTo: 64 * 1024)
+        guard buffer.readableBytes > 0 else { return .object([:]) }
+        guard case .object(let fields)? = try? JSONParser.parse(Array(buffer.readableBytesView)) else {
+            throw GatewayError.invalidRequest("The body must be a JSON object.", code: "invalid_json")
+        }
+        if let allowed, let unknown = fields.keys.first(where: { !allowed.contains($0) }) {
+            throw GatewayError.invalidRequest("Unknown field '\(unknown)'.", code: "invalid_field", param: unknown)
+        }
+        return .object(fields)
+    }
+
+    private static func seconds(_ body: JSONValue, _ key: String) throws(GatewayError) -> Int? {
+        guard let value = body[key] else { return nil }
+        guard let seconds = value.int64Value, seconds >= 0, seconds <= 10 * 365 * 86_400 else {
+            throw GatewayError.invalidRequest("'\(key)' must be a number of seconds from 0 to 315360000.", code: "invalid_field", param: key)
+        }
+        return Int(seconds)
+    }
+
+    /// Runs an operator's change and records it, stored before the answer goes out: what was
+    /// done, or why it was refused.
+    private func change<Result>(_ context: OperatorRequestContext, action: String, target: String, _ body: () async throws -> Result) async throws -> Result {
+        do {
+            let result = try await body()
+            await record(context, action: action, target: target)
+            return result
+        } catch let error as GatewayError {
+            await record(context, action: action, target: target, refusal: error)
+            throw error
         }
     }
 
@@ -78,10 +207,11 @@ struct AdminRoutes {
     }
 
     /// Operator actions are stored before they are answered.
-    private func record(_ context: OperatorRequestContext, action: String, target: String?) async {
+    private func record(_ context: OperatorRequestContext, action: String, target: String?, refusal: GatewayError? = nil) async {
         await governor.audit?.recordDurably(AuditRecord(
-            timestampMs: 0, node: "", action: action, actorChain: ["operator:\(context.operatorSettings.id)"], target: target, decision: "allow",
-            requestID: context.requestID))
+            timestampMs: 0, node: "", action: action, actorChain: ["operator:\(context.operatorSettings.id)"], target: target,
+            decision: refusal == nil ? "allow" : "deny", reason: refusal?.code, outcome: refusal == nil ? "success" : "rejected",
+            status: refusal?.status, requestID: context.requestID))
     }
 }
 

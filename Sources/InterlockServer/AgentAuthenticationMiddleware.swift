@@ -12,8 +12,9 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         let key = Self.apiKey(authorization: request.headers[.authorization], xAPIKey: request.headers[HTTPField.Name("x-api-key")!])
-        context.agent = try await governor.authenticate(credential: key, requestID: context.requestID, target: request.uri.path)
-        context.logger[metadataKey: "interlock.agent.id"] = .string(context.agent!.id)
+        let caller = try await governor.authenticate(credential: key, requestID: context.requestID, target: request.uri.path)
+        context.caller = caller
+        context.logger[metadataKey: "interlock.agent.id"] = .string(caller.agent.id)
         return try await next(request, context)
     }
 

@@ -102,6 +102,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         let session: LoopStreamSession
         /// The head went out with the first event.
         var committed = false
+        /// Stops the stream when its agent is disabled.
+        var cutOffWatch: CutOffSignal.Registration?
 
         init(upstream: LoopHTTPStream, session: LoopStreamSession) {
             self.upstream = upstream
@@ -160,6 +162,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         if let streaming {
             // The agent hung up mid-stream: stop the upstream, bill what was delivered.
             self.streaming = nil
+            streaming.cutOffWatch?.cancel()
             streaming.upstream.cancel()
             streaming.session.end(upstreamBroke: false, agentGone: true)
         }
@@ -233,7 +236,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         mode = .idle
         let gateway = path.gateway
         let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
-        guard let agent = try? gateway.governor.authenticate(apiKey: key, audited: false),
+        guard let caller = try? gateway.governor.authenticate(apiKey: key, audited: false),
             let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: route.format, operation: route.operation)
         else {
             forward(head: head, body: body, end: true, context: context)
@@ -241,7 +244,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         let requestID = RequestIDGenerator.next()
         let decision = gateway.startOnLoop(
-            request, agent: agent, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),
+            request, caller: caller, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),
             traceState: head.headers.first(name: "tracestate"), maxResponseBytes: Int.max)
         let dialect: ErrorDialect = route.format == .anthropic ? .anthropic : .openAI
         mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
@@ -415,6 +418,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             if !context.channel.isWritable { upstream.pause() }
         }
         upstream.onEnd = { [unowned self] failure in
+            state.cutOffWatch?.cancel()
             guard state.committed else {
                 // Ended before its first event: nothing reached the agent, the async path retries.
                 streaming = nil
@@ -429,6 +433,33 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             session.end(upstreamBroke: failure != nil, agentGone: !active)
             finishExchange(context: context)
         }
+        let loopBound = NIOLoopBound((self, context, state), eventLoop: context.eventLoop)
+        state.cutOffWatch = session.watchCutOff {
+            loopBound.eventLoop.execute {
+                let (handler, context, state) = loopBound.value
+                handler.cut(state, dialect: dialect, requestID: requestID, context: context)
+            }
+        }
+    }
+
+    /// The stream's agent was disabled: stop the upstream and end the agent's stream with an
+    /// error event (or answer 401 if nothing was sent yet).
+    private func cut(_ state: StreamState, dialect: ErrorDialect, requestID: String, context: ChannelHandlerContext) {
+        guard streaming === state else { return }
+        streaming = nil
+        state.cutOffWatch?.cancel()
+        state.upstream.cancel()
+        let tail = state.session.cutOff()
+        guard state.committed else {
+            respond(error: GatewayError(kind: .authentication, code: "agent_disabled", message: "Agent '\(state.session.agentID)' is disabled."),
+                dialect: dialect, requestID: requestID, context: context)
+            return
+        }
+        if active {
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: tail)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        finishExchange(context: context)
     }
 
     /// A streamed answer from the async path (after a retry or fallback), written as it comes.

@@ -22,7 +22,7 @@ struct ModelRoutes {
         }
         group.get("models") { _, context in
             let created = gateway.governor.nowMs() / 1000
-            let data: [JSONValue] = gateway.models(for: context.agent).map { alias in
+            let data: [JSONValue] = gateway.models(for: context.caller).map { alias in
                 ["id": .string(alias), "object": "model", "created": .integer(created), "owned_by": "interlock"]
             }
             return Self.json(["object": "list", "data": .array(data)], requestID: context.requestID)
@@ -48,12 +48,12 @@ struct ModelRoutes {
         } catch {
             // Refused before the pipeline could name a target: still an audited call.
             gateway.governor.auditRefusal(
-                error, action: "model.call", agentID: context.agent.id, target: request.uri.path, argumentsHash: AuditRecord.sha256Hex(bytes),
+                error, action: "model.call", caller: context.caller, target: request.uri.path, argumentsHash: AuditRecord.sha256Hex(bytes),
                 requestID: context.requestID)
             throw error
         }
         let result = try await gateway.handle(
-            modelRequest, agent: context.agent, requestID: context.requestID,
+            modelRequest, caller: context.caller, requestID: context.requestID,
             traceParent: request.headers[HTTPField.Name("traceparent")!], traceState: request.headers[HTTPField.Name("tracestate")!])
         switch result {
         case .complete(let info, let body):

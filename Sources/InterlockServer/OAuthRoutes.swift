@@ -85,14 +85,17 @@ struct OAuthRoutes {
         guard let clientID, let secret, !clientID.isEmpty, !secret.isEmpty else {
             return Self.oauthError("invalid_client", "Client authentication is required (client_id and client_secret).", status: .unauthorized, basicChallenge: true)
         }
-        guard let agent = try? governor.authenticate(apiKey: secret, requestID: context.requestID, target: "/oauth/token"), agent.id == clientID else {
+        // The client secret is an API key of the agent named by client_id (a token is not a secret).
+        guard !TokenService.looksLikeJWT(secret), let caller = try? governor.authenticate(apiKey: secret, requestID: context.requestID, target: "/oauth/token"),
+            caller.agent.id == clientID
+        else {
             return Self.oauthError("invalid_client", "Unknown client or wrong secret.", status: .unauthorized, basicChallenge: usedBasic)
         }
-        let held = TokenService.scopes(of: agent)
-        var scopes = held
+        let agent = caller.agent
+        var scopes = agent.grants.scopes
         if let requested = form["scope"], !requested.isEmpty {
             scopes = requested.split(separator: " ").map(String.init)
-            if let extra = scopes.first(where: { !held.contains($0) && !(agent.models.contains("*") && $0.hasPrefix("model:")) }) {
+            if let extra = scopes.first(where: { !agent.grants.covers(scope: $0) }) {
                 return Self.oauthError("invalid_scope", "The scope '\(extra)' is wider than what agent '\(agent.id)' was granted.")
             }
         }

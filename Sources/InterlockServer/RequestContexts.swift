@@ -3,17 +3,17 @@ import Synchronization
 public import InterlockCore
 import Logging
 
-/// The context of every request. `agent` is set by `AgentAuthenticationMiddleware`.
+/// The context of every request. `caller` is set by `AgentAuthenticationMiddleware`.
 public struct InterlockRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
-    public var agent: AgentSettings?
+    public var caller: Caller?
     /// Set by `OperatorAuthenticationMiddleware` on admin routes.
     public var operatorSettings: OperatorSettings?
     public var requestID: String
 
     public init(source: Source) {
         self.coreContext = .init(source: source)
-        self.agent = nil
+        self.caller = nil
         self.operatorSettings = nil
         self.requestID = RequestIDGenerator.next()
     }
@@ -22,13 +22,13 @@ public struct InterlockRequestContext: RequestContext {
 /// The context of routes that need an agent: it can only exist after authentication succeeded.
 public struct AgentRequestContext: ChildRequestContext {
     public var coreContext: CoreRequestContextStorage
-    public let agent: AgentSettings
+    public let caller: Caller
     public let requestID: String
 
     public init(context: InterlockRequestContext) throws {
-        guard let agent = context.agent else { throw GatewayError.missingCredential }
+        guard let caller = context.caller else { throw GatewayError.missingCredential }
         self.coreContext = context.coreContext
-        self.agent = agent
+        self.caller = caller
         self.requestID = context.requestID
     }
 }

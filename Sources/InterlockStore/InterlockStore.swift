@@ -87,6 +87,12 @@ public protocol InterlockStore: Sendable {
     /// Token-signing keys, newest first.
     func signingKeys() async throws -> [SigningKeyRecord]
     func insertSigningKey(_ key: SigningKeyRecord) async throws
+    /// Every agent of the registry.
+    func agents() async throws -> [Agent]
+    /// Every API key record, revoked and expired ones included.
+    func apiKeys() async throws -> [APIKeyRecord]
+    /// Creates or replaces (by id) agents and API key records, all in one atomic change.
+    func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

@@ -222,6 +222,54 @@ public final class SQLiteStore: InterlockStore {
             "INSERT INTO signing_keys (kid, private_pem, created_ms) VALUES (?, ?, ?)", [.text(key.kid), .text(key.privateKeyPEM), .integer(Int(key.createdMs))])
     }
 
+    public func agents() async throws -> [Agent] {
+        let rows = try await connection.query("SELECT body FROM agents ORDER BY id", [])
+        return rows.compactMap { row in
+            row.column("body")?.string.flatMap { try? JSONParser.parse(Array($0.utf8)) }.flatMap(Agent.init(stored:))
+        }
+    }
+
+    public func apiKeys() async throws -> [APIKeyRecord] {
+        let rows = try await connection.query(
+            "SELECT id, agent_id, digest, prefix, source, created_ms, expires_ms, revoked_ms FROM api_keys ORDER BY created_ms, id", [])
+        return rows.compactMap { row in
+            guard let id = row.column("id")?.string, let agentID = row.column("agent_id")?.string, let digest = row.column("digest")?.string,
+                let created = row.column("created_ms")?.integer
+            else { return nil }
+            return APIKeyRecord(
+                id: id, agentID: agentID, digest: digest, prefix: row.column("prefix")?.string ?? "",
+                source: Agent.Source(rawValue: row.column("source")?.string ?? "") ?? .api, createdMs: Int64(created),
+                expiresMs: row.column("expires_ms")?.integer.map(Int64.init), revokedMs: row.column("revoked_ms")?.integer.map(Int64.init))
+        }
+    }
+
+    public func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {
+        guard !agents.isEmpty || !keys.isEmpty else { return }
+        _ = try await connection.query("BEGIN IMMEDIATE", [])
+        do {
+            for agent in agents {
+                _ = try await connection.query(
+                    "INSERT INTO agents (id, body, updated_ms) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+                    [.text(agent.id), .text(JSONWriter.string(agent.json)), .integer(Int(agent.updatedMs))])
+            }
+            for key in keys {
+                _ = try await connection.query(
+                    """
+                    INSERT INTO api_keys (id, agent_id, digest, prefix, source, created_ms, expires_ms, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (id) DO UPDATE SET expires_ms = excluded.expires_ms, revoked_ms = excluded.revoked_ms
+                    """,
+                    [
+                        .text(key.id), .text(key.agentID), .text(key.digest), .text(key.prefix), .text(key.source.rawValue), .integer(Int(key.createdMs)),
+                        key.expiresMs.map { .integer(Int($0)) } ?? .null, key.revokedMs.map { .integer(Int($0)) } ?? .null,
+                    ])
+            }
+            _ = try await connection.query("COMMIT", [])
+        } catch {
+            _ = try? await connection.query("ROLLBACK", [])
+            throw error
+        }
+    }
+
     public func ping() async throws {
         _ = try await connection.query("SELECT 1", [])
     }
@@ -303,6 +351,24 @@ enum SQLiteMigrations {
         ]),
         Migration(version: 3, name: "signing_keys", statements: [
             "CREATE TABLE signing_keys (kid TEXT PRIMARY KEY, private_pem TEXT NOT NULL, created_ms INTEGER NOT NULL)",
+        ]),
+        Migration(version: 4, name: "agent_registry", statements: [
+            // An agent's profile is one JSON document (`Agent.json`): the admin API shows the
+            // same shape, and new fields need no migration.
+            "CREATE TABLE agents (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL REFERENCES agents (id),
+                digest TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                source TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                expires_ms INTEGER,
+                revoked_ms INTEGER
+            )
+            """,
+            "CREATE INDEX api_keys_agent ON api_keys (agent_id)",
         ]),
     ]
 }

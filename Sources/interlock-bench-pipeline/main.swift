@@ -38,8 +38,8 @@ let logger = Logger(label: "bench")
 let ledger = UsageLedgerWriter(store: store, flushInterval: .seconds(3600), maxBatch: 500, logger: logger)
 let audit = try await AuditLog.open(
     store: store, node: "bench", flushInterval: .seconds(3600), maxBatch: 500, logger: logger, wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
-let governor = CallGovernor(
-    agents: configuration.agents, queue: AdmissionQueuePolicy(maxDepth: 1000, maxWait: .seconds(10)), ledger: ledger, audit: audit, logger: logger)
+let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+let governor = try await CallGovernor.open(configuration: configuration, store: store, ledger: ledger, audit: audit, tokens: tokens, logger: logger)
 let gateway = ModelGateway(
     configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
 
@@ -63,7 +63,7 @@ func measure(_ name: String, _ body: () throws -> Void) rethrows -> Double {
 for _ in 0..<1000 {
     let agent = try governor.authenticate(apiKey: key)
     let request = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
-    guard case .send(let attempt) = gateway.startOnLoop(request, agent: agent, requestID: "warm", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+    guard case .send(let attempt) = gateway.startOnLoop(request, caller: agent, requestID: "warm", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
         case .done = gateway.finishOnLoop(attempt, .success(answer))
     else { fatalError("the pipeline did not take the call") }
 }
@@ -73,28 +73,27 @@ await audit.writer.flush()
 print("calls: \(calls)")
 let agent = try governor.authenticate(apiKey: key)
 let parsed = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
-_ = try measure("authenticate (key hash, constant-time match)") { _ = try governor.authenticate(apiKey: key) }
+_ = try measure("authenticate (API key: SHA-256, lookup)") { _ = try governor.authenticate(apiKey: key) }
 _ = try measure("parse request (JSON scan, parameter checks)") { _ = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat) }
 var index = 0
 let total = try measure("whole call: authenticate … finishOnLoop") {
     index += 1
     let agent = try governor.authenticate(apiKey: key)
     let request = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
-    guard case .send(let attempt) = gateway.startOnLoop(request, agent: agent, requestID: "r\(index)", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+    guard case .send(let attempt) = gateway.startOnLoop(request, caller: agent, requestID: "r\(index)", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
         case .done = gateway.finishOnLoop(attempt, .success(answer))
     else { fatalError("the pipeline did not take the call") }
 }
 _ = measure("startOnLoop + finishOnLoop only") {
-    guard case .send(let attempt) = gateway.startOnLoop(parsed, agent: agent, requestID: "r", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
+    guard case .send(let attempt) = gateway.startOnLoop(parsed, caller: agent, requestID: "r", traceParent: nil, traceState: nil, maxResponseBytes: 1 << 26),
         case .done = gateway.finishOnLoop(attempt, .success(answer))
     else { fatalError("the pipeline did not take the call") }
 }
 // Authentication by access token instead of API key: an ES256 verification the first time a
 // token is seen, a cache lookup after that.
-let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
 var distinctTokens: [String] = []
 for _ in 0..<max(1, calls / 200) {
-    distinctTokens.append(try await tokens.issue(for: agent, scopes: TokenService.scopes(of: agent), nowMs: Int64(Date().timeIntervalSince1970 * 1000)))
+    distinctTokens.append(try await tokens.issue(for: agent.agent, scopes: agent.agent.grants.scopes, nowMs: Int64(Date().timeIntervalSince1970 * 1000)))
 }
 let verifyClock = ContinuousClock()
 var verifyStart = verifyClock.now
@@ -103,9 +102,9 @@ let uncachedMicros = verifyStart.duration(to: verifyClock.now).milliseconds * 10
 print("\("access token, first use (ES256 verify)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", uncachedMicros)) µs/call (\(distinctTokens.count) tokens)")
 let cachedCalls = max(1, calls / 10)
 verifyStart = verifyClock.now
-for index in 0..<cachedCalls { _ = governor.tokensCachedProbe(distinctTokens[index % distinctTokens.count], tokens) }
+for index in 0..<cachedCalls { _ = try governor.authenticate(apiKey: distinctTokens[index % distinctTokens.count]) }
 let cachedMicros = verifyStart.duration(to: verifyClock.now).milliseconds * 1000 / Double(cachedCalls)
-print("\("access token, cached (event-loop path)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", cachedMicros)) µs/call")
+print("\("access token, cached (authenticate)".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", cachedMicros)) µs/call")
 
 let clock = ContinuousClock()
 let backlog = ledger.backlog
@@ -121,9 +120,3 @@ print("\("audit write (link, hash, SQLite, batches of 500)".padding(toLength: 44
 print("\("pipeline total per call".padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", total + flushMicros + auditMicros)) µs")
 try await store.close()
 
-extension CallGovernor {
-    /// What the event-loop path does with a token it has seen before.
-    func tokensCachedProbe(_ token: String, _ tokens: TokenService) -> String? {
-        tokens.cachedAgentID(token, nowMs: nowMs())
-    }
-}

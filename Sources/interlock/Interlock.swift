@@ -234,14 +234,12 @@ struct Serve: AsyncParsableCommand {
         let ledger = UsageLedgerWriter(
             store: store, flushInterval: .milliseconds(configuration.ledger.flushIntervalMs), maxBatch: configuration.ledger.maxBatch,
             logger: Logger(label: "interlock.ledger"))
-        let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
         let audit = try await AuditLog.open(
             store: store, node: configuration.node.id, flushInterval: .milliseconds(configuration.audit.flushIntervalMs),
             maxBatch: configuration.audit.maxBatch, logger: Logger(label: "interlock.audit"), wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
         let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
-        let governor = CallGovernor(
-            agents: configuration.agents, queue: queue, ledger: ledger, audit: audit, tokens: tokens, logger: Logger(label: "interlock.pipeline"))
-        try await governor.restoreBudgets(from: store)
+        let governor = try await CallGovernor.open(
+            configuration: configuration, store: store, ledger: ledger, audit: audit, tokens: tokens, logger: Logger(label: "interlock.pipeline"))
 
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.providers.map(\.maxConnections).max() ?? 64)

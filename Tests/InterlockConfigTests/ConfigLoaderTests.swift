@@ -25,8 +25,8 @@ import Testing
     @Test func interpolatesVariablesAndDefaults() throws {
         let config = try ConfigLoader.parse(valid, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
         #expect(config.server.port == 9090)
-        #expect(config.agents.first?.apiKey.reveal() == "0123456789abcdefXYZ")
-        #expect(config.agents.first?.dailyBudget == USD(dollars: 2.5))
+        #expect(config.agents.first?.apiKey?.reveal() == "0123456789abcdefXYZ")
+        #expect(config.agents.first?.agent.dailyBudget == USD(dollars: 2.5))
         #expect(config.models.first?.deployments.first?.price.outputPerMillion == 2)
         let overridden = try ConfigLoader.parse(valid, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "PORT": "7000"])
         #expect(overridden.server.port == 7000)

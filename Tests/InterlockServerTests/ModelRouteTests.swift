@@ -29,10 +29,8 @@ struct Harness {
         let audit = try await AuditLog.open(
             store: store, node: "test-node", flushInterval: .milliseconds(10), maxBatch: 100, logger: logger,
             wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
-        let governor = CallGovernor(
-            agents: configuration.agents,
-            queue: AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs)),
-            ledger: ledger, audit: audit,
+        let governor = try await CallGovernor.open(
+            configuration: configuration, store: store, ledger: ledger, audit: audit,
             tokens: try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000)),
             logger: logger)
         let gateway = ModelGateway(

@@ -103,7 +103,7 @@ import Testing
     @Test func badTokensAreRefusedWithAPreciseReason() async throws {
         let harness = try await Harness.make(baseConfig)
         let tokens = try #require(harness.services.gateway.governor.tokens)
-        let agent = try #require(harness.services.gateway.governor.directory.agent(id: "a"))
+        let agent = try #require(harness.services.gateway.governor.registry.entry(id: "a")?.agent)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let good = try await tokens.issue(for: agent, scopes: ["model:fast"], nowMs: now)
         let expired = try await tokens.issue(for: agent, scopes: [], nowMs: now - 3_600_000)
@@ -144,10 +144,10 @@ import Testing
         }
         // A verified token is remembered until it expires (so calls with it need no second
         // signature check and can take the event-loop path), and not a moment longer.
-        #expect(tokens.cachedAgentID(good, nowMs: now) == "a")
-        #expect((try? harness.services.gateway.governor.authenticate(apiKey: good, audited: false))?.id == "a")
-        #expect(tokens.cachedAgentID(expired, nowMs: now) == nil)
-        #expect(tokens.cachedAgentID(good, nowMs: now + Int64(tokens.settings.tokenTTLSeconds + tokens.settings.leewaySeconds) * 1000 + 1) == nil)
+        #expect(tokens.cachedToken(good, nowMs: now)?.agentID == "a")
+        #expect((try? harness.services.gateway.governor.authenticate(apiKey: good, audited: false))?.agent.id == "a")
+        #expect(tokens.cachedToken(expired, nowMs: now) == nil)
+        #expect(tokens.cachedToken(good, nowMs: now + Int64(tokens.settings.tokenTTLSeconds + tokens.settings.leewaySeconds) * 1000 + 1) == nil)
         // Refusals are audited; nothing was spent.
         await harness.services.gateway.governor.audit?.writer.flush()
         let refusals = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records.filter { $0.action == "auth.failed" }

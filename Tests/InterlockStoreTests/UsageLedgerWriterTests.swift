@@ -41,6 +41,9 @@ final class FlakyStore: InterlockStore {
     }
     func signingKeys() async throws -> [SigningKeyRecord] { [] }
     func insertSigningKey(_ key: SigningKeyRecord) async throws {}
+    func agents() async throws -> [Agent] { [] }
+    func apiKeys() async throws -> [APIKeyRecord] { [] }
+    func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {}
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals { SpendTotals(cost: .zero, calls: 0, usage: .zero) }
     func recentUsage(limit: Int) async throws -> [UsageRecord] { [] }
     func ping() async throws {}

@@ -10,10 +10,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def start_interlock(config, env=None):
-    """Starts `interlock serve` on a fresh database; returns (process, base URL, database path)."""
+def start_interlock(config, env=None, db=None):
+    """Starts `interlock serve` on `db` (default: a fresh database); returns (process, base URL, database path)."""
     binary = os.environ.get("INTERLOCK_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "interlock"))
-    db = os.path.join(tempfile.mkdtemp(prefix="interlock-interop-"), "interop.sqlite")
+    db = db or os.path.join(tempfile.mkdtemp(prefix="interlock-interop-"), "interop.sqlite")
     process = subprocess.Popen(
         [binary, "serve", "--config", os.path.join(HERE, config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, INTERLOCK_DB=db, **(env or {})), text=True,

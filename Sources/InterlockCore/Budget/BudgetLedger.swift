@@ -28,7 +28,9 @@ public struct BudgetLedger: Sendable {
         case exhausted(period: BudgetPeriod, limit: USD, committed: USD, retryAfterSeconds: Int)
     }
 
-    public let limits: Limits
+    /// May change while calls are in flight (an operator edits the agent): spending and
+    /// reservations stay, and the new limits apply from the next reservation on.
+    public var limits: Limits
     /// Settled spending per period key (`2026-11-21`, `2026-11`).
     private var spent: [String: USD] = [:]
     private var reservations: [UInt64: USD] = [:]

@@ -77,6 +77,10 @@ public struct AuthSettings: Sendable {
     public var tokenTTLSeconds: Int = 900
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     public var leewaySeconds: Int = 30
+    /// Lifetime of a generated API key, in seconds; 0 means keys do not expire.
+    public var apiKeyTTLSeconds: Int = 90 * 86_400
+    /// How long the old key keeps working after a rotation, in seconds.
+    public var apiKeyRotationOverlapSeconds: Int = 86_400
 
     public init() {}
 }
@@ -304,20 +308,13 @@ public struct OperatorSettings: Sendable {
     }
 }
 
+/// An agent declared in the config file, with the API key the file gives it, if any.
 public struct AgentSettings: Sendable {
-    public var id: String
-    public var description: String = ""
-    public var apiKey: Secret
-    public var models: [String] = []
-    public var requestsPerMinute: Int?
-    public var tokensPerMinute: Int?
-    public var dailyBudget: USD?
-    public var monthlyBudget: USD?
-    /// Queue priority when limits are reached; higher goes first.
-    public var priority: Int = 0
+    public var agent: Agent
+    public var apiKey: Secret?
 
-    public init(id: String, apiKey: Secret) {
-        self.id = id
+    public init(agent: Agent, apiKey: Secret? = nil) {
+        self.agent = agent
         self.apiKey = apiKey
     }
 }

@@ -13,6 +13,8 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case permission = "permission_error"
         /// 404: no such resource.
         case notFound = "not_found_error"
+        /// 409: the request conflicts with the resource's state.
+        case conflict = "conflict_error"
         /// 413: the body is larger than allowed.
         case requestTooLarge = "request_too_large"
         /// 429: a rate limit or the admission queue bound was hit.
@@ -56,6 +58,7 @@ extension GatewayError.Kind {
         case .authentication: 401
         case .permission: 403
         case .notFound: 404
+        case .conflict: 409
         case .requestTooLarge: 413
         case .rateLimit, .budget: 429
         case .upstream: 502

@@ -62,7 +62,7 @@ public struct StreamTranscoder: Sendable {
 
     /// The upstream stream ended. `completed` is false when it broke off; the agent then gets
     /// an error event in its own format rather than a silently truncated answer.
-    public mutating func finish(completed: Bool) -> [UInt8] {
+    public mutating func finish(completed: Bool, interruption: StreamInterruption = .upstreamBroke) -> [UInt8] {
         guard !sawEnd else { return [] }
         switch mode {
         case .openAIPassthrough, .anthropicToOpenAI:
@@ -70,12 +70,16 @@ public struct StreamTranscoder: Sendable {
                 sawEnd = true
                 return ServerSentEvent(data: "[DONE]").encoded()
             }
-            return ServerSentEvent(data: JSONWriter.bytes(["error": ["message": "The upstream stream ended before it was complete.", "type": "api_error", "code": "upstream_stream_interrupted"]])).encoded()
+            return ServerSentEvent(data: JSONWriter.bytes([
+                "error": ["message": .string(interruption.message), "type": .string(interruption.type), "code": .string(interruption.code)],
+            ])).encoded()
         case .anthropicPassthrough, .openAIToAnthropic:
             if completed, mode == .openAIToAnthropic {
                 return closeAnthropicMessage()
             }
-            return ServerSentEvent(event: "error", data: JSONWriter.bytes(["type": "error", "error": ["type": "api_error", "message": "The upstream stream ended before it was complete."]])).encoded()
+            return ServerSentEvent(event: "error", data: JSONWriter.bytes([
+                "type": "error", "error": ["type": .string(interruption.type), "message": .string(interruption.message)],
+            ])).encoded()
         }
     }
 
@@ -302,5 +306,25 @@ public struct StreamTranscoder: Sendable {
         ])
         out += StreamTranscoder.anthropicEvent("message_stop", ["type": "message_stop"])
         return out
+    }
+}
+
+/// Why a stream stops before the upstream finished it: the error event the agent gets.
+public struct StreamInterruption: Sendable {
+    public var type: String
+    public var code: String
+    public var message: String
+
+    public init(type: String, code: String, message: String) {
+        self.type = type
+        self.code = code
+        self.message = message
+    }
+
+    public static let upstreamBroke = StreamInterruption(
+        type: "api_error", code: "upstream_stream_interrupted", message: "The upstream stream ended before it was complete.")
+
+    public static func agentDisabled(_ agentID: String) -> StreamInterruption {
+        StreamInterruption(type: "authentication_error", code: "agent_disabled", message: "Agent '\(agentID)' was disabled; the stream was stopped.")
     }
 }

@@ -1,7 +1,6 @@
 import Crypto
 
-/// Holders of secret credentials (agents' API keys, operators' tokens) and how to recognise
-/// them.
+/// Holders of secret credentials (operators' tokens) and how to recognise them.
 ///
 /// Credentials are kept only as SHA-256 digests. A presented one is hashed and compared with
 /// every stored digest in constant time, so neither the comparison nor the lookup reveals
@@ -38,24 +37,5 @@ public struct CredentialDirectory<Holder: Sendable>: Sendable {
         var difference: UInt8 = 0
         for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
         return difference == 0
-    }
-}
-
-/// The agents a node knows, by id and by API key.
-public struct AgentDirectory: Sendable {
-    private let keys: CredentialDirectory<AgentSettings>
-    private let byID: [String: AgentSettings]
-
-    public init(agents: [AgentSettings]) {
-        self.keys = CredentialDirectory(agents.map { ($0.apiKey.reveal(), $0) })
-        self.byID = Dictionary(agents.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-    }
-
-    public var agents: [AgentSettings] { keys.holders }
-
-    public func agent(id: String) -> AgentSettings? { byID[id] }
-
-    public func authenticate(apiKey presented: String) -> AgentSettings? {
-        keys.authenticate(presented)
     }
 }
