@@ -65,8 +65,17 @@ private struct ConfigDocument {
             }
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [
-            "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s",
+            "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s", "public_url",
+            "max_credential_bytes",
         ]) {
+            if let node = fields["public_url"], let value = node.nonEmptyString() {
+                if value.hasPrefix("http://") || value.hasPrefix("https://") {
+                    config.auth.publicURL = value.hasSuffix("/") ? String(value.dropLast()) : value
+                } else {
+                    node.report("expected an http:// or https:// URL, found '\(value)'")
+                }
+            }
+            if let value = fields["max_credential_bytes"]?.int(minimum: 256, maximum: 65_536) { config.auth.maxCredentialBytes = value }
             if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
             if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
             if let value = fields["trust_domain"]?.nonEmptyString() { config.auth.trustDomain = value }
@@ -144,10 +153,11 @@ private struct ConfigDocument {
     }
 
     private func readServer(_ node: ConfigNode, into server: inout ServerSettings) {
-        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "shutdown_grace_ms", "event_loop_path"]) else { return }
+        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "max_header_bytes", "shutdown_grace_ms", "event_loop_path"]) else { return }
         if let host = fields["host"]?.nonEmptyString() { server.host = host }
         if let port = fields["port"]?.int(minimum: 0, maximum: 65_535) { server.port = port }
         if let value = fields["max_body_bytes"]?.int(minimum: 1_024) { server.maxBodyBytes = value }
+        if let value = fields["max_header_bytes"]?.int(minimum: 4_096, maximum: 1_048_576) { server.maxHeaderBytes = value }
         if let value = fields["shutdown_grace_ms"]?.int(minimum: 0) { server.shutdownGraceMs = value }
         if let value = fields["event_loop_path"]?.bool() { server.eventLoopPath = value }
     }

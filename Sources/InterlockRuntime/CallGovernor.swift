@@ -55,7 +55,7 @@ public final class CallGovernor: Sendable {
     /// Who is calling, from a presented credential: an access token from `/oauth/token` or an
     /// API key. 401 (audited) when there is none or it is not valid, or the agent is disabled.
     public func authenticate(credential: String?, requestID: String? = nil, target: String? = nil) async throws(GatewayError) -> Caller {
-        guard let credential, let tokens, TokenService.looksLikeJWT(credential) else {
+        guard let credential, let tokens, TokenService.looksLikeJWT(credential), credential.utf8.count <= registry.settings.maxCredentialBytes else {
             return try authenticate(apiKey: credential, requestID: requestID, target: target)
         }
         do throws(GatewayError) {
@@ -74,6 +74,11 @@ public final class CallGovernor: Sendable {
         let error: GatewayError
         do throws(GatewayError) {
             guard let apiKey, !apiKey.isEmpty else { throw GatewayError.missingCredential }
+            guard apiKey.utf8.count <= registry.settings.maxCredentialBytes else {
+                throw GatewayError(
+                    kind: .authentication, code: "invalid_token",
+                    message: "The credential is \(apiKey.utf8.count) bytes long; Interlock reads at most \(registry.settings.maxCredentialBytes).")
+            }
             if let tokens, TokenService.looksLikeJWT(apiKey) {
                 guard let verified = tokens.cachedToken(apiKey, nowMs: wallClockMs()) else { throw GatewayError.invalidCredential }
                 return try caller(for: verified)

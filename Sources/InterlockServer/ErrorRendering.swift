@@ -17,7 +17,9 @@ enum ErrorDialect {
 extension GatewayError {
     /// The error as the caller's API would send it: status, headers and JSON body. Both the
     /// Hummingbird routes and the event-loop path answer with this.
-    func rendered(dialect: ErrorDialect, requestID: String) -> (status: Int, headers: [(String, String)], body: [UInt8]) {
+    /// `resourceMetadata` is the URL of this server's protected-resource metadata, named in
+    /// 401 challenges (RFC 9728 §5.1) so a client can find out how to get a token.
+    func rendered(dialect: ErrorDialect, requestID: String, resourceMetadata: String? = nil) -> (status: Int, headers: [(String, String)], body: [UInt8]) {
         let body: JSONValue
         switch dialect {
         case .openAI:
@@ -35,20 +37,30 @@ extension GatewayError {
         }
         var headers: [(String, String)] = [("content-type", "application/json"), ("x-request-id", requestID)]
         if let retryAfterSeconds { headers.append(("retry-after", String(retryAfterSeconds))) }
-        if kind == .authentication {
-            // RFC 6750 §3.1: a request with no credentials gets the challenge without an error code.
-            if code == GatewayError.missingCredential.code {
-                headers.append(("www-authenticate", "Bearer realm=\"interlock\""))
-            } else {
-                let description = message.replacing("\"", with: "'")
-                headers.append(("www-authenticate", "Bearer realm=\"interlock\", error=\"invalid_token\", error_description=\"\(description)\""))
-            }
-        }
+        if let challenge = challenge(resourceMetadata: resourceMetadata) { headers.append(("www-authenticate", challenge)) }
         return (status, headers, JSONWriter.bytes(body))
     }
 
-    func response(dialect: ErrorDialect, requestID: String) -> Response {
-        let (status, pairs, body) = rendered(dialect: dialect, requestID: requestID)
+    /// The `WWW-Authenticate` header of a refusal (RFC 6750 §3): none for errors that are not
+    /// about the credential. A request without credentials gets no error code (§3.1).
+    func challenge(resourceMetadata: String?) -> String? {
+        var parameters = [#"realm="interlock""#]
+        if let resourceMetadata { parameters.append(#"resource_metadata="\#(resourceMetadata)""#) }
+        switch (kind, code) {
+        case (.authentication, GatewayError.missingCredential.code):
+            break
+        case (.authentication, _):
+            parameters += [#"error="invalid_token""#, #"error_description="\#(message.replacing("\"", with: "'"))""#]
+        case (.permission, "insufficient_scope"):
+            parameters += [#"error="insufficient_scope""#, #"error_description="\#(message.replacing("\"", with: "'"))""#]
+        default:
+            return nil
+        }
+        return "Bearer " + parameters.joined(separator: ", ")
+    }
+
+    func response(dialect: ErrorDialect, requestID: String, resourceMetadata: String? = nil) -> Response {
+        let (status, pairs, body) = rendered(dialect: dialect, requestID: requestID, resourceMetadata: resourceMetadata)
         var headers = HTTPFields()
         for (name, value) in pairs { headers.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
@@ -58,6 +70,9 @@ extension GatewayError {
 /// Turns every error into a JSON body in the caller's dialect; unknown errors become a
 /// generic 500 whose reason is logged, never shown.
 struct ErrorRenderingMiddleware<Context: RequestContext>: RouterMiddleware {
+    /// `auth.public_url`, when configured.
+    let publicURL: String?
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
@@ -65,7 +80,8 @@ struct ErrorRenderingMiddleware<Context: RequestContext>: RouterMiddleware {
             let dialect = ErrorDialect(path: request.uri.path)
             let requestID = (context as? InterlockRequestContext)?.requestID ?? "unknown"
             if let error = error as? GatewayError {
-                return error.response(dialect: dialect, requestID: requestID)
+                let metadata = PublicURL.base(configured: publicURL, authority: request.head.authority) + ProtectedResourceRoutes.metadataPath
+                return error.response(dialect: dialect, requestID: requestID, resourceMetadata: metadata)
             }
             if let error = error as? HTTPError {
                 let kind: GatewayError.Kind =

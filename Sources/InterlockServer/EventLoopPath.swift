@@ -30,18 +30,25 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
 
     public let responder: HTTPChannelHandler.Responder
     let path: EventLoopPath?
+    /// Largest request head (all header names and values), in bytes.
+    let maxHeaderBytes: Int
 
-    public init(responder: @escaping HTTPChannelHandler.Responder, path: EventLoopPath?) {
+    public init(responder: @escaping HTTPChannelHandler.Responder, path: EventLoopPath?, maxHeaderBytes: Int) {
         self.responder = responder
         self.path = path
+        self.maxHeaderBytes = maxHeaderBytes
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             let pipeline = channel.pipeline.syncOperations
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderFieldSize = maxHeaderBytes
+            limits.maxHeaderListSize = maxHeaderBytes
             try pipeline.configureHTTPServerPipeline(
                 withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
-                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: .init())
+                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+            try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
             if let path, path.client.serves(channel.eventLoop) {
                 try pipeline.addHandler(EventLoopModelHandler(path: path))
             }

@@ -37,7 +37,7 @@ public struct InterlockServices: Sendable {
 /// The router production uses; tests drive the same one.
 public func buildRouter(_ services: InterlockServices) -> Router<InterlockRequestContext> {
     let router = Router(context: InterlockRequestContext.self)
-    router.add(middleware: ErrorRenderingMiddleware())
+    router.add(middleware: ErrorRenderingMiddleware(publicURL: services.configuration.auth.publicURL))
     router.add(middleware: RequestIDMiddleware())
 
     router.get("healthz") { _, _ in
@@ -70,6 +70,9 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         governor: services.gateway.governor
     ).addRoutes(to: router)
 
+    ProtectedResourceRoutes(
+        settings: services.configuration.auth, scopes: services.configuration.models.map { "model:\($0.name)" }.sorted()
+    ).addRoutes(to: router)
     if let tokens = services.gateway.governor.tokens {
         OAuthRoutes(tokens: tokens, governor: services.gateway.governor).addRoutes(to: router)
     }
@@ -102,7 +105,8 @@ extension HTTPServerBuilder {
         let path = services.loopClient.map {
             EventLoopPath(gateway: services.gateway, client: $0, maxBodyBytes: services.configuration.server.maxBodyBytes)
         }
-        return HTTPServerBuilder { responder in InterlockHTTP1Channel(responder: responder, path: path) }
+        let maxHeaderBytes = services.configuration.server.maxHeaderBytes
+        return HTTPServerBuilder { responder in InterlockHTTP1Channel(responder: responder, path: path, maxHeaderBytes: maxHeaderBytes) }
     }
 }
 

@@ -19,16 +19,20 @@ struct OAuthRoutes {
         router.get(".well-known/jwks.json") { _, _ in
             Self.json(tokens.jwks, status: .ok)
         }
-        router.get(".well-known/openid-configuration") { request, _ in
-            let base = Self.baseURL(request)
-            return Self.json([
-                "issuer": .string(tokens.settings.issuer), "token_endpoint": .string(base + "/oauth/token"),
-                "jwks_uri": .string(base + "/.well-known/jwks.json"), "grant_types_supported": ["client_credentials"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "id_token_signing_alg_values_supported": ["ES256"], "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
-                "response_types_supported": ["token"], "subject_types_supported": ["public"],
-            ], status: .ok)
-        }
+        // OpenID discovery and RFC 8414 authorization-server metadata: the same document.
+        router.get(".well-known/openid-configuration") { request, _ in Self.json(metadata(request), status: .ok) }
+        router.get(".well-known/oauth-authorization-server") { request, _ in Self.json(metadata(request), status: .ok) }
+    }
+
+    private func metadata(_ request: Request) -> JSONValue {
+        let base = baseURL(request)
+        return [
+            "issuer": .string(tokens.settings.issuer), "token_endpoint": .string(base + "/oauth/token"),
+            "jwks_uri": .string(base + "/.well-known/jwks.json"), "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "id_token_signing_alg_values_supported": ["ES256"], "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+            "response_types_supported": ["token"], "subject_types_supported": ["public"],
+        ]
     }
 
     /// RFC 6749 §5.2 error response.
@@ -44,8 +48,8 @@ struct OAuthRoutes {
             body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(value))))
     }
 
-    private static func baseURL(_ request: Request) -> String {
-        "http://" + (request.head.authority ?? "localhost")
+    private func baseURL(_ request: Request) -> String {
+        PublicURL.base(configured: tokens.settings.publicURL, authority: request.head.authority)
     }
 
     private func token(_ request: Request, context: InterlockRequestContext) async throws -> Response {

@@ -101,7 +101,7 @@ func auth(_ key: String) -> HTTPFields {
             try await client.execute(uri: "/v1/chat/completions", method: .post, body: chat()) { response in
                 #expect(response.status == .unauthorized)
                 // No credentials: the challenge carries no error code (RFC 6750 §3.1).
-                #expect(response.headers[.wwwAuthenticate] == #"Bearer realm="interlock""#)
+                #expect(response.headers[.wwwAuthenticate] == #"Bearer realm="interlock", resource_metadata="http://localhost/.well-known/oauth-protected-resource""#)
                 let body = try JSONParser.parse(Array(response.body.readableBytesView))
                 #expect(body["error"]?["code"] == "missing_api_key")
             }

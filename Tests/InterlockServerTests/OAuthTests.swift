@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import FoundationEssentials
 import HTTPTypes
 import Hummingbird
@@ -127,6 +128,8 @@ import Testing
             (expired, "expired"), (foreign, "audience"), (tampered, "signature"), (none, "'none' is not accepted"),
             (hs256, "'HS256' is not accepted"), (unknownKid, "not one of Interlock's signing keys"), (badSignature, "signature"),
             (TokenServiceTestSupport.encodeSegment(Array(#"{"alg":"#.utf8)) + ".e30.x", "malformed"),
+            ("eyJ" + String(repeating: "A", count: 9_000) + ".e30.x", "Interlock reads at most 8192"),
+            (String(repeating: "k", count: 9_000), "Interlock reads at most 8192"),
         ]
         let app = Application(router: harness.router)
         try await app.test(.router) { client in
@@ -154,6 +157,75 @@ import Testing
         #expect(refusals.count == cases.count)
         try await harness.close()
     }
+
+    @Test func oversizedHeadersAreRefusedWithAReason() async throws {
+        let harness = try await Harness.make(baseConfig + "\nserver: { max_header_bytes: 16384 }\n")
+        try await harness.application().test(.live) { client in
+            // Over the credential limit but within the header limit: 401 that says so.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(String(repeating: "k", count: 10_000)), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+                #expect(response.headers[.wwwAuthenticate]?.contains("reads at most 8192") == true)
+            }
+            // Over the header limit: the parser stops; the client still gets a JSON reason.
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
+            request.method = .POST
+            request.headers.add(name: "authorization", value: "Bearer " + String(repeating: "k", count: 20_000))
+            request.body = .bytes(chat())
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            #expect(response.status.code == 431)
+            let body = try JSONParser.parse(Array(try await response.body.collect(upTo: 1 << 16).readableBytesView))
+            #expect(body["error"]?["code"] == "request_headers_too_large")
+            #expect(body["error"]?["message"]?.stringValue?.contains("16384") == true)
+        }
+        try await harness.close()
+    }
+
+    @Test func protectedResourceMetadataIsNamedInEveryChallenge() async throws {
+        let harness = try await Harness.make(
+            baseConfig + "\n  - { id: wide, api_key: test-key-wwwwwwwwwwww, models: [fast, other] }\nauth: { public_url: \"https://gw.example.com/\" }\n")
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/.well-known/oauth-protected-resource", method: .get) { response in
+                #expect(response.status == .ok)
+                let document = try json(response)
+                #expect(document["resource"] == "https://gw.example.com")
+                #expect(document["authorization_servers"] == ["https://gw.example.com"])
+                #expect(document["jwks_uri"] == "https://gw.example.com/.well-known/jwks.json")
+                #expect(document["scopes_supported"] == ["model:fast", "model:other"])
+                #expect(document["bearer_methods_supported"] == ["header"])
+            }
+            try await client.execute(uri: "/.well-known/oauth-authorization-server", method: .get) { response in
+                let document = try json(response)
+                #expect(document["token_endpoint"] == "https://gw.example.com/oauth/token")
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("not-a-key-at-all-000"), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+                let challenge = response.headers[.wwwAuthenticate] ?? ""
+                #expect(challenge.contains(#"resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource""#))
+                #expect(challenge.contains(#"error="invalid_token""#) && challenge.contains("error_description="))
+            }
+            // A token whose scope is narrower than the agent's grants opens only that scope.
+            let (headers, body) = tokenRequest("grant_type=client_credentials&client_id=wide&client_secret=test-key-wwwwwwwwwwww&scope=model%3Afast")
+            var narrow = ""
+            try await client.execute(uri: "/oauth/token", method: .post, headers: headers, body: body) { response in
+                narrow = try json(response)["access_token"]?.stringValue ?? ""
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(narrow), body: chat("fast")) { response in
+                #expect(response.status == .ok)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(narrow), body: chat("other")) { response in
+                #expect(response.status == .forbidden)
+                let answer = try json(response)
+                #expect(answer["error"]?["code"] == "insufficient_scope")
+                #expect(response.headers[.wwwAuthenticate]?.contains(#"error="insufficient_scope""#) == true)
+            }
+            try await client.execute(uri: "/v1/models", method: .get, headers: auth(narrow)) { response in
+                let answer = try json(response)
+                #expect(answer["data"]?.arrayValue?.compactMap { $0["id"]?.stringValue } == ["fast"])
+            }
+        }
+        try await harness.close()
+    }
 }
 
 enum TokenServiceTestSupport {
@@ -167,4 +239,5 @@ enum TokenServiceTestSupport {
     static func encodeSegment(_ bytes: [UInt8]) -> String {
         Data(bytes).base64EncodedString().replacing("+", with: "-").replacing("/", with: "_").replacing("=", with: "")
     }
+
 }

@@ -36,6 +36,9 @@ public struct ServerSettings: Sendable {
     public var port: Int = 8080
     /// Largest request body accepted, in bytes.
     public var maxBodyBytes: Int = 4 * 1024 * 1024
+    /// Largest request head (all header names and values together) accepted, in bytes;
+    /// larger ones get 431.
+    public var maxHeaderBytes: Int = 65_536
     /// How long shutdown waits for in-flight requests and streams, in milliseconds.
     public var shutdownGraceMs: Int = 30_000
     /// Serve non-streamed model calls that need no wait on the event loop that read them
@@ -77,6 +80,12 @@ public struct AuthSettings: Sendable {
     public var tokenTTLSeconds: Int = 900
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     public var leewaySeconds: Int = 30
+    /// Where agents reach this Interlock (`https://interlock.example.com`): the `resource` of
+    /// the protected-resource metadata and the base of the URLs in discovery documents. Nil
+    /// derives it from each request's `Host`.
+    public var publicURL: String?
+    /// Longest credential (API key or token) looked at, in bytes; longer ones get 401 unread.
+    public var maxCredentialBytes: Int = 8_192
     /// Lifetime of a generated API key, in seconds; 0 means keys do not expire.
     public var apiKeyTTLSeconds: Int = 90 * 86_400
     /// How long the old key keeps working after a rotation, in seconds.
