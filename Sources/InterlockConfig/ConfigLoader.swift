@@ -66,8 +66,21 @@ private struct ConfigDocument {
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [
             "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s", "public_url",
-            "max_credential_bytes",
+            "max_credential_bytes", "trusted_issuers", "exchange_audiences", "jwks_refresh_min_interval_s",
         ]) {
+            if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
+            if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
+            config.auth.exchangeAudiences = fields["exchange_audiences"]?.stringList() ?? []
+            if let value = fields["jwks_refresh_min_interval_s"]?.int(minimum: 1, maximum: 86_400) { config.auth.jwksRefreshMinIntervalSeconds = value }
+            if let items = fields["trusted_issuers"]?.sequence() {
+                var seen = Set<String>()
+                for item in items {
+                    guard let issuer = readTrustedIssuer(item, defaultAudience: config.auth.audience) else { continue }
+                    if !seen.insert(issuer.issuer).inserted { item.report("duplicate trusted issuer '\(issuer.issuer)'") }
+                    if issuer.issuer == config.auth.issuer { item.report("'\(issuer.issuer)' is Interlock's own issuer (auth.issuer)") }
+                    config.auth.trustedIssuers.append(issuer)
+                }
+            }
             if let node = fields["public_url"], let value = node.nonEmptyString() {
                 if value.hasPrefix("http://") || value.hasPrefix("https://") {
                     config.auth.publicURL = value.hasSuffix("/") ? String(value.dropLast()) : value
@@ -76,8 +89,6 @@ private struct ConfigDocument {
                 }
             }
             if let value = fields["max_credential_bytes"]?.int(minimum: 256, maximum: 65_536) { config.auth.maxCredentialBytes = value }
-            if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
-            if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
             if let value = fields["trust_domain"]?.nonEmptyString() { config.auth.trustDomain = value }
             if let value = fields["token_ttl_s"]?.int(minimum: 30, maximum: 86_400) { config.auth.tokenTTLSeconds = value }
             if let value = fields["leeway_s"]?.int(minimum: 0, maximum: 300) { config.auth.leewaySeconds = value }
@@ -348,6 +359,49 @@ private struct ConfigDocument {
         deployment.azureDeployment = fields["azure_deployment"]?.nonEmptyString()
         deployment.timeoutMs = fields["timeout_ms"]?.int(minimum: 1)
         return deployment
+    }
+
+    private func readTrustedIssuer(_ node: ConfigNode, defaultAudience: String) -> TrustedIssuerSettings? {
+        guard let fields = node.mapping(allowed: [
+            "issuer", "discovery_url", "jwks_file", "audience", "algorithms", "subject", "subject_claim", "agent_prefix", "scope_claim",
+        ]) else { return nil }
+        guard let issuerNode = fields["issuer"] else {
+            node.report("missing required key 'issuer' (the exact 'iss' of its tokens)")
+            return nil
+        }
+        guard let issuer = issuerNode.nonEmptyString() else { return nil }
+        let keys: TrustedIssuerSettings.Keys
+        switch (fields["discovery_url"]?.nonEmptyString(), fields["jwks_file"]?.nonEmptyString()) {
+        case (let url?, nil):
+            guard url.hasPrefix("https://") || url.hasPrefix("http://") else {
+                fields["discovery_url"]?.report("expected an http:// or https:// URL, found '\(url)'")
+                return nil
+            }
+            keys = .discovery(url: url)
+        case (nil, let path?):
+            keys = .file(path: path)
+        case (.some, .some):
+            node.report("give 'discovery_url' or 'jwks_file', not both")
+            return nil
+        case (nil, nil):
+            node.report("a trusted issuer needs 'discovery_url' or 'jwks_file' (where its signing keys are)")
+            return nil
+        }
+        var settings = TrustedIssuerSettings(issuer: issuer, keys: keys, audience: fields["audience"]?.nonEmptyString() ?? defaultAudience)
+        if let node = fields["algorithms"], let algorithms = node.stringList() {
+            for algorithm in algorithms where !TrustedIssuerSettings.supportedAlgorithms.contains(algorithm) {
+                node.report("unsupported algorithm '\(algorithm)'; expected one of \(TrustedIssuerSettings.supportedAlgorithms.joined(separator: ", "))")
+            }
+            if algorithms.isEmpty { node.report("list at least one algorithm") }
+            settings.algorithms = algorithms
+        }
+        if let kind = fields["subject"]?.oneOf(TrustedIssuerSettings.SubjectKind.self, TrustedIssuerSettings.SubjectKind.allCases) {
+            settings.subjectKind = kind
+        }
+        if let claim = fields["subject_claim"]?.nonEmptyString() { settings.subjectClaim = claim }
+        settings.agentPrefix = fields["agent_prefix"]?.nonEmptyString()
+        settings.scopeClaim = fields["scope_claim"]?.nonEmptyString()
+        return settings
     }
 
     private func readAgent(_ node: ConfigNode) -> AgentSettings? {

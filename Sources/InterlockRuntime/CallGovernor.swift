@@ -102,17 +102,42 @@ public final class CallGovernor: Sendable {
         throw error
     }
 
-    /// The caller a verified token stands for, if its agent is still known and enabled and the
-    /// token was not issued before the agent was last disabled.
-    private func caller(for token: TokenService.VerifiedToken) throws(GatewayError) -> Caller {
-        guard let agent = registry.entry(id: token.agentID)?.agent else {
-            throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token's agent '\(token.agentID)' is not known here.")
+    /// The caller a verified token stands for: its agent (the acting one, for a delegated
+    /// token), if every agent it names is still known and enabled and the token was not issued
+    /// before the acting agent was last disabled.
+    public func caller(for token: TokenService.VerifiedToken) throws(GatewayError) -> Caller {
+        let actingID: String
+        var user: String?
+        if let outermost = token.actors.first {
+            guard let id = tokens?.agentID(spiffeID: outermost) else {
+                throw TokenService.refuse("The token's actor '\(outermost)' is not an agent of this Interlock.")
+            }
+            actingID = id
+            switch token.subject {
+            case .user(let id): user = id
+            case .agent(let id): user = tokens?.spiffeID(agentID: id) ?? id
+            }
+        } else {
+            switch token.subject {
+            case .agent(let id): actingID = id
+            case .user:
+                throw TokenService.refuse("A user's token cannot call Interlock by itself; an agent exchanges it for a delegated token at /oauth/token (RFC 8693).")
+            }
+        }
+        guard let agent = registry.entry(id: actingID)?.agent else {
+            throw TokenService.refuse("The token's agent '\(actingID)' is not known here.")
         }
         try Self.requireEnabled(agent)
-        guard token.issuedAtMs >= agent.tokensValidFromMs else {
-            throw GatewayError(kind: .authentication, code: "invalid_token", message: "The token was issued before agent '\(agent.id)' was disabled; get a new one.")
+        // iat has whole seconds: a token from the second of the disable is refused too.
+        guard token.issuedAtMs >= (agent.tokensValidFromMs + 999) / 1000 * 1000 else {
+            throw TokenService.refuse("The token was issued before agent '\(agent.id)' was disabled; get a new one.")
         }
-        return Caller(agent: agent, credential: .accessToken(id: token.id), scopes: token.scopes, user: token.user, actorChain: token.actorChain)
+        // Every earlier actor of a delegation must still be allowed to act.
+        for earlier in token.actors.dropFirst() {
+            guard let id = tokens?.agentID(spiffeID: earlier), let entry = registry.entry(id: id) else { continue }
+            try Self.requireEnabled(entry.agent)
+        }
+        return Caller(agent: agent, credential: .accessToken(id: token.id), scopes: token.scopes, user: user, actorChain: token.actors)
     }
 
     static func requireEnabled(_ agent: Agent) throws(GatewayError) {

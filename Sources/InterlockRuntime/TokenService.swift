@@ -1,40 +1,56 @@
+import AsyncHTTPClient
 import Crypto
 import FoundationEssentials
 public import InterlockCore
 public import InterlockStore
 import JWTKit
+public import Logging
+import NIOCore
 import Synchronization
 
-/// Interlock's authorization server for agents: client credentials in, short-lived ES256
-/// access tokens out (`/oauth/token`), the public keys published (`/.well-known/jwks.json`),
-/// and presented tokens verified. Signing keys live in the store, so tokens survive a restart.
+/// Interlock's authorization server for agents and the verifier of every token it accepts.
+///
+/// Issues short-lived ES256 access tokens (client credentials and RFC 8693 token exchange),
+/// publishes its public keys (`/.well-known/jwks.json`), and verifies presented tokens: its
+/// own, and those of trusted external issuers (OIDC discovery or a JWKS file) mapped onto
+/// agents or users. Signing keys live in the store, so tokens survive a restart.
 public final class TokenService: Sendable {
     private let keys: JWTKeyCollection
     private let activeKid: String
     private let publicJWKs: [JSONValue]
     public let settings: AuthSettings
+    private let external: [String: ExternalIssuer]
     /// Tokens that passed verification, until they expire: an ES256 verification costs about
-    /// 300 µs of CPU here. Only the token's own checks are cached; the agent it names is
+    /// 300 µs of CPU here. Only the token's own checks are cached; the agents it names are
     /// looked up on every call, so disabling an agent still takes effect at once.
     private let verified = VerifiedTokens(capacity: 10_000)
 
-    /// The claims of an agent's access token.
-    struct AccessToken: JWTPayload {
-        var iss: IssuerClaim
-        var sub: SubjectClaim
-        var aud: AudienceClaim
-        var exp: ExpirationClaim
-        var iat: IssuedAtClaim
-        var nbf: NotBeforeClaim?
-        var jti: IDClaim
-        var scope: String?
+    /// What a token that verified stands for.
+    public struct VerifiedToken: Sendable {
+        /// Who `sub` names.
+        public var subject: TokenSubject
+        /// The actors of a delegated token, from the outermost `act` (the one calling) inwards.
+        public var actors: [String]
+        /// The token's scopes; nil when it carries none Interlock reads (every grant of the agent).
+        public var scopes: [String]?
+        /// `may_act.sub`: the only actor that may act for this subject.
+        public var mayAct: String?
+        public var issuer: String
+        /// `jti` (empty when an external token has none).
+        public var id: String
+        public var issuedAtMs: Int64
+        public var expiresMs: Int64
+    }
 
-        /// Claims are checked by `TokenService.verify`, which knows the settings and the clock.
+    /// Decodes nothing: jwt-kit checks the signature, Interlock reads the claims itself, the
+    /// same way for its own and for external tokens.
+    private struct SignatureOnly: JWTPayload {
         func verify(using algorithm: some JWTAlgorithm) async throws {}
     }
 
-    /// Loads the signing keys from the store, making the first one if there is none.
-    public static func open(store: any InterlockStore, settings: AuthSettings, nowMs: Int64) async throws -> TokenService {
+    /// Loads the signing keys from the store (making the first one if there is none) and the
+    /// keys of the trusted issuers.
+    public static func open(store: any InterlockStore, settings: AuthSettings, nowMs: Int64, logger: Logger = Logger(label: "interlock.auth")) async throws -> TokenService {
         var records = try await store.signingKeys()
         if records.isEmpty {
             let key = ES256PrivateKey()
@@ -54,44 +70,66 @@ public final class TokenService: Sendable {
                 "x": .string(parameters.x), "y": .string(parameters.y),
             ])
         }
-        return TokenService(keys: collection, activeKid: records[0].kid, publicJWKs: jwks, settings: settings)
+        var external: [String: ExternalIssuer] = [:]
+        for issuer in settings.trustedIssuers {
+            let loaded = ExternalIssuer(settings: issuer, refreshInterval: .seconds(settings.jwksRefreshMinIntervalSeconds), logger: logger)
+            try await loaded.loadAtStart()
+            external[issuer.issuer] = loaded
+        }
+        return TokenService(keys: collection, activeKid: records[0].kid, publicJWKs: jwks, settings: settings, external: external)
     }
 
-    private init(keys: JWTKeyCollection, activeKid: String, publicJWKs: [JSONValue], settings: AuthSettings) {
+    private init(keys: JWTKeyCollection, activeKid: String, publicJWKs: [JSONValue], settings: AuthSettings, external: [String: ExternalIssuer]) {
         self.keys = keys
         self.activeKid = activeKid
         self.publicJWKs = publicJWKs
         self.settings = settings
+        self.external = external
     }
 
-    /// What a token that verified stands for.
-    public struct VerifiedToken: Sendable {
-        /// The agent acting: `sub` of an agent's own token.
-        public var agentID: String
-        /// The token's `scope`, split; nil when it has none (every grant of the agent).
-        public var scopes: [String]?
-        /// The user a delegated token acts for.
-        public var user: String?
-        public var actorChain: [String]
-        /// `jti`.
-        public var id: String
-        public var issuedAtMs: Int64
-        public var expiresMs: Int64
+    public func subject(for agent: Agent) -> String { spiffeID(agentID: agent.id) }
+
+    public func spiffeID(agentID: String) -> String { "spiffe://\(settings.trustDomain)/agent/\(agentID)" }
+
+    /// The agent id of one of this trust domain's SPIFFE ids, else nil.
+    public func agentID(spiffeID: String) -> String? {
+        let prefix = "spiffe://\(settings.trustDomain)/agent/"
+        guard spiffeID.hasPrefix(prefix) else { return nil }
+        return String(spiffeID.dropFirst(prefix.count))
     }
 
-    public func subject(for agent: Agent) -> String {
-        "spiffe://\(settings.trustDomain)/agent/\(agent.id)"
-    }
+    // MARK: Issuing
 
     /// An access token for `agent` with `scopes` (already checked against its grants).
     public func issue(for agent: Agent, scopes: [String], nowMs: Int64) async throws -> String {
-        let now = Date(timeIntervalSince1970: Double(nowMs) / 1000)
-        let token = AccessToken(
-            iss: IssuerClaim(value: settings.issuer), sub: SubjectClaim(value: subject(for: agent)), aud: AudienceClaim(value: [settings.audience]),
-            exp: ExpirationClaim(value: now.addingTimeInterval(Double(settings.tokenTTLSeconds))), iat: IssuedAtClaim(value: now), nbf: nil,
-            jti: IDClaim(value: UUID().uuidString.lowercased()), scope: scopes.joined(separator: " "))
-        return try await keys.sign(token, kid: JWKIdentifier(string: activeKid))
+        try await sign(
+            subject: subject(for: agent), actors: [], scopes: scopes, audiences: [settings.audience], nowMs: nowMs,
+            expiresMs: nowMs + Int64(settings.tokenTTLSeconds) * 1000)
     }
+
+    /// A delegated token (RFC 8693): `sub` the subject, `act` the actors nested from the one
+    /// calling inwards, valid for `audiences` until `expiresMs`.
+    public func issueDelegated(subject: String, actors: [String], scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64) async throws -> String {
+        try await sign(subject: subject, actors: actors, scopes: scopes, audiences: audiences, nowMs: nowMs, expiresMs: expiresMs)
+    }
+
+    private func sign(subject: String, actors: [String], scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64) async throws -> String {
+        var act: JSONValue?
+        for actor in actors.reversed() {
+            act = act.map { ["sub": .string(actor), "act": $0] } ?? ["sub": .string(actor)]
+        }
+        var claims: JSONObject = [
+            "iss": .string(settings.issuer), "sub": .string(subject), "aud": .array(audiences.map(JSONValue.string)),
+            "exp": .integer(expiresMs / 1000), "iat": .integer(nowMs / 1000), "jti": .string(UUID().uuidString.lowercased()),
+            "scope": .string(scopes.joined(separator: " ")),
+        ]
+        if let act { claims["act"] = act }
+        // jwt-kit signs a Codable payload; the claims are written by Interlock's JSON writer so
+        // `act` can nest to any depth.
+        return try await keys.sign(RawClaims(.object(claims)), kid: JWKIdentifier(string: activeKid))
+    }
+
+    // MARK: Verifying
 
     /// A token verified earlier and not expired since; nil otherwise. Never waits.
     public func cachedToken(_ token: String, nowMs: Int64) -> VerifiedToken? {
@@ -99,7 +137,8 @@ public final class TokenService: Sendable {
     }
 
     /// What a presented token stands for, or a 401 that says exactly what is wrong. Whether
-    /// its agent may still use it (enabled, not cut off) is the caller's check, every time.
+    /// the agents it names may still use it (enabled, not cut off) is the caller's check,
+    /// every time.
     public func verify(_ token: String, nowMs: Int64) async throws(GatewayError) -> VerifiedToken {
         if let cached = verified.token(token, nowMs: nowMs) { return cached }
         let result = try await verifyUncached(token, nowMs: nowMs)
@@ -107,38 +146,106 @@ public final class TokenService: Sendable {
         return result
     }
 
+    /// A 401 `invalid_token` with the reason.
+    public static func refuse(_ description: String) -> GatewayError {
+        GatewayError(kind: .authentication, code: "invalid_token", message: description)
+    }
+
     private func verifyUncached(_ token: String, nowMs: Int64) async throws(GatewayError) -> VerifiedToken {
-        func refuse(_ description: String) -> GatewayError {
-            GatewayError(kind: .authentication, code: "invalid_token", message: description)
-        }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let headerBytes = Self.base64URLDecode(parts[0]),
-            case .object(let header)? = try? JSONParser.parse(headerBytes)
-        else { throw refuse("The token is malformed: expected a JWS in compact form.") }
-        guard header["alg"]?.stringValue == "ES256" else {
-            throw refuse("The token's algorithm '\(header["alg"]?.stringValue ?? "none")' is not accepted; Interlock signs with ES256.")
+        guard parts.count == 3, let headerBytes = Self.base64URLDecode(parts[0]), case .object(let header)? = try? JSONParser.parse(headerBytes),
+            let payloadBytes = Self.base64URLDecode(parts[1]), case .object(let claims)? = try? JSONParser.parse(payloadBytes)
+        else { throw Self.refuse("The token is malformed: expected a JWS in compact form.") }
+        let algorithm = header["alg"]?.stringValue ?? "none"
+        let issuer = claims["iss"]?.stringValue ?? ""
+        if issuer != settings.issuer, let trusted = external[issuer] {
+            return try await verifyExternal(token, trusted: trusted, algorithm: algorithm, kid: header["kid"]?.stringValue, claims: .object(claims), nowMs: nowMs)
         }
-        guard let kid = header["kid"]?.stringValue else { throw refuse("The token has no 'kid' header.") }
-        guard publicJWKs.contains(where: { $0["kid"]?.stringValue == kid }) else { throw refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
-        let payload: AccessToken
+        guard algorithm == "ES256" else {
+            throw Self.refuse("The token's algorithm '\(algorithm)' is not accepted; Interlock signs with ES256.")
+        }
+        guard let kid = header["kid"]?.stringValue else { throw Self.refuse("The token has no 'kid' header.") }
+        guard publicJWKs.contains(where: { $0["kid"]?.stringValue == kid }) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
         do {
-            payload = try await keys.verify(token, as: AccessToken.self)
+            _ = try await keys.verify(token, as: SignatureOnly.self)
         } catch {
-            throw refuse("The token's signature does not verify.")
+            throw Self.refuse("The token's signature does not verify.")
         }
-        let now = Double(nowMs) / 1000
-        let leeway = Double(settings.leewaySeconds)
-        guard payload.exp.value.timeIntervalSince1970 + leeway > now else { throw refuse("The token has expired.") }
-        if let nbf = payload.nbf, nbf.value.timeIntervalSince1970 - leeway > now { throw refuse("The token is not valid yet.") }
-        guard payload.iat.value.timeIntervalSince1970 - leeway <= now else { throw refuse("The token was issued in the future.") }
-        guard payload.iss.value == settings.issuer else { throw refuse("The token's issuer '\(payload.iss.value)' is not '\(settings.issuer)'.") }
-        guard payload.aud.value.contains(settings.audience) else { throw refuse("The token is not meant for audience '\(settings.audience)'.") }
-        let prefix = "spiffe://\(settings.trustDomain)/agent/"
-        guard payload.sub.value.hasPrefix(prefix) else { throw refuse("The token's subject is not an agent of trust domain '\(settings.trustDomain)'.") }
-        let expiresMs = Int64((payload.exp.value.timeIntervalSince1970 + leeway) * 1000)
+        let times = try checkTimes(.object(claims), nowMs: nowMs)
+        guard issuer == settings.issuer else {
+            throw Self.refuse("The token's issuer '\(issuer)' is neither '\(settings.issuer)' nor a trusted issuer.")
+        }
+        try checkAudience(.object(claims), expected: settings.audience)
+        let sub = claims["sub"]?.stringValue ?? ""
+        let actors = Self.actors(of: .object(claims))
+        let subject: TokenSubject
+        if let agentID = agentID(spiffeID: sub) {
+            subject = .agent(agentID)
+        } else if !actors.isEmpty, !sub.isEmpty {
+            subject = .user(sub)
+        } else {
+            throw Self.refuse("The token's subject is not an agent of trust domain '\(settings.trustDomain)'.")
+        }
         return VerifiedToken(
-            agentID: String(payload.sub.value.dropFirst(prefix.count)), scopes: payload.scope.map { $0.split(separator: " ").map(String.init) },
-            user: nil, actorChain: [], id: payload.jti.value, issuedAtMs: Int64(payload.iat.value.timeIntervalSince1970 * 1000), expiresMs: expiresMs)
+            subject: subject, actors: actors, scopes: claims["scope"]?.stringValue.map { $0.split(separator: " ").map(String.init) },
+            mayAct: claims["may_act"]?["sub"]?.stringValue, issuer: issuer, id: claims["jti"]?.stringValue ?? "",
+            issuedAtMs: times.issuedAtMs, expiresMs: times.expiresMs)
+    }
+
+    private func verifyExternal(
+        _ token: String, trusted: ExternalIssuer, algorithm: String, kid: String?, claims: JSONValue, nowMs: Int64
+    ) async throws(GatewayError) -> VerifiedToken {
+        let settings = trusted.settings
+        guard settings.algorithms.contains(algorithm) else {
+            throw Self.refuse("The token's algorithm '\(algorithm)' is not accepted for issuer '\(settings.issuer)' (\(settings.algorithms.joined(separator: ", "))).")
+        }
+        guard let kid else { throw Self.refuse("The token has no 'kid' header.") }
+        guard let collection = await trusted.keys(containing: kid) else {
+            throw Self.refuse("The token's key '\(kid)' is not one of issuer '\(settings.issuer)''s signing keys.")
+        }
+        do {
+            _ = try await collection.verify(token, as: SignatureOnly.self)
+        } catch {
+            throw Self.refuse("The token's signature does not verify.")
+        }
+        let times = try checkTimes(claims, nowMs: nowMs)
+        try checkAudience(claims, expected: settings.audience)
+        let subject: TokenSubject
+        switch settings.subject(of: claims) {
+        case .success(let mapped): subject = mapped
+        case .failure(let problem): throw Self.refuse(problem.description)
+        }
+        return VerifiedToken(
+            subject: subject, actors: Self.actors(of: claims), scopes: settings.scopes(of: claims), mayAct: claims["may_act"]?["sub"]?.stringValue,
+            issuer: settings.issuer, id: claims["jti"]?.stringValue ?? "", issuedAtMs: times.issuedAtMs, expiresMs: times.expiresMs)
+    }
+
+    /// `exp` (required), `nbf` and `iat` against the clock, with the configured leeway.
+    private func checkTimes(_ claims: JSONValue, nowMs: Int64) throws(GatewayError) -> (issuedAtMs: Int64, expiresMs: Int64) {
+        let leewayMs = Int64(settings.leewaySeconds) * 1000
+        guard let exp = claims["exp"]?.doubleValue else { throw Self.refuse("The token has no 'exp' claim.") }
+        let expiresMs = Int64(exp * 1000) + leewayMs
+        guard expiresMs > nowMs else { throw Self.refuse("The token has expired.") }
+        if let nbf = claims["nbf"]?.doubleValue, Int64(nbf * 1000) - leewayMs > nowMs { throw Self.refuse("The token is not valid yet.") }
+        let issuedAtMs = claims["iat"]?.doubleValue.map { Int64($0 * 1000) } ?? 0
+        guard issuedAtMs - leewayMs <= nowMs else { throw Self.refuse("The token was issued in the future.") }
+        return (issuedAtMs, expiresMs)
+    }
+
+    private func checkAudience(_ claims: JSONValue, expected: String) throws(GatewayError) {
+        let audiences = claims["aud"]?.stringValue.map { [$0] } ?? claims["aud"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        guard audiences.contains(expected) else { throw Self.refuse("The token is not meant for audience '\(expected)'.") }
+    }
+
+    /// The `act` chain, outermost first.
+    static func actors(of claims: JSONValue) -> [String] {
+        var actors: [String] = []
+        var act = claims["act"]
+        while let current = act, let sub = current["sub"]?.stringValue, actors.count < 32 {
+            actors.append(sub)
+            act = current["act"]
+        }
+        return actors
     }
 
     /// `/.well-known/jwks.json`.
@@ -154,6 +261,159 @@ public final class TokenService: Sendable {
         while base64.count % 4 != 0 { base64 += "=" }
         return Data(base64Encoded: String(base64)).map { Array($0) }
     }
+}
+
+/// A payload jwt-kit signs as given: Interlock's claims as a JSON value.
+private struct RawClaims: JWTPayload {
+    let value: JSONValue
+
+    init(_ value: JSONValue) { self.value = value }
+
+    init(from decoder: any Decoder) throws {
+        throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "RawClaims is only signed, never decoded"))
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try JSONValueCoding(value).encode(to: encoder)
+    }
+
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// `Encodable` for a `JSONValue`.
+private struct JSONValueCoding: Encodable {
+    let value: JSONValue
+
+    init(_ value: JSONValue) { self.value = value }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        switch value {
+        case .object(let object):
+            var container = encoder.container(keyedBy: Key.self)
+            for (key, member) in object { try container.encode(JSONValueCoding(member), forKey: Key(stringValue: key)) }
+        case .array(let items):
+            var container = encoder.unkeyedContainer()
+            for item in items { try container.encode(JSONValueCoding(item)) }
+        case .string(let text):
+            var container = encoder.singleValueContainer()
+            try container.encode(text)
+        case .integer(let number):
+            var container = encoder.singleValueContainer()
+            try container.encode(number)
+        case .number(let number):
+            var container = encoder.singleValueContainer()
+            try container.encode(number)
+        case .bool(let flag):
+            var container = encoder.singleValueContainer()
+            try container.encode(flag)
+        case .null:
+            var container = encoder.singleValueContainer()
+            try container.encodeNil()
+        }
+    }
+}
+
+/// A trusted issuer's keys: read from a JWKS file at start, or fetched through its OpenID
+/// discovery document and fetched again (at most once per `refreshInterval`) when a token
+/// names a key not seen yet, so the issuer can rotate its keys.
+final class ExternalIssuer: Sendable {
+    let settings: TrustedIssuerSettings
+    private let refreshInterval: Duration
+    private let logger: Logger
+    private struct State {
+        var collection = JWTKeyCollection()
+        var kids: Set<String> = []
+        var lastFetch: ContinuousClock.Instant?
+    }
+
+    private let state = Mutex(State())
+    private let fetching = AsyncSerialGate()
+
+    init(settings: TrustedIssuerSettings, refreshInterval: Duration, logger: Logger) {
+        self.settings = settings
+        self.refreshInterval = refreshInterval
+        self.logger = logger
+    }
+
+    /// A JWKS file must be readable at start (a configuration error otherwise); a discovery
+    /// URL that does not answer yet is tried again when its first token arrives.
+    func loadAtStart() async throws {
+        switch settings.keys {
+        case .file(let path):
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw TrustedIssuerError("trusted issuer '\(settings.issuer)': cannot read JWKS file '\(path)'")
+            }
+            try await install(jwks: Array(data))
+        case .discovery:
+            do {
+                try await fetch()
+            } catch {
+                logger.error("trusted issuer keys could not be fetched; will retry", metadata: ["interlock.issuer": "\(settings.issuer)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// The keys, if they hold `kid` (fetching them again first if they do not and may).
+    func keys(containing kid: String) async -> JWTKeyCollection? {
+        if let found = state.withLock({ $0.kids.contains(kid) ? $0.collection : nil }) { return found }
+        guard case .discovery = settings.keys else { return nil }
+        await fetching.run {
+            let due = state.withLock { state in state.lastFetch.map { $0.duration(to: .now) >= refreshInterval } ?? true }
+            guard due, !state.withLock({ $0.kids.contains(kid) }) else { return }
+            do {
+                try await fetch()
+            } catch {
+                logger.warning("trusted issuer keys could not be fetched", metadata: ["interlock.issuer": "\(settings.issuer)", "error": "\(error)"])
+            }
+        }
+        return state.withLock { $0.kids.contains(kid) ? $0.collection : nil }
+    }
+
+    private func fetch() async throws {
+        guard case .discovery(let url) = settings.keys else { return }
+        state.withLock { $0.lastFetch = .now }
+        let discovery = try JSONParser.parse(try await Self.get(url))
+        guard discovery["issuer"]?.stringValue == settings.issuer else {
+            throw TrustedIssuerError("the discovery document at \(url) names issuer '\(discovery["issuer"]?.stringValue ?? "")', not '\(settings.issuer)'")
+        }
+        guard let jwksURI = discovery["jwks_uri"]?.stringValue else { throw TrustedIssuerError("the discovery document at \(url) has no jwks_uri") }
+        try await install(jwks: try await Self.get(jwksURI))
+    }
+
+    private func install(jwks bytes: [UInt8]) async throws {
+        guard case .object(let document) = try JSONParser.parse(bytes), let keys = document["keys"]?.arrayValue else {
+            throw TrustedIssuerError("trusted issuer '\(settings.issuer)': the JWKS has no 'keys'")
+        }
+        // Symmetric keys have no place in a public key set: leave them out.
+        let usable = keys.filter { $0["kty"]?.stringValue != "oct" && $0["kid"]?.stringValue != nil }
+        let collection = JWTKeyCollection()
+        try await collection.add(jwksJSON: JSONWriter.string(["keys": .array(usable)]))
+        let kids = Set(usable.compactMap { $0["kid"]?.stringValue })
+        state.withLock { state in
+            state.collection = collection
+            state.kids = kids
+        }
+    }
+
+    private static func get(_ url: String) async throws -> [UInt8] {
+        var request = HTTPClientRequest(url: url)
+        request.headers.add(name: "accept", value: "application/json")
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        guard response.status == .ok else { throw TrustedIssuerError("GET \(url) answered \(response.status.code)") }
+        return Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+    }
+}
+
+struct TrustedIssuerError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// Verified tokens, until they stop being valid; bounded.

@@ -28,7 +28,7 @@ struct OAuthRoutes {
         let base = baseURL(request)
         return [
             "issuer": .string(tokens.settings.issuer), "token_endpoint": .string(base + "/oauth/token"),
-            "jwks_uri": .string(base + "/.well-known/jwks.json"), "grant_types_supported": ["client_credentials"],
+            "jwks_uri": .string(base + "/.well-known/jwks.json"), "grant_types_supported": ["client_credentials", .string(Self.tokenExchangeGrant)],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["ES256"], "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
             "response_types_supported": ["token"], "subject_types_supported": ["public"],
@@ -59,18 +59,149 @@ struct OAuthRoutes {
         }
         let body = try await request.collectBody(upTo: 64 * 1024)
         var form: [String: String] = [:]
+        // RFC 8693 §2.1: `audience` and `resource` may be repeated; nothing else may.
+        var targets: [String] = []
         for pair in String(buffer: body).split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard let name = Self.formDecode(parts[0]) else { continue }
+            let value = parts.count > 1 ? Self.formDecode(parts[1]) ?? "" : ""
+            if name == "audience" || name == "resource" {
+                targets.append(value)
+                continue
+            }
             if form[name] != nil {
                 return Self.oauthError("invalid_request", "The parameter '\(name)' appears more than once.")
             }
-            form[name] = parts.count > 1 ? Self.formDecode(parts[1]) ?? "" : ""
+            form[name] = value
         }
         guard let grant = form["grant_type"] else { return Self.oauthError("invalid_request", "Missing 'grant_type'.") }
-        guard grant == "client_credentials" else {
-            return Self.oauthError("unsupported_grant_type", "Interlock issues tokens for 'client_credentials' only.")
+        switch grant {
+        case "client_credentials":
+            return try await clientCredentials(form, request: request, context: context)
+        case Self.tokenExchangeGrant:
+            return await tokenExchange(form, targets: targets, context: context)
+        default:
+            return Self.oauthError("unsupported_grant_type", "Interlock issues tokens for 'client_credentials' and '\(Self.tokenExchangeGrant)'.")
         }
+    }
+
+    static let tokenExchangeGrant = "urn:ietf:params:oauth:grant-type:token-exchange"
+    static let accessTokenType = "urn:ietf:params:oauth:token-type:access_token"
+    static let jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
+    static let idTokenType = "urn:ietf:params:oauth:token-type:id_token"
+
+    /// RFC 8693 token exchange: a user's token (`subject_token`) and the acting agent's token
+    /// (`actor_token`) give a short-lived delegated token: `sub` the user, `act` the agent,
+    /// earlier actors nested inside. Errors as RFC 8693 §2.2.2 (`invalid_request`,
+    /// `invalid_target`) and RFC 6749 §5.2 (`invalid_scope`).
+    private func tokenExchange(_ form: [String: String], targets: [String], context: InterlockRequestContext) async -> Response {
+        let now = governor.nowMs()
+        func refuse(_ error: String, _ description: String, agentID: String? = nil, user: String? = nil) -> Response {
+            governor.audit?.record(AuditRecord(
+                timestampMs: 0, node: "", action: "token.exchange", agentID: agentID, userID: user, target: "/oauth/token", decision: "deny",
+                reason: error, status: 400, requestID: context.requestID))
+            return Self.oauthError(error, description)
+        }
+        let acceptedTypes = [Self.accessTokenType, Self.jwtTokenType, Self.idTokenType]
+        guard let subjectToken = form["subject_token"], !subjectToken.isEmpty else {
+            return refuse("invalid_request", "Missing 'subject_token' (the token of the user the agent acts for).")
+        }
+        guard let subjectType = form["subject_token_type"], acceptedTypes.contains(subjectType) else {
+            return refuse("invalid_request", "'subject_token_type' must be one of \(acceptedTypes.joined(separator: ", ")).")
+        }
+        guard let actorToken = form["actor_token"], !actorToken.isEmpty else {
+            return refuse("invalid_request", "Missing 'actor_token': the acting agent's access token (from the client_credentials grant).")
+        }
+        guard let actorType = form["actor_token_type"], acceptedTypes.contains(actorType) else {
+            return refuse("invalid_request", "'actor_token_type' must be one of \(acceptedTypes.joined(separator: ", ")).")
+        }
+        if let requested = form["requested_token_type"], requested != Self.accessTokenType, requested != Self.jwtTokenType {
+            return refuse("invalid_request", "Interlock issues '\(Self.accessTokenType)' tokens only.")
+        }
+        // The actor: an agent of this Interlock, enabled, acting for itself.
+        let actor: Caller
+        do throws(GatewayError) {
+            let verified = try await tokens.verify(actorToken, nowMs: now)
+            guard verified.actors.isEmpty, case .agent = verified.subject else {
+                throw TokenService.refuse("The actor token must be an agent's own token, not a delegated one.")
+            }
+            actor = try governor.caller(for: verified)
+        } catch {
+            return refuse("invalid_request", "The actor token is not valid: \(error.message)")
+        }
+        let actorID = tokens.subject(for: actor.agent)
+        // The subject: a user (an external issuer's token) or an earlier delegation.
+        let subject: TokenService.VerifiedToken
+        do throws(GatewayError) {
+            subject = try await tokens.verify(subjectToken, nowMs: now)
+        } catch {
+            return refuse("invalid_request", "The subject token is not valid: \(error.message)", agentID: actor.agent.id)
+        }
+        let subjectID: String
+        switch subject.subject {
+        case .user(let id): subjectID = id
+        case .agent(let id): subjectID = tokens.spiffeID(agentID: id)
+        }
+        if let mayAct = subject.mayAct, mayAct != actorID {
+            return refuse("invalid_request", "The subject token allows only '\(mayAct)' to act for it, not '\(actorID)'.", agentID: actor.agent.id, user: subjectID)
+        }
+        // Delegating onwards: the agent acting now must be one the previous actor may call.
+        if let previous = subject.actors.first {
+            guard let previousID = tokens.agentID(spiffeID: previous), let previousAgent = governor.registry.entry(id: previousID)?.agent,
+                previousAgent.grants.covers(scope: "agent:\(actor.agent.id)")
+            else {
+                return refuse(
+                    "invalid_request", "'\(previous)' may not delegate to agent '\(actor.agent.id)' (it is not granted that agent).",
+                    agentID: actor.agent.id, user: subjectID)
+            }
+            if previousAgent.disabled {
+                return refuse("invalid_request", "'\(previous)' is disabled.", agentID: actor.agent.id, user: subjectID)
+            }
+        }
+        // Scopes: what the actor holds (and its token carries) and the subject token allows.
+        func allowedByBoth(_ scope: String) -> Bool {
+            actor.permits(scope: scope) && (subject.scopes.map { Self.scopes($0, cover: scope) } ?? true)
+        }
+        let scopes: [String]
+        if let requested = form["scope"], !requested.isEmpty {
+            scopes = requested.split(separator: " ").map(String.init)
+            if let wider = scopes.first(where: { !allowedByBoth($0) }) {
+                return refuse("invalid_scope", "The scope '\(wider)' is wider than what the actor and the subject token allow.", agentID: actor.agent.id, user: subjectID)
+            }
+        } else {
+            scopes = (actor.scopes ?? actor.agent.grants.scopes).filter(allowedByBoth)
+        }
+        // Audiences: this Interlock, or those the configuration allows.
+        let allowedTargets = Set([tokens.settings.audience] + tokens.settings.exchangeAudiences)
+        if let unknown = targets.first(where: { !allowedTargets.contains($0) }) {
+            return refuse("invalid_target", "Tokens cannot be issued for '\(unknown)'.", agentID: actor.agent.id, user: subjectID)
+        }
+        let audiences = targets.isEmpty ? [tokens.settings.audience] : Array(Set(targets)).sorted()
+        let actors = [actorID] + subject.actors
+        let expiresMs = min(now + Int64(tokens.settings.tokenTTLSeconds) * 1000, subject.expiresMs - Int64(tokens.settings.leewaySeconds) * 1000)
+        let issued: String
+        do {
+            issued = try await tokens.issueDelegated(subject: subjectID, actors: actors, scopes: scopes, audiences: audiences, nowMs: now, expiresMs: expiresMs)
+        } catch {
+            return Self.oauthError("server_error", "The token could not be signed.", status: .internalServerError)
+        }
+        governor.audit?.record(AuditRecord(
+            timestampMs: 0, node: "", action: "token.exchange", agentID: actor.agent.id, userID: subjectID, actorChain: actors, target: "/oauth/token",
+            decision: "allow", outcome: "success", status: 200, requestID: context.requestID))
+        return Self.json([
+            "access_token": .string(issued), "issued_token_type": .string(Self.accessTokenType), "token_type": "Bearer",
+            "expires_in": .integer(max(0, (expiresMs - now) / 1000)), "scope": .string(scopes.joined(separator: " ")),
+        ], status: .ok)
+    }
+
+    /// Whether a list of scopes (wildcards such as `model:*` included) covers `scope`.
+    static func scopes(_ held: [String], cover scope: String) -> Bool {
+        guard let colon = scope.firstIndex(of: ":") else { return held.contains(scope) }
+        return held.contains(scope) || held.contains(scope[..<colon] + ":*")
+    }
+
+    /// RFC 6749 §4.4: an agent's API key for an access token.
+    private func clientCredentials(_ form: [String: String], request: Request, context: InterlockRequestContext) async throws -> Response {
         // Client authentication: HTTP Basic (RFC 6749 §2.3.1) or client_id/client_secret in the body, not both.
         var clientID = form["client_id"]
         var secret = form["client_secret"]

@@ -59,7 +59,7 @@ import Testing
                 let document = try json(response)
                 #expect(document["issuer"] == "interlock")
                 #expect(document["jwks_uri"]?.stringValue?.hasSuffix("/.well-known/jwks.json") == true)
-                #expect(document["grant_types_supported"] == ["client_credentials"])
+                #expect(document["grant_types_supported"] == ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"])
             }
             let claims = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(issued, 1))
             #expect(claims["sub"] == "spiffe://interlock.local/agent/a")
@@ -147,7 +147,7 @@ import Testing
         }
         // A verified token is remembered until it expires (so calls with it need no second
         // signature check and can take the event-loop path), and not a moment longer.
-        #expect(tokens.cachedToken(good, nowMs: now)?.agentID == "a")
+        #expect(tokens.cachedToken(good, nowMs: now)?.subject == .agent("a"))
         #expect((try? harness.services.gateway.governor.authenticate(apiKey: good, audited: false))?.agent.id == "a")
         #expect(tokens.cachedToken(expired, nowMs: now) == nil)
         #expect(tokens.cachedToken(good, nowMs: now + Int64(tokens.settings.tokenTTLSeconds + tokens.settings.leewaySeconds) * 1000 + 1) == nil)

@@ -86,6 +86,13 @@ public struct AuthSettings: Sendable {
     public var publicURL: String?
     /// Longest credential (API key or token) looked at, in bytes; longer ones get 401 unread.
     public var maxCredentialBytes: Int = 8_192
+    /// External issuers whose tokens are accepted, with their claim mappings.
+    public var trustedIssuers: [TrustedIssuerSettings] = []
+    /// Audiences a token exchange may ask for (`audience`/`resource`); this Interlock's own
+    /// `audience` is always allowed.
+    public var exchangeAudiences: [String] = []
+    /// Least time between two fetches of an issuer's keys after an unknown `kid`, in seconds.
+    public var jwksRefreshMinIntervalSeconds: Int = 60
     /// Lifetime of a generated API key, in seconds; 0 means keys do not expire.
     public var apiKeyTTLSeconds: Int = 90 * 86_400
     /// How long the old key keeps working after a rotation, in seconds.

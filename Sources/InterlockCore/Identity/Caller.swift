@@ -31,9 +31,14 @@ public struct Caller: Sendable, Equatable {
     /// Default deny: the agent must be granted `name` of this `kind` and the credential's
     /// scopes, if any, must include it.
     public func permits(kind: String, name: String) -> Bool {
-        let scope = "\(kind):\(name)"
+        permits(scope: "\(kind):\(name)")
+    }
+
+    /// The same for a `<kind>:<name>` scope.
+    public func permits(scope: String) -> Bool {
         guard agent.grants.covers(scope: scope) else { return false }
         guard let scopes else { return true }
-        return scopes.contains(scope) || scopes.contains("\(kind):*")
+        guard let colon = scope.firstIndex(of: ":") else { return scopes.contains(scope) }
+        return scopes.contains(scope) || scopes.contains(scope[..<colon] + ":*")
     }
 }
