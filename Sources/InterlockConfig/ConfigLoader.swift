@@ -66,8 +66,14 @@ private struct ConfigDocument {
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [
             "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s", "public_url",
-            "max_credential_bytes", "trusted_issuers", "exchange_audiences", "jwks_refresh_min_interval_s",
+            "max_credential_bytes", "trusted_issuers", "exchange_audiences", "jwks_refresh_min_interval_s", "signing_key_secret",
+            "signing_key_rotation_days",
         ]) {
+            if let node = fields["signing_key_secret"], let secret = node.string(), !secret.isEmpty {
+                if secret.utf8.count < 32 { node.report("the signing-key secret must be at least 32 characters (use ${ENV_VAR})") }
+                config.auth.signingKeySecret = Secret(secret)
+            }
+            if let value = fields["signing_key_rotation_days"]?.int(minimum: 0, maximum: 3_650) { config.auth.signingKeyRotationDays = value }
             if let value = fields["issuer"]?.nonEmptyString() { config.auth.issuer = value }
             if let value = fields["audience"]?.nonEmptyString() { config.auth.audience = value }
             config.auth.exchangeAudiences = fields["exchange_audiences"]?.stringList() ?? []

@@ -15,9 +15,7 @@ import Synchronization
 /// own, and those of trusted external issuers (OIDC discovery or a JWKS file) mapped onto
 /// agents or users. Signing keys live in the store, so tokens survive a restart.
 public final class TokenService: Sendable {
-    private let keys: JWTKeyCollection
-    private let activeKid: String
-    private let publicJWKs: [JSONValue]
+    private let ring: SigningKeyRing
     public let settings: AuthSettings
     private let external: [String: ExternalIssuer]
     /// Tokens that passed verification, until they expire: an ES256 verification costs about
@@ -48,41 +46,21 @@ public final class TokenService: Sendable {
         func verify(using algorithm: some JWTAlgorithm) async throws {}
     }
 
-    /// Loads the signing keys from the store (making the first one if there is none) and the
-    /// keys of the trusted issuers.
+    /// Loads the signing keys from the store (see `SigningKeyRing`) and the keys of the
+    /// trusted issuers.
     public static func open(store: any InterlockStore, settings: AuthSettings, nowMs: Int64, logger: Logger = Logger(label: "interlock.auth")) async throws -> TokenService {
-        var records = try await store.signingKeys()
-        if records.isEmpty {
-            let key = ES256PrivateKey()
-            let kid = "es256-" + AuditRecord.sha256Hex(Array(key.publicKey.pemRepresentation.utf8)).prefix(16)
-            let record = SigningKeyRecord(kid: String(kid), privateKeyPEM: key.pemRepresentation, createdMs: nowMs)
-            try await store.insertSigningKey(record)
-            records = [record]
-        }
-        let collection = JWTKeyCollection()
-        var jwks: [JSONValue] = []
-        for record in records {
-            let key = try ES256PrivateKey(pem: record.privateKeyPEM)
-            await collection.add(ecdsa: key, kid: JWKIdentifier(string: record.kid))
-            guard let parameters = key.publicKey.parameters else { continue }
-            jwks.append([
-                "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": .string(record.kid),
-                "x": .string(parameters.x), "y": .string(parameters.y),
-            ])
-        }
+        let ring = try await SigningKeyRing.open(store: store, settings: settings, nowMs: nowMs)
         var external: [String: ExternalIssuer] = [:]
         for issuer in settings.trustedIssuers {
             let loaded = ExternalIssuer(settings: issuer, refreshInterval: .seconds(settings.jwksRefreshMinIntervalSeconds), logger: logger)
             try await loaded.loadAtStart()
             external[issuer.issuer] = loaded
         }
-        return TokenService(keys: collection, activeKid: records[0].kid, publicJWKs: jwks, settings: settings, external: external)
+        return TokenService(ring: ring, settings: settings, external: external)
     }
 
-    private init(keys: JWTKeyCollection, activeKid: String, publicJWKs: [JSONValue], settings: AuthSettings, external: [String: ExternalIssuer]) {
-        self.keys = keys
-        self.activeKid = activeKid
-        self.publicJWKs = publicJWKs
+    private init(ring: SigningKeyRing, settings: AuthSettings, external: [String: ExternalIssuer]) {
+        self.ring = ring
         self.settings = settings
         self.external = external
     }
@@ -126,7 +104,8 @@ public final class TokenService: Sendable {
         if let act { claims["act"] = act }
         // jwt-kit signs a Codable payload; the claims are written by Interlock's JSON writer so
         // `act` can nest to any depth.
-        return try await keys.sign(RawClaims(.object(claims)), kid: JWKIdentifier(string: activeKid))
+        let kid = try await ring.signingKid(nowMs: nowMs)
+        return try await ring.collection.sign(RawClaims(.object(claims)), kid: JWKIdentifier(string: kid))
     }
 
     // MARK: Verifying
@@ -165,9 +144,9 @@ public final class TokenService: Sendable {
             throw Self.refuse("The token's algorithm '\(algorithm)' is not accepted; Interlock signs with ES256.")
         }
         guard let kid = header["kid"]?.stringValue else { throw Self.refuse("The token has no 'kid' header.") }
-        guard publicJWKs.contains(where: { $0["kid"]?.stringValue == kid }) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
+        guard ring.isPublished(kid: kid, nowMs: nowMs) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
         do {
-            _ = try await keys.verify(token, as: SignatureOnly.self)
+            _ = try await ring.collection.verify(token, as: SignatureOnly.self)
         } catch {
             throw Self.refuse("The token's signature does not verify.")
         }
@@ -248,8 +227,16 @@ public final class TokenService: Sendable {
         return actors
     }
 
-    /// `/.well-known/jwks.json`.
-    public var jwks: JSONValue { ["keys": .array(publicJWKs)] }
+    /// `/.well-known/jwks.json`: the signing key and the retired keys whose tokens may still be valid.
+    public func jwks(nowMs: Int64) -> JSONValue { ["keys": .array(ring.published(nowMs: nowMs))] }
+
+    /// Makes a new signing key now; the previous one stays published until its tokens expire.
+    public func rotateSigningKey(nowMs: Int64) async throws -> String {
+        try await ring.rotate(nowMs: nowMs).kid
+    }
+
+    /// The signing keys for the admin API (ids and dates, never key material).
+    public func signingKeys(nowMs: Int64) -> [JSONValue] { ring.listing(nowMs: nowMs) }
 
     /// Whether a presented credential is a JWT rather than an API key.
     public static func looksLikeJWT(_ credential: String) -> Bool {

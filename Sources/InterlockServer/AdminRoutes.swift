@@ -22,6 +22,20 @@ struct AdminRoutes {
             return try await audit(request, context: context)
         }
         addAgentRoutes(to: admin)
+        if let tokens = governor.tokens {
+            admin.get("signing-keys") { _, context in
+                try context.require(.viewer)
+                await record(context, action: "operator.signing_keys.list", target: nil)
+                return ModelRoutes.json(["object": "list", "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], requestID: context.requestID)
+            }
+            admin.post("signing-keys/rotate") { _, context in
+                try context.require(.admin)
+                let kid = try await change(context, action: "operator.signing_key.rotate", target: nil) {
+                    try await tokens.rotateSigningKey(nowMs: governor.nowMs())
+                }
+                return ModelRoutes.json(["signing_kid": .string(kid), "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], status: .created, requestID: context.requestID)
+            }
+        }
     }
 
     // MARK: Agents and their keys
@@ -159,7 +173,7 @@ struct AdminRoutes {
 
     /// Runs an operator's change and records it, stored before the answer goes out: what was
     /// done, or why it was refused.
-    private func change<Result>(_ context: OperatorRequestContext, action: String, target: String, _ body: () async throws -> Result) async throws -> Result {
+    private func change<Result>(_ context: OperatorRequestContext, action: String, target: String?, _ body: () async throws -> Result) async throws -> Result {
         do {
             let result = try await body()
             await record(context, action: action, target: target)

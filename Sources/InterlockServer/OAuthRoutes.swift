@@ -17,7 +17,7 @@ struct OAuthRoutes {
             try await token(request, context: context)
         }
         router.get(".well-known/jwks.json") { _, _ in
-            Self.json(tokens.jwks, status: .ok)
+            Self.json(tokens.jwks(nowMs: governor.nowMs()), status: .ok)
         }
         // OpenID discovery and RFC 8414 authorization-server metadata: the same document.
         router.get(".well-known/openid-configuration") { request, _ in Self.json(metadata(request), status: .ok) }

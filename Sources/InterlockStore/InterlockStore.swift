@@ -13,17 +13,22 @@ public struct SpendTotals: Sendable, Equatable {
     }
 }
 
-/// A key Interlock signs access tokens with. The private key is PEM; a key is published in
-/// the JWKS from creation until its tokens can no longer be valid.
+/// A key Interlock signs access tokens with. The private key is PEM, sealed (encrypted)
+/// when the node has a key-encryption secret; a key is published in the JWKS from creation
+/// until the tokens it signed can no longer be valid.
 public struct SigningKeyRecord: Sendable, Equatable {
     public var kid: String
+    /// PEM, or `sealed:v1:…` (see `SigningKeySeal`).
     public var privateKeyPEM: String
     public var createdMs: Int64
+    /// When a newer key took over signing; nil for the key in use.
+    public var retiredMs: Int64?
 
-    public init(kid: String, privateKeyPEM: String, createdMs: Int64) {
+    public init(kid: String, privateKeyPEM: String, createdMs: Int64, retiredMs: Int64? = nil) {
         self.kid = kid
         self.privateKeyPEM = privateKeyPEM
         self.createdMs = createdMs
+        self.retiredMs = retiredMs
     }
 }
 
@@ -86,7 +91,8 @@ public protocol InterlockStore: Sendable {
     func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage
     /// Token-signing keys, newest first.
     func signingKeys() async throws -> [SigningKeyRecord]
-    func insertSigningKey(_ key: SigningKeyRecord) async throws
+    /// Creates or replaces (by `kid`) signing keys and deletes others, in one atomic change.
+    func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws
     /// Every agent of the registry.
     func agents() async throws -> [Agent]
     /// Every API key record, revoked and expired ones included.

@@ -210,16 +210,30 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func signingKeys() async throws -> [SigningKeyRecord] {
-        let rows = try await connection.query("SELECT kid, private_pem, created_ms FROM signing_keys ORDER BY created_ms DESC, kid", [])
+        let rows = try await connection.query("SELECT kid, private_pem, created_ms, retired_ms FROM signing_keys ORDER BY created_ms DESC, kid", [])
         return rows.compactMap { row in
             guard let kid = row.column("kid")?.string, let pem = row.column("private_pem")?.string, let created = row.column("created_ms")?.integer else { return nil }
-            return SigningKeyRecord(kid: kid, privateKeyPEM: pem, createdMs: Int64(created))
+            return SigningKeyRecord(kid: kid, privateKeyPEM: pem, createdMs: Int64(created), retiredMs: row.column("retired_ms")?.integer.map(Int64.init))
         }
     }
 
-    public func insertSigningKey(_ key: SigningKeyRecord) async throws {
-        _ = try await connection.query(
-            "INSERT INTO signing_keys (kid, private_pem, created_ms) VALUES (?, ?, ?)", [.text(key.kid), .text(key.privateKeyPEM), .integer(Int(key.createdMs))])
+    public func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws {
+        _ = try await connection.query("BEGIN IMMEDIATE", [])
+        do {
+            for key in keys {
+                _ = try await connection.query(
+                    """
+                    INSERT INTO signing_keys (kid, private_pem, created_ms, retired_ms) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (kid) DO UPDATE SET private_pem = excluded.private_pem, retired_ms = excluded.retired_ms
+                    """,
+                    [.text(key.kid), .text(key.privateKeyPEM), .integer(Int(key.createdMs)), key.retiredMs.map { .integer(Int($0)) } ?? .null])
+            }
+            for kid in kids { _ = try await connection.query("DELETE FROM signing_keys WHERE kid = ?", [.text(kid)]) }
+            _ = try await connection.query("COMMIT", [])
+        } catch {
+            _ = try? await connection.query("ROLLBACK", [])
+            throw error
+        }
     }
 
     public func agents() async throws -> [Agent] {
@@ -369,6 +383,9 @@ enum SQLiteMigrations {
             )
             """,
             "CREATE INDEX api_keys_agent ON api_keys (agent_id)",
+        ]),
+        Migration(version: 5, name: "signing_key_rotation", statements: [
+            "ALTER TABLE signing_keys ADD COLUMN retired_ms INTEGER",
         ]),
     ]
 }

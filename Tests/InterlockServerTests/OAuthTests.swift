@@ -6,6 +6,7 @@ import HummingbirdTesting
 import InterlockCore
 import InterlockRuntime
 import InterlockServer
+import InterlockStore
 import NIOCore
 import Testing
 
@@ -240,4 +241,76 @@ enum TokenServiceTestSupport {
         Data(bytes).base64EncodedString().replacing("+", with: "-").replacing("/", with: "_").replacing("=", with: "")
     }
 
+}
+
+@Suite struct SigningKeyTests {
+    @Test func rotationKeepsOldTokensValidUntilTheyExpire() async throws {
+        let harness = try await Harness.make(baseConfig + """
+
+            operators:
+              - { id: alice, token: op-admin-token-0000000001, role: admin }
+            """)
+        let tokens = try #require(harness.services.gateway.governor.tokens)
+        let agent = try #require(harness.services.gateway.governor.registry.entry(id: "a")?.agent)
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let before = try await tokens.issue(for: agent, scopes: ["model:fast"], nowMs: now)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/admin/v1/signing-keys/rotate", method: .post, headers: [.authorization: "Bearer op-admin-token-0000000001"]) { response in
+                #expect(response.status == .created)
+            }
+            try await client.execute(uri: "/.well-known/jwks.json", method: .get) { response in
+                let keys = try JSONParser.parse(Array(response.body.readableBytesView))["keys"]?.arrayValue ?? []
+                #expect(keys.count == 2)
+            }
+            // The token signed before the rotation still opens the gateway.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(before), body: chat()) { response in
+                #expect(response.status == .ok)
+            }
+        }
+        let after = try await tokens.issue(for: agent, scopes: ["model:fast"], nowMs: now)
+        let kidBefore = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(before, 0))["kid"]
+        let kidAfter = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(after, 0))["kid"]
+        #expect(kidBefore != kidAfter)
+        // Once every token of the old key has expired, it is no longer published.
+        let window = Int64(tokens.settings.tokenTTLSeconds + tokens.settings.leewaySeconds) * 1000
+        #expect(tokens.jwks(nowMs: governor(harness).nowMs() + window + 60_000)["keys"]?.arrayValue?.count == 1)
+        // A key older than the rotation period is replaced when the next token is issued.
+        let later = try await tokens.issue(for: agent, scopes: [], nowMs: now + 31 * 86_400_000)
+        #expect(try JSONParser.parse(TokenServiceTestSupport.decodeSegment(later, 0))["kid"] != kidAfter)
+        #expect(try await harness.services.store.signingKeys().count >= 2)
+        try await harness.close()
+    }
+
+    func governor(_ harness: Harness) -> CallGovernor { harness.services.gateway.governor }
+
+    @Test func signingKeysAreSealedAtRestWhenASecretIsSet() async throws {
+        let store = try await SQLiteStore.open(path: ":memory:")
+        try await store.migrate()
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        // A store made without a secret keeps its key in the clear …
+        _ = try await TokenService.open(store: store, settings: AuthSettings(), nowMs: now)
+        #expect(try await store.signingKeys().first?.privateKeyPEM.hasPrefix("-----BEGIN") == true)
+        // … until a secret is configured: then it is sealed on start.
+        var sealed = AuthSettings()
+        sealed.signingKeySecret = Secret("a-secret-of-at-least-thirty-two-characters")
+        let service = try await TokenService.open(store: store, settings: sealed, nowMs: now)
+        let stored = try #require(try await store.signingKeys().first)
+        #expect(stored.privateKeyPEM.hasPrefix("sealed:v1:") && !stored.privateKeyPEM.contains("PRIVATE KEY"))
+        var agent = Agent(id: "a")
+        agent.grants.models = ["fast"]
+        let token = try await service.issue(for: agent, scopes: [], nowMs: now)
+        #expect(try await service.verify(token, nowMs: now).subject == .agent("a"))
+        // Without the secret, or with another one, the node refuses to start, saying why.
+        await #expect(throws: (any Error).self) { _ = try await TokenService.open(store: store, settings: AuthSettings(), nowMs: now) }
+        var wrong = AuthSettings()
+        wrong.signingKeySecret = Secret("another-secret-of-thirty-two-characters!!")
+        do {
+            _ = try await TokenService.open(store: store, settings: wrong, nowMs: now)
+            Issue.record("opened with the wrong secret")
+        } catch {
+            #expect("\(error)".contains("cannot be opened"))
+        }
+        try await store.close()
+    }
 }

@@ -40,7 +40,7 @@ final class FlakyStore: InterlockStore {
         return AuditPage(records: rows, lastPosition: position + Int64(rows.count))
     }
     func signingKeys() async throws -> [SigningKeyRecord] { [] }
-    func insertSigningKey(_ key: SigningKeyRecord) async throws {}
+    func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws {}
     func agents() async throws -> [Agent] { [] }
     func apiKeys() async throws -> [APIKeyRecord] { [] }
     func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {}

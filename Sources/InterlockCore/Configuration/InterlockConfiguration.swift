@@ -86,6 +86,10 @@ public struct AuthSettings: Sendable {
     public var publicURL: String?
     /// Longest credential (API key or token) looked at, in bytes; longer ones get 401 unread.
     public var maxCredentialBytes: Int = 8_192
+    /// Seals the token-signing keys in the store (AES-GCM); nil stores them in the clear.
+    public var signingKeySecret: Secret?
+    /// A signing key older than this is replaced when the next token is issued; 0 never.
+    public var signingKeyRotationDays: Int = 30
     /// External issuers whose tokens are accepted, with their claim mappings.
     public var trustedIssuers: [TrustedIssuerSettings] = []
     /// Audiences a token exchange may ask for (`audience`/`resource`); this Interlock's own
