@@ -25,10 +25,10 @@ def percentile(values, p):
     return values[lower] + (values[upper] - values[lower]) * (k - lower)
 
 
-def wrk(url, body, duration, connections):
+def wrk(url, body, duration, connections, credential=KEY):
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", os.path.join(HERE, "post.lua"), url],
-        env=dict(os.environ, BENCH_BODY=body), capture_output=True, text=True, check=True,
+        env=dict(os.environ, BENCH_BODY=body, BENCH_CREDENTIAL=credential), capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -38,7 +38,7 @@ def wrk(url, body, duration, connections):
 PER_CONNECTION_RPS = 250
 
 
-def fixed_rate(url, body, rate, duration):
+def fixed_rate(url, body, rate, duration, credential=KEY):
     """Constant-rate load with h2load over HTTP/1.1; latencies from its per-request log.
 
     h2load starts every client's timer at once, so its clients fire together: 20 clients at
@@ -50,7 +50,7 @@ def fixed_rate(url, body, rate, duration):
     per_client = PER_CONNECTION_RPS
     subprocess.run(
         ["h2load", "--h1", "-c", str(clients), "--rps", str(per_client), "-D", str(duration),
-         "-d", body, "-H", "content-type: application/json", "-H", f"authorization: Bearer {KEY}",
+         "-d", body, "-H", "content-type: application/json", "-H", f"authorization: Bearer {credential}",
          "--log-file", log, url],
         capture_output=True, text=True, check=True,
     )
@@ -94,6 +94,8 @@ def rss_mb(pid, field):
 
 def main():
     direct, through, bare, nio, pid, duration, command = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+    # An access token from /oauth/token: the same calls authenticated with a JWT.
+    token = os.environ["BENCH_TOKEN"]
     body = os.path.join(HERE, "request.json")
     stream_body = os.path.join(HERE, "request-stream.json")
     chat_direct = direct + "/json/v1/chat/completions"
@@ -109,11 +111,13 @@ def main():
     results["saturation_through"], results["saturation_non2xx"] = wrk(chat_through, body, duration, 64)
     results["saturation_bare"], _ = wrk(chat_bare, body, duration, 64)
     results["saturation_nio"], _ = wrk(chat_nio, body, duration, 64)
+    results["saturation_jwt"], results["saturation_jwt_non2xx"] = wrk(chat_through, body, duration, 64, token)
     for rate in (1000, 3000):
         results[f"direct_{rate}"] = fixed_rate(chat_direct, body, rate, duration)
         results[f"through_{rate}"] = fixed_rate(chat_through, body, rate, duration)
         results[f"bare_{rate}"] = fixed_rate(chat_bare, body, rate, duration)
         results[f"nio_{rate}"] = fixed_rate(chat_nio, body, rate, duration)
+        results[f"jwt_{rate}"] = fixed_rate(chat_through, body, rate, duration, token)
     results["ttfb_direct"] = ttfb(sse_direct, stream_body, 200)
     results["ttfb_through"] = ttfb(chat_through, stream_body, 200)
     results["rss_peak_mb"] = rss_mb(pid, "VmHWM")
@@ -133,6 +137,19 @@ def main():
         lines.append(f"| requests measured at {rate} req/s (failed) | {d['count']} ({d['failures']}) | {t['count']} ({t['failures']}) | | {b['count']} ({b['failures']}) | | {n['count']} ({n['failures']}) | |")
     lines.append(f"| time to first streamed byte p50 / p99, ms | {ms(results['ttfb_direct'][0])} / {ms(results['ttfb_direct'][1])} | {ms(results['ttfb_through'][0])} / {ms(results['ttfb_through'][1])} | +{ms(results['ttfb_through'][0] - results['ttfb_direct'][0])} (p50) | | | | |")
     lines.append(f"| Interlock RSS idle / peak under load, MB | | {results['rss_idle_mb']:.1f} / {results['rss_peak_mb']:.1f} | | | | | |")
+    lines += [
+        "",
+        "Authentication by access token (ES256 JWT from `/oauth/token`) instead of API key, same calls through Interlock:",
+        "",
+        "| measure | API key | access token | token vs key |",
+        "|---|---|---|---|",
+        f"| saturation, req/s | {results['saturation_through']:.0f} | {results['saturation_jwt']:.0f} | {results['saturation_jwt'] / results['saturation_through'] * 100:.1f}% |",
+    ]
+    for rate in (1000, 3000):
+        t, j = results[f"through_{rate}"], results[f"jwt_{rate}"]
+        for p in ("p50", "p99"):
+            lines.append(f"| {p} latency at {rate} req/s, ms | {ms(t[p])} | {ms(j[p])} | {j[p] - t[p]:+.3f} |")
+        lines.append(f"| requests measured at {rate} req/s (failed) | {t['count']} ({t['failures']}) | {j['count']} ({j['failures']}) | |")
     table = "\n".join(lines)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "latest.md"), "w") as f:

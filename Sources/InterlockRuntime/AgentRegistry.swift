@@ -1,6 +1,7 @@
 public import InterlockCore
 public import InterlockStore
 public import Logging
+import Crypto
 import Synchronization
 
 /// The agents a node serves and their API keys.
@@ -29,7 +30,7 @@ public final class AgentRegistry: Sendable {
 
     private struct Snapshot {
         var entries: [String: Entry] = [:]
-        var keysByDigest: [String: APIKeyRecord] = [:]
+        var keysByDigest: [DigestKey: APIKeyRecord] = [:]
         var keysByID: [String: APIKeyRecord] = [:]
     }
 
@@ -63,7 +64,7 @@ public final class AgentRegistry: Sendable {
             for agent in agents { snapshot.entries[agent.id] = registry.makeEntry(agent, previous: nil) }
             for key in finalKeys.values {
                 snapshot.keysByID[key.id] = key
-                snapshot.keysByDigest[key.digest] = key
+                if let digest = DigestKey(hex: key.digest) { snapshot.keysByDigest[digest] = key }
             }
         }
         for agent in changedAgents where agent.disabledReason == Agent.removedFromConfig {
@@ -170,7 +171,7 @@ public final class AgentRegistry: Sendable {
     /// Looks a presented key up by its SHA-256. The lookup compares digests, not keys: its
     /// timing says nothing about how close a guess was to a stored key.
     public func match(apiKey presented: String, nowMs: Int64) -> KeyMatch {
-        let digest = APIKeyRecord.digest(of: presented)
+        let digest = DigestKey(SHA256.hash(data: Array(presented.utf8)))
         return snapshot.withLock { snapshot -> KeyMatch in
             guard let record = snapshot.keysByDigest[digest], let entry = snapshot.entries[record.agentID] else { return .unknown }
             switch record.state(nowMs: nowMs) {
@@ -327,9 +328,59 @@ public final class AgentRegistry: Sendable {
         snapshot.withLock { snapshot in
             for key in keys {
                 snapshot.keysByID[key.id] = key
-                snapshot.keysByDigest[key.digest] = key
+                if let digest = DigestKey(hex: key.digest) { snapshot.keysByDigest[digest] = key }
             }
         }
+    }
+}
+
+/// A SHA-256 digest as a dictionary key: four words, hashed without building a hex string.
+struct DigestKey: Hashable, Sendable {
+    let words: (UInt64, UInt64, UInt64, UInt64)
+
+    init(_ digest: SHA256.Digest) {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        digest.withUnsafeBytes { bytes in
+            words = (
+                bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+            )
+        }
+        self.words = words
+    }
+
+    /// From the hex form the store keeps.
+    init?(hex: String) {
+        let digits = Array(hex.utf8)
+        guard digits.count == 64 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: 32)
+        for index in 0..<32 {
+            guard let high = Self.nibble(digits[2 * index]), let low = Self.nibble(digits[2 * index + 1]) else { return nil }
+            bytes[index] = high << 4 | low
+        }
+        words = bytes.withUnsafeBytes { raw in
+            (
+                raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self), raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self), raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+            )
+        }
+    }
+
+    private static func nibble(_ digit: UInt8) -> UInt8? {
+        switch digit {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+        default: nil
+        }
+    }
+
+    static func == (lhs: DigestKey, rhs: DigestKey) -> Bool { lhs.words == rhs.words }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(words.0)
+        hasher.combine(words.1)
+        hasher.combine(words.2)
+        hasher.combine(words.3)
     }
 }
 

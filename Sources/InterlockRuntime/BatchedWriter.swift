@@ -1,3 +1,4 @@
+import DequeModule
 public import InterlockCore
 public import InterlockStore
 public import Logging
@@ -24,7 +25,8 @@ extension BatchedWriter where Record == UsageRecord {
 /// handed over.
 public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     private struct State {
-        var buffer: [Record] = []
+        /// A deque: taking a batch off the front costs the batch, not the whole backlog.
+        var buffer = Deque<Record>()
         var stopping = false
         var written = 0
     }
@@ -92,7 +94,7 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
             }
             guard !batch.isEmpty else { return }
             guard await write(batch) else {
-                state.withLock { $0.buffer.insert(contentsOf: batch, at: 0) }
+                state.withLock { $0.buffer.prepend(contentsOf: batch) }
                 return
             }
         }

@@ -67,14 +67,16 @@ public final class TokenService: Sendable {
 
     public func subject(for agent: Agent) -> String { spiffeID(agentID: agent.id) }
 
-    public func spiffeID(agentID: String) -> String { "spiffe://\(settings.trustDomain)/agent/\(agentID)" }
+    public func spiffeID(agentID: String) -> String { agentPrefix + agentID }
 
     /// The agent id of one of this trust domain's SPIFFE ids, else nil.
     public func agentID(spiffeID: String) -> String? {
-        let prefix = "spiffe://\(settings.trustDomain)/agent/"
-        guard spiffeID.hasPrefix(prefix) else { return nil }
-        return String(spiffeID.dropFirst(prefix.count))
+        guard spiffeID.hasPrefix(agentPrefix) else { return nil }
+        return String(spiffeID.dropFirst(agentPrefix.count))
     }
+
+    /// `spiffe://<trust domain>/agent/`.
+    private var agentPrefix: String { settings.agentSPIFFEPrefix }
 
     // MARK: Issuing
 

@@ -12,6 +12,8 @@ struct AdminRoutes {
     let operators: CredentialDirectory<OperatorSettings>
     let store: any InterlockStore
     let governor: CallGovernor
+    /// Grants naming a model alias that does not exist are refused (a typo would be a silent deny).
+    let modelAliases: Set<String>
 
     func addRoutes(to router: Router<InterlockRequestContext>) {
         let admin = router.group("admin/v1")
@@ -53,6 +55,7 @@ struct AdminRoutes {
             guard body["id"] != nil else { throw GatewayError.invalidRequest("'id' is required.", code: "invalid_field", param: "id") }
             var agent = Agent(id: "")
             try agent.apply(body, creating: true)
+            try checkAliases(body)
             let created = try await change(context, action: "operator.agent.create", target: agent.id) {
                 try await registry.create(agent, nowMs: governor.nowMs())
             }
@@ -69,6 +72,7 @@ struct AdminRoutes {
             try context.require(.admin)
             let id = try context.parameters.require("agent")
             let body = try await Self.jsonBody(request)
+            try checkAliases(body)
             let updated = try await change(context, action: "operator.agent.update", target: id) {
                 try await registry.update(id: id, patch: body, nowMs: governor.nowMs())
             }
@@ -135,6 +139,12 @@ struct AdminRoutes {
                 try await registry.revokeKey(agentID: id, keyID: keyID, nowMs: governor.nowMs())
             }
             return ModelRoutes.json(key.json(nowMs: governor.nowMs()), requestID: context.requestID)
+        }
+    }
+
+    private func checkAliases(_ body: JSONValue) throws(GatewayError) {
+        for name in body["grants"]?["models"]?.arrayValue?.compactMap(\.stringValue) ?? [] where name != "*" && !modelAliases.contains(name) {
+            throw GatewayError.invalidRequest("'grants.models' names the unknown model alias '\(name)'.", code: "invalid_field", param: "grants.models")
         }
     }
 

@@ -67,7 +67,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
 
     AdminRoutes(
         operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), store: services.store,
-        governor: services.gateway.governor
+        governor: services.gateway.governor, modelAliases: Set(services.configuration.models.map(\.name))
     ).addRoutes(to: router)
 
     ProtectedResourceRoutes(

@@ -115,6 +115,13 @@ import Testing
                 let answer = try json(response)
                 #expect(answer["error"]?["code"] == "agent_exists")
             }
+            try await client.execute(
+                uri: "/admin/v1/agents", method: .post, headers: operatorHeaders(), body: ByteBuffer(string: #"{"id":"x","grants":{"models":["fsat"]}}"#)
+            ) { response in
+                #expect(response.status == .badRequest)
+                let answer = try json(response)
+                #expect(answer["error"]?["message"]?.stringValue?.contains("'fsat'") == true)
+            }
             try await client.execute(uri: "/admin/v1/agents", method: .post, headers: operatorHeaders(), body: ByteBuffer(string: #"{"id":"x","colour":"red"}"#)) { response in
                 #expect(response.status == .badRequest)
                 let answer = try json(response)

@@ -113,6 +113,11 @@ import Testing
         otherAudience.audience = "someone-else"
         let foreign = try await TokenService.open(store: harness.services.store, settings: otherAudience, nowMs: now)
             .issue(for: agent, scopes: [], nowMs: now)
+        var otherIssuer = AuthSettings()
+        otherIssuer.issuer = "https://someone-else.example.com"
+        let wrongIssuer = try await TokenService.open(store: harness.services.store, settings: otherIssuer, nowMs: now)
+            .issue(for: agent, scopes: [], nowMs: now)
+        let notYet = try await tokens.issue(for: agent, scopes: [], nowMs: now + 3_600_000)
         let parts = good.split(separator: ".").map(String.init)
         let payload = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(good, 1))
         var forged = payload.objectValue ?? [:]
@@ -126,7 +131,7 @@ import Testing
         let badSignature = parts[0] + "." + parts[1] + "." + String(parts[2].reversed())
 
         let cases: [(String, String)] = [
-            (expired, "expired"), (foreign, "audience"), (tampered, "signature"), (none, "'none' is not accepted"),
+            (expired, "expired"), (foreign, "audience"), (wrongIssuer, "issuer 'https://someone-else.example.com'"), (notYet, "issued in the future"), (tampered, "signature"), (none, "'none' is not accepted"),
             (hs256, "'HS256' is not accepted"), (unknownKid, "not one of Interlock's signing keys"), (badSignature, "signature"),
             (TokenServiceTestSupport.encodeSegment(Array(#"{"alg":"#.utf8)) + ".e30.x", "malformed"),
             ("eyJ" + String(repeating: "A", count: 9_000) + ".e30.x", "Interlock reads at most 8192"),

@@ -75,7 +75,11 @@ public struct AuthSettings: Sendable {
     /// `aud` of issued tokens, and the audience a presented token must carry.
     public var audience: String = "interlock"
     /// Agents are `spiffe://<trust_domain>/agent/<id>` in `sub`.
-    public var trustDomain: String = "interlock.local"
+    public var trustDomain: String = "interlock.local" {
+        didSet { agentSPIFFEPrefix = "spiffe://\(trustDomain)/agent/" }
+    }
+    /// `spiffe://<trust_domain>/agent/`, kept so the hot path does not build it per call.
+    public private(set) var agentSPIFFEPrefix = "spiffe://interlock.local/agent/"
     /// Lifetime of an access token, in seconds.
     public var tokenTTLSeconds: Int = 900
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
