@@ -58,3 +58,32 @@ def test_a_forged_token_is_refused_with_the_reason(server):
     with pytest.raises(openai.AuthenticationError) as refused:
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
     assert "HS256" in refused.value.response.headers["www-authenticate"]
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_an_hs256_token_keyed_with_the_published_public_key_is_refused(server):
+    """The classic algorithm confusion: HMAC-sign a token with the server's own public key
+    (as PEM and as the JWKS JSON) and hope it is verified with that key as an HMAC secret."""
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
+    jwk = httpx.get(server["base"] + "/.well-known/jwks.json").json()["keys"][0]
+    public = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(jwk))
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": jwk["kid"]}).encode())
+    payload = b64url(json.dumps({"iss": "interlock", "aud": "interlock", "sub": "spiffe://interlock.local/agent/tester",
+                                 "iat": now, "exp": now + 600, "jti": "x", "scope": "model:fast"}).encode())
+    for secret in (pem, json.dumps(jwk).encode()):
+        signature = b64url(hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        client = openai.OpenAI(base_url=server["base"] + "/v1", api_key=f"{header}.{payload}.{signature}", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+        assert "'HS256' is not accepted" in refused.value.response.headers["www-authenticate"]
