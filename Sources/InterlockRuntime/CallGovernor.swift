@@ -300,7 +300,7 @@ public final class CallGovernor: Sendable {
         let latency = admission.startedAt.duration(to: .now)
         audit?.record(AuditRecord(
             timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, userID: call.caller.user,
-            actorChain: call.caller.actorChain, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
+            actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
             outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID))
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
@@ -350,29 +350,30 @@ public final class CallGovernor: Sendable {
     public func auditRefusal(
         _ error: GatewayError, action: String, agentID: String?, target: String?, argumentsHash: String? = nil, requestID: String?
     ) {
-        record(refusal: error.code, status: error.status, action: action, agentID: agentID, user: nil, actors: [], target: target,
+        record(refusal: error.code, status: error.status, action: action, agentID: agentID, user: nil, actors: [], run: nil, target: target,
             argumentsHash: argumentsHash, requestID: requestID)
     }
 
     /// The audit record of a call refused after authentication: who, for whom, through whom.
     public func auditRefusal(_ error: GatewayError, action: String, caller: Caller, target: String?, argumentsHash: String? = nil, requestID: String?) {
         record(refusal: error.code, status: error.status, action: action, agentID: caller.agent.id, user: caller.user, actors: caller.actorChain,
-            target: target, argumentsHash: argumentsHash, requestID: requestID)
+            run: caller.run, target: target, argumentsHash: argumentsHash, requestID: requestID)
     }
 
     private func record(
-        refusal reason: String, status: Int, action: String, agentID: String?, user: String?, actors: [String], target: String?, argumentsHash: String?,
-        requestID: String?
+        refusal reason: String, status: Int, action: String, agentID: String?, user: String?, actors: [String], run: RunReference?, target: String?,
+        argumentsHash: String?, requestID: String?
     ) {
         audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, target: target, decision: "deny",
+            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, runID: run?.id, parentRunID: run?.parentID,
+            target: target, decision: "deny",
             reason: reason, argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
             requestID: requestID))
     }
 
     private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
         record(refusal: code, status: status, action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, user: call.caller.user,
-            actors: call.caller.actorChain, target: call.target, argumentsHash: call.argumentsHash, requestID: call.requestID)
+            actors: call.caller.actorChain, run: call.caller.run, target: call.target, argumentsHash: call.argumentsHash, requestID: call.requestID)
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,

@@ -12,7 +12,9 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         let key = Self.apiKey(authorization: request.headers[.authorization], xAPIKey: request.headers[HTTPField.Name("x-api-key")!])
-        let caller = try await governor.authenticate(credential: key, requestID: context.requestID, target: request.uri.path)
+        var caller = try await governor.authenticate(credential: key, requestID: context.requestID, target: request.uri.path)
+        caller.run = try RunReference.fromHeaders(
+            runID: request.headers[HTTPField.Name("x-interlock-run-id")!], parentRunID: request.headers[HTTPField.Name("x-interlock-parent-run-id")!])
         context.caller = caller
         context.logger[metadataKey: "interlock.agent.id"] = .string(caller.agent.id)
         return try await next(request, context)

@@ -243,12 +243,17 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         mode = .idle
         let gateway = path.gateway
         let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
-        guard let caller = try? gateway.governor.authenticate(apiKey: key, audited: false),
+        // A bad run header is the router's to answer (400), like every other refusal here.
+        let run = Result { () throws(GatewayError) in
+            try RunReference.fromHeaders(runID: head.headers.first(name: "x-interlock-run-id"), parentRunID: head.headers.first(name: "x-interlock-parent-run-id"))
+        }
+        guard var caller = try? gateway.governor.authenticate(apiKey: key, audited: false), case .success(let run) = run,
             let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: route.format, operation: route.operation)
         else {
             forward(head: head, body: body, end: true, context: context)
             return
         }
+        caller.run = run
         let requestID = RequestIDGenerator.next()
         let decision = gateway.startOnLoop(
             request, caller: caller, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),

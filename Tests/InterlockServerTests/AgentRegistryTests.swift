@@ -328,12 +328,55 @@ import Testing
     }
 }
 
+/// Run ids sent by the agent reach the audit record, on the event-loop path and the router.
+@Suite struct RunHeaderTests {
+    @Test func runIdsFromHeadersAreAuditedOnBothPaths() async throws {
+        let upstream = Application(router: SlowStreamProvider.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let harness = try await Harness.make("""
+                providers:
+                  slow: { type: openai, base_url: "http://127.0.0.1:\(upstreamClient.port!)/v1" }
+                models:
+                  fast:
+                    deployments: [{ provider: slow, model: s }]
+                agents:
+                  - { id: a, api_key: test-key-aaaaaaaaaaaa, models: [fast] }
+                """)
+            try await harness.application().test(.live) { client in
+                var headers = auth("test-key-aaaaaaaaaaaa")
+                headers[HTTPField.Name("x-interlock-run-id")!] = "run-42"
+                headers[HTTPField.Name("x-interlock-parent-run-id")!] = "run-7"
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat()) { response in
+                    #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
+                }
+                headers[HTTPField.Name("x-interlock-run-id")!] = "run 42; drop table"
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat()) { response in
+                    #expect(response.status == .badRequest)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["error"]?["param"] == "x-interlock-run-id")
+                }
+            }
+            await harness.services.gateway.governor.audit?.writer.flush()
+            let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records
+            let call = records.first { $0.action == "model.call" && $0.decision == "allow" }
+            #expect(call?.runID == "run-42" && call?.parentRunID == "run-7")
+            try await harness.close()
+        }
+    }
+}
+
 /// An OpenAI-style upstream that sends one event, then waits long before the next.
 enum SlowStreamProvider {
     static func router() -> Router<BasicRequestContext> {
         let router = Router()
-        router.post("/v1/chat/completions") { _, _ -> Response in
-            Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
+        router.post("/v1/chat/completions") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            guard String(buffer: body).contains(#""stream":true"#) else {
+                let answer = #"{"id":"c","object":"chat.completion","created":1,"model":"s","choices":[{"index":0,"message":{"role":"assistant","content":"quick"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: answer)))
+            }
+            return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
                 let chunk = #"{"id":"c","object":"chat.completion.chunk","created":1,"model":"s","choices":[{"index":0,"delta":{"content":"first"},"finish_reason":null}]}"#
                 try await writer.write(ByteBuffer(string: "data: \(chunk)\n\n"))
                 try? await Task.sleep(for: .seconds(3))

@@ -19,13 +19,17 @@ public struct Caller: Sendable, Equatable {
     /// The actors of a delegated token, the one calling first, then those it acts for
     /// (nested `act` claims).
     public var actorChain: [String]
+    /// The run the call belongs to, when the caller said (`x-interlock-run-id`) or a
+    /// workflow made it.
+    public var run: RunReference?
 
-    public init(agent: Agent, credential: Credential, scopes: [String]? = nil, user: String? = nil, actorChain: [String] = []) {
+    public init(agent: Agent, credential: Credential, scopes: [String]? = nil, user: String? = nil, actorChain: [String] = [], run: RunReference? = nil) {
         self.agent = agent
         self.credential = credential
         self.scopes = scopes
         self.user = user
         self.actorChain = actorChain
+        self.run = run
     }
 
     /// Default deny: the agent must be granted `name` of this `kind` and the credential's
@@ -40,5 +44,41 @@ public struct Caller: Sendable, Equatable {
         guard let scopes else { return true }
         guard let colon = scope.firstIndex(of: ":") else { return scopes.contains(scope) }
         return scopes.contains(scope) || scopes.contains(scope[..<colon] + ":*")
+    }
+}
+
+/// A run (a multi-step task an agent works on) and the run that started it.
+public struct RunReference: Sendable, Equatable {
+    public var id: String
+    public var parentID: String?
+
+    public init(id: String, parentID: String? = nil) {
+        self.id = id
+        self.parentID = parentID
+    }
+
+    /// The headers agents send: `x-interlock-run-id` and `x-interlock-parent-run-id`. Nil
+    /// without a run id; a 400 naming the header when one is not 1–128 letters, digits or
+    /// `-_.:`.
+    public static func fromHeaders(runID: String?, parentRunID: String?) throws(GatewayError) -> RunReference? {
+        func check(_ value: String, _ header: String) throws(GatewayError) -> String {
+            guard !value.isEmpty, value.utf8.count <= 128,
+                value.utf8.allSatisfy({ byte in
+                    (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                        || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+                        || byte == UInt8(ascii: ".") || byte == UInt8(ascii: ":")
+                })
+            else {
+                throw GatewayError.invalidRequest("'\(header)' must be 1 to 128 letters, digits, '-', '_', '.' or ':'.", code: "invalid_header", param: header)
+            }
+            return value
+        }
+        guard let runID else {
+            if parentRunID != nil {
+                throw GatewayError.invalidRequest("'x-interlock-parent-run-id' needs 'x-interlock-run-id'.", code: "invalid_header", param: "x-interlock-parent-run-id")
+            }
+            return nil
+        }
+        return RunReference(id: try check(runID, "x-interlock-run-id"), parentID: try parentRunID.map { value throws(GatewayError) in try check(value, "x-interlock-parent-run-id") })
     }
 }
