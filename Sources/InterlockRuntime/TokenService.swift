@@ -196,8 +196,10 @@ public final class TokenService: Sendable {
         case .success(let mapped): subject = mapped
         case .failure(let problem): throw Self.refuse(problem.description)
         }
+        // An external issuer speaks for its users or agents, never for Interlock's agents: an
+        // `act` chain in its token is not taken as Interlock actors.
         return VerifiedToken(
-            subject: subject, actors: Self.actors(of: claims), scopes: settings.scopes(of: claims), mayAct: claims["may_act"]?["sub"]?.stringValue,
+            subject: subject, actors: [], scopes: settings.scopes(of: claims), mayAct: claims["may_act"]?["sub"]?.stringValue,
             issuer: settings.issuer, id: claims["jti"]?.stringValue ?? "", issuedAtMs: times.issuedAtMs, expiresMs: times.expiresMs)
     }
 

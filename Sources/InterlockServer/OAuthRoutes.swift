@@ -145,17 +145,19 @@ struct OAuthRoutes {
         if let mayAct = subject.mayAct, mayAct != actorID {
             return refuse("invalid_request", "The subject token allows only '\(mayAct)' to act for it, not '\(actorID)'.", agentID: actor.agent.id, user: subjectID)
         }
-        // Delegating onwards: the agent acting now must be one the previous actor may call.
-        if let previous = subject.actors.first {
-            guard let previousID = tokens.agentID(spiffeID: previous), let previousAgent = governor.registry.entry(id: previousID)?.agent,
-                previousAgent.grants.covers(scope: "agent:\(actor.agent.id)")
+        // Handing on: whoever holds the delegation now (the last actor, or an agent that is
+        // itself the subject) may pass it only to an agent it is granted.
+        let holder: String? = subject.actors.first ?? { if case .agent = subject.subject { return subjectID } else { return nil } }()
+        if let holder {
+            guard let holderID = tokens.agentID(spiffeID: holder), let holderAgent = governor.registry.entry(id: holderID)?.agent,
+                holderAgent.grants.covers(scope: "agent:\(actor.agent.id)")
             else {
                 return refuse(
-                    "invalid_request", "'\(previous)' may not delegate to agent '\(actor.agent.id)' (it is not granted that agent).",
+                    "invalid_request", "'\(holder)' may not delegate to agent '\(actor.agent.id)' (it is not granted that agent).",
                     agentID: actor.agent.id, user: subjectID)
             }
-            if previousAgent.disabled {
-                return refuse("invalid_request", "'\(previous)' is disabled.", agentID: actor.agent.id, user: subjectID)
+            if holderAgent.disabled {
+                return refuse("invalid_request", "'\(holder)' is disabled.", agentID: actor.agent.id, user: subjectID)
             }
         }
         // Scopes: what the actor holds (and its token carries) and the subject token allows.
@@ -179,6 +181,9 @@ struct OAuthRoutes {
         let audiences = targets.isEmpty ? [tokens.settings.audience] : Array(Set(targets)).sorted()
         let actors = [actorID] + subject.actors
         let expiresMs = min(now + Int64(tokens.settings.tokenTTLSeconds) * 1000, subject.expiresMs - Int64(tokens.settings.leewaySeconds) * 1000)
+        guard expiresMs - now >= 1_000 else {
+            return refuse("invalid_request", "The subject token expires too soon to delegate.", agentID: actor.agent.id, user: subjectID)
+        }
         let issued: String
         do {
             issued = try await tokens.issueDelegated(subject: subjectID, actors: actors, scopes: scopes, audiences: audiences, nowMs: now, expiresMs: expiresMs)

@@ -205,6 +205,25 @@ struct TestClaims: JWTPayload {
                 #expect(answer["error_description"]?.stringValue?.contains(mention) == true, "\(answer)")
             }
 
+            // An agent's own token as the subject: only an agent it is granted may act for it.
+            let (agentSubjectStatus, _) = try await exchange([
+                ("grant_type", Self.exchange), ("subject_token", tokenA), ("subject_token_type", Self.accessToken),
+                ("actor_token", tokenB), ("actor_token_type", Self.accessToken),
+            ])
+            #expect(agentSubjectStatus == .ok)
+            let (reverseStatus, reverse) = try await exchange([
+                ("grant_type", Self.exchange), ("subject_token", tokenB), ("subject_token_type", Self.accessToken),
+                ("actor_token", tokenA), ("actor_token_type", Self.accessToken),
+            ])
+            #expect(reverseStatus == .badRequest && reverse["error_description"]?.stringValue?.contains("may not delegate") == true)
+
+            // A user issuer cannot name Interlock's agents as actors: its `act` claim is ignored,
+            // so its token is still only a user's and opens nothing by itself.
+            let spoofed = try await idp.token(["email": "mallory@example.com", "act": ["sub": "spiffe://interlock.local/agent/a"]])
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(spoofed), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+            }
+
             // may_act names who may act for the user: someone else is refused.
             let pinned = try await idp.token(["email": "bob@example.com", "may_act": ["sub": "spiffe://interlock.local/agent/b"]])
             let (pinnedStatus, pinnedAnswer) = try await exchange([
