@@ -127,17 +127,30 @@ public final class CallGovernor: Sendable {
         guard let agent = registry.entry(id: actingID)?.agent else {
             throw TokenService.refuse("The token's agent '\(actingID)' is not known here.")
         }
+        try requireUsable(agent, issuedAtMs: token.issuedAtMs)
+        try requireUsableAgents(in: token)
+        return Caller(agent: agent, credential: .accessToken(id: token.id), scopes: token.scopes, user: user, actorChain: token.actors)
+    }
+
+    /// Every agent a token names besides the one acting — its subject when that is an agent,
+    /// the earlier actors of a delegation — must still be enabled and must not have been
+    /// disabled since the token was issued: disabling an agent ends what was done in its name.
+    public func requireUsableAgents(in token: TokenService.VerifiedToken) throws(GatewayError) {
+        var named: [String] = token.actors.dropFirst().compactMap { tokens?.agentID(spiffeID: $0) }
+        if case .agent(let id) = token.subject, !token.actors.isEmpty { named.append(id) }
+        for id in named {
+            guard let agent = registry.entry(id: id)?.agent else { throw TokenService.refuse("The token names agent '\(id)', which is not known here.") }
+            try requireUsable(agent, issuedAtMs: token.issuedAtMs)
+        }
+    }
+
+    /// Enabled, and the token was not issued before the agent was last disabled. `iat` has
+    /// whole seconds: a token from the second of the disable is refused too.
+    private func requireUsable(_ agent: Agent, issuedAtMs: Int64) throws(GatewayError) {
         try Self.requireEnabled(agent)
-        // iat has whole seconds: a token from the second of the disable is refused too.
-        guard token.issuedAtMs >= (agent.tokensValidFromMs + 999) / 1000 * 1000 else {
+        guard issuedAtMs >= (agent.tokensValidFromMs + 999) / 1000 * 1000 else {
             throw TokenService.refuse("The token was issued before agent '\(agent.id)' was disabled; get a new one.")
         }
-        // Every earlier actor of a delegation must still be allowed to act.
-        for earlier in token.actors.dropFirst() {
-            guard let id = tokens?.agentID(spiffeID: earlier), let entry = registry.entry(id: id) else { continue }
-            try Self.requireEnabled(entry.agent)
-        }
-        return Caller(agent: agent, credential: .accessToken(id: token.id), scopes: token.scopes, user: user, actorChain: token.actors)
     }
 
     static func requireEnabled(_ agent: Agent) throws(GatewayError) {
@@ -191,6 +204,9 @@ public final class CallGovernor: Sendable {
             }
             return registration
         }
+
+        /// Whether the agent was disabled since admission.
+        public var isCutOff: Bool { entry.cutOff.generation != cutOffGeneration }
 
         /// Waits until the agent is disabled (or the task is cancelled).
         func waitForCutOff() async {

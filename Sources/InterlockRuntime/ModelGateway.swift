@@ -647,13 +647,14 @@ public final class LoopStreamSession: @unchecked Sendable {
         return tail
     }
 
-    /// The agent was disabled: the error event that ends its stream, and the settlement.
-    public func cutOff() -> [UInt8] {
+    /// The agent was disabled: the error event that ends its stream, and the settlement
+    /// (`status`: 200 when the stream had started, else the 401 the agent gets instead).
+    public func cutOff(status: Int) -> [UInt8] {
         let tail = transcoder.finish(completed: false, interruption: .agentDisabled(admission.call.agent.id))
         if !settled {
             settled = true
             let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: true, agentGone: false)
-            settle(usage, outcome, 200, "agent_disabled")
+            settle(usage, outcome, status, "agent_disabled")
         }
         return tail
     }

@@ -52,6 +52,8 @@ public final class ModelStream: @unchecked Sendable {
     /// The next upstream chunk, unless the agent is disabled first: an idle upstream must
     /// not keep a disabled agent's stream open.
     private func pull() async throws -> Pull {
+        // Checked before and after: a chunk already buffered must not win over a disable.
+        if admission.isCutOff { return .cutOff }
         let box = IteratorBox(iterator)
         let admission = self.admission
         let result = try await withThrowingTaskGroup(of: Pull.self) { group in
@@ -65,7 +67,7 @@ public final class ModelStream: @unchecked Sendable {
             return first
         }
         iterator = box.iterator
-        return result
+        return admission.isCutOff ? .cutOff : result
     }
 
     public func run(write: (ByteBuffer) async throws -> Void) async {

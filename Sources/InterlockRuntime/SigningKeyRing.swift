@@ -16,10 +16,12 @@ final class SigningKeyRing: Sendable {
     private struct State {
         var records: [SigningKeyRecord]
         var publicKeys: [String: JSONValue]
+        /// One collection per key: jwt-kit falls back to a collection's default key when a
+        /// `kid` is unknown, so a collection that holds a single key can verify only with it.
+        var collections: [String: JWTKeyCollection]
         var activeKid: String
     }
 
-    let collection = JWTKeyCollection()
     private let state: Mutex<State>
     private let store: any InterlockStore
     private let seal: SigningKeySeal
@@ -27,7 +29,7 @@ final class SigningKeyRing: Sendable {
     private let rotating = AsyncSerialGate()
 
     private init(records: [SigningKeyRecord], store: any InterlockStore, seal: SigningKeySeal, settings: AuthSettings) {
-        self.state = Mutex(State(records: records, publicKeys: [:], activeKid: records.first(where: { $0.retiredMs == nil })?.kid ?? records[0].kid))
+        self.state = Mutex(State(records: records, publicKeys: [:], collections: [:], activeKid: records.first(where: { $0.retiredMs == nil })?.kid ?? records[0].kid))
         self.store = store
         self.seal = seal
         self.settings = settings
@@ -39,12 +41,14 @@ final class SigningKeyRing: Sendable {
         let seal = SigningKeySeal(secret: settings.signingKeySecret)
         var records = try await store.signingKeys()
         var changed: [SigningKeyRecord] = []
-        if records.isEmpty {
+        if !records.contains(where: { $0.retiredMs == nil }) {
+            // No key signs (a first start, or a rotation cut short): make one.
             let record = try makeKey(seal: seal, nowMs: nowMs)
-            records = [record]
+            records.insert(record, at: 0)
             changed = [record]
-        } else if seal.isConfigured {
-            for index in records.indices where !SigningKeySeal.isSealed(records[index].privateKeyPEM) {
+        }
+        if seal.isConfigured {
+            for index in records.indices where !SigningKeySeal.isSealed(records[index].privateKeyPEM) && !changed.contains(where: { $0.kid == records[index].kid }) {
                 records[index].privateKeyPEM = try seal.seal(records[index].privateKeyPEM)
                 changed.append(records[index])
             }
@@ -71,12 +75,29 @@ final class SigningKeyRing: Sendable {
 
     private func install(_ record: SigningKeyRecord) async throws {
         let key = try ES256PrivateKey(pem: try seal.open(record.privateKeyPEM))
+        let collection = JWTKeyCollection()
         await collection.add(ecdsa: key, kid: JWKIdentifier(string: record.kid))
         guard let parameters = key.publicKey.parameters else { return }
         let jwk: JSONValue = [
             "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": .string(record.kid), "x": .string(parameters.x), "y": .string(parameters.y),
         ]
-        state.withLock { $0.publicKeys[record.kid] = jwk }
+        state.withLock { state in
+            state.publicKeys[record.kid] = jwk
+            state.collections[record.kid] = collection
+        }
+    }
+
+    /// The key `kid` alone, while tokens it signed may still be valid.
+    func verifier(kid: String, nowMs: Int64) -> JWTKeyCollection? {
+        state.withLock { state in
+            guard state.records.contains(where: { $0.kid == kid && !Self.isExpired($0, settings: settings, nowMs: nowMs) }) else { return nil }
+            return state.collections[kid]
+        }
+    }
+
+    /// The signing key alone.
+    func signer(kid: String) -> JWTKeyCollection? {
+        state.withLock { $0.collections[kid] }
     }
 
     /// The key that signs now, rotating first if it is older than the rotation period.
@@ -102,7 +123,10 @@ final class SigningKeyRing: Sendable {
             try await install(fresh)
             state.withLock { state in
                 state.records = [fresh] + state.records.filter { !expired.contains($0.kid) }.map { $0.kid == retired?.kid ? retired! : $0 }
-                for kid in expired { state.publicKeys[kid] = nil }
+                for kid in expired {
+                    state.publicKeys[kid] = nil
+                    state.collections[kid] = nil
+                }
                 state.activeKid = fresh.kid
             }
             return fresh
@@ -114,10 +138,6 @@ final class SigningKeyRing: Sendable {
         state.withLock { state in
             state.records.filter { !Self.isExpired($0, settings: settings, nowMs: nowMs) }.compactMap { state.publicKeys[$0.kid] }
         }
-    }
-
-    func isPublished(kid: String, nowMs: Int64) -> Bool {
-        state.withLock { state in state.records.contains { $0.kid == kid && !Self.isExpired($0, settings: settings, nowMs: nowMs) } }
     }
 
     /// The keys as the admin API lists them: never the private part.

@@ -88,12 +88,17 @@ public final class TokenService: Sendable {
     }
 
     /// A delegated token (RFC 8693): `sub` the subject, `act` the actors nested from the one
-    /// calling inwards, valid for `audiences` until `expiresMs`.
-    public func issueDelegated(subject: String, actors: [String], scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64) async throws -> String {
-        try await sign(subject: subject, actors: actors, scopes: scopes, audiences: audiences, nowMs: nowMs, expiresMs: expiresMs)
+    /// calling inwards, valid for `audiences` until `expiresMs`. A `may_act` of the subject
+    /// token is carried over, so the delegation cannot be handed to anyone else.
+    public func issueDelegated(
+        subject: String, actors: [String], mayAct: String?, scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64
+    ) async throws -> String {
+        try await sign(subject: subject, actors: actors, mayAct: mayAct, scopes: scopes, audiences: audiences, nowMs: nowMs, expiresMs: expiresMs)
     }
 
-    private func sign(subject: String, actors: [String], scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64) async throws -> String {
+    private func sign(
+        subject: String, actors: [String], mayAct: String? = nil, scopes: [String], audiences: [String], nowMs: Int64, expiresMs: Int64
+    ) async throws -> String {
         var act: JSONValue?
         for actor in actors.reversed() {
             act = act.map { ["sub": .string(actor), "act": $0] } ?? ["sub": .string(actor)]
@@ -104,10 +109,12 @@ public final class TokenService: Sendable {
             "scope": .string(scopes.joined(separator: " ")),
         ]
         if let act { claims["act"] = act }
+        if let mayAct { claims["may_act"] = ["sub": .string(mayAct)] }
         // jwt-kit signs a Codable payload; the claims are written by Interlock's JSON writer so
         // `act` can nest to any depth.
         let kid = try await ring.signingKid(nowMs: nowMs)
-        return try await ring.collection.sign(RawClaims(.object(claims)), kid: JWKIdentifier(string: kid))
+        guard let signer = ring.signer(kid: kid) else { throw TrustedIssuerError("the signing key '\(kid)' is not loaded") }
+        return try await signer.sign(RawClaims(.object(claims)), kid: JWKIdentifier(string: kid))
     }
 
     // MARK: Verifying
@@ -137,6 +144,12 @@ public final class TokenService: Sendable {
         guard parts.count == 3, let headerBytes = Self.base64URLDecode(parts[0]), case .object(let header)? = try? JSONParser.parse(headerBytes),
             let payloadBytes = Self.base64URLDecode(parts[1]), case .object(let claims)? = try? JSONParser.parse(payloadBytes)
         else { throw Self.refuse("The token is malformed: expected a JWS in compact form.") }
+        // A member named twice could be read one way here and another way by jwt-kit
+        // (RFC 7515 §5.2 allows rejecting such a token; Interlock does).
+        for bytes in [headerBytes, payloadBytes] {
+            let names = ((try? JSONParser.scanObject(bytes)) ?? []).map(\.key)
+            guard Set(names).count == names.count else { throw Self.refuse("The token is malformed: a header parameter or claim appears twice.") }
+        }
         let algorithm = header["alg"]?.stringValue ?? "none"
         let issuer = claims["iss"]?.stringValue ?? ""
         if issuer != settings.issuer, let trusted = external[issuer] {
@@ -146,9 +159,9 @@ public final class TokenService: Sendable {
             throw Self.refuse("The token's algorithm '\(algorithm)' is not accepted; Interlock signs with ES256.")
         }
         guard let kid = header["kid"]?.stringValue else { throw Self.refuse("The token has no 'kid' header.") }
-        guard ring.isPublished(kid: kid, nowMs: nowMs) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
+        guard let verifier = ring.verifier(kid: kid, nowMs: nowMs) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
         do {
-            _ = try await ring.collection.verify(token, as: SignatureOnly.self)
+            _ = try await verifier.verify(token, as: SignatureOnly.self)
         } catch {
             throw Self.refuse("The token's signature does not verify.")
         }
@@ -169,7 +182,7 @@ public final class TokenService: Sendable {
         }
         return VerifiedToken(
             subject: subject, actors: actors, scopes: claims["scope"]?.stringValue.map { $0.split(separator: " ").map(String.init) },
-            mayAct: claims["may_act"]?["sub"]?.stringValue, issuer: issuer, id: claims["jti"]?.stringValue ?? "",
+            mayAct: try mayAct(.object(claims)), issuer: issuer, id: claims["jti"]?.stringValue ?? "",
             issuedAtMs: times.issuedAtMs, expiresMs: times.expiresMs)
     }
 
@@ -199,8 +212,19 @@ public final class TokenService: Sendable {
         // An external issuer speaks for its users or agents, never for Interlock's agents: an
         // `act` chain in its token is not taken as Interlock actors.
         return VerifiedToken(
-            subject: subject, actors: [], scopes: settings.scopes(of: claims), mayAct: claims["may_act"]?["sub"]?.stringValue,
+            subject: subject, actors: [], scopes: settings.scopes(of: claims), mayAct: try mayAct(claims),
             issuer: settings.issuer, id: claims["jti"]?.stringValue ?? "", issuedAtMs: times.issuedAtMs, expiresMs: times.expiresMs)
+    }
+
+    /// `may_act.sub`, when the claim is there. A `may_act` Interlock cannot check (no string
+    /// `sub`, or another issuer's subject) refuses the token rather than being ignored.
+    private func mayAct(_ claims: JSONValue) throws(GatewayError) -> String? {
+        guard let claim = claims["may_act"] else { return nil }
+        guard let sub = claim["sub"]?.stringValue else { throw Self.refuse("The token's 'may_act' claim has no 'sub' Interlock can check.") }
+        if let issuer = claim["iss"]?.stringValue, issuer != settings.issuer {
+            throw Self.refuse("The token's 'may_act' names an actor of issuer '\(issuer)', not of '\(settings.issuer)'.")
+        }
+        return sub
     }
 
     /// `exp` (required), `nbf` and `iat` against the clock, with the configured leeway.

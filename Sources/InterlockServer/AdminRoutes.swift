@@ -20,22 +20,21 @@ struct AdminRoutes {
             .add(middleware: OperatorAuthenticationMiddleware(operators: operators, audit: governor.audit))
             .group(context: OperatorRequestContext.self)
         admin.get("audit") { request, context in
-            try context.require(.viewer)
-            return try await audit(request, context: context)
+            try await perform(context, .viewer, "operator.audit.read", target: nil) { try await audit(request, context: context) }
         }
         addAgentRoutes(to: admin)
         if let tokens = governor.tokens {
             admin.get("signing-keys") { _, context in
-                try context.require(.viewer)
-                await record(context, action: "operator.signing_keys.list", target: nil)
-                return ModelRoutes.json(["object": "list", "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], requestID: context.requestID)
+                try await perform(context, .viewer, "operator.signing_keys.list", target: nil) {
+                    ModelRoutes.json(["object": "list", "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], requestID: context.requestID)
+                }
             }
             admin.post("signing-keys/rotate") { _, context in
-                try context.require(.admin)
-                let kid = try await change(context, action: "operator.signing_key.rotate", target: nil) {
-                    try await tokens.rotateSigningKey(nowMs: governor.nowMs())
+                try await perform(context, .admin, "operator.signing_key.rotate", target: nil) {
+                    let kid = try await tokens.rotateSigningKey(nowMs: governor.nowMs())
+                    return ModelRoutes.json(
+                        ["signing_kid": .string(kid), "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], status: .created, requestID: context.requestID)
                 }
-                return ModelRoutes.json(["signing_kid": .string(kid), "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], status: .created, requestID: context.requestID)
             }
         }
     }
@@ -45,100 +44,95 @@ struct AdminRoutes {
     private func addAgentRoutes(to admin: RouterGroup<OperatorRequestContext>) {
         let registry = governor.registry
         admin.get("agents") { _, context in
-            try context.require(.viewer)
-            await record(context, action: "operator.agents.list", target: nil)
-            return ModelRoutes.json(["object": "list", "data": .array(registry.agents.map(\.json))], requestID: context.requestID)
+            try await perform(context, .viewer, "operator.agents.list", target: nil) {
+                ModelRoutes.json(["object": "list", "data": .array(registry.agents.map(\.json))], requestID: context.requestID)
+            }
         }
         admin.post("agents") { request, context in
-            try context.require(.admin)
-            let body = try await Self.jsonBody(request)
-            guard body["id"] != nil else { throw GatewayError.invalidRequest("'id' is required.", code: "invalid_field", param: "id") }
-            var agent = Agent(id: "")
-            try agent.apply(body, creating: true)
-            try checkAliases(body)
-            let created = try await change(context, action: "operator.agent.create", target: agent.id) {
-                try await registry.create(agent, nowMs: governor.nowMs())
+            // Read once (a body can be read only once); a bad body is refused inside `perform`, on record.
+            let parsed: Result<JSONValue, any Error>
+            do { parsed = .success(try await Self.jsonBody(request)) } catch { parsed = .failure(error) }
+            return try await perform(context, .admin, "operator.agent.create", target: (try? parsed.get())?["id"]?.stringValue) {
+                let body = try parsed.get()
+                guard body["id"] != nil else { throw GatewayError.invalidRequest("'id' is required.", code: "invalid_field", param: "id") }
+                var agent = Agent(id: "")
+                try agent.apply(body, creating: true)
+                try checkAliases(body)
+                let created = try await registry.create(agent, nowMs: governor.nowMs())
+                return ModelRoutes.json(created.json, status: .created, requestID: context.requestID)
             }
-            return ModelRoutes.json(created.json, status: .created, requestID: context.requestID)
         }
         admin.get("agents/:agent") { _, context in
-            try context.require(.viewer)
             let id = try context.parameters.require("agent")
-            await record(context, action: "operator.agent.read", target: id)
-            guard let agent = registry.entry(id: id)?.agent else { throw Self.noAgent(id) }
-            return ModelRoutes.json(agent.json, requestID: context.requestID)
+            return try await perform(context, .viewer, "operator.agent.read", target: id) {
+                guard let agent = registry.entry(id: id)?.agent else { throw Self.noAgent(id) }
+                return ModelRoutes.json(agent.json, requestID: context.requestID)
+            }
         }
         admin.patch("agents/:agent") { request, context in
-            try context.require(.admin)
             let id = try context.parameters.require("agent")
-            let body = try await Self.jsonBody(request)
-            try checkAliases(body)
-            let updated = try await change(context, action: "operator.agent.update", target: id) {
-                try await registry.update(id: id, patch: body, nowMs: governor.nowMs())
+            return try await perform(context, .admin, "operator.agent.update", target: id) {
+                let body = try await Self.jsonBody(request)
+                try checkAliases(body)
+                let updated = try await registry.update(id: id, patch: body, nowMs: governor.nowMs())
+                return ModelRoutes.json(updated.json, requestID: context.requestID)
             }
-            return ModelRoutes.json(updated.json, requestID: context.requestID)
         }
         // Disabling is an emergency stop: operators may do it; enabling again takes an admin.
-        admin.post("agents/:agent/disable") { request, context in
-            try context.require(.operator)
+        admin.post("agents/:agent/disable") { _, context in
             let id = try context.parameters.require("agent")
-            let agent = try await change(context, action: "operator.agent.disable", target: id) {
-                try await registry.setDisabled(id: id, true, reason: "operator:\(context.operatorSettings.id)", nowMs: governor.nowMs())
+            return try await perform(context, .operator, "operator.agent.disable", target: id) {
+                let agent = try await registry.setDisabled(id: id, true, reason: "operator:\(context.operatorSettings.id)", nowMs: governor.nowMs())
+                return ModelRoutes.json(agent.json, requestID: context.requestID)
             }
-            return ModelRoutes.json(agent.json, requestID: context.requestID)
         }
         admin.post("agents/:agent/enable") { _, context in
-            try context.require(.admin)
             let id = try context.parameters.require("agent")
-            let agent = try await change(context, action: "operator.agent.enable", target: id) {
-                try await registry.setDisabled(id: id, false, reason: nil, nowMs: governor.nowMs())
+            return try await perform(context, .admin, "operator.agent.enable", target: id) {
+                let agent = try await registry.setDisabled(id: id, false, reason: nil, nowMs: governor.nowMs())
+                return ModelRoutes.json(agent.json, requestID: context.requestID)
             }
-            return ModelRoutes.json(agent.json, requestID: context.requestID)
         }
         admin.get("agents/:agent/keys") { _, context in
-            try context.require(.viewer)
             let id = try context.parameters.require("agent")
-            await record(context, action: "operator.keys.list", target: id)
-            guard registry.entry(id: id) != nil else { throw Self.noAgent(id) }
-            let now = governor.nowMs()
-            return ModelRoutes.json(["object": "list", "data": .array(registry.keys(agentID: id).map { $0.json(nowMs: now) })], requestID: context.requestID)
+            return try await perform(context, .viewer, "operator.keys.list", target: id) {
+                guard registry.entry(id: id) != nil else { throw Self.noAgent(id) }
+                let now = governor.nowMs()
+                return ModelRoutes.json(["object": "list", "data": .array(registry.keys(agentID: id).map { $0.json(nowMs: now) })], requestID: context.requestID)
+            }
         }
         admin.post("agents/:agent/keys") { request, context in
-            try context.require(.admin)
             let id = try context.parameters.require("agent")
-            let body = try await Self.jsonBody(request, allowed: ["ttl_s"])
-            let ttl = try Self.seconds(body, "ttl_s")
-            let issued = try await change(context, action: "operator.key.issue", target: id) {
-                try await registry.issueKey(agentID: id, ttlSeconds: ttl, nowMs: governor.nowMs())
+            return try await perform(context, .admin, "operator.key.issue", target: id) {
+                let body = try await Self.jsonBody(request, allowed: ["ttl_s"])
+                let issued = try await registry.issueKey(agentID: id, ttlSeconds: try Self.seconds(body, "ttl_s"), nowMs: governor.nowMs())
+                return ModelRoutes.json(Self.issuedKey(issued.key, issued.record, nowMs: governor.nowMs()), status: .created, requestID: context.requestID)
             }
-            return ModelRoutes.json(Self.issuedKey(issued.key, issued.record, nowMs: governor.nowMs()), status: .created, requestID: context.requestID)
         }
         admin.post("agents/:agent/keys/:key/rotate") { request, context in
-            try context.require(.admin)
             let id = try context.parameters.require("agent")
             let keyID = try context.parameters.require("key")
-            let body = try await Self.jsonBody(request, allowed: ["ttl_s", "overlap_s"])
-            let ttl = try Self.seconds(body, "ttl_s")
-            let overlap = try Self.seconds(body, "overlap_s")
-            let rotated = try await change(context, action: "operator.key.rotate", target: "\(id)/\(keyID)") {
-                try await registry.rotateKey(agentID: id, keyID: keyID, overlapSeconds: overlap, ttlSeconds: ttl, nowMs: governor.nowMs())
+            return try await perform(context, .admin, "operator.key.rotate", target: "\(id)/\(keyID)") {
+                let body = try await Self.jsonBody(request, allowed: ["ttl_s", "overlap_s"])
+                let rotated = try await registry.rotateKey(
+                    agentID: id, keyID: keyID, overlapSeconds: try Self.seconds(body, "overlap_s"), ttlSeconds: try Self.seconds(body, "ttl_s"),
+                    nowMs: governor.nowMs())
+                let now = governor.nowMs()
+                var answer = Self.issuedKey(rotated.key, rotated.record, nowMs: now)
+                if case .object(var fields) = answer {
+                    fields["previous"] = rotated.previous.json(nowMs: now)
+                    answer = .object(fields)
+                }
+                return ModelRoutes.json(answer, status: .created, requestID: context.requestID)
             }
-            let now = governor.nowMs()
-            var answer = Self.issuedKey(rotated.key, rotated.record, nowMs: now)
-            if case .object(var fields) = answer {
-                fields["previous"] = rotated.previous.json(nowMs: now)
-                answer = .object(fields)
-            }
-            return ModelRoutes.json(answer, status: .created, requestID: context.requestID)
         }
         admin.post("agents/:agent/keys/:key/revoke") { _, context in
-            try context.require(.operator)
             let id = try context.parameters.require("agent")
             let keyID = try context.parameters.require("key")
-            let key = try await change(context, action: "operator.key.revoke", target: "\(id)/\(keyID)") {
-                try await registry.revokeKey(agentID: id, keyID: keyID, nowMs: governor.nowMs())
+            return try await perform(context, .operator, "operator.key.revoke", target: "\(id)/\(keyID)") {
+                let key = try await registry.revokeKey(agentID: id, keyID: keyID, nowMs: governor.nowMs())
+                return ModelRoutes.json(key.json(nowMs: governor.nowMs()), requestID: context.requestID)
             }
-            return ModelRoutes.json(key.json(nowMs: governor.nowMs()), requestID: context.requestID)
         }
     }
 
@@ -181,15 +175,24 @@ struct AdminRoutes {
         return Int(seconds)
     }
 
-    /// Runs an operator's change and records it, stored before the answer goes out: what was
-    /// done, or why it was refused.
-    private func change<Result>(_ context: OperatorRequestContext, action: String, target: String?, _ body: () async throws -> Result) async throws -> Result {
+    /// Every operator request: the role check, the work, and its audit record — what was
+    /// done, or why it was refused (role, validation, conflict, failure) — stored before the
+    /// answer goes out.
+    private func perform(
+        _ context: OperatorRequestContext, _ role: OperatorRole, _ action: String, target: String?, _ body: () async throws -> Response
+    ) async throws -> Response {
         do {
-            let result = try await body()
+            try context.require(role)
+            let response = try await body()
             await record(context, action: action, target: target)
-            return result
+            return response
         } catch let error as GatewayError {
             await record(context, action: action, target: target, refusal: error)
+            throw error
+        } catch {
+            await record(
+                context, action: action, target: target,
+                refusal: GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request."))
             throw error
         }
     }
@@ -217,7 +220,6 @@ struct AdminRoutes {
         filter.toMs = try integer("to_ms", minimum: 0, maximum: .max)
         let limit = try integer("limit", minimum: 1, maximum: 1_000) ?? 100
         let after = try integer("after", minimum: 0, maximum: .max) ?? 0
-        await record(context, action: "operator.audit.read", target: nil)
         let page = try await store.auditRecords(matching: filter, afterPosition: after, limit: Int(limit))
         var body: JSONObject = [
             "object": "list", "data": .array(page.records.map { $0.json(includingHash: true) }),

@@ -50,13 +50,25 @@ extension GatewayError {
         case (.authentication, GatewayError.missingCredential.code):
             break
         case (.authentication, _):
-            parameters += [#"error="invalid_token""#, #"error_description="\#(message.replacing("\"", with: "'"))""#]
+            parameters += [#"error="invalid_token""#, #"error_description="\#(Self.quotable(message))""#]
         case (.permission, "insufficient_scope"):
-            parameters += [#"error="insufficient_scope""#, #"error_description="\#(message.replacing("\"", with: "'"))""#]
+            parameters += [#"error="insufficient_scope""#, #"error_description="\#(Self.quotable(message))""#]
         default:
             return nil
         }
         return "Bearer " + parameters.joined(separator: ", ")
+    }
+
+    /// RFC 6750 §3: `error_description` holds printable ASCII without `"` and `\`; anything
+    /// else (including text a token brought in) becomes `'` or `?`.
+    static func quotable(_ text: String) -> String {
+        String(decoding: text.utf8.map { byte -> UInt8 in
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): UInt8(ascii: "'")
+            case 0x20...0x7E: byte
+            default: UInt8(ascii: "?")
+            }
+        }, as: UTF8.self)
     }
 
     func response(dialect: ErrorDialect, requestID: String, resourceMetadata: String? = nil) -> Response {

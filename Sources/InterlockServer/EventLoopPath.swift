@@ -461,7 +461,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         streaming = nil
         state.cutOffWatch?.cancel()
         state.upstream.cancel()
-        let tail = state.session.cutOff()
+        let tail = state.session.cutOff(status: state.committed ? 200 : 401)
         guard state.committed else {
             respond(error: GatewayError(kind: .authentication, code: "agent_disabled", message: "Agent '\(state.session.agentID)' is disabled."),
                 dialect: dialect, requestID: requestID, context: context)

@@ -134,6 +134,9 @@ struct OAuthRoutes {
         let subject: TokenService.VerifiedToken
         do throws(GatewayError) {
             subject = try await tokens.verify(subjectToken, nowMs: now)
+            // An agent it names (its subject, its actors) disabled since: nothing left to delegate.
+            let userOnly = subject.actors.isEmpty && { if case .user = subject.subject { true } else { false } }()
+            if !userOnly { _ = try governor.caller(for: subject) }
         } catch {
             return refuse("invalid_request", "The subject token is not valid: \(error.message)", agentID: actor.agent.id)
         }
@@ -186,7 +189,8 @@ struct OAuthRoutes {
         }
         let issued: String
         do {
-            issued = try await tokens.issueDelegated(subject: subjectID, actors: actors, scopes: scopes, audiences: audiences, nowMs: now, expiresMs: expiresMs)
+            issued = try await tokens.issueDelegated(
+                subject: subjectID, actors: actors, mayAct: subject.mayAct, scopes: scopes, audiences: audiences, nowMs: now, expiresMs: expiresMs)
         } catch {
             return Self.oauthError("server_error", "The token could not be signed.", status: .internalServerError)
         }
@@ -229,6 +233,12 @@ struct OAuthRoutes {
         guard !TokenService.looksLikeJWT(secret), let caller = try? governor.authenticate(apiKey: secret, requestID: context.requestID, target: "/oauth/token"),
             caller.agent.id == clientID
         else {
+            if TokenService.looksLikeJWT(secret) || (try? governor.authenticate(apiKey: secret, audited: false)) != nil {
+                // A token as the secret, or a valid key under another client_id: refused, and on record.
+                governor.auditRefusal(
+                    GatewayError(kind: .authentication, code: "invalid_client", message: "client_id does not match the secret"),
+                    action: "auth.failed", agentID: nil, target: "/oauth/token", requestID: context.requestID)
+            }
             return Self.oauthError("invalid_client", "Unknown client or wrong secret.", status: .unauthorized, basicChallenge: usedBasic)
         }
         let agent = caller.agent

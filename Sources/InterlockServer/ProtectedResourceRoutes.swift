@@ -16,17 +16,19 @@ struct ProtectedResourceRoutes {
     func addRoutes(to router: Router<InterlockRequestContext>) {
         router.get(RouterPath(Self.metadataPath)) { request, _ in
             let base = PublicURL.base(configured: settings.publicURL, authority: request.head.authority)
-            // An issuer that is a URL is its own authorization-server identifier; otherwise
-            // Interlock's discovery documents are found under the resource's own base.
-            let server = settings.issuer.hasPrefix("https://") || settings.issuer.hasPrefix("http://") ? settings.issuer : base
-            let document: JSONValue = [
-                "resource": .string(base), "authorization_servers": [.string(server)], "jwks_uri": .string(base + "/.well-known/jwks.json"),
-                "bearer_methods_supported": ["header"], "resource_signing_alg_values_supported": ["ES256"],
+            // Authorization servers are named by their issuer URL (RFC 8414 §2), and a client
+            // checks that the metadata it fetches names the same issuer: listed only when
+            // `auth.issuer` is a URL (set it to `auth.public_url` for that).
+            var document: JSONObject = [
+                "resource": .string(base), "bearer_methods_supported": ["header"],
                 "scopes_supported": .array(scopes.map(JSONValue.string)), "resource_name": "Interlock",
             ]
+            if settings.issuer.hasPrefix("https://") || settings.issuer.hasPrefix("http://") {
+                document["authorization_servers"] = [.string(settings.issuer)]
+            }
             return Response(
                 status: .ok, headers: [.contentType: "application/json", .cacheControl: "max-age=300"],
-                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(document))))
+                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(.object(document)))))
         }
     }
 }

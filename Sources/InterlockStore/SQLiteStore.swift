@@ -5,11 +5,14 @@ import SQLiteNIO
 /// The embedded store: one SQLite file in WAL mode.
 ///
 /// One connection serves writes and reads; sqlite-nio runs each statement on its thread
-/// pool so no event loop blocks on the disk. Batched writes are single multi-row
-/// statements, atomic without an explicit transaction.
+/// pool so no event loop blocks on the disk. Writes take turns (`writes`), each one a
+/// transaction, so one caller's rollback can never take another's rows with it.
 public final class SQLiteStore: InterlockStore {
     private let connection: SQLiteConnection
     public let path: String
+    /// Every write runs through here. One connection serves all callers, and an open
+    /// transaction would otherwise take in (and roll back) another caller's statements.
+    private let writes = AsyncSerialGate()
 
     private init(connection: SQLiteConnection, path: String) {
         self.connection = connection
@@ -47,16 +50,11 @@ public final class SQLiteStore: InterlockStore {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL)", [])
         let current = try await schemaVersion()
         for migration in SQLiteMigrations.all where migration.version > current {
-            _ = try await connection.query("BEGIN IMMEDIATE", [])
-            do {
+            try await transaction {
                 for statement in migration.statements { _ = try await connection.query(statement, []) }
                 _ = try await connection.query(
                     "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, CAST(strftime('%s','now') AS INTEGER) * 1000)",
                     [.integer(migration.version), .text(migration.name)])
-                _ = try await connection.query("COMMIT", [])
-            } catch {
-                _ = try? await connection.query("ROLLBACK", [])
-                throw error
             }
         }
     }
@@ -93,9 +91,7 @@ public final class SQLiteStore: InterlockStore {
         let perStatement = max(1, 30_000 / columns.count)
         let placeholders = "(" + Array(repeating: "?", count: columns.count).joined(separator: ",") + ")"
         let prefix = "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES "
-        let transaction = records.count > perStatement
-        if transaction { _ = try await connection.query("BEGIN IMMEDIATE", []) }
-        do {
+        try await transaction {
             var start = 0
             while start < records.count {
                 let slice = records[start..<min(records.count, start + perStatement)]
@@ -105,10 +101,21 @@ public final class SQLiteStore: InterlockStore {
                 _ = try await connection.query(prefix + Array(repeating: placeholders, count: slice.count).joined(separator: ","), binds)
                 start += perStatement
             }
-            if transaction { _ = try await connection.query("COMMIT", []) }
-        } catch {
-            if transaction { _ = try? await connection.query("ROLLBACK", []) }
-            throw error
+        }
+    }
+
+    /// Runs `body` as one write transaction, alone on the connection: committed, or rolled
+    /// back and rethrown.
+    private func transaction(_ body: () async throws -> Void) async throws {
+        try await writes.run {
+            _ = try await connection.query("BEGIN IMMEDIATE", [])
+            do {
+                try await body()
+                _ = try await connection.query("COMMIT", [])
+            } catch {
+                _ = try? await connection.query("ROLLBACK", [])
+                throw error
+            }
         }
     }
 
@@ -218,8 +225,7 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws {
-        _ = try await connection.query("BEGIN IMMEDIATE", [])
-        do {
+        try await transaction {
             for key in keys {
                 _ = try await connection.query(
                     """
@@ -229,10 +235,6 @@ public final class SQLiteStore: InterlockStore {
                     [.text(key.kid), .text(key.privateKeyPEM), .integer(Int(key.createdMs)), key.retiredMs.map { .integer(Int($0)) } ?? .null])
             }
             for kid in kids { _ = try await connection.query("DELETE FROM signing_keys WHERE kid = ?", [.text(kid)]) }
-            _ = try await connection.query("COMMIT", [])
-        } catch {
-            _ = try? await connection.query("ROLLBACK", [])
-            throw error
         }
     }
 
@@ -259,8 +261,7 @@ public final class SQLiteStore: InterlockStore {
 
     public func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {
         guard !agents.isEmpty || !keys.isEmpty else { return }
-        _ = try await connection.query("BEGIN IMMEDIATE", [])
-        do {
+        try await transaction {
             for agent in agents {
                 _ = try await connection.query(
                     "INSERT INTO agents (id, body, updated_ms) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
@@ -277,10 +278,6 @@ public final class SQLiteStore: InterlockStore {
                         key.expiresMs.map { .integer(Int($0)) } ?? .null, key.revokedMs.map { .integer(Int($0)) } ?? .null,
                     ])
             }
-            _ = try await connection.query("COMMIT", [])
-        } catch {
-            _ = try? await connection.query("ROLLBACK", [])
-            throw error
         }
     }
 

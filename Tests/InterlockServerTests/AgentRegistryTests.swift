@@ -215,7 +215,9 @@ import Testing
         // Every change was audited, refusals included; the registry survives in the store.
         let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 1_000).records
         let actions = records.filter { $0.action.hasPrefix("operator.agent.") || $0.action.hasPrefix("operator.key.") }
-        #expect(actions.filter { $0.action == "operator.agent.create" }.map(\.decision) == ["allow", "deny"])
+        // Refusals are on record too: the viewer's attempt, the duplicate, the unknown alias, the unknown field.
+        #expect(actions.filter { $0.action == "operator.agent.create" }.map(\.decision) == ["deny", "allow", "deny", "deny", "deny"])
+        #expect(actions.first { $0.action == "operator.agent.create" }?.reason == "operator_role_required")
         #expect(actions.contains { $0.action == "operator.key.revoke" && $0.actorChain == ["operator:otto"] && $0.target?.hasPrefix("scout/") == true })
         #expect(actions.contains { $0.action == "operator.agent.update" && $0.target == "a" && $0.reason == "agent_managed_by_config" })
         #expect(try await harness.services.store.agents().contains { $0.id == "scout" && $0.grants.models == ["other"] })

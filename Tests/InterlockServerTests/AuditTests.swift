@@ -170,7 +170,9 @@ import Testing
         }
         let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 1_000).records
         let reads = records.filter { $0.action == "operator.audit.read" }
-        #expect(reads.count == 3)
+        // Three reads and the refused one (limit out of range), each on record.
+        #expect(reads.map(\.decision) == ["allow", "allow", "allow", "deny"])
+        #expect(reads.last?.reason == "invalid_parameter")
         #expect(reads.allSatisfy { $0.actorChain.first?.hasPrefix("operator:") == true })
         var chain = AuditChain()
         #expect(chain.verify(records) == nil)

@@ -188,7 +188,7 @@ import Testing
 
     @Test func protectedResourceMetadataIsNamedInEveryChallenge() async throws {
         let harness = try await Harness.make(
-            baseConfig + "\n  - { id: wide, api_key: test-key-wwwwwwwwwwww, models: [fast, other] }\nauth: { public_url: \"https://gw.example.com/\" }\n")
+            baseConfig + "\n  - { id: wide, api_key: test-key-wwwwwwwwwwww, models: [fast, other] }\nauth: { public_url: \"https://gw.example.com/\", issuer: \"https://gw.example.com\" }\n")
         let app = Application(router: harness.router)
         try await app.test(.router) { client in
             try await client.execute(uri: "/.well-known/oauth-protected-resource", method: .get) { response in
@@ -196,7 +196,8 @@ import Testing
                 let document = try json(response)
                 #expect(document["resource"] == "https://gw.example.com")
                 #expect(document["authorization_servers"] == ["https://gw.example.com"])
-                #expect(document["jwks_uri"] == "https://gw.example.com/.well-known/jwks.json")
+                // The authorization server's keys are not the resource's own: no jwks_uri here.
+                #expect(document["jwks_uri"] == nil)
                 #expect(document["scopes_supported"] == ["model:fast", "model:other"])
                 #expect(document["bearer_methods_supported"] == ["header"])
             }

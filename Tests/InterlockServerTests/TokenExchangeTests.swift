@@ -206,11 +206,12 @@ struct TestClaims: JWTPayload {
             }
 
             // An agent's own token as the subject: only an agent it is granted may act for it.
-            let (agentSubjectStatus, _) = try await exchange([
+            let (agentSubjectStatus, agentSubject) = try await exchange([
                 ("grant_type", Self.exchange), ("subject_token", tokenA), ("subject_token_type", Self.accessToken),
                 ("actor_token", tokenB), ("actor_token_type", Self.accessToken),
             ])
             #expect(agentSubjectStatus == .ok)
+            let forA = agentSubject["access_token"]?.stringValue ?? ""
             let (reverseStatus, reverse) = try await exchange([
                 ("grant_type", Self.exchange), ("subject_token", tokenB), ("subject_token_type", Self.accessToken),
                 ("actor_token", tokenA), ("actor_token_type", Self.accessToken),
@@ -236,6 +237,13 @@ struct TestClaims: JWTPayload {
                 ("actor_token", tokenB), ("actor_token_type", Self.accessToken),
             ])
             #expect(allowedStatus == .ok)
+            // A may_act Interlock cannot check refuses the token instead of being ignored.
+            let vague = try await idp.token(["email": "carol@example.com", "may_act": ["client_id": "b"]])
+            let (vagueStatus, vagueAnswer) = try await exchange([
+                ("grant_type", Self.exchange), ("subject_token", vague), ("subject_token_type", Self.accessToken),
+                ("actor_token", tokenA), ("actor_token_type", Self.accessToken),
+            ])
+            #expect(vagueStatus == .badRequest && vagueAnswer["error_description"]?.stringValue?.contains("may_act") == true)
 
             // A token for another audience is not valid here.
             let (toolStatus, toolAnswer) = try await exchange(base + [
@@ -261,6 +269,16 @@ struct TestClaims: JWTPayload {
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(impostor), body: chat("other")) { response in
                 #expect(response.status == .unauthorized)
                 #expect(response.headers[.wwwAuthenticate]?.contains("signature") == true)
+            }
+
+            // Disabling the agent b acts for ends that delegation at once.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(forA), body: chat()) { response in
+                #expect(response.status == .ok)
+            }
+            _ = try await services.gateway.governor.registry.setDisabled(id: "a", true, reason: "test", nowMs: services.gateway.governor.nowMs())
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth(forA), body: chat()) { response in
+                #expect(response.status == .unauthorized)
+                #expect(response.headers[.wwwAuthenticate]?.contains("Agent 'a' is disabled") == true)
             }
         }
         try await harness.close()

@@ -126,6 +126,15 @@ extension Agent {
             let hint = key == "id" ? " (an agent's id cannot change)" : key == "status" ? " (use the disable and enable actions)" : ""
             throw GatewayError.invalidRequest("Unknown field '\(key)'\(hint).", code: "invalid_field", param: key)
         }
+        // State first: a stored profile a later check dislikes must still come back disabled.
+        if includingState {
+            disabled = fields["status"]?.stringValue == "disabled"
+            disabledReason = fields["disabled_reason"]?.stringValue
+            tokensValidFromMs = fields["tokens_valid_from_ms"]?.int64Value ?? 0
+            source = fields["source"]?.stringValue.flatMap(Source.init(rawValue:)) ?? source
+            createdMs = fields["created_ms"]?.int64Value ?? createdMs
+            updatedMs = fields["updated_ms"]?.int64Value ?? updatedMs
+        }
         func string(_ key: String) throws(GatewayError) -> String? {
             guard let value = fields[key] else { return nil }
             guard let text = value.stringValue, text.utf8.count <= 1_000 else {
@@ -204,13 +213,5 @@ extension Agent {
             if let monthly = try dollars(budgetFields["monthly_usd"], "budgets.monthly_usd") { monthlyBudget = monthly }
         }
         if let priority = try integer(fields["priority"], "priority", minimum: -100, maximum: 100) { self.priority = priority ?? 0 }
-        if includingState {
-            disabled = fields["status"]?.stringValue == "disabled"
-            disabledReason = fields["disabled_reason"]?.stringValue
-            tokensValidFromMs = fields["tokens_valid_from_ms"]?.int64Value ?? 0
-            source = fields["source"]?.stringValue.flatMap(Source.init(rawValue:)) ?? source
-            createdMs = fields["created_ms"]?.int64Value ?? createdMs
-            updatedMs = fields["updated_ms"]?.int64Value ?? updatedMs
-        }
     }
 }

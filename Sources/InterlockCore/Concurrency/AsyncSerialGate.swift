@@ -1,8 +1,9 @@
 import Synchronization
 
 /// Runs async sections one at a time, in arrival order (batched writes that must reach the
-/// store in order; registry changes that read, write the store, then publish).
-final class AsyncSerialGate: Sendable {
+/// store in order; registry changes that read, write the store, then publish; writes that
+/// share one database connection).
+public final class AsyncSerialGate: Sendable {
     private struct State {
         var busy = false
         var waiters: [CheckedContinuation<Void, Never>] = []
@@ -10,7 +11,9 @@ final class AsyncSerialGate: Sendable {
 
     private let state = Mutex(State())
 
-    func run<Result>(_ body: () async throws -> Result) async rethrows -> Result {
+    public init() {}
+
+    public func run<Result>(_ body: () async throws -> Result) async rethrows -> Result {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let proceed = state.withLock { state -> Bool in
                 if state.busy {
