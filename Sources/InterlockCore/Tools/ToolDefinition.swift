@@ -1,0 +1,70 @@
+/// A tool as agents see it: a namespaced name, what it does, what it takes, and what it may
+/// do to the world.
+public struct ToolDefinition: Sendable {
+    /// `<namespace>.<tool>`.
+    public var name: String
+    public var namespace: String
+    public var description: String
+    /// The JSON Schema of the arguments, self-contained (references resolved).
+    public var inputSchema: JSONValue
+    public var outputSchema: JSONValue?
+    public var metadata: ToolMetadata
+
+    public init(name: String, namespace: String, description: String, inputSchema: JSONValue, outputSchema: JSONValue? = nil, metadata: ToolMetadata = ToolMetadata()) {
+        self.name = name
+        self.namespace = namespace
+        self.description = description
+        self.inputSchema = inputSchema
+        self.outputSchema = outputSchema
+        self.metadata = metadata
+    }
+
+    /// SHA-256 of what an agent is told (name, description, schemas): a change means the
+    /// upstream now tells agents something else.
+    public var definitionHash: String {
+        var document: JSONObject = ["name": .string(name), "description": .string(description), "input_schema": inputSchema]
+        if let outputSchema { document["output_schema"] = outputSchema }
+        return AuditRecord.sha256Hex(CanonicalJSON.bytes(.object(document)))
+    }
+
+    /// The tool in the catalog (`GET /v1/tools`): Interlock's shape, and the OpenAI
+    /// function-tool shape a model call can take as it is.
+    public var catalogEntry: JSONValue {
+        var entry: JSONObject = [
+            "name": .string(name), "namespace": .string(namespace), "description": .string(description), "input_schema": inputSchema,
+            "side_effects": .string(metadata.sideEffects.rawValue), "idempotent": .bool(metadata.idempotent), "risk": .string(metadata.risk.rawValue),
+            "owner": .string(metadata.owner),
+            "openai": ["type": "function", "function": ["name": .string(Self.functionName(name)), "description": .string(description), "parameters": inputSchema]],
+        ]
+        if let outputSchema { entry["output_schema"] = outputSchema }
+        return .object(entry)
+    }
+
+    /// OpenAI function names allow `[a-zA-Z0-9_-]{1,64}`: the dot of the namespace becomes `__`.
+    public static func functionName(_ name: String) -> String {
+        String(name.replacing(".", with: "__").prefix(64))
+    }
+}
+
+/// What a tool may do, from config (an upstream's own claims are not trusted for these).
+public struct ToolMetadata: Sendable, Equatable {
+    public enum SideEffects: String, Sendable, CaseIterable {
+        case read
+        case write
+    }
+
+    public enum Risk: String, Sendable, CaseIterable {
+        case low
+        case medium
+        case high
+    }
+
+    public var owner: String = ""
+    /// Unknown tools are assumed to write.
+    public var sideEffects: SideEffects = .write
+    /// Only idempotent tools are retried.
+    public var idempotent = false
+    public var risk: Risk = .medium
+
+    public init() {}
+}
