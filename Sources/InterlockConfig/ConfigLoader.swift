@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -126,6 +126,9 @@ private struct ConfigDocument {
         }
         if let node = top["models"], let entries = node.namedEntries() {
             config.models = entries.compactMap { readAlias(name: $0.0, $0.1) }
+        }
+        if let node = top["tools"], let entries = node.namedEntries() {
+            config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }
         }
         var agentNodes: [String: ConfigNode] = [:]
         if let node = top["agents"], let items = node.sequence() {
@@ -365,6 +368,98 @@ private struct ConfigDocument {
         deployment.azureDeployment = fields["azure_deployment"]?.nonEmptyString()
         deployment.timeoutMs = fields["timeout_ms"]?.int(minimum: 1)
         return deployment
+    }
+
+    private func readToolSource(namespace: String, _ node: ConfigNode) -> ToolSourceSettings? {
+        guard let fields = node.mapping(allowed: ["type", "spec", "base_url", "timeout_ms", "max_concurrency", "max_response_bytes", "auth", "tools"]) else {
+            return nil
+        }
+        if !Agent.isValidID(namespace) || namespace.contains(".") {
+            node.report("a tool namespace must be letters, digits, '-' or '_' (it prefixes the tool names: '\(namespace).<tool>')")
+        }
+        guard let typeNode = fields["type"] else {
+            node.report("missing required key 'type' (one of: \(ToolSourceSettings.Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            return nil
+        }
+        guard let kind = typeNode.oneOf(ToolSourceSettings.Kind.self, ToolSourceSettings.Kind.allCases) else { return nil }
+        guard let baseNode = fields["base_url"], let baseURL = baseNode.nonEmptyString() else {
+            if fields["base_url"] == nil { node.report("missing required key 'base_url' (where the API is served)") }
+            return nil
+        }
+        if !(baseURL.hasPrefix("http://") || baseURL.hasPrefix("https://")) { baseNode.report("expected an http:// or https:// URL, found '\(baseURL)'") }
+        var source = ToolSourceSettings(namespace: namespace, kind: kind, baseURL: baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL)
+        if let value = fields["timeout_ms"]?.int(minimum: 1) { source.timeoutMs = value }
+        if let value = fields["max_concurrency"]?.int(minimum: 1, maximum: 100_000) { source.maxConcurrency = value }
+        if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { source.maxResponseBytes = value }
+        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value"]) {
+            if let token = auth["bearer"]?.string() {
+                if !Self.isHeaderValue(token) { auth["bearer"]?.report("the token contains a line break or control character") }
+                source.authentication = .bearer(Secret(token))
+            } else if let name = auth["header"]?.nonEmptyString() {
+                if !Self.isHeaderName(name) { auth["header"]?.report("'\(name)' is not a valid header name") }
+                guard let value = auth["value"]?.string() else {
+                    authNode.report("'header' needs 'value' (use ${ENV_VAR})")
+                    return nil
+                }
+                if !Self.isHeaderValue(value) { auth["value"]?.report("the value contains a line break or control character") }
+                source.authentication = .header(name: name, value: Secret(value))
+            } else {
+                authNode.report("expected 'bearer: <token>' or 'header: <name>' with 'value: <secret>'")
+            }
+        }
+        guard let specNode = fields["spec"], let specPath = specNode.nonEmptyString() else {
+            if fields["spec"] == nil { node.report("missing required key 'spec' (the OpenAPI document, a path relative to this file)") }
+            return nil
+        }
+        let directory = reader.file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let resolved = specPath.hasPrefix("/") || directory.isEmpty ? specPath : directory + "/" + specPath
+        guard let data = FileManager.default.contents(atPath: resolved) else {
+            specNode.report("cannot read the OpenAPI document '\(resolved)'")
+            return nil
+        }
+        let document: JSONValue
+        do {
+            guard let root = try Yams.compose(yaml: String(decoding: data, as: UTF8.self)) else {
+                specNode.report("the OpenAPI document '\(resolved)' is empty")
+                return nil
+            }
+            document = YAMLJSON.value(root)
+        } catch {
+            specNode.report("the OpenAPI document '\(resolved)' is not valid YAML or JSON: \(error)")
+            return nil
+        }
+        do {
+            source.tools = try OpenAPIImport.tools(from: document, namespace: namespace)
+        } catch {
+            specNode.report("the OpenAPI document '\(resolved)': \(error.description)")
+            return nil
+        }
+        for tool in source.tools {
+            do {
+                _ = try JSONSchema(tool.definition.inputSchema)
+            } catch {
+                specNode.report("tool '\(tool.definition.name)': its input schema is not usable: \(error.description)")
+            }
+        }
+        if let overrides = fields["tools"]?.namedEntries() {
+            for (name, overrideNode) in overrides {
+                guard let index = source.tools.firstIndex(where: { $0.definition.name == "\(namespace).\(name)" }) else {
+                    var message = "the document has no operation '\(name)'"
+                    let known = Set(source.tools.map { String($0.definition.name.dropFirst(namespace.count + 1)) })
+                    if let suggestion = Suggestion.closest(to: name, in: known) { message += "; did you mean '\(suggestion)'?" }
+                    overrideNode.report(message)
+                    continue
+                }
+                guard let meta = overrideNode.mapping(allowed: ["side_effects", "idempotent", "risk", "owner"]) else { continue }
+                var metadata = source.tools[index].definition.metadata
+                if let value = meta["side_effects"]?.oneOf(ToolMetadata.SideEffects.self, ToolMetadata.SideEffects.allCases) { metadata.sideEffects = value }
+                if let value = meta["idempotent"]?.bool() { metadata.idempotent = value }
+                if let value = meta["risk"]?.oneOf(ToolMetadata.Risk.self, ToolMetadata.Risk.allCases) { metadata.risk = value }
+                if let value = meta["owner"]?.string() { metadata.owner = value }
+                source.tools[index].definition.metadata = metadata
+            }
+        }
+        return source
     }
 
     private func readTrustedIssuer(_ node: ConfigNode, defaultAudience: String) -> TrustedIssuerSettings? {

@@ -232,3 +232,30 @@ struct ConfigNode {
         }
     }
 }
+
+/// A YAML (or JSON) document as a JSON value, without `${VAR}` interpolation: for documents
+/// the configuration points at, such as OpenAPI descriptions.
+enum YAMLJSON {
+    static func value(_ node: Yams.Node) -> JSONValue {
+        switch node {
+        case .scalar(let scalar):
+            let text = scalar.string
+            if scalar.style == .plain {
+                if let integer = Int64(text) { return .integer(integer) }
+                if let number = Double(text), text.contains(".") || text.contains("e") || text.contains("E") { return .number(number) }
+                if text == "true" { return .bool(true) }
+                if text == "false" { return .bool(false) }
+                if text == "null" || text == "~" || text.isEmpty { return .null }
+            }
+            return .string(text)
+        case .sequence(let sequence):
+            return .array(sequence.map(value))
+        case .mapping(let mapping):
+            var object = JSONObject()
+            for (key, member) in mapping { object[key.string ?? ""] = value(member) }
+            return .object(object)
+        case .alias:
+            return .null
+        }
+    }
+}

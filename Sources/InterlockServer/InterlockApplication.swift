@@ -20,11 +20,14 @@ public struct InterlockServices: Sendable {
     public var metrics: PrometheusCollectorRegistry
     /// The event-loop path's upstream client; `nil` serves every call on the async path.
     public var loopClient: LoopHTTPClient?
+    /// Tool calls; nil when no tools are configured.
+    public var tools: ToolGateway?
 
     public init(
         configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry,
-        loopClient: LoopHTTPClient? = nil
+        loopClient: LoopHTTPClient? = nil, tools: ToolGateway? = nil
     ) {
+        self.tools = tools
         self.configuration = configuration
         self.gateway = gateway
         self.store = store
@@ -81,6 +84,9 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
         .group(context: AgentRequestContext.self)
     ModelRoutes(gateway: services.gateway, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
+    if let tools = services.tools {
+        ToolRoutes(tools: tools, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
+    }
     return router
 }
 

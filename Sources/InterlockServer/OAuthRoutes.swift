@@ -165,7 +165,7 @@ struct OAuthRoutes {
         }
         // Scopes: what the actor holds (and its token carries) and the subject token allows.
         func allowedByBoth(_ scope: String) -> Bool {
-            actor.permits(scope: scope) && (subject.scopes.map { Self.scopes($0, cover: scope) } ?? true)
+            actor.permits(scope: scope) && (subject.scopes.map { AgentGrants.scopes($0, cover: scope) } ?? true)
         }
         let scopes: [String]
         if let requested = form["scope"], !requested.isEmpty {
@@ -201,12 +201,6 @@ struct OAuthRoutes {
             "access_token": .string(issued), "issued_token_type": .string(Self.accessTokenType), "token_type": "Bearer",
             "expires_in": .integer(max(0, (expiresMs - now) / 1000)), "scope": .string(scopes.joined(separator: " ")),
         ], status: .ok)
-    }
-
-    /// Whether a list of scopes (wildcards such as `model:*` included) covers `scope`.
-    static func scopes(_ held: [String], cover scope: String) -> Bool {
-        guard let colon = scope.firstIndex(of: ":") else { return held.contains(scope) }
-        return held.contains(scope) || held.contains(scope[..<colon] + ":*")
     }
 
     /// RFC 6749 §4.4: an agent's API key for an access token.

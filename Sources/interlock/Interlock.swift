@@ -263,7 +263,10 @@ struct Serve: AsyncParsableCommand {
         let host = self.host ?? configuration.server.host
         let port = self.port ?? configuration.server.port
         let app = buildApplication(
-            InterlockServices(configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient),
+            InterlockServices(
+                configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient,
+                tools: configuration.toolSources.isEmpty
+                    ? nil : try ToolGateway(configuration: configuration, governor: governor, client: httpClient, logger: Logger(label: "interlock.tools"))),
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.

@@ -37,7 +37,8 @@ struct Harness {
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
         let services = InterlockServices(
             configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry(),
-            loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton))
+            loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton),
+            tools: configuration.toolSources.isEmpty ? nil : try ToolGateway(configuration: configuration, governor: governor, client: .shared, logger: logger))
         return Harness(services: services, router: buildRouter(services))
     }
 

@@ -13,6 +13,8 @@ public struct InterlockConfiguration: Sendable {
     public var providers: [ProviderSettings]
     public var models: [ModelAliasSettings]
     public var agents: [AgentSettings]
+    /// Where tools come from, by namespace.
+    public var toolSources: [ToolSourceSettings] = []
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -340,5 +342,40 @@ public struct AgentSettings: Sendable {
     public init(agent: Agent, apiKey: Secret? = nil) {
         self.agent = agent
         self.apiKey = apiKey
+    }
+}
+
+/// An upstream that provides tools, under a namespace (`tools.<namespace>` in config).
+public struct ToolSourceSettings: Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// A REST API described by an OpenAPI 3 document.
+        case openapi
+    }
+
+    /// How Interlock authenticates to the upstream; agents never see it.
+    public enum Authentication: Sendable {
+        case none
+        /// `Authorization: Bearer <token>`.
+        case bearer(Secret)
+        /// A header such as `X-API-Key: <value>`.
+        case header(name: String, value: Secret)
+    }
+
+    public var namespace: String
+    public var kind: Kind
+    public var baseURL: String
+    public var timeoutMs: Int = 30_000
+    /// Calls in flight to this upstream at once; more get 429 `tool_busy`.
+    public var maxConcurrency: Int = 32
+    /// Largest response accepted, in bytes.
+    public var maxResponseBytes: Int = 4 * 1024 * 1024
+    public var authentication: Authentication = .none
+    /// The tools the document describes, with their metadata from config applied.
+    public var tools: [OpenAPITool] = []
+
+    public init(namespace: String, kind: Kind, baseURL: String) {
+        self.namespace = namespace
+        self.kind = kind
+        self.baseURL = baseURL
     }
 }

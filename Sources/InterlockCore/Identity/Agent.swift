@@ -30,7 +30,25 @@ public struct AgentGrants: Sendable, Equatable {
         case "agent": list = agents
         default: return false
         }
-        return list.contains(name) || list.contains("*")
+        return list.contains { Self.pattern($0, matches: name) }
+    }
+
+    /// A grant names one target, `*` (every target of its kind) or `<namespace>.*` (every tool
+    /// of a namespace).
+    public static func pattern(_ pattern: String, matches name: String) -> Bool {
+        if pattern == name || pattern == "*" { return true }
+        return pattern.hasSuffix(".*") && name.hasPrefix(pattern.dropLast()) && name.count > pattern.count - 1
+    }
+
+    /// Whether a list of `<kind>:<pattern>` scopes covers `scope`.
+    public static func scopes(_ held: [String], cover scope: String) -> Bool {
+        guard let colon = scope.firstIndex(of: ":") else { return held.contains(scope) }
+        let kind = scope[..<colon]
+        let name = String(scope[scope.index(after: colon)...])
+        return held.contains { entry in
+            guard let entryColon = entry.firstIndex(of: ":"), entry[..<entryColon] == kind else { return false }
+            return pattern(String(entry[entry.index(after: entryColon)...]), matches: name)
+        }
     }
 }
 

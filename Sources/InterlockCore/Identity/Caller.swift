@@ -42,8 +42,7 @@ public struct Caller: Sendable, Equatable {
     public func permits(scope: String) -> Bool {
         guard agent.grants.covers(scope: scope) else { return false }
         guard let scopes else { return true }
-        guard let colon = scope.firstIndex(of: ":") else { return scopes.contains(scope) }
-        return scopes.contains(scope) || scopes.contains(scope[..<colon] + ":*")
+        return AgentGrants.scopes(scopes, cover: scope)
     }
 }
 

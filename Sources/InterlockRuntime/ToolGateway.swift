@@ -1,0 +1,202 @@
+public import AsyncHTTPClient
+import FoundationEssentials
+public import InterlockCore
+public import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import Tracing
+
+/// Tool calls through the governed pipeline: the same authenticate, authorize (grants, token
+/// scopes), admission (agent limits), accounting and audit as model calls, through the one
+/// `CallGovernor`; then the tool's own stages: argument validation against its schema,
+/// credential injection, the upstream call with a timeout, retries only for idempotent
+/// tools, and an idempotency key so a retry never repeats a side effect.
+public final class ToolGateway: Sendable {
+    /// A tool and everything needed to call it.
+    public struct Tool: Sendable {
+        public let definition: ToolDefinition
+        let schema: JSONSchema
+        let operation: RESTOperation
+        let source: Source
+    }
+
+    final class Source: Sendable {
+        let settings: ToolSourceSettings
+        let inFlight = Atomic<Int>(0)
+
+        init(settings: ToolSourceSettings) { self.settings = settings }
+    }
+
+    public let governor: CallGovernor
+    private let tools: [String: Tool]
+    private let client: HTTPClient
+    private let retry: (attempts: Int, initialBackoffMs: Int, maxBackoffMs: Int)
+    private let logger: Logger
+
+    public init(configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, logger: Logger) throws {
+        var tools: [String: Tool] = [:]
+        for settings in configuration.toolSources {
+            let source = Source(settings: settings)
+            for tool in settings.tools {
+                tools[tool.definition.name] = Tool(
+                    definition: tool.definition, schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source)
+            }
+        }
+        self.tools = tools
+        self.governor = governor
+        self.client = client
+        self.retry = (configuration.gateway.retryMaxAttempts, configuration.gateway.retryInitialBackoffMs, configuration.gateway.retryMaxBackoffMs)
+        self.logger = logger
+    }
+
+    /// The tools a caller may use (its agent's grants and its token's scopes), by name.
+    public func catalog(for caller: Caller) -> [ToolDefinition] {
+        tools.values.map(\.definition).filter { caller.permits(kind: TargetKind.tool.rawValue, name: $0.name) }.sorted { $0.name < $1.name }
+    }
+
+    /// The answer of a tool call.
+    public struct ToolResult: Sendable {
+        /// The upstream's status.
+        public var status: Int
+        /// The upstream's JSON answer, or its text as a string.
+        public var content: JSONValue
+        public var attempts: Int
+        /// The upstream refused the call (4xx): the agent gets its answer, to correct itself.
+        public var isError: Bool { !(200..<300).contains(status) }
+    }
+
+    /// Runs one tool call. `arguments` is the JSON the agent sent; `idempotencyKey` the one it
+    /// gave, if any (otherwise one is derived from the request id, so Interlock's own retries
+    /// carry the same key).
+    public func invoke(
+        _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?
+    ) async throws(GatewayError) -> ToolResult {
+        let argumentsHash = AuditRecord.sha256Hex(bytes)
+        guard let tool = tools[name] else {
+            let error = GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.", param: "name")
+            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
+            throw error
+        }
+        try governor.authorize(caller, kind: .tool, target: name, requestID: requestID)
+        let arguments: JSONObject
+        do throws(GatewayError) {
+            guard case .object(let object) = try? JSONParser.parse(bytes) else {
+                throw GatewayError.invalidRequest("The arguments must be a JSON object.", code: "invalid_arguments", param: "arguments")
+            }
+            let violations = tool.schema.validate(.object(object))
+            guard violations.isEmpty else {
+                throw GatewayError.invalidRequest(
+                    "Invalid arguments for tool '\(name)': " + violations.map(\.description).joined(separator: "; ") + ".",
+                    code: "invalid_arguments", param: violations.first.map { $0.path.isEmpty ? "arguments" : $0.path })
+            }
+            arguments = object
+        } catch {
+            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
+            throw error
+        }
+        let call = GovernedCall(
+            requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
+            expectedCost: .zero, argumentsHash: argumentsHash)
+        let admission = try await governor.admit(call)
+        let source = tool.source
+        guard source.inFlight.add(1, ordering: .relaxed).newValue <= source.settings.maxConcurrency else {
+            source.inFlight.subtract(1, ordering: .relaxed)
+            let error = GatewayError(
+                kind: .rateLimit, code: "tool_busy",
+                message: "The tools of '\(source.settings.namespace)' are at their concurrency limit (\(source.settings.maxConcurrency)); retry shortly.",
+                retryAfterSeconds: 1)
+            governor.settle(admission, CallOutcome(outcome: .rejected, status: 429, errorCode: error.code))
+            throw error
+        }
+        defer { source.inFlight.subtract(1, ordering: .relaxed) }
+        let span = startSpan("execute_tool \(name)", ofKind: .client)
+        defer { span.end() }
+        span.attributes["gen_ai.operation.name"] = "execute_tool"
+        span.attributes["gen_ai.tool.name"] = name
+        span.attributes["interlock.agent.id"] = caller.agent.id
+        let result: ToolResult
+        do {
+            result = try await send(tool, arguments: arguments, idempotencyKey: idempotencyKey ?? "\(requestID):\(name)")
+        } catch let error as GatewayError {
+            span.attributes["error.type"] = error.code
+            governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code))
+            throw error
+        } catch {
+            governor.settle(admission, CallOutcome(outcome: .error, status: 500, errorCode: "internal_error"))
+            throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the tool call.")
+        }
+        if result.status >= 500 || result.status < 200 || (300..<400).contains(result.status) {
+            span.attributes["error.type"] = "\(result.status)"
+            governor.settle(admission, CallOutcome(attempts: result.attempts, outcome: .error, status: 502, errorCode: "tool_upstream_error"))
+            throw GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(name)' failed: its upstream answered \(result.status).", status: 502)
+        }
+        if result.isError { span.attributes["error.type"] = "\(result.status)" }
+        governor.settle(admission, CallOutcome(
+            attempts: result.attempts, outcome: result.isError ? .error : .success, status: result.status,
+            errorCode: result.isError ? "tool_refused" : nil))
+        return result
+    }
+
+    /// The HTTP request, retried (only for idempotent tools) on connection failures, 429 and
+    /// 5xx answers, with backoff; the idempotency key is the same on every attempt.
+    private func send(_ tool: Tool, arguments: JSONObject, idempotencyKey: String) async throws -> ToolResult {
+        let settings = tool.source.settings
+        let built = tool.operation.request(arguments: arguments)
+        var request = HTTPClientRequest(url: settings.baseURL + built.path)
+        request.method = HTTPMethod(rawValue: tool.operation.method)
+        request.headers.add(name: "accept", value: "application/json")
+        request.headers.add(name: "idempotency-key", value: idempotencyKey)
+        for (name, value) in built.headers { request.headers.add(name: name, value: value) }
+        switch settings.authentication {
+        case .none: break
+        case .bearer(let token): request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token.reveal())")
+        case .header(let name, let value): request.headers.replaceOrAdd(name: name, value: value.reveal())
+        }
+        if let body = built.body {
+            request.headers.add(name: "content-type", value: "application/json")
+            request.body = .bytes(JSONWriter.bytes(body))
+        }
+        let attempts = tool.definition.metadata.idempotent ? max(1, retry.attempts) : 1
+        var attempt = 0
+        while true {
+            attempt += 1
+            let retryable: Bool
+            let failure: GatewayError
+            do {
+                let response = try await client.execute(request, timeout: .milliseconds(Int64(settings.timeoutMs)))
+                let body = try await response.body.collect(upTo: settings.maxResponseBytes)
+                let status = Int(response.status.code)
+                if status == 429 || status >= 500, attempt < attempts {
+                    try await Task.sleep(for: backoff(attempt))
+                    continue
+                }
+                let bytes = Array(body.readableBytesView)
+                let content = (try? JSONParser.parse(bytes)) ?? .string(String(decoding: bytes, as: UTF8.self))
+                return ToolResult(status: status, content: content, attempts: attempt)
+            } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
+                retryable = true
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_timeout", message: "Tool '\(tool.definition.name)' did not answer within \(settings.timeoutMs) ms.", status: 504)
+            } catch is NIOTooManyBytesError {
+                retryable = false
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_response_too_large",
+                    message: "Tool '\(tool.definition.name)' answered with more than \(settings.maxResponseBytes) bytes.", status: 502)
+            } catch is CancellationError {
+                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+            } catch {
+                retryable = true
+                failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
+            }
+            guard retryable, attempt < attempts else { throw failure }
+            try await Task.sleep(for: backoff(attempt))
+        }
+    }
+
+    private func backoff(_ attempt: Int) -> Duration {
+        let base = Double(retry.initialBackoffMs) * Double(1 << min(attempt - 1, 20))
+        let capped = min(base, Double(retry.maxBackoffMs))
+        return .milliseconds(Int64(capped * Double.random(in: 0.5...1.0)))
+    }
+}

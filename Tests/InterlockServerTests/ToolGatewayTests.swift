@@ -1,0 +1,195 @@
+import FoundationEssentials
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import InterlockCore
+import InterlockServer
+import NIOCore
+import Synchronization
+import Testing
+
+/// A REST API described by OpenAPI, played by the test: it checks the credential Interlock
+/// injects and remembers what reached it.
+final class FakeWeatherAPI: Sendable {
+    let requests = Mutex<[(path: String, idempotencyKey: String?)]>([])
+    let failuresLeft = Mutex(0)
+
+    static let spec = """
+        openapi: 3.0.3
+        info: { title: Weather, version: "1" }
+        paths:
+          /forecast/{city}:
+            get:
+              operationId: getForecast
+              summary: The forecast for a city.
+              parameters:
+                - { name: city, in: path, required: true, schema: { type: string } }
+                - { name: days, in: query, schema: { type: integer, minimum: 1, maximum: 14 } }
+              responses:
+                "200": { description: ok }
+          /alerts:
+            post:
+              operationId: createAlert
+              requestBody:
+                required: true
+                content:
+                  application/json:
+                    schema: { type: object, properties: { city: { type: string }, level: { type: integer } }, required: [city, level] }
+              responses:
+                "201": { description: created }
+          /slow:
+            get:
+              operationId: slow
+              responses:
+                "200": { description: ok }
+        """
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/forecast/:city") { request, context -> Response in
+            self.requests.withLock { $0.append((request.uri.path, request.headers[HTTPField.Name("idempotency-key")!])) }
+            guard request.headers[.authorization] == "Bearer weather-upstream-secret" else { return Response(status: .unauthorized) }
+            if self.failuresLeft.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { return Response(status: .serviceUnavailable) }
+            let city = context.parameters.get("city") ?? ""
+            if city == "Atlantis" {
+                return Response(status: .notFound, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"error":"unknown city"}"#)))
+            }
+            let days = request.uri.queryParameters["days"].map(String.init) ?? "1"
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"city":"\#(city)","days":\#(days),"high":21}"#)))
+        }
+        router.post("/alerts") { request, _ -> Response in
+            self.requests.withLock { $0.append((request.uri.path, request.headers[HTTPField.Name("idempotency-key")!])) }
+            if self.failuresLeft.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { return Response(status: .serviceUnavailable) }
+            let body = try await request.body.collect(upTo: 1 << 16)
+            return Response(status: .created, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
+        }
+        router.get("/slow") { _, _ -> Response in
+            try? await Task.sleep(for: .seconds(2))
+            return Response(status: .ok)
+        }
+        return router
+    }
+}
+
+@Suite struct ToolGatewayTests {
+    func invoke(_ arguments: String) -> ByteBuffer { ByteBuffer(string: #"{"arguments":\#(arguments)}"#) }
+
+    @Test func restToolsGoThroughThePipeline() async throws {
+        let api = FakeWeatherAPI()
+        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("weather-\(UInt32.random(in: 0...UInt32.max)).yaml").path
+            try Data(FakeWeatherAPI.spec.utf8).write(to: URL(fileURLWithPath: specPath))
+            let harness = try await Harness.make("""
+                gateway:
+                  retries: { max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 5 }
+                tools:
+                  weather:
+                    type: openapi
+                    spec: \(specPath)
+                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    timeout_ms: 300
+                    auth: { bearer: weather-upstream-secret }
+                    tools:
+                      getForecast: { side_effects: read, idempotent: true, risk: low, owner: weather-team }
+                agents:
+                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow] }
+                  - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
+                  - { id: modelonly, api_key: test-key-mmmmmmmmmmmm }
+                """)
+            let app = Application(router: harness.router)
+            try await app.test(.router) { client in
+                // Each agent sees its own catalog.
+                try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-rrrrrrrrrrrr")) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    let names = body["data"]?.arrayValue?.compactMap { $0["name"]?.stringValue }
+                    #expect(names == ["weather.getForecast", "weather.slow"])
+                    let forecast = body["data"]?.arrayValue?.first
+                    #expect(forecast?["side_effects"] == "read" && forecast?["owner"] == "weather-team")
+                    #expect(forecast?["openai"]?["function"]?["name"] == "weather__getForecast")
+                    // The upstream's credential is never shown.
+                    #expect(!String(buffer: response.body).contains("weather-upstream-secret"))
+                }
+                try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-mmmmmmmmmmmm")) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["data"]?.arrayValue?.isEmpty == true)
+                }
+                // A granted call: the credential is injected, the answer comes back.
+                try await client.execute(
+                    uri: "/v1/tools/weather.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Oslo","days":3}"#)
+                ) { response in
+                    #expect(response.status == .ok)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["result"] == ["city": "Oslo", "days": 3, "high": 21] && body["is_error"] == false)
+                }
+                // Default deny, and someone else's tool.
+                try await client.execute(
+                    uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Oslo","level":2}"#)
+                ) { response in
+                    #expect(response.status == .forbidden)
+                }
+                // Wrong arguments never reach the upstream; the error says what to fix.
+                let before = api.requests.withLock { $0.count }
+                try await client.execute(
+                    uri: "/v1/tools/weather.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"town":"Oslo","days":40}"#)
+                ) { response in
+                    #expect(response.status == .badRequest)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    let message = body["error"]?["message"]?.stringValue ?? ""
+                    #expect(body["error"]?["code"] == "invalid_arguments")
+                    #expect(message.contains("'city' is required") && message.contains("'days' must be at most 14") && message.contains("'town' is not a parameter"))
+                }
+                #expect(api.requests.withLock { $0.count } == before)
+                try await client.execute(uri: "/v1/tools/weather.nothing/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"), body: invoke("{}")) { response in
+                    #expect(response.status == .notFound)
+                }
+                // The upstream refusing the call is the agent's to read.
+                try await client.execute(
+                    uri: "/v1/tools/weather.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Atlantis"}"#)
+                ) { response in
+                    #expect(response.status == .ok)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["is_error"] == true && body["status"] == 404 && body["result"]?["error"] == "unknown city")
+                }
+                // An idempotent tool is retried with the same idempotency key; one with side effects is not.
+                api.failuresLeft.withLock { $0 = 1 }
+                var headers = auth("test-key-rrrrrrrrrrrr")
+                headers[HTTPField.Name("idempotency-key")!] = "call-77"
+                try await client.execute(uri: "/v1/tools/weather.getForecast/invoke", method: .post, headers: headers, body: invoke(#"{"city":"Bergen"}"#)) { response in
+                    #expect(response.status == .ok)
+                }
+                let bergen = api.requests.withLock { $0.filter { $0.path == "/forecast/Bergen" } }
+                #expect(bergen.count == 2 && bergen.allSatisfy { $0.idempotencyKey == "call-77" })
+                api.failuresLeft.withLock { $0 = 1 }
+                try await client.execute(
+                    uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"), body: invoke(#"{"city":"Oslo","level":2}"#)
+                ) { response in
+                    #expect(response.status == .badGateway)
+                }
+                #expect(api.requests.withLock { $0.filter { $0.path == "/alerts" }.count } == 1)
+                try await client.execute(
+                    uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"), body: invoke(#"{"city":"Oslo","level":2}"#)
+                ) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["result"] == ["city": "Oslo", "level": 2] && body["status"] == 201)
+                }
+                // A slow upstream times out cleanly.
+                try await client.execute(uri: "/v1/tools/weather.slow/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke("{}")) { response in
+                    #expect(response.status == .gatewayTimeout)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["error"]?["code"] == "tool_timeout")
+                }
+            }
+            // One ledger row and one audit record per call; arguments only as a hash.
+            await harness.services.ledger.flush()
+            await harness.services.gateway.governor.audit?.writer.flush()
+            let usage = try await harness.services.store.recentUsage(limit: 50).filter { $0.targetKind == "tool" }
+            #expect(usage.contains { $0.target == "weather.getForecast" && $0.outcome == .success && $0.attempts == 2 })
+            let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 500).records.filter { $0.action == "tool.call" }
+            #expect(records.contains { $0.decision == "deny" && $0.reason == "invalid_arguments" && $0.argumentsHash != nil })
+            #expect(records.contains { $0.decision == "deny" && $0.reason == "target_not_allowed" && $0.agentID == "reader" })
+            #expect(!records.contains { $0.argumentsHash?.contains("Oslo") == true })
+            try await harness.close()
+        }
+    }
+}
