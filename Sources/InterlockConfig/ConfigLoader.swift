@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -126,6 +126,10 @@ private struct ConfigDocument {
         }
         if let node = top["models"], let entries = node.namedEntries() {
             config.models = entries.compactMap { readAlias(name: $0.0, $0.1) }
+        }
+        if let node = top["mcp"], let fields = node.mapping(allowed: ["max_sessions", "session_idle_timeout_s"]) {
+            if let value = fields["max_sessions"]?.int(minimum: 1, maximum: 10_000_000) { config.mcp.maxSessions = value }
+            if let value = fields["session_idle_timeout_s"]?.int(minimum: 1) { config.mcp.sessionIdleTimeoutSeconds = value }
         }
         if let node = top["tools"], let entries = node.namedEntries() {
             config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }

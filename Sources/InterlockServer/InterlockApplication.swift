@@ -86,6 +86,14 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
     ModelRoutes(gateway: services.gateway, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
     if let tools = services.tools {
         ToolRoutes(tools: tools, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
+        let mcp = router.group("mcp")
+            .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
+            .group(context: AgentRequestContext.self)
+        let settings = services.configuration.mcp
+        MCPRoutes(
+            tools: tools, sessions: MCPSessions(maxSessions: settings.maxSessions, idleTimeout: .seconds(settings.sessionIdleTimeoutSeconds)),
+            maxBodyBytes: services.configuration.server.maxBodyBytes
+        ).addRoutes(to: mcp)
     }
     return router
 }

@@ -20,8 +20,6 @@ import Tracing
 import Glibc
 #endif
 
-/// Interlock's version, printed by `interlock version`.
-let interlockVersion = "0.1.0"
 
 @main
 struct Interlock: AsyncParsableCommand {
@@ -35,7 +33,7 @@ struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the version.")
 
     func run() {
-        print("interlock \(interlockVersion)")
+        print("interlock \(InterlockVersion.current)")
     }
 }
 
@@ -282,7 +280,7 @@ struct Serve: AsyncParsableCommand {
         // Past this, shutdown stops waiting for in-flight requests and streams.
         groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(configuration.server.shutdownGraceMs)
         let group = ServiceGroup(configuration: groupConfiguration)
-        logger.info("starting", metadata: ["interlock.version": "\(interlockVersion)", "interlock.address": "\(host):\(port)"])
+        logger.info("starting", metadata: ["interlock.version": "\(InterlockVersion.current)", "interlock.address": "\(host):\(port)"])
         do {
             try await group.run()
         } catch {

@@ -15,6 +15,7 @@ public struct InterlockConfiguration: Sendable {
     public var agents: [AgentSettings]
     /// Where tools come from, by namespace.
     public var toolSources: [ToolSourceSettings] = []
+    public var mcp = MCPSettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -378,4 +379,14 @@ public struct ToolSourceSettings: Sendable {
         self.kind = kind
         self.baseURL = baseURL
     }
+}
+
+/// The MCP endpoint `/mcp`.
+public struct MCPSettings: Sendable {
+    /// Sessions kept at once; past this the least recently used is dropped.
+    public var maxSessions: Int = 10_000
+    /// A session unused this long is forgotten (the client initializes again), in seconds.
+    public var sessionIdleTimeoutSeconds: Int = 3_600
+
+    public init() {}
 }

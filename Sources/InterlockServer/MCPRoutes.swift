@@ -1,0 +1,247 @@
+import FoundationEssentials
+import HTTPTypes
+import Hummingbird
+import InterlockCore
+import InterlockRuntime
+import NIOCore
+import Synchronization
+
+/// The MCP server at `/mcp` (Streamable HTTP, JSON responses): one endpoint that lists and
+/// calls every tool the calling agent was granted, whatever upstream serves it. Tool calls go
+/// through the same `ToolGateway` (and so the same pipeline) as `/v1/tools`.
+///
+/// Sessions follow the handshake protocol versions (2024-11-05 to 2025-11-25): `initialize`
+/// answers with an `Mcp-Session-Id`; later requests must carry it and belong to the same
+/// agent. A client that probes the 2026 `server/discover` gets -32601 and falls back to the
+/// handshake, as the spec's clients do.
+struct MCPRoutes {
+    static let supportedVersions = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
+    static let methods: Set<String> = ["initialize", "ping", "tools/list", "tools/call"]
+
+    let tools: ToolGateway
+    let sessions: MCPSessions
+    let maxBodyBytes: Int
+
+    /// JSON-RPC error codes.
+    enum Code {
+        static let parse = -32700
+        static let invalidRequest = -32600
+        static let methodNotFound = -32601
+        static let invalidParams = -32602
+        static let internalError = -32603
+    }
+
+    func addRoutes(to group: RouterGroup<AgentRequestContext>) {
+        group.post { request, context in try await post(request, context: context) }
+        // No server-initiated stream is offered.
+        group.get { _, context in
+            Self.rpcError(nil, Code.invalidRequest, "This server does not offer a server-to-client stream; POST JSON-RPC messages.", status: .methodNotAllowed, requestID: context.requestID)
+        }
+        group.delete { request, context in
+            guard let id = request.headers[HTTPField.Name("mcp-session-id")!], sessions.end(id, agentID: context.caller.agent.id) else {
+                return Self.rpcError(nil, Code.invalidRequest, "Unknown or ended session.", status: .notFound, requestID: context.requestID)
+            }
+            return Response(status: .noContent)
+        }
+    }
+
+    private func post(_ request: Request, context: AgentRequestContext) async throws -> Response {
+        var request = request
+        let accept = request.headers[.accept]?.lowercased() ?? ""
+        guard accept.contains("application/json") || accept.contains("*/*") else {
+            return Self.rpcError(nil, Code.invalidRequest, "The Accept header must include application/json (and text/event-stream).", status: .notAcceptable, requestID: context.requestID)
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: maxBodyBytes)
+        } catch {
+            return Self.rpcError(nil, Code.invalidRequest, "The request is larger than \(maxBodyBytes) bytes.", status: .contentTooLarge, requestID: context.requestID)
+        }
+        guard let message = try? JSONParser.parse(Array(body.readableBytesView)) else {
+            return Self.rpcError(nil, Code.parse, "The body is not valid JSON.", status: .badRequest, requestID: context.requestID)
+        }
+        if let version = request.headers[HTTPField.Name("mcp-protocol-version")!], !Self.supportedVersions.contains(version) {
+            return Self.rpcError(
+                nil, Code.invalidRequest, "Unsupported MCP-Protocol-Version '\(version)'; supported: \(Self.supportedVersions.joined(separator: ", ")).",
+                status: .badRequest, requestID: context.requestID)
+        }
+        guard case .object(let object) = message else {
+            // Batches existed only in 2025-03-26; Interlock answers one message per request.
+            return Self.rpcError(nil, Code.invalidRequest, "Send one JSON-RPC message per request (batches are not supported).", status: .badRequest, requestID: context.requestID)
+        }
+        guard object["jsonrpc"]?.stringValue == "2.0" else {
+            return Self.rpcError(object["id"], Code.invalidRequest, "Not a JSON-RPC 2.0 message ('jsonrpc' must be \"2.0\").", status: .badRequest, requestID: context.requestID)
+        }
+        guard let method = object["method"]?.stringValue else {
+            // A response or something else without a method: nothing to answer.
+            return Response(status: .accepted)
+        }
+        guard let id = object["id"], !id.isNull else {
+            // A notification (initialized, cancelled, progress): accepted, no answer.
+            return Response(status: .accepted)
+        }
+        guard id.stringValue != nil || id.int64Value != nil else {
+            return Self.rpcError(nil, Code.invalidRequest, "'id' must be a string or a number.", status: .badRequest, requestID: context.requestID)
+        }
+        let params = object["params"] ?? .object([:])
+        guard Self.methods.contains(method) else {
+            return Self.rpcError(id, Code.methodNotFound, "Method '\(method)' is not supported.", status: .ok, requestID: context.requestID)
+        }
+        if method == "initialize" {
+            let requested = params["protocolVersion"]?.stringValue ?? ""
+            let version = Self.supportedVersions.contains(requested) ? requested : Self.supportedVersions[0]
+            let session = sessions.open(agentID: context.caller.agent.id, version: version)
+            var response = Self.rpcResult(id, [
+                "protocolVersion": .string(version), "capabilities": ["tools": ["listChanged": false]],
+                "serverInfo": ["name": "interlock", "version": .string(InterlockVersion.current)],
+                "instructions": "Tools of this Interlock mesh; every call is governed (grants, limits, audit).",
+            ], requestID: context.requestID)
+            response.headers[HTTPField.Name("mcp-session-id")!] = session
+            return response
+        }
+        guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
+            return Self.rpcError(id, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
+        }
+        guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
+            return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
+        }
+        switch method {
+        case "ping":
+            return Self.rpcResult(id, .object([:]), requestID: context.requestID)
+        case "tools/list":
+            let list: [JSONValue] = tools.catalog(for: context.caller).map(Self.mcpTool)
+            return Self.rpcResult(id, ["tools": .array(list)], requestID: context.requestID)
+        default:
+            return await call(id: id, params: params, request: request, context: context)
+        }
+    }
+
+    /// `tools/call`: protocol problems (unknown or ungranted tool, invalid arguments) are
+    /// JSON-RPC errors (-32602) whose message says what to fix; what the tool itself did,
+    /// failures included, is the result (`isError`), so a model reads it.
+    private func call(id: JSONValue, params: JSONValue, request: Request, context: AgentRequestContext) async -> Response {
+        guard let name = params["name"]?.stringValue else {
+            return Self.rpcError(id, Code.invalidParams, "'params.name' (the tool) is required.", status: .ok, requestID: context.requestID)
+        }
+        let arguments = params["arguments"] ?? .object([:])
+        let key = params["_meta"]?["idempotencyKey"]?.stringValue ?? request.headers[HTTPField.Name("idempotency-key")!]
+        do {
+            let result = try await tools.invoke(
+                name, arguments: JSONWriter.bytes(arguments), caller: context.caller, requestID: context.requestID, idempotencyKey: key)
+            var answer: JSONObject = [
+                "content": [["type": "text", "text": .string(result.content.stringValue ?? JSONWriter.string(result.content))]],
+                "isError": .bool(result.isError),
+            ]
+            if case .object = result.content { answer["structuredContent"] = result.content }
+            return Self.rpcResult(id, .object(answer), requestID: context.requestID)
+        } catch {
+            switch (error.kind, error.code) {
+            case (.notFound, _), (.permission, _):
+                // Not granted reads like not there: an agent learns nothing about others' tools.
+                return Self.rpcError(id, Code.invalidParams, "Unknown tool: '\(name)'.", status: .ok, requestID: context.requestID)
+            case (.invalidRequest, _):
+                return Self.rpcError(id, Code.invalidParams, error.message, status: .ok, requestID: context.requestID, data: ["code": .string(error.code)])
+            case (.internal, _):
+                return Self.rpcError(id, Code.internalError, error.message, status: .ok, requestID: context.requestID)
+            default:
+                return Self.rpcResult(id, [
+                    "content": [["type": "text", "text": .string(error.message)]], "isError": true,
+                    "_meta": ["interlock/error": .string(error.code)],
+                ], requestID: context.requestID)
+            }
+        }
+    }
+
+    static func mcpTool(_ tool: ToolDefinition) -> JSONValue {
+        var entry: JSONObject = [
+            "name": .string(tool.name), "description": .string(tool.description), "inputSchema": tool.inputSchema,
+            "annotations": [
+                "readOnlyHint": .bool(tool.metadata.sideEffects == .read), "destructiveHint": .bool(tool.metadata.sideEffects == .write),
+                "idempotentHint": .bool(tool.metadata.idempotent),
+            ],
+        ]
+        if let output = tool.outputSchema, output["type"]?.stringValue == "object" { entry["outputSchema"] = output }
+        return .object(entry)
+    }
+
+    static func rpcResult(_ id: JSONValue, _ result: JSONValue, requestID: String) -> Response {
+        json(["jsonrpc": "2.0", "id": id, "result": result], status: .ok, requestID: requestID)
+    }
+
+    static func rpcError(_ id: JSONValue?, _ code: Int, _ message: String, status: HTTPResponse.Status, requestID: String, data: JSONValue? = nil) -> Response {
+        var error: JSONObject = ["code": .integer(Int64(code)), "message": .string(message)]
+        if let data { error["data"] = data }
+        return json(["jsonrpc": "2.0", "id": id ?? .null, "error": .object(error)], status: status, requestID: requestID)
+    }
+
+    private static func json(_ value: JSONValue, status: HTTPResponse.Status, requestID: String) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID],
+            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(value))))
+    }
+}
+
+/// MCP sessions: which agent opened each, and when it was last used. Bounded: past
+/// `maxSessions` the least recently used one is dropped; idle ones expire.
+final class MCPSessions: Sendable {
+    private struct Session {
+        var agentID: String
+        var version: String
+        var lastUsed: ContinuousClock.Instant
+    }
+
+    private let sessions = Mutex<[String: Session]>([:])
+    private let maxSessions: Int
+    private let idleTimeout: Duration
+
+    init(maxSessions: Int, idleTimeout: Duration) {
+        self.maxSessions = maxSessions
+        self.idleTimeout = idleTimeout
+    }
+
+    /// A new session id: 128 random bits, hex.
+    func open(agentID: String, version: String) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let id = (0..<2).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
+        sessions.withLock { sessions in
+            let now = ContinuousClock.now
+            if sessions.count >= maxSessions {
+                sessions = sessions.filter { now - $0.value.lastUsed < idleTimeout }
+                if sessions.count >= maxSessions, let oldest = sessions.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+                    sessions[oldest] = nil
+                }
+            }
+            sessions[id] = Session(agentID: agentID, version: version, lastUsed: now)
+        }
+        return id
+    }
+
+    /// Whether `id` is a live session of `agentID` (and marks it used).
+    func touch(_ id: String, agentID: String) -> Bool {
+        sessions.withLock { sessions in
+            guard var session = sessions[id], session.agentID == agentID else { return false }
+            let now = ContinuousClock.now
+            guard now - session.lastUsed < idleTimeout else {
+                sessions[id] = nil
+                return false
+            }
+            session.lastUsed = now
+            sessions[id] = session
+            return true
+        }
+    }
+
+    func end(_ id: String, agentID: String) -> Bool {
+        sessions.withLock { sessions in
+            guard sessions[id]?.agentID == agentID else { return false }
+            sessions[id] = nil
+            return true
+        }
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to length: Int) -> String {
+        count >= length ? self : String(repeating: "0", count: length - count) + self
+    }
+}
