@@ -1,6 +1,7 @@
 public import AsyncHTTPClient
 import FoundationEssentials
 public import InterlockCore
+public import InterlockStore
 public import Logging
 import NIOCore
 import NIOHTTP1
@@ -31,10 +32,40 @@ public final class ToolGateway: Sendable {
     public let governor: CallGovernor
     private let tools: [String: Tool]
     private let client: HTTPClient
+    private let store: any InterlockStore
+    /// Approved definitions, by tool name; a tool whose pin has a pending change is quarantined.
+    private let pins: Mutex<[String: ToolPin]>
     private let retry: (attempts: Int, initialBackoffMs: Int, maxBackoffMs: Int)
     private let logger: Logger
 
-    public init(configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, logger: Logger) throws {
+    /// The gateway with every tool's definition checked against its pin: a tool seen for the
+    /// first time is pinned as it is; one whose definition changed since it was approved is
+    /// quarantined (hidden and refused) until an operator approves the new definition.
+    public static func open(
+        configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, store: any InterlockStore, logger: Logger
+    ) async throws -> ToolGateway {
+        let gateway = try ToolGateway(configuration: configuration, governor: governor, client: client, store: store, logger: logger)
+        let now = governor.nowMs()
+        var pins = Dictionary(try await store.toolPins().map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
+        var changed: [ToolPin] = []
+        for tool in gateway.tools.values {
+            let hash = tool.definition.definitionHash
+            let next = pins[tool.definition.name].map { $0.seeing(hash, nowMs: now) }
+                ?? ToolPin(name: tool.definition.name, approvedHash: hash, approvedMs: now, approvedBy: "first-seen")
+            if next != pins[tool.definition.name] { changed.append(next) }
+            if next.isQuarantined, pins[tool.definition.name]?.isQuarantined != true {
+                logger.warning("tool definition changed upstream; quarantined until approved", metadata: ["interlock.tool": "\(tool.definition.name)"])
+            }
+            pins[tool.definition.name] = next
+        }
+        try await store.saveToolPins(changed)
+        gateway.pins.withLock { $0 = pins }
+        return gateway
+    }
+
+    private init(configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, store: any InterlockStore, logger: Logger) throws {
+        self.store = store
+        self.pins = Mutex([:])
         var tools: [String: Tool] = [:]
         for settings in configuration.toolSources {
             let source = Source(settings: settings)
@@ -50,9 +81,40 @@ public final class ToolGateway: Sendable {
         self.logger = logger
     }
 
-    /// The tools a caller may use (its agent's grants and its token's scopes), by name.
+    /// The tools a caller may use (its agent's grants and its token's scopes), by name;
+    /// quarantined tools are left out.
     public func catalog(for caller: Caller) -> [ToolDefinition] {
-        tools.values.map(\.definition).filter { caller.permits(kind: TargetKind.tool.rawValue, name: $0.name) }.sorted { $0.name < $1.name }
+        let quarantined = pins.withLock { pins in Set(pins.values.filter(\.isQuarantined).map(\.name)) }
+        return tools.values.map(\.definition)
+            .filter { !quarantined.contains($0.name) && caller.permits(kind: TargetKind.tool.rawValue, name: $0.name) }
+            .sorted { $0.name < $1.name }
+    }
+
+    /// Every tool with its pin, for operators (`/admin/v1/tools`).
+    public func registry() -> [JSONValue] {
+        let pins = pins.withLock { $0 }
+        return tools.values.sorted { $0.definition.name < $1.definition.name }.map { tool in
+            let pin = pins[tool.definition.name]
+            return [
+                "name": .string(tool.definition.name), "namespace": .string(tool.definition.namespace),
+                "status": .string(pin?.isQuarantined == true ? "quarantined" : "available"),
+                "definition_sha256": .string(tool.definition.definitionHash), "approved_sha256": pin.map { .string($0.approvedHash) } ?? .null,
+                "approved_by": pin.map { .string($0.approvedBy) } ?? .null, "approved_ms": pin.map { .integer($0.approvedMs) } ?? .null,
+                "changed_ms": pin?.pendingMs.map(JSONValue.integer) ?? .null, "side_effects": .string(tool.definition.metadata.sideEffects.rawValue),
+                "risk": .string(tool.definition.metadata.risk.rawValue), "base_url": .string(tool.source.settings.baseURL),
+                "in_flight": .integer(Int64(tool.source.inFlight.load(ordering: .relaxed))),
+                "description": .string(tool.definition.description), "input_schema": tool.definition.inputSchema,
+            ]
+        }
+    }
+
+    /// Approves the tool's current definition (an operator read it): the tool is available again.
+    public func approve(_ name: String, by approver: String) async throws -> JSONValue {
+        guard let tool = tools[name] else { throw GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.") }
+        let pin = ToolPin(name: name, approvedHash: tool.definition.definitionHash, approvedMs: governor.nowMs(), approvedBy: approver)
+        try await store.saveToolPins([pin])
+        pins.withLock { $0[name] = pin }
+        return registry().first { $0["name"]?.stringValue == name } ?? .null
     }
 
     /// The answer of a tool call.
@@ -79,6 +141,13 @@ public final class ToolGateway: Sendable {
             throw error
         }
         try governor.authorize(caller, kind: .tool, target: name, requestID: requestID)
+        if pins.withLock({ $0[name]?.isQuarantined == true }) {
+            let error = GatewayError(
+                kind: .permission, code: "tool_quarantined",
+                message: "Tool '\(name)' changed its definition upstream and is held until an operator approves the new one.")
+            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
+            throw error
+        }
         let arguments: JSONObject
         do throws(GatewayError) {
             guard case .object(let object) = try? JSONParser.parse(bytes) else {

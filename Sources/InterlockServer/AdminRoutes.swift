@@ -14,6 +14,8 @@ struct AdminRoutes {
     let governor: CallGovernor
     /// Grants naming a model alias that does not exist are refused (a typo would be a silent deny).
     let modelAliases: Set<String>
+    /// The tool registry, when tools are configured.
+    let tools: ToolGateway?
 
     func addRoutes(to router: Router<InterlockRequestContext>) {
         let admin = router.group("admin/v1")
@@ -23,6 +25,20 @@ struct AdminRoutes {
             try await perform(context, .viewer, "operator.audit.read", target: nil) { try await audit(request, context: context) }
         }
         addAgentRoutes(to: admin)
+        if let tools {
+            admin.get("tools") { _, context in
+                try await perform(context, .viewer, "operator.tools.list", target: nil) {
+                    ModelRoutes.json(["object": "list", "data": .array(tools.registry())], requestID: context.requestID)
+                }
+            }
+            // Approving a changed definition: an operator read what agents will now be told.
+            admin.post("tools/:name/approve") { _, context in
+                let name = try context.parameters.require("name")
+                return try await perform(context, .admin, "operator.tool.approve", target: name) {
+                    ModelRoutes.json(try await tools.approve(name, by: "operator:\(context.operatorSettings.id)"), requestID: context.requestID)
+                }
+            }
+        }
         if let tokens = governor.tokens {
             admin.get("signing-keys") { _, context in
                 try await perform(context, .viewer, "operator.signing_keys.list", target: nil) {

@@ -70,7 +70,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
 
     AdminRoutes(
         operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), store: services.store,
-        governor: services.gateway.governor, modelAliases: Set(services.configuration.models.map(\.name))
+        governor: services.gateway.governor, modelAliases: Set(services.configuration.models.map(\.name)), tools: services.tools
     ).addRoutes(to: router)
 
     ProtectedResourceRoutes(

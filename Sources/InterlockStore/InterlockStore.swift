@@ -99,6 +99,10 @@ public protocol InterlockStore: Sendable {
     func apiKeys() async throws -> [APIKeyRecord]
     /// Creates or replaces (by id) agents and API key records, all in one atomic change.
     func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws
+    /// The approved definitions of tools (pins).
+    func toolPins() async throws -> [ToolPin]
+    /// Creates or replaces (by name) tool pins, in one atomic change.
+    func saveToolPins(_ pins: [ToolPin]) async throws
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

@@ -281,6 +281,36 @@ public final class SQLiteStore: InterlockStore {
         }
     }
 
+    public func toolPins() async throws -> [ToolPin] {
+        let rows = try await connection.query(
+            "SELECT name, approved_hash, approved_ms, approved_by, pending_hash, pending_ms FROM tool_pins ORDER BY name", [])
+        return rows.compactMap { row in
+            guard let name = row.column("name")?.string, let hash = row.column("approved_hash")?.string, let approved = row.column("approved_ms")?.integer
+            else { return nil }
+            return ToolPin(
+                name: name, approvedHash: hash, approvedMs: Int64(approved), approvedBy: row.column("approved_by")?.string ?? "",
+                pendingHash: row.column("pending_hash")?.string, pendingMs: row.column("pending_ms")?.integer.map(Int64.init))
+        }
+    }
+
+    public func saveToolPins(_ pins: [ToolPin]) async throws {
+        guard !pins.isEmpty else { return }
+        try await transaction {
+            for pin in pins {
+                _ = try await connection.query(
+                    """
+                    INSERT INTO tool_pins (name, approved_hash, approved_ms, approved_by, pending_hash, pending_ms) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (name) DO UPDATE SET approved_hash = excluded.approved_hash, approved_ms = excluded.approved_ms,
+                        approved_by = excluded.approved_by, pending_hash = excluded.pending_hash, pending_ms = excluded.pending_ms
+                    """,
+                    [
+                        .text(pin.name), .text(pin.approvedHash), .integer(Int(pin.approvedMs)), .text(pin.approvedBy),
+                        pin.pendingHash.map(SQLiteData.text) ?? .null, pin.pendingMs.map { .integer(Int($0)) } ?? .null,
+                    ])
+            }
+        }
+    }
+
     public func ping() async throws {
         _ = try await connection.query("SELECT 1", [])
     }
@@ -383,6 +413,18 @@ enum SQLiteMigrations {
         ]),
         Migration(version: 5, name: "signing_key_rotation", statements: [
             "ALTER TABLE signing_keys ADD COLUMN retired_ms INTEGER",
+        ]),
+        Migration(version: 6, name: "tool_pins", statements: [
+            """
+            CREATE TABLE tool_pins (
+                name TEXT PRIMARY KEY,
+                approved_hash TEXT NOT NULL,
+                approved_ms INTEGER NOT NULL,
+                approved_by TEXT NOT NULL,
+                pending_hash TEXT,
+                pending_ms INTEGER
+            )
+            """,
         ]),
     ]
 }

@@ -264,7 +264,9 @@ struct Serve: AsyncParsableCommand {
             InterlockServices(
                 configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient,
                 tools: configuration.toolSources.isEmpty
-                    ? nil : try ToolGateway(configuration: configuration, governor: governor, client: httpClient, logger: Logger(label: "interlock.tools"))),
+                    ? nil
+                    : try await ToolGateway.open(
+                        configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))),
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.

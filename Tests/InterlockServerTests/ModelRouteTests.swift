@@ -38,7 +38,8 @@ struct Harness {
         let services = InterlockServices(
             configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry(),
             loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton),
-            tools: configuration.toolSources.isEmpty ? nil : try ToolGateway(configuration: configuration, governor: governor, client: .shared, logger: logger))
+            tools: configuration.toolSources.isEmpty
+                ? nil : try await ToolGateway.open(configuration: configuration, governor: governor, client: .shared, store: store, logger: logger))
         return Harness(services: services, router: buildRouter(services))
     }
 

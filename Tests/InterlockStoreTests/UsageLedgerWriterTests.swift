@@ -42,6 +42,8 @@ final class FlakyStore: InterlockStore {
     func signingKeys() async throws -> [SigningKeyRecord] { [] }
     func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws {}
     func agents() async throws -> [Agent] { [] }
+    func toolPins() async throws -> [ToolPin] { [] }
+    func saveToolPins(_ pins: [ToolPin]) async throws {}
     func apiKeys() async throws -> [APIKeyRecord] { [] }
     func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {}
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals { SpendTotals(cost: .zero, calls: 0, usage: .zero) }

@@ -68,3 +68,42 @@ public struct ToolMetadata: Sendable, Equatable {
 
     public init() {}
 }
+
+/// What an operator approved a tool to tell agents: the hash of its definition when first
+/// seen or last approved, and the different one an upstream offers now, if any. A tool whose
+/// definition differs from the approved one is quarantined until an operator approves it.
+public struct ToolPin: Sendable, Equatable {
+    public var name: String
+    public var approvedHash: String
+    public var approvedMs: Int64
+    /// `first-seen`, or `operator:<id>`.
+    public var approvedBy: String
+    /// A definition seen since that is not the approved one.
+    public var pendingHash: String?
+    public var pendingMs: Int64?
+
+    public init(name: String, approvedHash: String, approvedMs: Int64, approvedBy: String, pendingHash: String? = nil, pendingMs: Int64? = nil) {
+        self.name = name
+        self.approvedHash = approvedHash
+        self.approvedMs = approvedMs
+        self.approvedBy = approvedBy
+        self.pendingHash = pendingHash
+        self.pendingMs = pendingMs
+    }
+
+    /// The pin after seeing `hash` now: unchanged when it is the approved one (a pending
+    /// change withdrawn clears), otherwise the change waits for approval.
+    public func seeing(_ hash: String, nowMs: Int64) -> ToolPin {
+        var next = self
+        if hash == approvedHash {
+            next.pendingHash = nil
+            next.pendingMs = nil
+        } else if pendingHash != hash {
+            next.pendingHash = hash
+            next.pendingMs = nowMs
+        }
+        return next
+    }
+
+    public var isQuarantined: Bool { pendingHash != nil }
+}
