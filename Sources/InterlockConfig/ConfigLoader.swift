@@ -395,8 +395,14 @@ private struct ConfigDocument {
         if let value = fields["timeout_ms"]?.int(minimum: 1) { source.timeoutMs = value }
         if let value = fields["max_concurrency"]?.int(minimum: 1, maximum: 100_000) { source.maxConcurrency = value }
         if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { source.maxResponseBytes = value }
-        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value"]) {
-            if let token = auth["bearer"]?.string() {
+        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value", "on_behalf_of"]) {
+            if let obo = auth["on_behalf_of"], let settings = obo.mapping(allowed: ["audience"]) {
+                guard let audience = settings["audience"]?.nonEmptyString() else {
+                    obo.report("'on_behalf_of' needs 'audience' (what the upstream expects in 'aud')")
+                    return nil
+                }
+                source.authentication = .onBehalfOf(audience: audience)
+            } else if let token = auth["bearer"]?.string() {
                 if !Self.isHeaderValue(token) { auth["bearer"]?.report("the token contains a line break or control character") }
                 source.authentication = .bearer(Secret(token))
             } else if let name = auth["header"]?.nonEmptyString() {
@@ -408,7 +414,7 @@ private struct ConfigDocument {
                 if !Self.isHeaderValue(value) { auth["value"]?.report("the value contains a line break or control character") }
                 source.authentication = .header(name: name, value: Secret(value))
             } else {
-                authNode.report("expected 'bearer: <token>' or 'header: <name>' with 'value: <secret>'")
+                authNode.report("expected 'bearer: <token>', 'header: <name>' with 'value: <secret>', or 'on_behalf_of: { audience: … }'")
             }
         }
         guard let specNode = fields["spec"], let specPath = specNode.nonEmptyString() else {

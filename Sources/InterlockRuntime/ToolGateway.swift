@@ -186,7 +186,7 @@ public final class ToolGateway: Sendable {
         span.attributes["interlock.agent.id"] = caller.agent.id
         let result: ToolResult
         do {
-            result = try await send(tool, arguments: arguments, idempotencyKey: idempotencyKey ?? "\(requestID):\(name)")
+            result = try await send(tool, arguments: arguments, caller: caller, idempotencyKey: idempotencyKey ?? "\(requestID):\(name)")
         } catch let error as GatewayError {
             span.attributes["error.type"] = error.code
             governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code))
@@ -209,7 +209,7 @@ public final class ToolGateway: Sendable {
 
     /// The HTTP request, retried (only for idempotent tools) on connection failures, 429 and
     /// 5xx answers, with backoff; the idempotency key is the same on every attempt.
-    private func send(_ tool: Tool, arguments: JSONObject, idempotencyKey: String) async throws -> ToolResult {
+    private func send(_ tool: Tool, arguments: JSONObject, caller: Caller, idempotencyKey: String) async throws -> ToolResult {
         let settings = tool.source.settings
         let built = tool.operation.request(arguments: arguments)
         var request = HTTPClientRequest(url: settings.baseURL + built.path)
@@ -221,6 +221,9 @@ public final class ToolGateway: Sendable {
         case .none: break
         case .bearer(let token): request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token.reveal())")
         case .header(let name, let value): request.headers.replaceOrAdd(name: name, value: value.reveal())
+        case .onBehalfOf(let audience):
+            request.headers.replaceOrAdd(
+                name: "authorization", value: "Bearer \(try await onBehalfOfToken(caller: caller, audience: audience, tool: tool.definition.name))")
         }
         if let body = built.body {
             request.headers.add(name: "content-type", value: "application/json")
@@ -261,6 +264,22 @@ public final class ToolGateway: Sendable {
             guard retryable, attempt < attempts else { throw failure }
             try await Task.sleep(for: backoff(attempt))
         }
+    }
+
+    /// A token for the upstream, minted per call: who the agent acts for (or the agent), the
+    /// chain of actors, the upstream's audience, and only the scope of this tool.
+    private func onBehalfOfToken(caller: Caller, audience: String, tool: String) async throws -> String {
+        guard let tokens = governor.tokens else {
+            throw GatewayError(kind: .internal, code: "internal_error", message: "On-behalf-of upstream authentication needs Interlock's token service.")
+        }
+        let agent = tokens.subject(for: caller.agent)
+        let now = governor.nowMs()
+        let subject = caller.user ?? agent
+        // The agent calling now, then the actors it already acts through.
+        let actors = caller.user == nil ? [] : [agent] + caller.actorChain.filter { $0 != agent }
+        return try await tokens.issueDelegated(
+            subject: subject, actors: actors, mayAct: nil, scopes: ["tool:\(tool)"], audiences: [audience], nowMs: now,
+            expiresMs: now + Int64(min(tokens.settings.tokenTTLSeconds, 300)) * 1000)
     }
 
     private func backoff(_ attempt: Int) -> Duration {

@@ -15,6 +15,7 @@ import Testing
 /// injects and remembers what reached it.
 final class FakeWeatherAPI: Sendable {
     let requests = Mutex<[(path: String, idempotencyKey: String?)]>([])
+    let authorizations = Mutex<[String]>([])
     let failuresLeft = Mutex(0)
 
     static let spec = """
@@ -51,6 +52,7 @@ final class FakeWeatherAPI: Sendable {
         let router = Router()
         router.get("/forecast/:city") { request, context -> Response in
             self.requests.withLock { $0.append((request.uri.path, request.headers[HTTPField.Name("idempotency-key")!])) }
+            self.authorizations.withLock { $0.append(request.headers[.authorization] ?? "") }
             guard request.headers[.authorization] == "Bearer weather-upstream-secret" else { return Response(status: .unauthorized) }
             if self.failuresLeft.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { return Response(status: .serviceUnavailable) }
             let city = context.parameters.get("city") ?? ""
@@ -95,8 +97,13 @@ final class FakeWeatherAPI: Sendable {
                     auth: { bearer: weather-upstream-secret }
                     tools:
                       getForecast: { side_effects: read, idempotent: true, risk: low, owner: weather-team }
+                  asuser:
+                    type: openapi
+                    spec: \(specPath)
+                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    auth: { on_behalf_of: { audience: "https://weather.example.com" } }
                 agents:
-                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow] }
+                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow, asuser.getForecast] }
                   - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
                   - { id: modelonly, api_key: test-key-mmmmmmmmmmmm }
                 """)
@@ -106,8 +113,8 @@ final class FakeWeatherAPI: Sendable {
                 try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-rrrrrrrrrrrr")) { response in
                     let body = try JSONParser.parse(Array(response.body.readableBytesView))
                     let names = body["data"]?.arrayValue?.compactMap { $0["name"]?.stringValue }
-                    #expect(names == ["weather.getForecast", "weather.slow"])
-                    let forecast = body["data"]?.arrayValue?.first
+                    #expect(names == ["asuser.getForecast", "weather.getForecast", "weather.slow"])
+                    let forecast = body["data"]?.arrayValue?.first { $0["name"] == "weather.getForecast" }
                     #expect(forecast?["side_effects"] == "read" && forecast?["owner"] == "weather-team")
                     #expect(forecast?["openai"]?["function"]?["name"] == "weather__getForecast")
                     // The upstream's credential is never shown.
@@ -176,6 +183,14 @@ final class FakeWeatherAPI: Sendable {
                     let body = try JSONParser.parse(Array(response.body.readableBytesView))
                     #expect(body["result"] == ["city": "Oslo", "level": 2] && body["status"] == 201)
                 }
+                // On-behalf-of: the upstream gets a token Interlock signed for its audience, naming the agent.
+                try await client.execute(
+                    uri: "/v1/tools/asuser.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Tromso"}"#)
+                ) { _ in }
+                let presented = String(api.authorizations.withLock { $0.last ?? "" }.dropFirst("Bearer ".count))
+                let claims = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(presented, 1))
+                #expect(claims["aud"] == ["https://weather.example.com"] && claims["sub"] == "spiffe://interlock.local/agent/reader")
+                #expect(claims["scope"] == "tool:asuser.getForecast")
                 // A slow upstream times out cleanly.
                 try await client.execute(uri: "/v1/tools/weather.slow/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke("{}")) { response in
                     #expect(response.status == .gatewayTimeout)

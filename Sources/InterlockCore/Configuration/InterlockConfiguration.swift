@@ -360,6 +360,10 @@ public struct ToolSourceSettings: Sendable {
         case bearer(Secret)
         /// A header such as `X-API-Key: <value>`.
         case header(name: String, value: Secret)
+        /// A short-lived token Interlock signs for this upstream's `audience`: `sub` the user the
+        /// agent acts for (from a delegated token) or else the agent, `act` the agent chain —
+        /// the upstream sees who is really asking and can verify it against Interlock's JWKS.
+        case onBehalfOf(audience: String)
     }
 
     public var namespace: String
