@@ -460,12 +460,13 @@ private struct ConfigDocument {
                     overrideNode.report(message)
                     continue
                 }
-                guard let meta = overrideNode.mapping(allowed: ["side_effects", "idempotent", "risk", "owner"]) else { continue }
+                guard let meta = overrideNode.mapping(allowed: ["side_effects", "idempotent", "risk", "owner", "limits"]) else { continue }
                 var metadata = source.tools[index].definition.metadata
                 if let value = meta["side_effects"]?.oneOf(ToolMetadata.SideEffects.self, ToolMetadata.SideEffects.allCases) { metadata.sideEffects = value }
                 if let value = meta["idempotent"]?.bool() { metadata.idempotent = value }
                 if let value = meta["risk"]?.oneOf(ToolMetadata.Risk.self, ToolMetadata.Risk.allCases) { metadata.risk = value }
                 if let value = meta["owner"]?.string() { metadata.owner = value }
+                if let limits = meta["limits"]?.mapping(allowed: ["rpm"]) { metadata.requestsPerMinute = limits["rpm"]?.int(minimum: 1) }
                 source.tools[index].definition.metadata = metadata
             }
         }

@@ -20,6 +20,8 @@ public final class ToolGateway: Sendable {
         let schema: JSONSchema
         let operation: RESTOperation
         let source: Source
+        /// The tool's own rate limit, shared by every agent.
+        let limiter: AsyncRateLimiter?
     }
 
     final class Source: Sendable {
@@ -67,11 +69,16 @@ public final class ToolGateway: Sendable {
         self.store = store
         self.pins = Mutex([:])
         var tools: [String: Tool] = [:]
+        let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
         for settings in configuration.toolSources {
             let source = Source(settings: settings)
             for tool in settings.tools {
+                let limiter = tool.definition.metadata.requestsPerMinute.map {
+                    AsyncRateLimiter(name: "tool:\(tool.definition.name)", limits: RateLimits(requestsPerMinute: $0), queue: queue)
+                }
                 tools[tool.definition.name] = Tool(
-                    definition: tool.definition, schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source)
+                    definition: tool.definition, schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source,
+                    limiter: limiter)
             }
         }
         self.tools = tools
@@ -168,6 +175,20 @@ public final class ToolGateway: Sendable {
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
             expectedCost: .zero, argumentsHash: argumentsHash)
         let admission = try await governor.admit(call)
+        if let limiter = tool.limiter {
+            // The tool's own limit, after the agent's: a call waits in the bounded queue, or is refused.
+            let outcome = try? await limiter.acquire(tokens: 0, priority: caller.agent.priority)
+            guard case .admitted? = outcome else {
+                var retryAfter = 1
+                if case .rejected(let wait, _)? = outcome { retryAfter = max(1, Int(wait.components.seconds) + 1) }
+                let error = GatewayError(
+                    kind: .rateLimit, code: "tool_rate_limited",
+                    message: "Tool '\(name)' is over its limit of \(tool.definition.metadata.requestsPerMinute ?? 0) calls per minute; retry after \(retryAfter) s.",
+                    retryAfterSeconds: retryAfter)
+                governor.settle(admission, CallOutcome(outcome: .rejected, status: 429, errorCode: error.code))
+                throw error
+            }
+        }
         let source = tool.source
         guard source.inFlight.add(1, ordering: .relaxed).newValue <= source.settings.maxConcurrency else {
             source.inFlight.subtract(1, ordering: .relaxed)

@@ -88,6 +88,7 @@ final class FakeWeatherAPI: Sendable {
             let harness = try await Harness.make("""
                 gateway:
                   retries: { max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 5 }
+                  queue: { max_wait_ms: 100 }
                 tools:
                   weather:
                     type: openapi
@@ -102,6 +103,8 @@ final class FakeWeatherAPI: Sendable {
                     spec: \(specPath)
                     base_url: http://127.0.0.1:\(upstreamClient.port!)
                     auth: { on_behalf_of: { audience: "https://weather.example.com" } }
+                    tools:
+                      getForecast: { limits: { rpm: 1 } }
                 agents:
                   - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow, asuser.getForecast] }
                   - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
@@ -191,6 +194,15 @@ final class FakeWeatherAPI: Sendable {
                 let claims = try JSONParser.parse(TokenServiceTestSupport.decodeSegment(presented, 1))
                 #expect(claims["aud"] == ["https://weather.example.com"] && claims["sub"] == "spiffe://interlock.local/agent/reader")
                 #expect(claims["scope"] == "tool:asuser.getForecast")
+                // A tool's own limit holds for every agent: one call a minute here, used by the call
+                // above (the queue wait is shorter than the refill, so this one is refused).
+                try await client.execute(
+                    uri: "/v1/tools/asuser.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Tromso"}"#)
+                ) { response in
+                    #expect(response.status == .tooManyRequests)
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["error"]?["code"] == "tool_rate_limited")
+                }
                 // A slow upstream times out cleanly.
                 try await client.execute(uri: "/v1/tools/weather.slow/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke("{}")) { response in
                     #expect(response.status == .gatewayTimeout)

@@ -65,6 +65,8 @@ public struct ToolMetadata: Sendable, Equatable {
     /// Only idempotent tools are retried.
     public var idempotent = false
     public var risk: Risk = .medium
+    /// Calls per minute across all agents (nil: no limit of its own).
+    public var requestsPerMinute: Int?
 
     public init() {}
 }
