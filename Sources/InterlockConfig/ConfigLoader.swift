@@ -127,7 +127,8 @@ private struct ConfigDocument {
         if let node = top["models"], let entries = node.namedEntries() {
             config.models = entries.compactMap { readAlias(name: $0.0, $0.1) }
         }
-        if let node = top["mcp"], let fields = node.mapping(allowed: ["max_sessions", "session_idle_timeout_s"]) {
+        if let node = top["mcp"], let fields = node.mapping(allowed: ["max_sessions", "max_sessions_per_agent", "session_idle_timeout_s"]) {
+            if let value = fields["max_sessions_per_agent"]?.int(minimum: 1, maximum: 1_000_000) { config.mcp.maxSessionsPerAgent = value }
             if let value = fields["max_sessions"]?.int(minimum: 1, maximum: 10_000_000) { config.mcp.maxSessions = value }
             if let value = fields["session_idle_timeout_s"]?.int(minimum: 1) { config.mcp.sessionIdleTimeoutSeconds = value }
         }

@@ -17,6 +17,9 @@ public final class ToolGateway: Sendable {
     /// A tool and everything needed to call it.
     public struct Tool: Sendable {
         public let definition: ToolDefinition
+        /// What is pinned: the definition agents are told and the request it becomes (method,
+        /// path, where each argument goes), so neither can change unnoticed.
+        let pinHash: String
         let schema: JSONSchema
         let operation: RESTOperation
         let source: Source
@@ -51,7 +54,7 @@ public final class ToolGateway: Sendable {
         var pins = Dictionary(try await store.toolPins().map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         var changed: [ToolPin] = []
         for tool in gateway.tools.values {
-            let hash = tool.definition.definitionHash
+            let hash = tool.pinHash
             let next = pins[tool.definition.name].map { $0.seeing(hash, nowMs: now) }
                 ?? ToolPin(name: tool.definition.name, approvedHash: hash, approvedMs: now, approvedBy: "first-seen")
             if next != pins[tool.definition.name] { changed.append(next) }
@@ -76,9 +79,12 @@ public final class ToolGateway: Sendable {
                 let limiter = tool.definition.metadata.requestsPerMinute.map {
                     AsyncRateLimiter(name: "tool:\(tool.definition.name)", limits: RateLimits(requestsPerMinute: $0), queue: queue)
                 }
+                let operation = tool.operation
+                let shape = "\(operation.method) \(operation.pathTemplate) " + operation.parameters.map { "\($0.location.rawValue):\($0.name)" }.joined(separator: ",")
+                    + " body:\(operation.body.map { "\($0)" } ?? "none")"
                 tools[tool.definition.name] = Tool(
-                    definition: tool.definition, schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source,
-                    limiter: limiter)
+                    definition: tool.definition, pinHash: AuditRecord.sha256Hex(Array((tool.definition.definitionHash + "\n" + shape).utf8)),
+                    schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source, limiter: limiter)
             }
         }
         self.tools = tools
@@ -105,7 +111,7 @@ public final class ToolGateway: Sendable {
             return [
                 "name": .string(tool.definition.name), "namespace": .string(tool.definition.namespace),
                 "status": .string(pin?.isQuarantined == true ? "quarantined" : "available"),
-                "definition_sha256": .string(tool.definition.definitionHash), "approved_sha256": pin.map { .string($0.approvedHash) } ?? .null,
+                "definition_sha256": .string(tool.pinHash), "approved_sha256": pin.map { .string($0.approvedHash) } ?? .null,
                 "approved_by": pin.map { .string($0.approvedBy) } ?? .null, "approved_ms": pin.map { .integer($0.approvedMs) } ?? .null,
                 "changed_ms": pin?.pendingMs.map(JSONValue.integer) ?? .null, "side_effects": .string(tool.definition.metadata.sideEffects.rawValue),
                 "risk": .string(tool.definition.metadata.risk.rawValue), "base_url": .string(tool.source.settings.baseURL),
@@ -118,7 +124,7 @@ public final class ToolGateway: Sendable {
     /// Approves the tool's current definition (an operator read it): the tool is available again.
     public func approve(_ name: String, by approver: String) async throws -> JSONValue {
         guard let tool = tools[name] else { throw GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.") }
-        let pin = ToolPin(name: name, approvedHash: tool.definition.definitionHash, approvedMs: governor.nowMs(), approvedBy: approver)
+        let pin = ToolPin(name: name, approvedHash: tool.pinHash, approvedMs: governor.nowMs(), approvedBy: approver)
         try await store.saveToolPins([pin])
         pins.withLock { $0[name] = pin }
         return registry().first { $0["name"]?.stringValue == name } ?? .null
@@ -177,10 +183,16 @@ public final class ToolGateway: Sendable {
         let admission = try await governor.admit(call)
         if let limiter = tool.limiter {
             // The tool's own limit, after the agent's: a call waits in the bounded queue, or is refused.
-            let outcome = try? await limiter.acquire(tokens: 0, priority: caller.agent.priority)
-            guard case .admitted? = outcome else {
+            let outcome: AsyncRateLimiter.Outcome
+            do {
+                outcome = try await limiter.acquire(tokens: 0, priority: caller.agent.priority)
+            } catch {
+                governor.settle(admission, CallOutcome(outcome: .rejected, status: 499, errorCode: "request_cancelled"))
+                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while waiting for the tool's limit.", status: 499)
+            }
+            guard case .admitted = outcome else {
                 var retryAfter = 1
-                if case .rejected(let wait, _)? = outcome { retryAfter = max(1, Int(wait.components.seconds) + 1) }
+                if case .rejected(let wait, _) = outcome { retryAfter = max(1, Int(wait.components.seconds) + 1) }
                 let error = GatewayError(
                     kind: .rateLimit, code: "tool_rate_limited",
                     message: "Tool '\(name)' is over its limit of \(tool.definition.metadata.requestsPerMinute ?? 0) calls per minute; retry after \(retryAfter) s.",
@@ -207,7 +219,10 @@ public final class ToolGateway: Sendable {
         span.attributes["interlock.agent.id"] = caller.agent.id
         let result: ToolResult
         do {
-            result = try await send(tool, arguments: arguments, caller: caller, idempotencyKey: idempotencyKey ?? "\(requestID):\(name)")
+            // The upstream sees one credential for every agent: an agent's own key is scoped to the
+            // agent and the tool, so one agent's key can never fetch another's stored answer.
+            let key = idempotencyKey.map { "ik_" + AuditRecord.sha256Hex(Array("\(caller.agent.id)\n\(name)\n\($0)".utf8)).prefix(40) } ?? "\(requestID):\(name)"
+            result = try await send(tool, arguments: arguments, caller: caller, idempotencyKey: String(key))
         } catch let error as GatewayError {
             span.attributes["error.type"] = error.code
             governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code))
@@ -261,7 +276,7 @@ public final class ToolGateway: Sendable {
                 let body = try await response.body.collect(upTo: settings.maxResponseBytes)
                 let status = Int(response.status.code)
                 if status == 429 || status >= 500, attempt < attempts {
-                    try await Task.sleep(for: backoff(attempt))
+                    try await pause(backoff(attempt))
                     continue
                 }
                 let bytes = Array(body.readableBytesView)
@@ -283,7 +298,7 @@ public final class ToolGateway: Sendable {
                 failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
             }
             guard retryable, attempt < attempts else { throw failure }
-            try await Task.sleep(for: backoff(attempt))
+            try await pause(backoff(attempt))
         }
     }
 
@@ -301,6 +316,14 @@ public final class ToolGateway: Sendable {
         return try await tokens.issueDelegated(
             subject: subject, actors: actors, mayAct: nil, scopes: ["tool:\(tool)"], audiences: [audience], nowMs: now,
             expiresMs: now + Int64(min(tokens.settings.tokenTTLSeconds, 300)) * 1000)
+    }
+
+    private func pause(_ duration: Duration) async throws(GatewayError) {
+        do {
+            try await Task.sleep(for: duration)
+        } catch {
+            throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+        }
     }
 
     private func backoff(_ attempt: Int) -> Duration {

@@ -91,7 +91,9 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
             .group(context: AgentRequestContext.self)
         let settings = services.configuration.mcp
         MCPRoutes(
-            tools: tools, sessions: MCPSessions(maxSessions: settings.maxSessions, idleTimeout: .seconds(settings.sessionIdleTimeoutSeconds)),
+            tools: tools,
+            sessions: MCPSessions(
+                maxSessions: settings.maxSessions, maxPerAgent: settings.maxSessionsPerAgent, idleTimeout: .seconds(settings.sessionIdleTimeoutSeconds)),
             maxBodyBytes: services.configuration.server.maxBodyBytes
         ).addRoutes(to: mcp)
     }

@@ -38,7 +38,10 @@ struct MCPRoutes {
             Self.rpcError(nil, Code.invalidRequest, "This server does not offer a server-to-client stream; POST JSON-RPC messages.", status: .methodNotAllowed, requestID: context.requestID)
         }
         group.delete { request, context in
-            guard let id = request.headers[HTTPField.Name("mcp-session-id")!], sessions.end(id, agentID: context.caller.agent.id) else {
+            guard let id = request.headers[HTTPField.Name("mcp-session-id")!] else {
+                return Self.rpcError(nil, Code.invalidRequest, "Missing Mcp-Session-Id.", status: .badRequest, requestID: context.requestID)
+            }
+            guard sessions.end(id, agentID: context.caller.agent.id) else {
                 return Self.rpcError(nil, Code.invalidRequest, "Unknown or ended session.", status: .notFound, requestID: context.requestID)
             }
             return Response(status: .noContent)
@@ -60,6 +63,12 @@ struct MCPRoutes {
         guard let message = try? JSONParser.parse(Array(body.readableBytesView)) else {
             return Self.rpcError(nil, Code.parse, "The body is not valid JSON.", status: .badRequest, requestID: context.requestID)
         }
+        // DNS-rebinding defence (transport spec): a browser's Origin must be this server.
+        if let origin = request.headers[HTTPField.Name("origin")!], let host = request.head.authority,
+            origin != "http://\(host)", origin != "https://\(host)"
+        {
+            return Self.rpcError(nil, Code.invalidRequest, "Origin '\(origin)' is not allowed.", status: .forbidden, requestID: context.requestID)
+        }
         if let version = request.headers[HTTPField.Name("mcp-protocol-version")!], !Self.supportedVersions.contains(version) {
             return Self.rpcError(
                 nil, Code.invalidRequest, "Unsupported MCP-Protocol-Version '\(version)'; supported: \(Self.supportedVersions.joined(separator: ", ")).",
@@ -72,14 +81,25 @@ struct MCPRoutes {
         guard object["jsonrpc"]?.stringValue == "2.0" else {
             return Self.rpcError(object["id"], Code.invalidRequest, "Not a JSON-RPC 2.0 message ('jsonrpc' must be \"2.0\").", status: .badRequest, requestID: context.requestID)
         }
-        guard let method = object["method"]?.stringValue else {
-            // A response or something else without a method: nothing to answer.
+        let isResponse = object["method"] == nil && object["id"] != nil && (object["result"] != nil || object["error"] != nil)
+        if object["method"] != nil, object["method"]?.stringValue == nil || object["id"]?.isNull == true {
+            return Self.rpcError(nil, Code.invalidRequest, "'method' must be a string and a request's 'id' must not be null.", status: .badRequest, requestID: context.requestID)
+        }
+        guard isResponse || object["method"] != nil else {
+            return Self.rpcError(object["id"], Code.invalidRequest, "Not a JSON-RPC request, notification or response.", status: .badRequest, requestID: context.requestID)
+        }
+        if isResponse || object["id"] == nil {
+            // A notification (initialized, cancelled, progress) or a response: accepted within a session.
+            guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
+                return Self.rpcError(nil, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
+            }
+            guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
+                return Self.rpcError(nil, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
+            }
             return Response(status: .accepted)
         }
-        guard let id = object["id"], !id.isNull else {
-            // A notification (initialized, cancelled, progress): accepted, no answer.
-            return Response(status: .accepted)
-        }
+        let method = object["method"]!.stringValue!
+        let id = object["id"]!
         guard id.stringValue != nil || id.int64Value != nil else {
             return Self.rpcError(nil, Code.invalidRequest, "'id' must be a string or a number.", status: .badRequest, requestID: context.requestID)
         }
@@ -132,7 +152,7 @@ struct MCPRoutes {
                 "content": [["type": "text", "text": .string(result.content.stringValue ?? JSONWriter.string(result.content))]],
                 "isError": .bool(result.isError),
             ]
-            if case .object = result.content { answer["structuredContent"] = result.content }
+            if !result.isError, case .object = result.content { answer["structuredContent"] = result.content }
             return Self.rpcResult(id, .object(answer), requestID: context.requestID)
         } catch {
             switch (error.kind, error.code) {
@@ -192,10 +212,12 @@ final class MCPSessions: Sendable {
 
     private let sessions = Mutex<[String: Session]>([:])
     private let maxSessions: Int
+    private let maxPerAgent: Int
     private let idleTimeout: Duration
 
-    init(maxSessions: Int, idleTimeout: Duration) {
+    init(maxSessions: Int, maxPerAgent: Int, idleTimeout: Duration) {
         self.maxSessions = maxSessions
+        self.maxPerAgent = maxPerAgent
         self.idleTimeout = idleTimeout
     }
 
@@ -205,6 +227,11 @@ final class MCPSessions: Sendable {
         let id = (0..<2).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
         sessions.withLock { sessions in
             let now = ContinuousClock.now
+            // An agent's sessions make room among themselves: one agent cannot push out the others'.
+            let own = sessions.filter { $0.value.agentID == agentID }
+            if own.count >= maxPerAgent, let oldest = own.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+                sessions[oldest] = nil
+            }
             if sessions.count >= maxSessions {
                 sessions = sessions.filter { now - $0.value.lastUsed < idleTimeout }
                 if sessions.count >= maxSessions, let oldest = sessions.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {

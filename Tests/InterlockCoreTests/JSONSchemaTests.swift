@@ -62,6 +62,12 @@ import Testing
         #expect(try messages(schema, ["ratio": 0]) == ["'ratio' must be greater than 0, got 0"])
         #expect(try messages(schema, ["ratio": 0.3]) == ["'ratio' must be a multiple of 0.25"])
         #expect(try messages(schema, ["other": nil]) == ["'other' must not match the excluded form"])
+        // ECMA-262 classes: \d is an ASCII digit.
+        #expect(try messages(["type": "string", "pattern": "^\\d+$"], "١٢٣") == [#"must match the pattern ^\d+$, got "١٢٣""#])
+        // Keys matched by patternProperties are not "additional".
+        let tagged: JSONValue = ["type": "object", "patternProperties": ["^x-": ["type": "string"]], "additionalProperties": false]
+        #expect(try messages(tagged, ["x-team": "a"]).isEmpty)
+        #expect(try messages(tagged, ["x-team": 1]) == ["'x-team' must be a string, got 1"])
     }
 
     @Test func brokenSchemasAreRefusedWithTheirPath() {

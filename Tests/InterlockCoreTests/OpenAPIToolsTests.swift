@@ -59,6 +59,8 @@ import Testing
         #expect(request.path == "/forecast/S%C3%A3o%20Paulo?days=3")
         #expect(request.headers.map { "\($0.0)=\($0.1)" } == ["X-Units=metric"])
         #expect(request.body == nil)
+        // A path argument cannot climb out of its operation.
+        #expect(forecast.operation.request(arguments: ["city": ".."]).path == "/forecast/%2E%2E")
 
         // An object body's properties join the arguments; the body is rebuilt from them.
         let alert = try #require(tools.first { $0.definition.name == "weather.createAlert" })

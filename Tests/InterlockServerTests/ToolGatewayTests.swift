@@ -172,7 +172,9 @@ final class FakeWeatherAPI: Sendable {
                     #expect(response.status == .ok)
                 }
                 let bergen = api.requests.withLock { $0.filter { $0.path == "/forecast/Bergen" } }
-                #expect(bergen.count == 2 && bergen.allSatisfy { $0.idempotencyKey == "call-77" })
+                // The agent's key is scoped to agent and tool before it goes upstream, and is the same on the retry.
+                #expect(bergen.count == 2 && bergen[0].idempotencyKey == bergen[1].idempotencyKey)
+                #expect(bergen[0].idempotencyKey?.hasPrefix("ik_") == true && bergen[0].idempotencyKey?.contains("call-77") == false)
                 api.failuresLeft.withLock { $0 = 1 }
                 try await client.execute(
                     uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"), body: invoke(#"{"city":"Oslo","level":2}"#)

@@ -389,6 +389,8 @@ public struct ToolSourceSettings: Sendable {
 public struct MCPSettings: Sendable {
     /// Sessions kept at once; past this the least recently used is dropped.
     public var maxSessions: Int = 10_000
+    /// Sessions one agent may hold; past this its own least recently used one is dropped.
+    public var maxSessionsPerAgent: Int = 100
     /// A session unused this long is forgotten (the client initializes again), in seconds.
     public var sessionIdleTimeoutSeconds: Int = 3_600
 

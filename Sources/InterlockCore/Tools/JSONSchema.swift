@@ -2,7 +2,7 @@
 /// compiled once and checked against every call's arguments.
 ///
 /// Supported: `type` (one or a list; OpenAPI's `nullable`), `enum`, `const`, `properties`,
-/// `required`, `additionalProperties`, `patternProperties` is ignored, `items` (and
+/// `required`, `additionalProperties`, `patternProperties`, `items` (and
 /// `prefixItems`), `minItems`, `maxItems`, `uniqueItems`, `minimum`, `maximum`,
 /// `exclusiveMinimum`, `exclusiveMaximum` (number or draft-4 boolean), `multipleOf`,
 /// `minLength`, `maxLength`, `pattern`, `allOf`, `anyOf`, `oneOf`, `not`, and local `$ref`s
@@ -99,6 +99,7 @@ extension JSONSchema {
         var properties: [(String, Node)] = []
         var required: [String] = []
         var additionalProperties: Node?
+        var patternProperties: [(CompiledPattern, Node)] = []
         var items: Node?
         var prefixItems: [Node] = []
         var minItems: Int?
@@ -121,7 +122,7 @@ extension JSONSchema {
         var describing: String?
 
         var children: [Node] {
-            properties.map(\.1) + [additionalProperties, items, not].compactMap { $0 } + prefixItems + allOf + anyOf + oneOf
+            properties.map(\.1) + patternProperties.map(\.1) + [additionalProperties, items, not].compactMap { $0 } + prefixItems + allOf + anyOf + oneOf
         }
 
         init(_ object: JSONObject, path: String) throws(CompileError) {
@@ -168,6 +169,9 @@ extension JSONSchema {
                 required = list
             }
             if let additional = object["additionalProperties"] { additionalProperties = try Node.compile(additional, path: sub("additionalProperties")) }
+            for (source, schema) in object["patternProperties"]?.objectValue ?? [:] {
+                patternProperties.append((try CompiledPattern.compile(source, path: sub("patternProperties")), try Node.compile(schema, path: sub("patternProperties.\(source)"))))
+            }
             if let itemSchema = object["items"] {
                 if let tuple = itemSchema.arrayValue {  // draft 4–2019 tuple form
                     for (index, item) in tuple.enumerated() { prefixItems.append(try Node.compile(item, path: "\(sub("items"))[\(index)]")) }
@@ -188,13 +192,7 @@ extension JSONSchema {
             if let multipleOf, multipleOf <= 0 { throw CompileError(path: sub("multipleOf"), message: "must be greater than 0") }
             minLength = try count("minLength")
             maxLength = try count("maxLength")
-            if let source = object["pattern"]?.stringValue {
-                do {
-                    pattern = CompiledPattern(source: source, regex: try Regex(source))
-                } catch {
-                    throw CompileError(path: sub("pattern"), message: "is not a valid regular expression")
-                }
-            }
+            if let source = object["pattern"]?.stringValue { pattern = try CompiledPattern.compile(source, path: sub("pattern")) }
             allOf = try list("allOf")
             anyOf = try list("anyOf")
             oneOf = try list("oneOf")
@@ -255,8 +253,12 @@ extension JSONSchema {
                 violations.append(Violation(path: child(name), message: "is required\(about.map { " (\($0))" } ?? "") but missing"))
             }
             for (name, member) in object {
+                let byPattern = patternProperties.filter { $0.0.matches(name) }
+                for (_, schema) in byPattern { schema.check(member, path: child(name), definitions: definitions, into: &violations, limit: limit, depth: depth + 1) }
                 if let schema = properties.first(where: { $0.0 == name })?.1 {
                     schema.check(member, path: child(name), definitions: definitions, into: &violations, limit: limit, depth: depth + 1)
+                } else if !byPattern.isEmpty {
+                    continue
                 } else if let additionalProperties {
                     if case .nothing = additionalProperties {
                         let known = properties.map(\.0)
@@ -379,6 +381,15 @@ final class CompiledPattern: @unchecked Sendable {
     init(source: String, regex: Regex<AnyRegexOutput>) {
         self.source = source
         self.regex = regex
+    }
+
+    /// ECMA-262 semantics where Swift differs: `\d`, `\w`, `\s` are ASCII classes.
+    static func compile(_ source: String, path: String) throws(JSONSchema.CompileError) -> CompiledPattern {
+        do {
+            return CompiledPattern(source: source, regex: try Regex(source).asciiOnlyDigits().asciiOnlyWordCharacters().asciiOnlyWhitespace())
+        } catch {
+            throw JSONSchema.CompileError(path: path, message: "is not a valid regular expression")
+        }
     }
 
     func matches(_ text: String) -> Bool {

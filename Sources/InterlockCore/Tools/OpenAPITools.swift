@@ -18,6 +18,12 @@ public struct RESTOperation: Sendable, Equatable {
         public var location: Location
     }
 
+    /// Headers an argument may never set.
+    public static let reservedHeaders: Set<String> = [
+        "authorization", "accept", "content-type", "content-length", "host", "connection", "transfer-encoding", "idempotency-key", "cookie",
+        "proxy-authorization", "te", "upgrade", "expect",
+    ]
+
     /// `GET`, `POST`, …
     public var method: String
     /// `/forecast/{city}`.
@@ -39,17 +45,20 @@ public struct RESTOperation: Sendable, Equatable {
         var query: [String] = []
         var headers: [(String, String)] = []
         for parameter in parameters {
-            guard let value = arguments[parameter.name] else { continue }
+            guard let value = arguments[parameter.name], !value.isNull else { continue }
             let text = Self.text(value)
             switch parameter.location {
-            case .path: path = path.replacing("{\(parameter.name)}", with: Self.percentEncode(text))
+            // Dots are encoded too: a value of ".." must not climb out of the operation's path.
+            case .path: path = path.replacing("{\(parameter.name)}", with: Self.percentEncode(text).replacing(".", with: "%2E"))
             case .query:
                 if case .array(let items) = value {
                     for item in items { query.append(Self.percentEncode(parameter.name) + "=" + Self.percentEncode(Self.text(item))) }
                 } else {
                     query.append(Self.percentEncode(parameter.name) + "=" + Self.percentEncode(text))
                 }
-            case .header: headers.append((parameter.name, text))
+            case .header:
+                // A header value cannot carry a line break (the schema check cannot know that).
+                headers.append((parameter.name, String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F || $0 == "\t" })))
             }
         }
         if !query.isEmpty { path += "?" + query.joined(separator: "&") }
@@ -152,10 +161,16 @@ public enum OpenAPIImport {
             let parameter = merged[key]!
             let name = parameter["name"]!.stringValue!
             guard let place = RESTOperation.Location(rawValue: parameter["in"]!.stringValue!) else { continue }  // cookies are not supported
+            // OpenAPI ignores Accept, Content-Type and Authorization header parameters; Interlock
+            // also keeps the headers it sets itself out of an agent's reach.
+            if place == .header, RESTOperation.reservedHeaders.contains(name.lowercased()) { continue }
             var schema = try inline(parameter["schema"] ?? ["type": "string"], in: document, location: location, depth: 0)
             if let description = parameter["description"]?.stringValue, case .object(var object) = schema, object["description"] == nil {
                 object["description"] = .string(description)
                 schema = .object(object)
+            }
+            guard properties[name] == nil else {
+                throw OpenAPIImportError(path: location, message: "two parameters are named '\(name)' (in different places); tool arguments need distinct names")
             }
             properties[name] = schema
             if place == .path || parameter["required"]?.boolValue == true { required.append(name) }
@@ -171,8 +186,12 @@ public enum OpenAPIImport {
                 if case .object(let object) = schema, object["type"]?.stringValue == "object", let members = object["properties"]?.objectValue,
                     !members.keys.contains(where: { properties[$0] != nil || $0 == "body" })
                 {
-                    for (name, member) in members { properties[name] = member }
-                    if bodyRequired { required += object["required"]?.arrayValue?.compactMap(\.stringValue) ?? [] }
+                    // Server-assigned (readOnly) properties are not the caller's to send.
+                    let writable = members.filter { $0.value["readOnly"]?.boolValue != true }
+                    for (name, member) in writable { properties[name] = member }
+                    if bodyRequired {
+                        required += (object["required"]?.arrayValue?.compactMap(\.stringValue) ?? []).filter { name in writable.contains { $0.key == name } }
+                    }
                     body = .merged
                 } else {
                     properties["body"] = schema
@@ -216,16 +235,19 @@ public enum OpenAPIImport {
     /// stands alone (function-calling APIs do not follow references). Recursive schemas stop
     /// at a depth and accept anything below it.
     static func inline(_ schema: JSONValue, in document: JSONValue, location: String, depth: Int) throws(OpenAPIImportError) -> JSONValue {
-        guard depth < 16 else { return [:] }
         switch schema {
         case .object(let object):
-            if object["$ref"] != nil { return try inline(try resolve(schema, in: document, location: location), in: document, location: location, depth: depth + 1) }
+            if object["$ref"] != nil {
+                // Only reference hops count: a recursive schema stops here and accepts anything below.
+                guard depth < 32 else { return [:] }
+                return try inline(try resolve(schema, in: document, location: location), in: document, location: location, depth: depth + 1)
+            }
             var out = JSONObject()
-            for (key, value) in object { out[key] = try inline(value, in: document, location: location, depth: depth + 1) }
+            for (key, value) in object { out[key] = try inline(value, in: document, location: location, depth: depth) }
             return .object(out)
         case .array(let items):
             var out: [JSONValue] = []
-            for item in items { out.append(try inline(item, in: document, location: location, depth: depth + 1)) }
+            for item in items { out.append(try inline(item, in: document, location: location, depth: depth)) }
             return .array(out)
         default:
             return schema
