@@ -396,8 +396,17 @@ private struct ConfigDocument {
         if let value = fields["timeout_ms"]?.int(minimum: 1) { source.timeoutMs = value }
         if let value = fields["max_concurrency"]?.int(minimum: 1, maximum: 100_000) { source.maxConcurrency = value }
         if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { source.maxResponseBytes = value }
-        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value", "on_behalf_of"]) {
-            if let obo = auth["on_behalf_of"], let settings = obo.mapping(allowed: ["audience"]) {
+        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value", "on_behalf_of", "oauth_client_credentials"]) {
+            if let oauth = auth["oauth_client_credentials"], let settings = oauth.mapping(allowed: ["token_url", "client_id", "client_secret", "scope"]) {
+                guard let tokenURL = settings["token_url"]?.nonEmptyString(), let clientID = settings["client_id"]?.nonEmptyString(),
+                    let secret = settings["client_secret"]?.string()
+                else {
+                    oauth.report("'oauth_client_credentials' needs 'token_url', 'client_id' and 'client_secret' (use ${ENV_VAR})")
+                    return nil
+                }
+                if !(tokenURL.hasPrefix("https://") || tokenURL.hasPrefix("http://")) { settings["token_url"]?.report("expected an http:// or https:// URL") }
+                source.authentication = .clientCredentials(tokenURL: tokenURL, clientID: clientID, clientSecret: Secret(secret), scope: settings["scope"]?.nonEmptyString())
+            } else if let obo = auth["on_behalf_of"], let settings = obo.mapping(allowed: ["audience"]) {
                 guard let audience = settings["audience"]?.nonEmptyString() else {
                     obo.report("'on_behalf_of' needs 'audience' (what the upstream expects in 'aud')")
                     return nil

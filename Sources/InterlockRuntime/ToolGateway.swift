@@ -30,6 +30,9 @@ public final class ToolGateway: Sendable {
     final class Source: Sendable {
         let settings: ToolSourceSettings
         let inFlight = Atomic<Int>(0)
+        /// The client-credentials token and when to stop using it.
+        let cachedToken = Mutex<(token: String, refreshAt: ContinuousClock.Instant)?>(nil)
+        let fetchingToken = AsyncSerialGate()
 
         init(settings: ToolSourceSettings) { self.settings = settings }
     }
@@ -257,6 +260,8 @@ public final class ToolGateway: Sendable {
         case .none: break
         case .bearer(let token): request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token.reveal())")
         case .header(let name, let value): request.headers.replaceOrAdd(name: name, value: value.reveal())
+        case .clientCredentials:
+            request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(try await clientCredentialsToken(tool.source, renew: false))")
         case .onBehalfOf(let audience):
             request.headers.replaceOrAdd(
                 name: "authorization", value: "Bearer \(try await onBehalfOfToken(caller: caller, audience: audience, tool: tool.definition.name))")
@@ -267,6 +272,7 @@ public final class ToolGateway: Sendable {
         }
         let attempts = tool.definition.metadata.idempotent ? max(1, retry.attempts) : 1
         var attempt = 0
+        var renewedToken = false
         while true {
             attempt += 1
             let retryable: Bool
@@ -275,6 +281,13 @@ public final class ToolGateway: Sendable {
                 let response = try await client.execute(request, timeout: .milliseconds(Int64(settings.timeoutMs)))
                 let body = try await response.body.collect(upTo: settings.maxResponseBytes)
                 let status = Int(response.status.code)
+                if status == 401, case .clientCredentials = settings.authentication, !renewedToken {
+                    // The cached token was revoked or expired early: fetch a new one, once.
+                    renewedToken = true
+                    request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(try await clientCredentialsToken(tool.source, renew: true))")
+                    attempt -= 1
+                    continue
+                }
                 if status == 429 || status >= 500, attempt < attempts {
                     try await pause(backoff(attempt))
                     continue
@@ -316,6 +329,48 @@ public final class ToolGateway: Sendable {
         return try await tokens.issueDelegated(
             subject: subject, actors: actors, mayAct: nil, scopes: ["tool:\(tool)"], audiences: [audience], nowMs: now,
             expiresMs: now + Int64(min(tokens.settings.tokenTTLSeconds, 300)) * 1000)
+    }
+
+    /// The source's client-credentials token: cached, fetched when missing, near expiry, or
+    /// `renew`ed after a 401. One fetch at a time per source.
+    private func clientCredentialsToken(_ source: Source, renew: Bool) async throws -> String {
+        guard case .clientCredentials(let tokenURL, let clientID, let secret, let scope) = source.settings.authentication else { return "" }
+        let stale = source.cachedToken.withLock { $0?.token }
+        if !renew, let cached = source.cachedToken.withLock({ $0 }), ContinuousClock.now < cached.refreshAt { return cached.token }
+        return try await source.fetchingToken.run {
+            // Another call may have fetched it meanwhile.
+            if let cached = source.cachedToken.withLock({ $0 }), ContinuousClock.now < cached.refreshAt, cached.token != (renew ? stale : nil) {
+                return cached.token
+            }
+            var request = HTTPClientRequest(url: tokenURL)
+            request.method = .POST
+            request.headers.add(name: "content-type", value: "application/x-www-form-urlencoded")
+            request.headers.add(name: "accept", value: "application/json")
+            var form = "grant_type=client_credentials&client_id=\(RESTOperation.formEncode(clientID))&client_secret=\(RESTOperation.formEncode(secret.reveal()))"
+            if let scope { form += "&scope=\(RESTOperation.formEncode(scope))" }
+            request.body = .bytes(Array(form.utf8))
+            let response: HTTPClientResponse
+            let body: ByteBuffer
+            do {
+                response = try await client.execute(request, timeout: .milliseconds(Int64(source.settings.timeoutMs)))
+                body = try await response.body.collect(upTo: 64 * 1024)
+            } catch {
+                throw GatewayError(kind: .upstream, code: "tool_auth_failed", message: "The token endpoint of '\(source.settings.namespace)' could not be reached.", status: 502)
+            }
+            guard response.status == .ok, case .object(let answer)? = try? JSONParser.parse(Array(body.readableBytesView)),
+                let token = answer["access_token"]?.stringValue
+            else {
+                // Never the body: it may echo the secret.
+                throw GatewayError(
+                    kind: .upstream, code: "tool_auth_failed",
+                    message: "The token endpoint of '\(source.settings.namespace)' refused Interlock's credentials (\(response.status.code)).", status: 502)
+            }
+            let lifetime = max(1, Int(answer["expires_in"]?.int64Value ?? 300))
+            // Renewed before it expires: a tenth of its life or 30 s, whichever is less.
+            let refreshAt = ContinuousClock.now.advanced(by: .seconds(lifetime - min(30, lifetime / 10)))
+            source.cachedToken.withLock { $0 = (token, refreshAt) }
+            return token
+        }
     }
 
     private func pause(_ duration: Duration) async throws(GatewayError) {

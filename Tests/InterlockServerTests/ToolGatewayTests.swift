@@ -16,6 +16,9 @@ import Testing
 final class FakeWeatherAPI: Sendable {
     let requests = Mutex<[(path: String, idempotencyKey: String?)]>([])
     let authorizations = Mutex<[String]>([])
+    /// Client-credentials tokens issued, and the one the API accepts now.
+    let issuedTokens = Mutex<[String]>([])
+    let validToken = Mutex<String?>(nil)
     let failuresLeft = Mutex(0)
 
     static let spec = """
@@ -53,7 +56,10 @@ final class FakeWeatherAPI: Sendable {
         router.get("/forecast/:city") { request, context -> Response in
             self.requests.withLock { $0.append((request.uri.path, request.headers[HTTPField.Name("idempotency-key")!])) }
             self.authorizations.withLock { $0.append(request.headers[.authorization] ?? "") }
-            guard request.headers[.authorization] == "Bearer weather-upstream-secret" else { return Response(status: .unauthorized) }
+            let presented = request.headers[.authorization] ?? ""
+            guard presented == "Bearer weather-upstream-secret" || presented == "Bearer \(self.validToken.withLock { $0 } ?? "-")" else {
+                return Response(status: .unauthorized)
+            }
             if self.failuresLeft.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { return Response(status: .serviceUnavailable) }
             let city = context.parameters.get("city") ?? ""
             if city == "Atlantis" {
@@ -67,6 +73,18 @@ final class FakeWeatherAPI: Sendable {
             if self.failuresLeft.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { return Response(status: .serviceUnavailable) }
             let body = try await request.body.collect(upTo: 1 << 16)
             return Response(status: .created, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
+        }
+        router.post("/token") { request, _ -> Response in
+            let form = String(buffer: try await request.body.collect(upTo: 1 << 16))
+            guard form.contains("grant_type=client_credentials"), form.contains("client_id=weather-client"), form.contains("client_secret=cc-secret-0001") else {
+                return Response(status: .unauthorized)
+            }
+            let token = self.issuedTokens.withLock { tokens in
+                tokens.append("cc-token-\(tokens.count + 1)")
+                return tokens.last!
+            }
+            self.validToken.withLock { $0 = token }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"access_token":"\#(token)","token_type":"Bearer","expires_in":3600}"#)))
         }
         router.get("/slow") { _, _ -> Response in
             try? await Task.sleep(for: .seconds(2))
@@ -105,8 +123,14 @@ final class FakeWeatherAPI: Sendable {
                     auth: { on_behalf_of: { audience: "https://weather.example.com" } }
                     tools:
                       getForecast: { limits: { rpm: 1 } }
+                  oauthed:
+                    type: openapi
+                    spec: \(specPath)
+                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    auth:
+                      oauth_client_credentials: { token_url: "http://127.0.0.1:\(upstreamClient.port!)/token", client_id: weather-client, client_secret: cc-secret-0001 }
                 agents:
-                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow, asuser.getForecast] }
+                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow, asuser.getForecast, oauthed.getForecast] }
                   - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
                   - { id: modelonly, api_key: test-key-mmmmmmmmmmmm }
                 """)
@@ -116,7 +140,7 @@ final class FakeWeatherAPI: Sendable {
                 try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-rrrrrrrrrrrr")) { response in
                     let body = try JSONParser.parse(Array(response.body.readableBytesView))
                     let names = body["data"]?.arrayValue?.compactMap { $0["name"]?.stringValue }
-                    #expect(names == ["asuser.getForecast", "weather.getForecast", "weather.slow"])
+                    #expect(names == ["asuser.getForecast", "oauthed.getForecast", "weather.getForecast", "weather.slow"])
                     let forecast = body["data"]?.arrayValue?.first { $0["name"] == "weather.getForecast" }
                     #expect(forecast?["side_effects"] == "read" && forecast?["owner"] == "weather-team")
                     #expect(forecast?["openai"]?["function"]?["name"] == "weather__getForecast")
@@ -205,6 +229,24 @@ final class FakeWeatherAPI: Sendable {
                     let body = try JSONParser.parse(Array(response.body.readableBytesView))
                     #expect(body["error"]?["code"] == "tool_rate_limited")
                 }
+                // OAuth client credentials: a token fetched once and reused; after a 401 a new one.
+                for city in ["Lyon", "Nice"] {
+                    try await client.execute(
+                        uri: "/v1/tools/oauthed.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"\#(city)"}"#)
+                    ) { response in
+                        let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                        #expect(body["status"] == 200)
+                    }
+                }
+                #expect(api.issuedTokens.withLock { $0.count } == 1)
+                api.validToken.withLock { $0 = "revoked" }
+                try await client.execute(
+                    uri: "/v1/tools/oauthed.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Metz"}"#)
+                ) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(body["status"] == 200)
+                }
+                #expect(api.issuedTokens.withLock { $0.count } == 2)
                 // A slow upstream times out cleanly.
                 try await client.execute(uri: "/v1/tools/weather.slow/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke("{}")) { response in
                     #expect(response.status == .gatewayTimeout)

@@ -364,6 +364,9 @@ public struct ToolSourceSettings: Sendable {
         /// agent acts for (from a delegated token) or else the agent, `act` the agent chain —
         /// the upstream sees who is really asking and can verify it against Interlock's JWKS.
         case onBehalfOf(audience: String)
+        /// OAuth 2.0 client credentials (RFC 6749 §4.4) at `tokenURL`; the token is cached until
+        /// shortly before it expires and fetched again after a 401.
+        case clientCredentials(tokenURL: String, clientID: String, clientSecret: Secret, scope: String?)
     }
 
     public var namespace: String

@@ -84,6 +84,9 @@ public struct RESTOperation: Sendable, Equatable {
         }
     }
 
+    /// application/x-www-form-urlencoded value (unreserved characters pass, the rest percent-encoded).
+    public static func formEncode(_ text: String) -> String { percentEncode(text) }
+
     /// RFC 3986 unreserved characters pass; everything else is percent-encoded.
     static func percentEncode(_ text: String) -> String {
         var out = ""
