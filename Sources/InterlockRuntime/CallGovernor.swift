@@ -370,6 +370,16 @@ public final class CallGovernor: Sendable {
             argumentsHash: argumentsHash, requestID: requestID)
     }
 
+    /// The audit record of a credential being issued (`token.issue`, `token.exchange`), or of
+    /// a request for one refused with `refusal` (an RFC 6749 / 8693 error code).
+    public func auditCredential(
+        _ action: String, agentID: String?, user: String? = nil, actors: [String] = [], refusal: String? = nil, status: Int, requestID: String
+    ) {
+        audit?.record(AuditRecord(
+            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, target: "/oauth/token",
+            decision: refusal == nil ? "allow" : "deny", reason: refusal, outcome: refusal == nil ? "success" : nil, status: status, requestID: requestID))
+    }
+
     /// The audit record of a call refused after authentication: who, for whom, through whom.
     public func auditRefusal(_ error: GatewayError, action: String, caller: Caller, target: String?, argumentsHash: String? = nil, requestID: String?) {
         record(refusal: error.code, status: error.status, action: action, agentID: caller.agent.id, user: caller.user, actors: caller.actorChain,

@@ -43,9 +43,6 @@ public final class CutOffSignal: Sendable {
         for handler in handlers { handler() }
     }
 
-    /// Open streams, for tests and metrics.
-    public var watchers: Int { state.withLock { $0.handlers.count } }
-
     /// A stream's registration; `cancel` it when the stream ends.
     public struct Registration: Sendable {
         fileprivate let signal: CutOffSignal

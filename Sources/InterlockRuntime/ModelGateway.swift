@@ -31,6 +31,7 @@ public enum ModelResult: Sendable {
 public final class ModelGateway: Sendable {
     public let governor: CallGovernor
     public let settings: GatewaySettings
+    private let retry: RetryPolicy
     private let aliases: [String: ModelAliasSettings]
     /// Each alias followed by its fallbacks (breadth first, each once), fixed at start.
     private let aliasChains: [String: [ModelAliasSettings]]
@@ -46,6 +47,7 @@ public final class ModelGateway: Sendable {
     public init(configuration: InterlockConfiguration, governor: CallGovernor, httpUpstream: any ModelUpstream, mockUpstream: any ModelUpstream, logger: Logger) {
         self.governor = governor
         self.settings = configuration.gateway
+        self.retry = RetryPolicy(configuration.gateway)
         self.aliases = Dictionary(configuration.models.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let providers = Dictionary(configuration.providers.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         let breaker = configuration.gateway.breaker
@@ -428,7 +430,7 @@ public final class ModelGateway: Sendable {
                         if let retryAfter, retryAfter > maxBackoff { attempt = settings.retryMaxAttempts; continue }
                         guard attempt < settings.retryMaxAttempts else { continue }
                         if deployment.wouldAllow() == false { attempt = settings.retryMaxAttempts; continue }
-                        let backoff = retryAfter ?? jitteredBackoff(attempt: attempt)
+                        let backoff = retryAfter ?? retry.backoff(afterAttempt: attempt)
                         let before = clock.now
                         try? await Task.sleep(for: backoff)
                         waited += before.duration(to: clock.now)
@@ -451,13 +453,6 @@ public final class ModelGateway: Sendable {
         if let traceState = carrier["tracestate"] ?? admission.call.traceState { headers.append(("tracestate", traceState)) }
         return headers
     }
-
-    private func jitteredBackoff(attempt: Int) -> Duration {
-        let ceiling = min(Double(settings.retryMaxBackoffMs), Double(settings.retryInitialBackoffMs) * pow2(attempt - 1))
-        return .milliseconds(Double.random(in: ceiling / 2...max(ceiling / 2, ceiling)))
-    }
-
-    private func pow2(_ exponent: Int) -> Double { Double(1 << min(max(exponent, 0), 20)) }
 
     /// One try against one deployment. `timing` is called once the upstream answered with
     /// the upstream time; it returns (attempts, overhead, queued) for the response headers.

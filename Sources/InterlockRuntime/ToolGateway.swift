@@ -43,7 +43,7 @@ public final class ToolGateway: Sendable {
     private let store: any InterlockStore
     /// Approved definitions, by tool name; a tool whose pin has a pending change is quarantined.
     private let pins: Mutex<[String: ToolPin]>
-    private let retry: (attempts: Int, initialBackoffMs: Int, maxBackoffMs: Int)
+    private let retry: RetryPolicy
     private let logger: Logger
 
     /// The gateway with every tool's definition checked against its pin: a tool seen for the
@@ -93,7 +93,7 @@ public final class ToolGateway: Sendable {
         self.tools = tools
         self.governor = governor
         self.client = client
-        self.retry = (configuration.gateway.retryMaxAttempts, configuration.gateway.retryInitialBackoffMs, configuration.gateway.retryMaxBackoffMs)
+        self.retry = RetryPolicy(configuration.gateway)
         self.logger = logger
     }
 
@@ -270,7 +270,7 @@ public final class ToolGateway: Sendable {
             request.headers.add(name: "content-type", value: "application/json")
             request.body = .bytes(JSONWriter.bytes(body))
         }
-        let attempts = tool.definition.metadata.idempotent ? max(1, retry.attempts) : 1
+        let attempts = tool.definition.metadata.idempotent ? max(1, retry.maxAttempts) : 1
         var attempt = 0
         var renewedToken = false
         while true {
@@ -289,7 +289,7 @@ public final class ToolGateway: Sendable {
                     continue
                 }
                 if status == 429 || status >= 500, attempt < attempts {
-                    try await pause(backoff(attempt))
+                    try await pause(retry.backoff(afterAttempt: attempt))
                     continue
                 }
                 let bytes = Array(body.readableBytesView)
@@ -311,7 +311,7 @@ public final class ToolGateway: Sendable {
                 failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
             }
             guard retryable, attempt < attempts else { throw failure }
-            try await pause(backoff(attempt))
+            try await pause(retry.backoff(afterAttempt: attempt))
         }
     }
 
@@ -379,11 +379,5 @@ public final class ToolGateway: Sendable {
         } catch {
             throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
         }
-    }
-
-    private func backoff(_ attempt: Int) -> Duration {
-        let base = Double(retry.initialBackoffMs) * Double(1 << min(attempt - 1, 20))
-        let capped = min(base, Double(retry.maxBackoffMs))
-        return .milliseconds(Int64(capped * Double.random(in: 0.5...1.0)))
     }
 }

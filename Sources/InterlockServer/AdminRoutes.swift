@@ -172,7 +172,7 @@ struct AdminRoutes {
     /// The request's JSON object (an empty body is `{}`); 400 for anything else.
     private static func jsonBody(_ request: Request, allowed: Set<String>? = nil) async throws -> JSONValue {
         var request = request
-        let buffer = try await request.collectBody(upTo: 64 * 1024)
+        let buffer = try await request.collectBody(limit: 64 * 1024)
         guard buffer.readableBytes > 0 else { return .object([:]) }
         guard case .object(let fields)? = try? JSONParser.parse(Array(buffer.readableBytesView)) else {
             throw GatewayError.invalidRequest("The body must be a JSON object.", code: "invalid_json")

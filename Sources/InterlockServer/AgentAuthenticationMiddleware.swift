@@ -17,6 +17,11 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
             runID: request.headers[HTTPField.Name("x-interlock-run-id")!], parentRunID: request.headers[HTTPField.Name("x-interlock-parent-run-id")!])
         context.caller = caller
         context.logger[metadataKey: "interlock.agent.id"] = .string(caller.agent.id)
+        // Which key or token was used (ids, never the secret): what an operator needs to revoke it.
+        switch caller.credential {
+        case .apiKey(let id): context.logger[metadataKey: "interlock.credential"] = .string("key:\(id)")
+        case .accessToken(let id): context.logger[metadataKey: "interlock.credential"] = .string("token:\(id)")
+        }
         return try await next(request, context)
     }
 

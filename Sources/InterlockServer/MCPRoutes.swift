@@ -56,9 +56,9 @@ struct MCPRoutes {
         }
         let body: ByteBuffer
         do {
-            body = try await request.collectBody(upTo: maxBodyBytes)
-        } catch {
-            return Self.rpcError(nil, Code.invalidRequest, "The request is larger than \(maxBodyBytes) bytes.", status: .contentTooLarge, requestID: context.requestID)
+            body = try await request.collectBody(limit: maxBodyBytes)
+        } catch let error as GatewayError {
+            return Self.rpcError(nil, Code.invalidRequest, error.message, status: .contentTooLarge, requestID: context.requestID)
         }
         guard let message = try? JSONParser.parse(Array(body.readableBytesView)) else {
             return Self.rpcError(nil, Code.parse, "The body is not valid JSON.", status: .badRequest, requestID: context.requestID)
@@ -90,13 +90,7 @@ struct MCPRoutes {
         }
         if isResponse || object["id"] == nil {
             // A notification (initialized, cancelled, progress) or a response: accepted within a session.
-            guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
-                return Self.rpcError(nil, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
-            }
-            guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
-                return Self.rpcError(nil, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
-            }
-            return Response(status: .accepted)
+            return sessionRefusal(request, id: nil, context: context) ?? Response(status: .accepted)
         }
         let method = object["method"]!.stringValue!
         let id = object["id"]!
@@ -119,12 +113,7 @@ struct MCPRoutes {
             response.headers[HTTPField.Name("mcp-session-id")!] = session
             return response
         }
-        guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
-            return Self.rpcError(id, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
-        }
-        guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
-            return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
-        }
+        if let refusal = sessionRefusal(request, id: id, context: context) { return refusal }
         switch method {
         case "ping":
             return Self.rpcResult(id, .object([:]), requestID: context.requestID)
@@ -134,6 +123,18 @@ struct MCPRoutes {
         default:
             return await call(id: id, params: params, request: request, context: context)
         }
+    }
+
+    /// Everything after `initialize` belongs to a live session of the same agent: 400 without
+    /// one, 404 for an unknown, ended or foreign one (the client initializes again).
+    private func sessionRefusal(_ request: Request, id: JSONValue?, context: AgentRequestContext) -> Response? {
+        guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
+            return Self.rpcError(id, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
+        }
+        guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
+            return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
+        }
+        return nil
     }
 
     /// `tools/call`: protocol problems (unknown or ungranted tool, invalid arguments) are

@@ -31,16 +31,7 @@ struct ModelRoutes {
 
     private func model(_ request: Request, context: AgentRequestContext, format: WireFormat, operation: ModelOperation) async throws -> Response {
         var request = request
-        let tooLarge = GatewayError(kind: .requestTooLarge, code: "request_too_large", message: "The request body is larger than the limit of \(maxBodyBytes) bytes.")
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > maxBodyBytes { throw tooLarge }
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.collectBody(upTo: maxBodyBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
-            throw tooLarge
-        } catch is NIOTooManyBytesError {
-            throw tooLarge
-        }
+        let buffer = try await request.collectBody(limit: maxBodyBytes)
         let bytes = Array(buffer.readableBytesView)
         let modelRequest: ModelRequest
         do {

@@ -97,9 +97,7 @@ struct OAuthRoutes {
     private func tokenExchange(_ form: [String: String], targets: [String], context: InterlockRequestContext) async -> Response {
         let now = governor.nowMs()
         func refuse(_ error: String, _ description: String, agentID: String? = nil, user: String? = nil) -> Response {
-            governor.audit?.record(AuditRecord(
-                timestampMs: 0, node: "", action: "token.exchange", agentID: agentID, userID: user, target: "/oauth/token", decision: "deny",
-                reason: error, status: 400, requestID: context.requestID))
+            governor.auditCredential("token.exchange", agentID: agentID, user: user, refusal: error, status: 400, requestID: context.requestID)
             return Self.oauthError(error, description)
         }
         let acceptedTypes = [Self.accessTokenType, Self.jwtTokenType, Self.idTokenType]
@@ -194,9 +192,7 @@ struct OAuthRoutes {
         } catch {
             return Self.oauthError("server_error", "The token could not be signed.", status: .internalServerError)
         }
-        governor.audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: "token.exchange", agentID: actor.agent.id, userID: subjectID, actorChain: actors, target: "/oauth/token",
-            decision: "allow", outcome: "success", status: 200, requestID: context.requestID))
+        governor.auditCredential("token.exchange", agentID: actor.agent.id, user: subjectID, actors: actors, status: 200, requestID: context.requestID)
         return Self.json([
             "access_token": .string(issued), "issued_token_type": .string(Self.accessTokenType), "token_type": "Bearer",
             "expires_in": .integer(max(0, (expiresMs - now) / 1000)), "scope": .string(scopes.joined(separator: " ")),
@@ -244,9 +240,7 @@ struct OAuthRoutes {
             }
         }
         let accessToken = try await tokens.issue(for: agent, scopes: scopes, nowMs: governor.nowMs())
-        governor.audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: "token.issue", agentID: agent.id, target: "/oauth/token", decision: "allow", outcome: "success",
-            status: 200, requestID: context.requestID))
+        governor.auditCredential("token.issue", agentID: agent.id, status: 200, requestID: context.requestID)
         return Self.json([
             "access_token": .string(accessToken), "token_type": "Bearer", "expires_in": .integer(Int64(tokens.settings.tokenTTLSeconds)),
             "scope": .string(scopes.joined(separator: " ")),

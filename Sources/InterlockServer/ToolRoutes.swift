@@ -20,12 +20,7 @@ struct ToolRoutes {
         group.post("tools/:name/invoke") { request, context in
             var request = request
             let name = try context.parameters.require("name")
-            let buffer: ByteBuffer
-            do {
-                buffer = try await request.collectBody(upTo: maxBodyBytes)
-            } catch {
-                throw GatewayError(kind: .requestTooLarge, code: "request_too_large", message: "The request body is larger than \(maxBodyBytes) bytes.")
-            }
+            let buffer = try await request.collectBody(limit: maxBodyBytes)
             let envelope = try? JSONParser.parse(Array(buffer.readableBytesView))
             guard case .object(let fields)? = envelope, fields.keys.allSatisfy({ $0 == "arguments" }) else {
                 throw GatewayError.invalidRequest("The body must be a JSON object {\"arguments\": {...}}.", code: "invalid_request", param: "arguments")

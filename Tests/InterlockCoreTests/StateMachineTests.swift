@@ -225,3 +225,17 @@ func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seco
         #expect(USD(dollars: 2).description == "2")
     }
 }
+
+@Suite struct RetryPolicyTests {
+    @Test func backoffDoublesWithJitterAndStaysUnderTheCap() {
+        let policy = RetryPolicy(maxAttempts: 5, initialBackoffMs: 100, maxBackoffMs: 1_000)
+        for _ in 0..<200 {
+            let first = policy.backoff(afterAttempt: 1)
+            #expect(first >= .milliseconds(50) && first <= .milliseconds(100))
+            let third = policy.backoff(afterAttempt: 3)
+            #expect(third >= .milliseconds(200) && third <= .milliseconds(400))
+            let late = policy.backoff(afterAttempt: 40)
+            #expect(late >= .milliseconds(500) && late <= .milliseconds(1_000))
+        }
+    }
+}

@@ -293,17 +293,7 @@ import Testing
 /// The same cut-off for a stream relayed on the event loop from a real (slow) upstream.
 @Suite struct EventLoopStreamCutOffTests {
     @Test func disablingCutsAStreamRelayedOnTheEventLoop() async throws {
-        let upstream = Application(router: SlowStreamProvider.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstream.test(.live) { upstreamClient in
-            let harness = try await Harness.make("""
-                providers:
-                  slow: { type: openai, base_url: "http://127.0.0.1:\(upstreamClient.port!)/v1" }
-                models:
-                  fast:
-                    deployments: [{ provider: slow, model: s }]
-                agents:
-                  - { id: a, api_key: test-key-aaaaaaaaaaaa, models: [fast] }
-                """)
+        try await SlowStreamProvider.withHarness { harness in
             let governor = harness.services.gateway.governor
             try await harness.application().test(.live) { client in
                 var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
@@ -325,7 +315,6 @@ import Testing
             await harness.services.ledger.flush()
             let record = try await harness.services.store.recentUsage(limit: 5).first
             #expect(record?.errorCode == "agent_disabled" && record?.outcome == .partial)
-            try await harness.close()
         }
     }
 }
@@ -333,17 +322,7 @@ import Testing
 /// Run ids sent by the agent reach the audit record, on the event-loop path and the router.
 @Suite struct RunHeaderTests {
     @Test func runIdsFromHeadersAreAuditedOnBothPaths() async throws {
-        let upstream = Application(router: SlowStreamProvider.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstream.test(.live) { upstreamClient in
-            let harness = try await Harness.make("""
-                providers:
-                  slow: { type: openai, base_url: "http://127.0.0.1:\(upstreamClient.port!)/v1" }
-                models:
-                  fast:
-                    deployments: [{ provider: slow, model: s }]
-                agents:
-                  - { id: a, api_key: test-key-aaaaaaaaaaaa, models: [fast] }
-                """)
+        try await SlowStreamProvider.withHarness { harness in
             try await harness.application().test(.live) { client in
                 var headers = auth("test-key-aaaaaaaaaaaa")
                 headers[HTTPField.Name("x-interlock-run-id")!] = "run-42"
@@ -351,6 +330,12 @@ import Testing
                 try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat()) { response in
                     #expect(response.status == .ok)
                     #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
+                }
+                // The mock model is served by the router (the async path).
+                headers[HTTPField.Name("x-interlock-run-id")!] = "run-43"
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat("mocked")) { response in
+                    #expect(response.status == .ok)
+                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == nil)
                 }
                 headers[HTTPField.Name("x-interlock-run-id")!] = "run 42; drop table"
                 try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat()) { response in
@@ -361,15 +346,41 @@ import Testing
             }
             await harness.services.gateway.governor.audit?.writer.flush()
             let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records
-            let call = records.first { $0.action == "model.call" && $0.decision == "allow" }
-            #expect(call?.runID == "run-42" && call?.parentRunID == "run-7")
-            try await harness.close()
+            let calls = records.filter { $0.action == "model.call" && $0.decision == "allow" }
+            #expect(calls.map(\.runID) == ["run-42", "run-43"] && calls.allSatisfy { $0.parentRunID == "run-7" })
         }
     }
 }
 
 /// An OpenAI-style upstream that sends one event, then waits long before the next.
 enum SlowStreamProvider {
+    /// Interlock in front of this upstream (alias `fast`; `mocked` is the mock provider), for
+    /// `body`; both are stopped afterwards.
+    static func withHarness(_ body: @Sendable (Harness) async throws -> Void) async throws {
+        let upstream = Application(router: router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let harness = try await Harness.make("""
+                providers:
+                  slow: { type: openai, base_url: "http://127.0.0.1:\(upstreamClient.port!)/v1" }
+                  mock: { type: mock }
+                models:
+                  fast:
+                    deployments: [{ provider: slow, model: s }]
+                  mocked:
+                    deployments: [{ provider: mock, model: m }]
+                agents:
+                  - { id: a, api_key: test-key-aaaaaaaaaaaa, models: [fast, mocked] }
+                """)
+            do {
+                try await body(harness)
+            } catch {
+                try await harness.close()
+                throw error
+            }
+            try await harness.close()
+        }
+    }
+
     static func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.post("/v1/chat/completions") { request, _ -> Response in

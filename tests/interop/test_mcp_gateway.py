@@ -135,5 +135,7 @@ def test_json_rpc_errors_over_plain_http(gateway):
                          headers=with_session).json()
     assert invalid["error"]["code"] == -32602 and "'city' must be a string" in invalid["error"]["message"]
     assert httpx.post(url, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}).status_code == 401
+    oversized = httpx.post(url, content=b'{"jsonrpc":"2.0","id":8,"method":"ping","params":{"pad":"' + b"x" * (5 * 1024 * 1024) + b'"}}', headers=with_session)
+    assert oversized.status_code == 413 and oversized.json()["error"]["code"] == -32600
     assert httpx.delete(url, headers=with_session).status_code == 204
     assert httpx.post(url, json={"jsonrpc": "2.0", "id": 7, "method": "ping"}, headers=with_session).status_code == 404
