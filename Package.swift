@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
     ],
     targets: [
         // Domain model and pipeline stages. Pure Swift: no I/O, clocks injected.
@@ -76,11 +77,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Long-running services: the gateway engine, batched writers.
+        // Long-running services: the gateway engines, batched writers, tool upstream connections.
         .target(
             name: "InterlockRuntime",
             dependencies: [
                 "InterlockCore",
+                "InterlockConfig",
                 "InterlockStore",
                 "InterlockProviders",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -91,6 +93,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -50,7 +50,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -131,6 +131,11 @@ private struct ConfigDocument {
             if let value = fields["max_sessions_per_agent"]?.int(minimum: 1, maximum: 1_000_000) { config.mcp.maxSessionsPerAgent = value }
             if let value = fields["max_sessions"]?.int(minimum: 1, maximum: 10_000_000) { config.mcp.maxSessions = value }
             if let value = fields["session_idle_timeout_s"]?.int(minimum: 1) { config.mcp.sessionIdleTimeoutSeconds = value }
+        }
+        if let node = top["tool_gateway"], let fields = node.mapping(allowed: ["capture", "capture_max_bytes", "startup_wait_ms"]) {
+            if let value = fields["capture"]?.oneOf(ToolCapture.self, ToolCapture.allCases) { config.toolGateway.capture = value }
+            if let value = fields["capture_max_bytes"]?.int(minimum: 64, maximum: 16 * 1024 * 1024) { config.toolGateway.captureMaxBytes = value }
+            if let value = fields["startup_wait_ms"]?.int(minimum: 0, maximum: 600_000) { config.toolGateway.startupWaitMs = value }
         }
         if let node = top["tools"], let entries = node.namedEntries() {
             config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }
@@ -376,7 +381,10 @@ private struct ConfigDocument {
     }
 
     private func readToolSource(namespace: String, _ node: ConfigNode) -> ToolSourceSettings? {
-        guard let fields = node.mapping(allowed: ["type", "spec", "base_url", "timeout_ms", "max_concurrency", "max_response_bytes", "auth", "tools"]) else {
+        guard let fields = node.mapping(allowed: [
+            "type", "spec", "base_url", "url", "command", "env", "inherit_env", "working_directory", "restart", "shutdown_grace_ms",
+            "timeout_ms", "connect_timeout_ms", "max_concurrency", "max_response_bytes", "refresh_interval_s", "auth", "tools",
+        ]) else {
             return nil
         }
         if !Agent.isValidID(namespace) || namespace.contains(".") {
@@ -387,69 +395,106 @@ private struct ConfigDocument {
             return nil
         }
         guard let kind = typeNode.oneOf(ToolSourceSettings.Kind.self, ToolSourceSettings.Kind.allCases) else { return nil }
-        guard let baseNode = fields["base_url"], let baseURL = baseNode.nonEmptyString() else {
-            if fields["base_url"] == nil { node.report("missing required key 'base_url' (where the API is served)") }
-            return nil
+        let onlyFor: [(String, ToolSourceSettings.Kind)] = [
+            ("spec", .openapi), ("base_url", .openapi), ("url", .mcp), ("command", .mcp), ("env", .mcp), ("inherit_env", .mcp),
+            ("working_directory", .mcp), ("restart", .mcp), ("shutdown_grace_ms", .mcp), ("connect_timeout_ms", .mcp),
+        ]
+        for (key, owner) in onlyFor where owner != kind {
+            fields[key]?.report("'\(key)' applies to type '\(owner.rawValue)', not '\(kind.rawValue)'")
         }
-        if !(baseURL.hasPrefix("http://") || baseURL.hasPrefix("https://")) { baseNode.report("expected an http:// or https:// URL, found '\(baseURL)'") }
-        var source = ToolSourceSettings(namespace: namespace, kind: kind, baseURL: baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL)
-        if let value = fields["timeout_ms"]?.int(minimum: 1) { source.timeoutMs = value }
-        if let value = fields["max_concurrency"]?.int(minimum: 1, maximum: 100_000) { source.maxConcurrency = value }
-        if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { source.maxResponseBytes = value }
-        if let authNode = fields["auth"], let auth = authNode.mapping(allowed: ["bearer", "header", "value", "on_behalf_of", "oauth_client_credentials"]) {
-            if let oauth = auth["oauth_client_credentials"], let settings = oauth.mapping(allowed: ["token_url", "client_id", "client_secret", "scope"]) {
-                guard let tokenURL = settings["token_url"]?.nonEmptyString(), let clientID = settings["client_id"]?.nonEmptyString(),
-                    let secret = settings["client_secret"]?.string()
-                else {
-                    oauth.report("'oauth_client_credentials' needs 'token_url', 'client_id' and 'client_secret' (use ${ENV_VAR})")
+        var source: ToolSourceSettings
+        switch kind {
+        case .openapi:
+            guard let baseNode = fields["base_url"], let baseURL = baseNode.nonEmptyString() else {
+                if fields["base_url"] == nil { node.report("missing required key 'base_url' (where the API is served)") }
+                return nil
+            }
+            if !Self.isHTTPURL(baseURL) { baseNode.report("expected an http:// or https:// URL, found '\(baseURL)'") }
+            source = ToolSourceSettings(namespace: namespace, kind: kind, baseURL: baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL)
+        case .mcp:
+            source = ToolSourceSettings(namespace: namespace, kind: kind, baseURL: "")
+            switch (fields["url"], fields["command"]) {
+            case (let urlNode?, nil):
+                guard let url = urlNode.nonEmptyString() else { return nil }
+                if !Self.isHTTPURL(url) { urlNode.report("expected the server's http:// or https:// MCP endpoint, found '\(url)'") }
+                source.baseURL = url
+                source.mcpTransport = .streamableHTTP(url: url)
+            case (nil, let commandNode?):
+                guard let command = commandNode.stringList() else { return nil }
+                guard let executable = command.first, !executable.isEmpty else {
+                    commandNode.report("expected the program and its arguments, such as [python3, server.py]")
                     return nil
                 }
-                if !(tokenURL.hasPrefix("https://") || tokenURL.hasPrefix("http://")) { settings["token_url"]?.report("expected an http:// or https:// URL") }
-                source.authentication = .clientCredentials(tokenURL: tokenURL, clientID: clientID, clientSecret: Secret(secret), scope: settings["scope"]?.nonEmptyString())
-            } else if let obo = auth["on_behalf_of"], let settings = obo.mapping(allowed: ["audience"]) {
-                guard let audience = settings["audience"]?.nonEmptyString() else {
-                    obo.report("'on_behalf_of' needs 'audience' (what the upstream expects in 'aud')")
-                    return nil
+                var process = ToolSourceSettings.StdioProcess(command: command)
+                if let env = fields["env"]?.namedEntries() {
+                    for (name, valueNode) in env {
+                        if name.isEmpty || name.contains("=") { valueNode.report("'\(name)' is not a variable name") }
+                        if let value = valueNode.string() { process.environment[name] = Secret(value) }
+                    }
                 }
-                source.authentication = .onBehalfOf(audience: audience)
-            } else if let token = auth["bearer"]?.string() {
-                if !Self.isHeaderValue(token) { auth["bearer"]?.report("the token contains a line break or control character") }
-                source.authentication = .bearer(Secret(token))
-            } else if let name = auth["header"]?.nonEmptyString() {
-                if !Self.isHeaderName(name) { auth["header"]?.report("'\(name)' is not a valid header name") }
-                guard let value = auth["value"]?.string() else {
-                    authNode.report("'header' needs 'value' (use ${ENV_VAR})")
-                    return nil
+                if let names = fields["inherit_env"]?.stringList() { process.inheritEnvironment = names }
+                if let directory = fields["working_directory"]?.nonEmptyString() { process.workingDirectory = resolvePath(directory) }
+                if let restart = fields["restart"]?.mapping(allowed: ["initial_backoff_ms", "max_backoff_ms"]) {
+                    if let value = restart["initial_backoff_ms"]?.int(minimum: 10, maximum: 3_600_000) { process.restartInitialBackoffMs = value }
+                    if let value = restart["max_backoff_ms"]?.int(minimum: 10, maximum: 3_600_000) { process.restartMaxBackoffMs = value }
+                    if process.restartMaxBackoffMs < process.restartInitialBackoffMs {
+                        restart["max_backoff_ms"]?.report("must be at least initial_backoff_ms (\(process.restartInitialBackoffMs))")
+                    }
                 }
-                if !Self.isHeaderValue(value) { auth["value"]?.report("the value contains a line break or control character") }
-                source.authentication = .header(name: name, value: Secret(value))
-            } else {
-                authNode.report("expected 'bearer: <token>', 'header: <name>' with 'value: <secret>', or 'on_behalf_of: { audience: … }'")
+                if let value = fields["shutdown_grace_ms"]?.int(minimum: 0, maximum: 600_000) { process.shutdownGraceMs = value }
+                source.mcpTransport = .stdio(process)
+            case (nil, nil):
+                node.report("an MCP upstream needs 'url' (Streamable HTTP) or 'command' (stdio)")
+                return nil
+            case (_?, _?):
+                node.report("an MCP upstream has either 'url' or 'command', not both")
+                return nil
             }
         }
+        if let value = fields["timeout_ms"]?.int(minimum: 1) { source.timeoutMs = value }
+        if let value = fields["connect_timeout_ms"]?.int(minimum: 1) { source.connectTimeoutMs = value }
+        if let value = fields["max_concurrency"]?.int(minimum: 1, maximum: 100_000) { source.maxConcurrency = value }
+        if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { source.maxResponseBytes = value }
+        if let value = fields["refresh_interval_s"]?.int(minimum: 1, maximum: 86_400 * 30) { source.refreshIntervalSeconds = value }
+        if let authNode = fields["auth"] {
+            if case .stdio = source.mcpTransport {
+                authNode.report("a stdio server takes its credentials from 'env', not 'auth'")
+            } else if let authentication = readToolAuthentication(authNode) {
+                source.authentication = authentication
+            }
+        }
+        var overrides: [(String, ConfigNode, ToolMetadata)] = []
+        if let entries = fields["tools"]?.namedEntries() {
+            for (name, overrideNode) in entries {
+                guard let meta = overrideNode.mapping(allowed: ["side_effects", "idempotent", "risk", "owner", "limits"]) else { continue }
+                var metadata = ToolMetadata()
+                if let value = meta["side_effects"]?.oneOf(ToolMetadata.SideEffects.self, ToolMetadata.SideEffects.allCases) { metadata.sideEffects = value }
+                if let value = meta["idempotent"]?.bool() { metadata.idempotent = value }
+                if let value = meta["risk"]?.oneOf(ToolMetadata.Risk.self, ToolMetadata.Risk.allCases) { metadata.risk = value }
+                if let value = meta["owner"]?.string() { metadata.owner = value }
+                if let limits = meta["limits"]?.mapping(allowed: ["rpm"]) { metadata.requestsPerMinute = limits["rpm"]?.int(minimum: 1) }
+                overrides.append((name, overrideNode, metadata))
+                source.toolMetadata[name] = metadata
+            }
+        }
+        guard kind == .openapi else { return source }
         guard let specNode = fields["spec"], let specPath = specNode.nonEmptyString() else {
-            if fields["spec"] == nil { node.report("missing required key 'spec' (the OpenAPI document, a path relative to this file)") }
+            if fields["spec"] == nil { node.report("missing required key 'spec' (the OpenAPI document: a path relative to this file, or a URL)") }
             return nil
         }
-        let directory = reader.file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        let resolved = specPath.hasPrefix("/") || directory.isEmpty ? specPath : directory + "/" + specPath
+        if Self.isHTTPURL(specPath) {
+            // Fetched at start; its operations are only known then.
+            source.spec = .url(specPath)
+            return source
+        }
+        let resolved = resolvePath(specPath)
+        source.spec = .file(resolved)
         guard let data = FileManager.default.contents(atPath: resolved) else {
             specNode.report("cannot read the OpenAPI document '\(resolved)'")
             return nil
         }
-        let document: JSONValue
         do {
-            guard let root = try Yams.compose(yaml: String(decoding: data, as: UTF8.self)) else {
-                specNode.report("the OpenAPI document '\(resolved)' is empty")
-                return nil
-            }
-            document = YAMLJSON.value(root)
-        } catch {
-            specNode.report("the OpenAPI document '\(resolved)' is not valid YAML or JSON: \(error)")
-            return nil
-        }
-        do {
-            source.tools = try OpenAPIImport.tools(from: document, namespace: namespace)
+            source.tools = try OpenAPIImport.tools(fromDocument: data, namespace: namespace)
         } catch {
             specNode.report("the OpenAPI document '\(resolved)': \(error.description)")
             return nil
@@ -461,26 +506,61 @@ private struct ConfigDocument {
                 specNode.report("tool '\(tool.definition.name)': its input schema is not usable: \(error.description)")
             }
         }
-        if let overrides = fields["tools"]?.namedEntries() {
-            for (name, overrideNode) in overrides {
-                guard let index = source.tools.firstIndex(where: { $0.definition.name == "\(namespace).\(name)" }) else {
-                    var message = "the document has no operation '\(name)'"
-                    let known = Set(source.tools.map { String($0.definition.name.dropFirst(namespace.count + 1)) })
-                    if let suggestion = Suggestion.closest(to: name, in: known) { message += "; did you mean '\(suggestion)'?" }
-                    overrideNode.report(message)
-                    continue
-                }
-                guard let meta = overrideNode.mapping(allowed: ["side_effects", "idempotent", "risk", "owner", "limits"]) else { continue }
-                var metadata = source.tools[index].definition.metadata
-                if let value = meta["side_effects"]?.oneOf(ToolMetadata.SideEffects.self, ToolMetadata.SideEffects.allCases) { metadata.sideEffects = value }
-                if let value = meta["idempotent"]?.bool() { metadata.idempotent = value }
-                if let value = meta["risk"]?.oneOf(ToolMetadata.Risk.self, ToolMetadata.Risk.allCases) { metadata.risk = value }
-                if let value = meta["owner"]?.string() { metadata.owner = value }
-                if let limits = meta["limits"]?.mapping(allowed: ["rpm"]) { metadata.requestsPerMinute = limits["rpm"]?.int(minimum: 1) }
-                source.tools[index].definition.metadata = metadata
+        for (name, overrideNode, metadata) in overrides {
+            guard let index = source.tools.firstIndex(where: { $0.definition.name == "\(namespace).\(name)" }) else {
+                var message = "the document has no operation '\(name)'"
+                let known = Set(source.tools.map { String($0.definition.name.dropFirst(namespace.count + 1)) })
+                if let suggestion = Suggestion.closest(to: name, in: known) { message += "; did you mean '\(suggestion)'?" }
+                overrideNode.report(message)
+                continue
             }
+            source.tools[index].definition.metadata = metadata
         }
         return source
+    }
+
+    /// `auth` of a tool upstream.
+    private func readToolAuthentication(_ authNode: ConfigNode) -> ToolSourceSettings.Authentication? {
+        guard let auth = authNode.mapping(allowed: ["bearer", "header", "value", "on_behalf_of", "oauth_client_credentials"]) else { return nil }
+        if let oauth = auth["oauth_client_credentials"], let settings = oauth.mapping(allowed: ["token_url", "client_id", "client_secret", "scope"]) {
+            guard let tokenURL = settings["token_url"]?.nonEmptyString(), let clientID = settings["client_id"]?.nonEmptyString(),
+                let secret = settings["client_secret"]?.string()
+            else {
+                oauth.report("'oauth_client_credentials' needs 'token_url', 'client_id' and 'client_secret' (use ${ENV_VAR})")
+                return nil
+            }
+            if !Self.isHTTPURL(tokenURL) { settings["token_url"]?.report("expected an http:// or https:// URL") }
+            return .clientCredentials(tokenURL: tokenURL, clientID: clientID, clientSecret: Secret(secret), scope: settings["scope"]?.nonEmptyString())
+        } else if let obo = auth["on_behalf_of"], let settings = obo.mapping(allowed: ["audience"]) {
+            guard let audience = settings["audience"]?.nonEmptyString() else {
+                obo.report("'on_behalf_of' needs 'audience' (what the upstream expects in 'aud')")
+                return nil
+            }
+            return .onBehalfOf(audience: audience)
+        } else if let token = auth["bearer"]?.string() {
+            if !Self.isHeaderValue(token) { auth["bearer"]?.report("the token contains a line break or control character") }
+            return .bearer(Secret(token))
+        } else if let name = auth["header"]?.nonEmptyString() {
+            if !Self.isHeaderName(name) { auth["header"]?.report("'\(name)' is not a valid header name") }
+            guard let value = auth["value"]?.string() else {
+                authNode.report("'header' needs 'value' (use ${ENV_VAR})")
+                return nil
+            }
+            if !Self.isHeaderValue(value) { auth["value"]?.report("the value contains a line break or control character") }
+            return .header(name: name, value: Secret(value))
+        }
+        authNode.report("expected 'bearer: <token>', 'header: <name>' with 'value: <secret>', 'on_behalf_of: { audience: … }' or 'oauth_client_credentials: { … }'")
+        return nil
+    }
+
+    /// A path from the config file, relative to the file's directory.
+    private func resolvePath(_ path: String) -> String {
+        let directory = reader.file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return path.hasPrefix("/") || directory.isEmpty ? path : directory + "/" + path
+    }
+
+    private static func isHTTPURL(_ value: String) -> Bool {
+        value.hasPrefix("http://") || value.hasPrefix("https://")
     }
 
     private func readTrustedIssuer(_ node: ConfigNode, defaultAudience: String) -> TrustedIssuerSettings? {

@@ -1,4 +1,4 @@
-import InterlockCore
+public import InterlockCore
 import Yams
 
 /// Reads a YAML tree while collecting every problem instead of stopping at the first.
@@ -257,5 +257,20 @@ enum YAMLJSON {
         case .alias:
             return .null
         }
+    }
+}
+
+extension OpenAPIImport {
+    /// The tools of an OpenAPI 3 document given as YAML or JSON text (a file the config names,
+    /// or a document fetched from a URL at start).
+    public static func tools(fromDocument data: some Collection<UInt8>, namespace: String) throws(OpenAPIImportError) -> [OpenAPITool] {
+        let root: Yams.Node?
+        do {
+            root = try Yams.compose(yaml: String(decoding: data, as: UTF8.self))
+        } catch {
+            throw OpenAPIImportError(path: "(document)", message: "not valid YAML or JSON: \(error)")
+        }
+        guard let root else { throw OpenAPIImportError(path: "(document)", message: "the document is empty") }
+        return try tools(from: YAMLJSON.value(root), namespace: namespace)
     }
 }

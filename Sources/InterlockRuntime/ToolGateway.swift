@@ -1,10 +1,12 @@
 public import AsyncHTTPClient
 import FoundationEssentials
+import InterlockConfig
 public import InterlockCore
 public import InterlockStore
 public import Logging
 import NIOCore
 import NIOHTTP1
+public import ServiceLifecycle
 import Synchronization
 import Tracing
 
@@ -13,18 +15,48 @@ import Tracing
 /// `CallGovernor`; then the tool's own stages: argument validation against its schema,
 /// credential injection, the upstream call with a timeout, retries only for idempotent
 /// tools, and an idempotency key so a retry never repeats a side effect.
-public final class ToolGateway: Sendable {
+///
+/// Upstreams are REST APIs (OpenAPI) and MCP servers (Streamable HTTP or stdio). Tools that
+/// are only known at run time (MCP, an OpenAPI document from a URL) are listed when Interlock
+/// starts and again every `refresh_interval_s`; an upstream that fails is marked unavailable
+/// (its tools leave the catalogs, the others stay) and reconnected, or its process restarted,
+/// with backoff. As a `Service`, the gateway stops its upstreams on shutdown.
+public final class ToolGateway: Service, Sendable {
     /// A tool and everything needed to call it.
     public struct Tool: Sendable {
         public let definition: ToolDefinition
-        /// What is pinned: the definition agents are told and the request it becomes (method,
-        /// path, where each argument goes), so neither can change unnoticed.
+        /// What is pinned: the definition agents are told and how it is called (REST method,
+        /// path, where each argument goes; the MCP tool name), so neither can change unnoticed.
         let pinHash: String
         let schema: JSONSchema
-        let operation: RESTOperation
+        let binding: Binding
         let source: Source
         /// The tool's own rate limit, shared by every agent.
         let limiter: AsyncRateLimiter?
+    }
+
+    enum Binding: Sendable {
+        case rest(RESTOperation)
+        /// The tool's name on its MCP server.
+        case mcp(String)
+    }
+
+    /// An upstream's state, as operators see it.
+    struct Health: Sendable {
+        enum Status: String, Sendable {
+            case starting
+            case available
+            case unavailable
+        }
+
+        var status: Status
+        var reason: String?
+        var sinceMs: Int64
+        var lastListedMs: Int64?
+        /// Times a stdio server's process ended and was started again.
+        var restarts = 0
+        /// Tools the upstream offers whose definitions Interlock cannot use, and why.
+        var skipped: [String] = []
     }
 
     final class Source: Sendable {
@@ -33,100 +65,362 @@ public final class ToolGateway: Sendable {
         /// The client-credentials token and when to stop using it.
         let cachedToken = Mutex<(token: String, refreshAt: ContinuousClock.Instant)?>(nil)
         let fetchingToken = AsyncSerialGate()
+        let health: Mutex<Health>
+        /// Listed at run time (MCP, OpenAPI from a URL), by a supervising task.
+        var isDynamic: Bool { settings.kind == .mcp || settings.spec.map { if case .url = $0 { true } else { false } } == true }
+        let mcp = Mutex<MCPUpstream?>(nil)
+        let wake = WakeSignal()
 
-        init(settings: ToolSourceSettings) { self.settings = settings }
+        /// Interlock's credentials for this upstream: never shown, even in an error it echoes.
+        var secrets: [Secret?] {
+            var secrets: [Secret?] = []
+            switch settings.authentication {
+            case .bearer(let token): secrets.append(token)
+            case .header(_, let value): secrets.append(value)
+            case .clientCredentials(_, _, let secret, _): secrets.append(secret)
+            case .none, .onBehalfOf: break
+            }
+            if case .stdio(let process)? = settings.mcpTransport { secrets += process.environment.values.map { $0 } }
+            return secrets
+        }
+
+        init(settings: ToolSourceSettings, nowMs: Int64) {
+            self.settings = settings
+            self.health = Mutex(Health(status: .starting, sinceMs: nowMs))
+        }
     }
 
     public let governor: CallGovernor
-    private let tools: [String: Tool]
+    private let sources: [Source]
+    /// Every known tool, by name (a dynamic upstream's tools are replaced when it is listed).
+    private let tools = Mutex<[String: Tool]>([:])
     private let client: HTTPClient
     private let store: any InterlockStore
     /// Approved definitions, by tool name; a tool whose pin has a pending change is quarantined.
     private let pins: Mutex<[String: ToolPin]>
     private let retry: RetryPolicy
+    private let capture: ToolGatewaySettings
+    private let queue: AdmissionQueuePolicy
     private let logger: Logger
+    private let supervisors = Mutex<[Task<Void, Never>]>([])
 
     /// The gateway with every tool's definition checked against its pin: a tool seen for the
     /// first time is pinned as it is; one whose definition changed since it was approved is
     /// quarantined (hidden and refused) until an operator approves the new definition.
+    /// Upstreams listed at run time get up to `tool_gateway.startup_wait_ms` to answer; slower
+    /// ones join the catalog when they do.
     public static func open(
         configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, store: any InterlockStore, logger: Logger
     ) async throws -> ToolGateway {
         let gateway = try ToolGateway(configuration: configuration, governor: governor, client: client, store: store, logger: logger)
-        let now = governor.nowMs()
-        var pins = Dictionary(try await store.toolPins().map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
-        var changed: [ToolPin] = []
-        for tool in gateway.tools.values {
-            let hash = tool.pinHash
-            let next = pins[tool.definition.name].map { $0.seeing(hash, nowMs: now) }
-                ?? ToolPin(name: tool.definition.name, approvedHash: hash, approvedMs: now, approvedBy: "first-seen")
-            if next != pins[tool.definition.name] { changed.append(next) }
-            if next.isQuarantined, pins[tool.definition.name]?.isQuarantined != true {
-                logger.warning("tool definition changed upstream; quarantined until approved", metadata: ["interlock.tool": "\(tool.definition.name)"])
-            }
-            pins[tool.definition.name] = next
+        let stored = Dictionary(try await store.toolPins().map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
+        gateway.pins.withLock { $0 = stored }
+        for source in gateway.sources where !source.isDynamic {
+            let tools = try source.settings.tools.map { try gateway.tool($0.definition, binding: .rest($0.operation), source: source) }
+            try await gateway.adopt(tools, from: source)
+            source.health.withLock { $0 = Health(status: .available, sinceMs: governor.nowMs(), lastListedMs: governor.nowMs()) }
         }
-        try await store.saveToolPins(changed)
-        gateway.pins.withLock { $0 = pins }
+        let dynamic = gateway.sources.filter(\.isDynamic)
+        gateway.supervisors.withLock { tasks in
+            tasks = dynamic.map { source in Task { await gateway.supervise(source) } }
+        }
+        let deadline = ContinuousClock.now.advanced(by: .milliseconds(configuration.toolGateway.startupWaitMs))
+        while ContinuousClock.now < deadline, dynamic.contains(where: { $0.health.withLock(\.status) == .starting }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         return gateway
     }
 
     private init(configuration: InterlockConfiguration, governor: CallGovernor, client: HTTPClient, store: any InterlockStore, logger: Logger) throws {
         self.store = store
         self.pins = Mutex([:])
-        var tools: [String: Tool] = [:]
-        let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
-        for settings in configuration.toolSources {
-            let source = Source(settings: settings)
-            for tool in settings.tools {
-                let limiter = tool.definition.metadata.requestsPerMinute.map {
-                    AsyncRateLimiter(name: "tool:\(tool.definition.name)", limits: RateLimits(requestsPerMinute: $0), queue: queue)
-                }
-                let operation = tool.operation
-                let shape = "\(operation.method) \(operation.pathTemplate) " + operation.parameters.map { "\($0.location.rawValue):\($0.name)" }.joined(separator: ",")
-                    + " body:\(operation.body.map { "\($0)" } ?? "none")"
-                tools[tool.definition.name] = Tool(
-                    definition: tool.definition, pinHash: AuditRecord.sha256Hex(Array((tool.definition.definitionHash + "\n" + shape).utf8)),
-                    schema: try JSONSchema(tool.definition.inputSchema), operation: tool.operation, source: source, limiter: limiter)
-            }
-        }
-        self.tools = tools
+        self.queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
+        self.sources = configuration.toolSources.map { Source(settings: $0, nowMs: governor.nowMs()) }
         self.governor = governor
         self.client = client
         self.retry = RetryPolicy(configuration.gateway)
+        self.capture = configuration.toolGateway
         self.logger = logger
     }
 
+    /// A tool as the gateway keeps it: schema compiled, pin hash computed, limiter made.
+    private func tool(_ definition: ToolDefinition, binding: Binding, source: Source) throws -> Tool {
+        let shape: String
+        switch binding {
+        case .rest(let operation):
+            shape = "\(operation.method) \(operation.pathTemplate) " + operation.parameters.map { "\($0.location.rawValue):\($0.name)" }.joined(separator: ",")
+                + " body:\(operation.body.map { "\($0)" } ?? "none")"
+        case .mcp(let remote):
+            shape = "mcp:\(remote)"
+        }
+        let limiter = definition.metadata.requestsPerMinute.map {
+            AsyncRateLimiter(name: "tool:\(definition.name)", limits: RateLimits(requestsPerMinute: $0), queue: queue)
+        }
+        return Tool(
+            definition: definition, pinHash: AuditRecord.sha256Hex(Array((definition.definitionHash + "\n" + shape).utf8)),
+            schema: try JSONSchema(definition.inputSchema), binding: binding, source: source, limiter: limiter)
+    }
+
+    /// Makes `tools` the tools of `source` (replacing what it listed before), each checked
+    /// against its pin first.
+    private func adopt(_ newTools: [Tool], from source: Source) async throws {
+        let now = governor.nowMs()
+        let changed: [ToolPin] = pins.withLock { pins in
+            var changed: [ToolPin] = []
+            for tool in newTools {
+                let name = tool.definition.name
+                let next = pins[name].map { $0.seeing(tool.pinHash, nowMs: now) }
+                    ?? ToolPin(name: name, approvedHash: tool.pinHash, approvedMs: now, approvedBy: "first-seen")
+                if next != pins[name] { changed.append(next) }
+                if next.isQuarantined, pins[name]?.isQuarantined != true {
+                    logger.warning("tool definition changed upstream; quarantined until approved", metadata: ["interlock.tool": "\(name)"])
+                }
+                pins[name] = next
+            }
+            return changed
+        }
+        try await store.saveToolPins(changed)
+        let namespace = source.settings.namespace
+        tools.withLock { tools in
+            tools = tools.filter { $0.value.source.settings.namespace != namespace }
+            for tool in newTools { tools[tool.definition.name] = tool }
+        }
+    }
+
+    // MARK: - Upstreams listed at run time
+
+    /// Keeps a run-time upstream listed: lists it now and every `refresh_interval_s`; when it
+    /// fails (or its process ends) marks it unavailable and tries again after a backoff that
+    /// doubles up to its maximum.
+    private func supervise(_ source: Source) async {
+        var initialBackoff = Duration.milliseconds(500)
+        var maxBackoff = Duration.seconds(30)
+        if case .stdio(let process)? = source.settings.mcpTransport {
+            initialBackoff = .milliseconds(process.restartInitialBackoffMs)
+            maxBackoff = .milliseconds(process.restartMaxBackoffMs)
+        }
+        var backoff = initialBackoff
+        while !Task.isCancelled {
+            if source.health.withLock({ $0.status == .unavailable }) {
+                // After a failure or a process exit: wait, not woken early (a crash loop must back off).
+                guard (try? await Task.sleep(for: backoff)) != nil else { return }
+                backoff = min(backoff * 2, maxBackoff)
+            }
+            do {
+                try await refresh(source)
+                backoff = initialBackoff
+                await source.wake.wait(upTo: .seconds(source.settings.refreshIntervalSeconds))
+            } catch {
+                if Task.isCancelled { return }
+                markUnavailable(source, reason: Self.describe(error))
+            }
+        }
+    }
+
+    /// Lists the upstream's tools and adopts them; the upstream is available after.
+    private func refresh(_ source: Source) async throws {
+        var adopted: [Tool] = []
+        var skipped: [String] = []
+        let namespace = source.settings.namespace
+        func definition(_ base: ToolDefinition, remote: String) -> ToolDefinition {
+            var definition = base
+            if let metadata = source.settings.toolMetadata[remote] { definition.metadata = metadata }
+            return definition
+        }
+        if source.settings.kind == .mcp {
+            let upstream = mcpUpstream(source)
+            let headers = try await upstreamHeaders(source, caller: nil, tool: nil)
+            for listed in try await upstream.listTools(headers: headers) {
+                guard let remote = listed["name"]?.stringValue, !remote.isEmpty else {
+                    skipped.append("a tool without a name")
+                    continue
+                }
+                let base = ToolDefinition(
+                    name: "\(namespace).\(remote)", namespace: namespace,
+                    description: listed["description"]?.stringValue ?? listed["title"]?.stringValue ?? "",
+                    inputSchema: listed["inputSchema"] ?? ["type": "object"], outputSchema: listed["outputSchema"])
+                do {
+                    adopted.append(try tool(definition(base, remote: remote), binding: .mcp(remote), source: source))
+                } catch {
+                    skipped.append("\(remote): \(error)")
+                }
+            }
+        } else if case .url(let url)? = source.settings.spec {
+            var request = HTTPClientRequest(url: url)
+            request.headers.add(name: "accept", value: "application/json, application/yaml, text/yaml, */*")
+            let body: ByteBuffer
+            do {
+                let response = try await client.execute(request, timeout: .milliseconds(Int64(source.settings.timeoutMs)))
+                body = try await response.body.collect(upTo: max(source.settings.maxResponseBytes, 16 * 1024 * 1024))
+                guard response.status == .ok else { throw MCPUpstreamError.unreachable("the OpenAPI document answered HTTP \(response.status.code)") }
+            } catch let error as MCPUpstreamError {
+                throw error
+            } catch {
+                throw MCPUpstreamError.unreachable("the OpenAPI document could not be fetched: \(error)")
+            }
+            let imported: [OpenAPITool]
+            do {
+                imported = try OpenAPIImport.tools(fromDocument: Array(body.readableBytesView), namespace: namespace)
+            } catch {
+                throw MCPUpstreamError.protocolViolation("the OpenAPI document: \(error.description)")
+            }
+            for item in imported {
+                let remote = String(item.definition.name.dropFirst(namespace.count + 1))
+                do {
+                    adopted.append(try tool(definition(item.definition, remote: remote), binding: .rest(item.operation), source: source))
+                } catch {
+                    skipped.append("\(remote): \(error)")
+                }
+            }
+        }
+        let unknown = Set(source.settings.toolMetadata.keys).subtracting(adopted.map { String($0.definition.name.dropFirst(namespace.count + 1)) })
+        for name in unknown.sorted() {
+            logger.warning("config describes a tool the upstream does not offer", metadata: ["interlock.tool": "\(namespace).\(name)"])
+        }
+        try await adopt(adopted, from: source)
+        let now = governor.nowMs()
+        let recovered = source.health.withLock { health -> Bool in
+            let recovered = health.status != .available
+            health.status = .available
+            health.reason = nil
+            if recovered { health.sinceMs = now }
+            health.lastListedMs = now
+            health.skipped = skipped
+            return recovered
+        }
+        if recovered {
+            logger.info("tool upstream available", metadata: ["interlock.tools.namespace": "\(namespace)", "interlock.tools.count": "\(adopted.count)"])
+        }
+    }
+
+    private func mcpUpstream(_ source: Source) -> MCPUpstream {
+        source.mcp.withLock { current in
+            if let current { return current }
+            var upstreamLogger = logger
+            upstreamLogger[metadataKey: "interlock.tools.namespace"] = "\(source.settings.namespace)"
+            let upstream = MCPUpstream(settings: source.settings, client: client, logger: upstreamLogger) {
+                [weak self, weak source] ended in
+                guard let self, let source else { return }
+                if let ended {
+                    source.health.withLock { $0.restarts += 1 }
+                    self.markUnavailable(source, reason: ended)
+                }
+                source.wake.signal()
+            }
+            current = upstream
+            return upstream
+        }
+    }
+
+    /// The upstream's tools leave the catalogs until it answers again.
+    private func markUnavailable(_ source: Source, reason: String) {
+        let now = governor.nowMs()
+        let changed = source.health.withLock { health -> Bool in
+            defer { health.reason = reason }
+            guard health.status != .unavailable else { return false }
+            health.status = .unavailable
+            health.sinceMs = now
+            return true
+        }
+        if changed {
+            logger.warning("tool upstream unavailable", metadata: ["interlock.tools.namespace": "\(source.settings.namespace)", "reason": "\(reason)"])
+        }
+        source.wake.signal()
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? MCPUpstreamError { return error.description }
+        if let error = error as? GatewayError { return error.message }
+        return "\(error)"
+    }
+
+    /// Runs until shutdown, then stops the upstreams (stdio processes get their grace period).
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Stops supervising and closes every upstream: HTTP sessions are ended, stdio processes
+    /// stopped (stdin closed, then SIGTERM, then SIGKILL).
+    public func shutdown() async {
+        let tasks = supervisors.withLock { tasks in defer { tasks = [] }; return tasks }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+        await withTaskGroup(of: Void.self) { group in
+            for source in sources {
+                if let upstream = source.mcp.withLock({ $0 }) { group.addTask { await upstream.stop() } }
+            }
+        }
+    }
+
     /// The tools a caller may use (its agent's grants and its token's scopes), by name;
-    /// quarantined tools are left out.
+    /// quarantined tools and those of unavailable upstreams are left out.
     public func catalog(for caller: Caller) -> [ToolDefinition] {
         let quarantined = pins.withLock { pins in Set(pins.values.filter(\.isQuarantined).map(\.name)) }
-        return tools.values.map(\.definition)
-            .filter { !quarantined.contains($0.name) && caller.permits(kind: TargetKind.tool.rawValue, name: $0.name) }
+        return tools.withLock { Array($0.values) }
+            .filter { tool in
+                !quarantined.contains(tool.definition.name) && tool.source.health.withLock({ $0.status == .available })
+                    && caller.permits(kind: TargetKind.tool.rawValue, name: tool.definition.name)
+            }
+            .map(\.definition)
             .sorted { $0.name < $1.name }
     }
 
-    /// Every tool with its pin, for operators (`/admin/v1/tools`).
+    /// Every tool with its pin and its upstream's state, for operators (`/admin/v1/tools`).
     public func registry() -> [JSONValue] {
         let pins = pins.withLock { $0 }
-        return tools.values.sorted { $0.definition.name < $1.definition.name }.map { tool in
+        return tools.withLock { Array($0.values) }.sorted { $0.definition.name < $1.definition.name }.map { tool in
             let pin = pins[tool.definition.name]
+            let upstream = tool.source.health.withLock(\.status)
+            let status = pin?.isQuarantined == true ? "quarantined" : upstream == .available ? "available" : "unavailable"
             return [
-                "name": .string(tool.definition.name), "namespace": .string(tool.definition.namespace),
-                "status": .string(pin?.isQuarantined == true ? "quarantined" : "available"),
+                "name": .string(tool.definition.name), "namespace": .string(tool.definition.namespace), "status": .string(status),
+                "upstream_status": .string(upstream.rawValue),
                 "definition_sha256": .string(tool.pinHash), "approved_sha256": pin.map { .string($0.approvedHash) } ?? .null,
                 "approved_by": pin.map { .string($0.approvedBy) } ?? .null, "approved_ms": pin.map { .integer($0.approvedMs) } ?? .null,
                 "changed_ms": pin?.pendingMs.map(JSONValue.integer) ?? .null, "side_effects": .string(tool.definition.metadata.sideEffects.rawValue),
-                "risk": .string(tool.definition.metadata.risk.rawValue), "base_url": .string(tool.source.settings.baseURL),
+                "idempotent": .bool(tool.definition.metadata.idempotent), "risk": .string(tool.definition.metadata.risk.rawValue),
                 "in_flight": .integer(Int64(tool.source.inFlight.load(ordering: .relaxed))),
                 "description": .string(tool.definition.description), "input_schema": tool.definition.inputSchema,
             ]
         }
     }
 
+    /// Every upstream and its health, for operators (`/admin/v1/tools`).
+    public func upstreams() -> [JSONValue] {
+        let counts = tools.withLock { tools in Dictionary(grouping: tools.values, by: \.source.settings.namespace).mapValues(\.count) }
+        return sources.map { source in
+            let health = source.health.withLock { $0 }
+            let settings = source.settings
+            var transport = settings.kind.rawValue
+            var address = settings.baseURL
+            switch settings.mcpTransport {
+            case .streamableHTTP(let url)?:
+                transport = "mcp_streamable_http"
+                address = url
+            case .stdio(let process)?:
+                transport = "mcp_stdio"
+                // The program, not its arguments or environment (they may hold secrets).
+                address = process.command[0]
+            case nil:
+                break
+            }
+            return [
+                "namespace": .string(settings.namespace), "transport": .string(transport), "address": .string(address),
+                "status": .string(health.status.rawValue), "reason": health.reason.map { .string(SecretRedaction.redact($0, secrets: source.secrets)) } ?? .null,
+                "since_ms": .integer(health.sinceMs), "last_listed_ms": health.lastListedMs.map(JSONValue.integer) ?? .null,
+                "restarts": .integer(Int64(health.restarts)), "tools": .integer(Int64(counts[settings.namespace] ?? 0)),
+                "skipped_tools": .array(health.skipped.map(JSONValue.string)),
+                "in_flight": .integer(Int64(source.inFlight.load(ordering: .relaxed))), "max_concurrency": .integer(Int64(settings.maxConcurrency)),
+            ]
+        }
+    }
+
     /// Approves the tool's current definition (an operator read it): the tool is available again.
     public func approve(_ name: String, by approver: String) async throws -> JSONValue {
-        guard let tool = tools[name] else { throw GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.") }
+        guard let tool = tools.withLock({ $0[name] }) else {
+            throw GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.")
+        }
         let pin = ToolPin(name: name, approvedHash: tool.pinHash, approvedMs: governor.nowMs(), approvedBy: approver)
         try await store.saveToolPins([pin])
         pins.withLock { $0[name] = pin }
@@ -135,23 +429,29 @@ public final class ToolGateway: Sendable {
 
     /// The answer of a tool call.
     public struct ToolResult: Sendable {
-        /// The upstream's status.
+        /// The upstream's HTTP status (200 for an MCP answer).
         public var status: Int
-        /// The upstream's JSON answer, or its text as a string.
+        /// The upstream's JSON answer, or its text as a string (MCP: the structured content, or
+        /// else the content list).
         public var content: JSONValue
+        /// An MCP upstream's `CallToolResult`, as it sent it.
+        public var mcpResult: JSONObject?
         public var attempts: Int
-        /// The upstream refused the call (4xx): the agent gets its answer, to correct itself.
-        public var isError: Bool { !(200..<300).contains(status) }
+        /// The upstream refused the call (a 4xx, an MCP `isError`): the agent gets its answer,
+        /// to correct itself.
+        public var isError: Bool
     }
 
     /// Runs one tool call. `arguments` is the JSON the agent sent; `idempotencyKey` the one it
     /// gave, if any (otherwise one is derived from the request id, so Interlock's own retries
-    /// carry the same key).
+    /// carry the same key). `onProgress` gets an MCP upstream's progress notifications
+    /// (`progress`, `total`, `message`) while the call runs.
     public func invoke(
-        _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?
+        _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?,
+        onProgress: (@Sendable (JSONObject) -> Void)? = nil
     ) async throws(GatewayError) -> ToolResult {
         let argumentsHash = AuditRecord.sha256Hex(bytes)
-        guard let tool = tools[name] else {
+        guard let tool = tools.withLock({ $0[name] }) else {
             let error = GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.", param: "name")
             governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
             throw error
@@ -161,6 +461,14 @@ public final class ToolGateway: Sendable {
             let error = GatewayError(
                 kind: .permission, code: "tool_quarantined",
                 message: "Tool '\(name)' changed its definition upstream and is held until an operator approves the new one.")
+            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
+            throw error
+        }
+        guard tool.source.health.withLock({ $0.status == .available }) else {
+            let error = GatewayError(
+                kind: .unavailable, code: "tool_unavailable",
+                message: "Tool '\(name)' is unavailable: its upstream '\(tool.source.settings.namespace)' is not answering; Interlock is reconnecting. Retry later.",
+                status: 503, retryAfterSeconds: 5)
             governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
             throw error
         }
@@ -219,13 +527,23 @@ public final class ToolGateway: Sendable {
         defer { span.end() }
         span.attributes["gen_ai.operation.name"] = "execute_tool"
         span.attributes["gen_ai.tool.name"] = name
+        span.attributes["gen_ai.tool.type"] = "function"
         span.attributes["interlock.agent.id"] = caller.agent.id
+        if case .mcp = tool.binding {
+            span.attributes["mcp.method.name"] = "tools/call"
+            span.attributes["interlock.tools.namespace"] = source.settings.namespace
+        }
         let result: ToolResult
         do {
             // The upstream sees one credential for every agent: an agent's own key is scoped to the
             // agent and the tool, so one agent's key can never fetch another's stored answer.
             let key = idempotencyKey.map { "ik_" + AuditRecord.sha256Hex(Array("\(caller.agent.id)\n\(name)\n\($0)".utf8)).prefix(40) } ?? "\(requestID):\(name)"
-            result = try await send(tool, arguments: arguments, caller: caller, idempotencyKey: String(key))
+            switch tool.binding {
+            case .rest(let operation):
+                result = try await send(tool, operation: operation, arguments: arguments, caller: caller, idempotencyKey: String(key))
+            case .mcp(let remote):
+                result = try await sendMCP(tool, remote: remote, arguments: arguments, caller: caller, idempotencyKey: String(key), onProgress: onProgress)
+            }
         } catch let error as GatewayError {
             span.attributes["error.type"] = error.code
             governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code))
@@ -239,32 +557,91 @@ public final class ToolGateway: Sendable {
             governor.settle(admission, CallOutcome(attempts: result.attempts, outcome: .error, status: 502, errorCode: "tool_upstream_error"))
             throw GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(name)' failed: its upstream answered \(result.status).", status: 502)
         }
-        if result.isError { span.attributes["error.type"] = "\(result.status)" }
+        if result.isError { span.attributes["error.type"] = "tool_error" }
         governor.settle(admission, CallOutcome(
             attempts: result.attempts, outcome: result.isError ? .error : .success, status: result.status,
             errorCode: result.isError ? "tool_refused" : nil))
         return result
     }
 
+    /// An MCP `tools/call`, retried (only for idempotent tools) when the upstream could not be
+    /// reached or timed out; the idempotency key (`_meta.idempotencyKey`) is the same on every
+    /// attempt. A JSON-RPC error about the request itself comes back as the tool's refusal.
+    private func sendMCP(
+        _ tool: Tool, remote: String, arguments: JSONObject, caller: Caller, idempotencyKey: String, onProgress: (@Sendable (JSONObject) -> Void)?
+    ) async throws -> ToolResult {
+        let source = tool.source
+        let upstream = mcpUpstream(source)
+        let headers = try await upstreamHeaders(source, caller: caller, tool: tool.definition.name)
+        let attempts = tool.definition.metadata.idempotent ? max(1, retry.maxAttempts) : 1
+        var attempt = 0
+        while true {
+            attempt += 1
+            let failure: GatewayError
+            let retryable: Bool
+            do {
+                let answer = try await upstream.callTool(
+                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers, onProgress: onProgress)
+                let isError = answer["isError"]?.boolValue == true
+                let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
+                return ToolResult(status: 200, content: content, mcpResult: answer, attempts: attempt, isError: isError)
+            } catch MCPUpstreamError.rpc(let code, let message) where [-32600, -32601, -32602].contains(code) {
+                // The server refused the request (an argument it does not accept): the agent reads why.
+                let text = "Tool '\(tool.definition.name)' refused the call: \(message)"
+                return ToolResult(
+                    status: 200, content: .string(text), mcpResult: ["content": [["type": "text", "text": .string(text)]], "isError": true],
+                    attempts: attempt, isError: true)
+            } catch MCPUpstreamError.rpc(let code, _) {
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server answered error \(code).", status: 502)
+                retryable = false
+            } catch MCPUpstreamError.timeout {
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_timeout", message: "Tool '\(tool.definition.name)' did not answer within \(source.settings.timeoutMs) ms.", status: 504)
+                retryable = true
+            } catch MCPUpstreamError.tooLarge {
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_response_too_large",
+                    message: "Tool '\(tool.definition.name)' answered with more than \(source.settings.maxResponseBytes) bytes.", status: 502)
+                retryable = false
+            } catch MCPUpstreamError.cancelled {
+                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+            } catch let error as MCPUpstreamError {
+                // Unreachable, session lost, protocol broken: the upstream is reconnected.
+                markUnavailable(source, reason: error.description)
+                failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
+                retryable = true
+            }
+            guard retryable, attempt < attempts, source.health.withLock({ $0.status == .available }) || failure.code == "tool_timeout" else { throw failure }
+            try await pause(retry.backoff(afterAttempt: attempt))
+        }
+    }
+
+    /// The headers that carry Interlock's credential for the upstream (never the agent's).
+    /// Without a caller (listing tools) an on-behalf-of token names Interlock itself.
+    private func upstreamHeaders(_ source: Source, caller: Caller?, tool: String?) async throws -> [(String, String)] {
+        switch source.settings.authentication {
+        case .none: return []
+        case .bearer(let token): return [("authorization", "Bearer \(token.reveal())")]
+        case .header(let name, let value): return [(name, value.reveal())]
+        case .clientCredentials: return [("authorization", "Bearer \(try await clientCredentialsToken(source, renew: false))")]
+        case .onBehalfOf(let audience):
+            return [("authorization", "Bearer \(try await onBehalfOfToken(caller: caller, audience: audience, tool: tool))")]
+        }
+    }
+
     /// The HTTP request, retried (only for idempotent tools) on connection failures, 429 and
     /// 5xx answers, with backoff; the idempotency key is the same on every attempt.
-    private func send(_ tool: Tool, arguments: JSONObject, caller: Caller, idempotencyKey: String) async throws -> ToolResult {
+    private func send(_ tool: Tool, operation: RESTOperation, arguments: JSONObject, caller: Caller, idempotencyKey: String) async throws -> ToolResult {
         let settings = tool.source.settings
-        let built = tool.operation.request(arguments: arguments)
+        let built = operation.request(arguments: arguments)
         var request = HTTPClientRequest(url: settings.baseURL + built.path)
-        request.method = HTTPMethod(rawValue: tool.operation.method)
+        request.method = HTTPMethod(rawValue: operation.method)
         request.headers.add(name: "accept", value: "application/json")
         request.headers.add(name: "idempotency-key", value: idempotencyKey)
         for (name, value) in built.headers { request.headers.add(name: name, value: value) }
-        switch settings.authentication {
-        case .none: break
-        case .bearer(let token): request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token.reveal())")
-        case .header(let name, let value): request.headers.replaceOrAdd(name: name, value: value.reveal())
-        case .clientCredentials:
-            request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(try await clientCredentialsToken(tool.source, renew: false))")
-        case .onBehalfOf(let audience):
-            request.headers.replaceOrAdd(
-                name: "authorization", value: "Bearer \(try await onBehalfOfToken(caller: caller, audience: audience, tool: tool.definition.name))")
+        for (name, value) in try await upstreamHeaders(tool.source, caller: caller, tool: tool.definition.name) {
+            request.headers.replaceOrAdd(name: name, value: value)
         }
         if let body = built.body {
             request.headers.add(name: "content-type", value: "application/json")
@@ -294,7 +671,7 @@ public final class ToolGateway: Sendable {
                 }
                 let bytes = Array(body.readableBytesView)
                 let content = (try? JSONParser.parse(bytes)) ?? .string(String(decoding: bytes, as: UTF8.self))
-                return ToolResult(status: status, content: content, attempts: attempt)
+                return ToolResult(status: status, content: content, attempts: attempt, isError: !(200..<300).contains(status))
             } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
                 retryable = true
                 failure = GatewayError(
@@ -317,12 +694,17 @@ public final class ToolGateway: Sendable {
 
     /// A token for the upstream, minted per call: who the agent acts for (or the agent), the
     /// chain of actors, the upstream's audience, and only the scope of this tool.
-    private func onBehalfOfToken(caller: Caller, audience: String, tool: String) async throws -> String {
+    private func onBehalfOfToken(caller: Caller?, audience: String, tool: String?) async throws -> String {
         guard let tokens = governor.tokens else {
             throw GatewayError(kind: .internal, code: "internal_error", message: "On-behalf-of upstream authentication needs Interlock's token service.")
         }
-        let agent = tokens.subject(for: caller.agent)
         let now = governor.nowMs()
+        guard let caller, let tool else {
+            // Interlock itself, listing the upstream's tools.
+            return try await tokens.issueDelegated(
+                subject: "interlock", actors: [], mayAct: nil, scopes: ["tools:list"], audiences: [audience], nowMs: now, expiresMs: now + 60_000)
+        }
+        let agent = tokens.subject(for: caller.agent)
         let subject = caller.user ?? agent
         // The agent calling now, then the actors it already acts through.
         let actors = caller.user == nil ? [] : [agent] + caller.actorChain.filter { $0 != agent }

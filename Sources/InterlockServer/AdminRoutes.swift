@@ -28,7 +28,7 @@ struct AdminRoutes {
         if let tools {
             admin.get("tools") { _, context in
                 try await perform(context, .viewer, "operator.tools.list", target: nil) {
-                    ModelRoutes.json(["object": "list", "data": .array(tools.registry())], requestID: context.requestID)
+                    ModelRoutes.json(["object": "list", "data": .array(tools.registry()), "upstreams": .array(tools.upstreams())], requestID: context.requestID)
                 }
             }
             // Approving a changed definition: an operator read what agents will now be told.

@@ -15,7 +15,7 @@ import Synchronization
 /// agent. A client that probes the 2026 `server/discover` gets -32601 and falls back to the
 /// handshake, as the spec's clients do.
 struct MCPRoutes {
-    static let supportedVersions = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
+    static let supportedVersions = MCPProtocol.versions
     static let methods: Set<String> = ["initialize", "ping", "tools/list", "tools/call"]
 
     let tools: ToolGateway
@@ -149,6 +149,10 @@ struct MCPRoutes {
         do {
             let result = try await tools.invoke(
                 name, arguments: JSONWriter.bytes(arguments), caller: context.caller, requestID: context.requestID, idempotencyKey: key)
+            if let passthrough = result.mcpResult {
+                // An MCP upstream's answer goes to the agent as the upstream gave it.
+                return Self.rpcResult(id, .object(passthrough), requestID: context.requestID)
+            }
             var answer: JSONObject = [
                 "content": [["type": "text", "text": .string(result.content.stringValue ?? JSONWriter.string(result.content))]],
                 "isError": .bool(result.isError),

@@ -260,13 +260,15 @@ struct Serve: AsyncParsableCommand {
 
         let host = self.host ?? configuration.server.host
         let port = self.port ?? configuration.server.port
+        let tools =
+            configuration.toolSources.isEmpty
+            ? nil
+            : try await ToolGateway.open(
+                configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))
         let app = buildApplication(
             InterlockServices(
                 configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient,
-                tools: configuration.toolSources.isEmpty
-                    ? nil
-                    : try await ToolGateway.open(
-                        configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))),
+                tools: tools),
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.
@@ -274,7 +276,8 @@ struct Serve: AsyncParsableCommand {
             flushStandardOutput()
         }
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
-        services += [ledger, audit.writer, app]
+        // Tool upstreams (stdio processes) stop after the server has drained.
+        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + [app]
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -50,6 +50,7 @@ struct Harness {
 
     /// sqlite-nio requires connections to be closed before they are released.
     func close() async throws {
+        await services.tools?.shutdown()
         await services.ledger.flush()
         await services.gateway.governor.audit?.writer.flush()
         try await services.store.close()

@@ -16,6 +16,8 @@ public struct InterlockConfiguration: Sendable {
     /// Where tools come from, by namespace.
     public var toolSources: [ToolSourceSettings] = []
     public var mcp = MCPSettings()
+    /// Tool gateway settings that are not per upstream (`tool_gateway` in config).
+    public var toolGateway = ToolGatewaySettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -351,6 +353,44 @@ public struct ToolSourceSettings: Sendable {
     public enum Kind: String, Sendable, CaseIterable {
         /// A REST API described by an OpenAPI 3 document.
         case openapi
+        /// An MCP server, over Streamable HTTP (`url`) or stdio (`command`).
+        case mcp
+    }
+
+    /// How Interlock reaches an MCP server.
+    public enum MCPTransport: Sendable {
+        /// Streamable HTTP at this endpoint URL.
+        case streamableHTTP(url: String)
+        /// A process Interlock starts, speaking JSON-RPC lines on stdin and stdout.
+        case stdio(StdioProcess)
+    }
+
+    /// The process behind a stdio MCP server.
+    public struct StdioProcess: Sendable {
+        /// The executable (a path, or a name looked up on `PATH`) and its arguments.
+        public var command: [String]
+        /// Variables set for the process. It does not inherit Interlock's environment (which
+        /// holds Interlock's own secrets): only `PATH`, `HOME`, `LANG`, the names listed in
+        /// `inheritEnvironment`, and these.
+        public var environment: [String: Secret] = [:]
+        public var inheritEnvironment: [String] = []
+        public var workingDirectory: String?
+        /// The first restart after a crash waits this long, doubling up to `restartMaxBackoffMs`.
+        public var restartInitialBackoffMs: Int = 500
+        public var restartMaxBackoffMs: Int = 30_000
+        /// On shutdown: stdin is closed, then the process gets this long before SIGTERM, and as
+        /// long again before SIGKILL.
+        public var shutdownGraceMs: Int = 2_000
+
+        public init(command: [String]) { self.command = command }
+    }
+
+    /// Where an OpenAPI document comes from.
+    public enum SpecLocation: Sendable, Equatable {
+        /// Read and checked when the configuration is loaded.
+        case file(String)
+        /// Fetched when Interlock starts (and again until it succeeds).
+        case url(String)
     }
 
     /// How Interlock authenticates to the upstream; agents never see it.
@@ -371,21 +411,53 @@ public struct ToolSourceSettings: Sendable {
 
     public var namespace: String
     public var kind: Kind
+    /// REST: where the API is served. MCP over HTTP: the endpoint URL. Empty for stdio.
     public var baseURL: String
+    public var spec: SpecLocation?
+    public var mcpTransport: MCPTransport?
     public var timeoutMs: Int = 30_000
+    /// MCP: how long the handshake and listing the tools may take, in milliseconds (a server
+    /// that does not answer in time is marked unavailable and tried again).
+    public var connectTimeoutMs: Int = 5_000
     /// Calls in flight to this upstream at once; more get 429 `tool_busy`.
     public var maxConcurrency: Int = 32
     /// Largest response accepted, in bytes.
     public var maxResponseBytes: Int = 4 * 1024 * 1024
     public var authentication: Authentication = .none
-    /// The tools the document describes, with their metadata from config applied.
+    /// How often the upstream's tool list is read again (changes are pinned or quarantined), in
+    /// seconds; an unavailable upstream is retried with backoff meanwhile.
+    public var refreshIntervalSeconds: Int = 300
+    /// The tools of a document read at load time, with their metadata from config applied.
     public var tools: [OpenAPITool] = []
+    /// Metadata from config, by the upstream's tool name (`tools.<namespace>.tools.<name>`);
+    /// applied to tools discovered at run time (MCP, OpenAPI from a URL).
+    public var toolMetadata: [String: ToolMetadata] = [:]
 
     public init(namespace: String, kind: Kind, baseURL: String) {
         self.namespace = namespace
         self.kind = kind
         self.baseURL = baseURL
     }
+}
+
+/// Whether tool arguments and results are kept in the audit trail.
+public enum ToolCapture: String, Sendable, CaseIterable {
+    /// SHA-256 hashes only (the default): proves what was sent without keeping it.
+    case hashes
+    /// The arguments and the result themselves, with secrets redacted, up to `capture_max_bytes`.
+    case full
+}
+
+/// `tool_gateway`: settings for every tool upstream.
+public struct ToolGatewaySettings: Sendable {
+    public var capture: ToolCapture = .hashes
+    /// With `capture: full`, arguments and results longer than this are cut, in bytes.
+    public var captureMaxBytes: Int = 16 * 1024
+    /// How long start-up waits for upstreams to list their tools before serving without the
+    /// slow ones (they join when they answer), in milliseconds.
+    public var startupWaitMs: Int = 5_000
+
+    public init() {}
 }
 
 /// The MCP endpoint `/mcp`.

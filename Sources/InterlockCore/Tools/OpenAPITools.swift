@@ -111,6 +111,11 @@ public struct OpenAPIImportError: Error, Sendable, Equatable, CustomStringConver
     public var path: String
     public var message: String
     public var description: String { "\(path): \(message)" }
+
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
 }
 
 public enum OpenAPIImport {

@@ -109,3 +109,9 @@ public struct ToolPin: Sendable, Equatable {
 
     public var isQuarantined: Bool { pendingHash != nil }
 }
+
+/// The MCP protocol revisions Interlock speaks (the handshake versions), newest first: as a
+/// server at `/mcp` and as a client of upstream MCP servers.
+public enum MCPProtocol {
+    public static let versions = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
+}

@@ -1,0 +1,128 @@
+import AsyncHTTPClient
+import InterlockCore
+import InterlockProviders
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// A client session with an MCP server over Streamable HTTP (MCP 2025-03-26 and later): one
+/// POST per message, answered with one JSON object or an SSE stream that ends with the
+/// response; `Mcp-Session-Id` and `MCP-Protocol-Version` on every request after `initialize`;
+/// DELETE to end the session. Written on AsyncHTTPClient: the swift-sdk's HTTP client transport
+/// cannot read SSE answers on Linux (docs/MCP-NOTES.md).
+final class MCPHTTPChannel: MCPChannel {
+    private let url: String
+    private let client: HTTPClient
+    private let maxResponseBytes: Int
+    private let session = Mutex<(id: String?, version: String?)>((nil, nil))
+
+    init(url: String, client: HTTPClient, maxResponseBytes: Int) {
+        self.url = url
+        self.client = client
+        self.maxResponseBytes = maxResponseBytes
+    }
+
+    func negotiated(version: String) {
+        session.withLock { $0.version = version }
+    }
+
+    func request(
+        _ message: JSONObject, headers: [(String, String)], timeoutMs: Int, onNotification: @escaping @Sendable (JSONObject) -> Void
+    ) async throws -> JSONObject {
+        let id = message["id"] ?? .null
+        let response = try await post(message, headers: headers, timeoutMs: timeoutMs)
+        let contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
+        if contentType.hasPrefix("text/event-stream") {
+            var parser = ServerSentEventParser()
+            var received = 0
+            do {
+                for try await chunk in response.body {
+                    received += chunk.readableBytes
+                    guard received <= maxResponseBytes else { throw MCPUpstreamError.tooLarge }
+                    for event in parser.consume(chunk.readableBytesView) {
+                        guard !event.data.isEmpty, case .object(let incoming)? = try? JSONParser.parse(event.data) else { continue }
+                        if incoming["method"] == nil, incoming["id"] == id { return incoming }
+                        if incoming["method"] != nil, let requestID = incoming["id"], !requestID.isNull {
+                            // The server asks something of Interlock mid-answer (ping): answer on a new POST.
+                            try? await notify(mcpAnswer(toServerRequest: incoming), headers: headers)
+                        } else if incoming["method"] != nil {
+                            onNotification(incoming)
+                        }
+                    }
+                }
+            } catch let error as MCPUpstreamError {
+                throw error
+            } catch is CancellationError {
+                throw MCPUpstreamError.cancelled
+            } catch {
+                throw MCPUpstreamError.unreachable("the answer stream broke: \(error)")
+            }
+            throw MCPUpstreamError.protocolViolation("the server ended its event stream without answering request \(JSONWriter.string(id))")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await response.body.collect(upTo: maxResponseBytes)
+        } catch is NIOTooManyBytesError {
+            throw MCPUpstreamError.tooLarge
+        } catch is CancellationError {
+            throw MCPUpstreamError.cancelled
+        } catch {
+            throw MCPUpstreamError.unreachable("the answer broke off: \(error)")
+        }
+        guard case .object(let answer)? = try? JSONParser.parse(Array(body.readableBytesView)), answer["id"] == id else {
+            throw MCPUpstreamError.protocolViolation("the answer (\(contentType.isEmpty ? "no content type" : contentType)) is not the JSON-RPC response to request \(JSONWriter.string(id))")
+        }
+        return answer
+    }
+
+    func notify(_ message: JSONObject, headers: [(String, String)]) async throws {
+        let response = try await post(message, headers: headers, timeoutMs: 5_000)
+        // 202 with no body; drain whatever there is so the connection can be reused.
+        _ = try? await response.body.collect(upTo: 64 * 1024)
+    }
+
+    func close() async {
+        guard let id = session.withLock({ $0.id }) else { return }
+        var request = HTTPClientRequest(url: url)
+        request.method = .DELETE
+        request.headers.add(name: "mcp-session-id", value: id)
+        if let version = session.withLock({ $0.version }) { request.headers.add(name: "mcp-protocol-version", value: version) }
+        // Best effort: a server that keeps no sessions answers 405, one that is down does not answer.
+        _ = try? await client.execute(request, timeout: .seconds(2))
+        session.withLock { $0 = (nil, nil) }
+    }
+
+    private func post(_ message: JSONObject, headers: [(String, String)], timeoutMs: Int) async throws -> HTTPClientResponse {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "content-type", value: "application/json")
+        request.headers.add(name: "accept", value: "application/json, text/event-stream")
+        let (sessionID, version) = session.withLock { ($0.id, $0.version) }
+        if let sessionID { request.headers.add(name: "mcp-session-id", value: sessionID) }
+        if let version { request.headers.add(name: "mcp-protocol-version", value: version) }
+        for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+        request.body = .bytes(JSONWriter.bytes(.object(message)))
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(request, timeout: .milliseconds(Int64(timeoutMs)))
+        } catch is CancellationError {
+            throw MCPUpstreamError.cancelled
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
+            throw MCPUpstreamError.timeout
+        } catch {
+            throw MCPUpstreamError.unreachable("\(error)")
+        }
+        if response.status == .notFound, sessionID != nil {
+            session.withLock { $0.id = nil }
+            throw MCPUpstreamError.sessionExpired
+        }
+        guard (200..<300).contains(response.status.code) else {
+            _ = try? await response.body.collect(upTo: 64 * 1024)
+            throw MCPUpstreamError.unreachable("HTTP \(response.status.code)")
+        }
+        if message["method"]?.stringValue == "initialize", let id = response.headers.first(name: "mcp-session-id") {
+            session.withLock { $0.id = id }
+        }
+        return response
+    }
+}

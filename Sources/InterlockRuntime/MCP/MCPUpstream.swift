@@ -1,0 +1,234 @@
+import AsyncHTTPClient
+import InterlockCore
+import Logging
+import Synchronization
+
+/// One upstream MCP server: its live channel (opened with the `initialize` handshake when
+/// there is none, dropped when it fails so the next use opens another), its tool list, and
+/// tool calls with timeouts, cancellation and progress.
+final class MCPUpstream: Sendable {
+    let settings: ToolSourceSettings
+    private let client: HTTPClient
+    private let logger: Logger
+    private let channel = Mutex<(any MCPChannel)?>(nil)
+    private let connecting = AsyncSerialGate()
+    private let nextID = Atomic<Int>(0)
+    private let stopped = Atomic<Bool>(false)
+    /// Told when the upstream's tools may have changed or its process ended.
+    private let onChange: @Sendable (String?) -> Void
+
+    /// `onChange(nil)`: the server says its tool list changed; `onChange(reason)`: the channel
+    /// ended (a stdio process exited), why.
+    init(settings: ToolSourceSettings, client: HTTPClient, logger: Logger, onChange: @escaping @Sendable (String?) -> Void) {
+        self.settings = settings
+        self.client = client
+        self.logger = logger
+        self.onChange = onChange
+    }
+
+    /// Every tool the server lists (all pages).
+    func listTools(headers: [(String, String)]) async throws -> [JSONObject] {
+        var tools: [JSONObject] = []
+        var cursor: JSONValue?
+        for _ in 0..<1_000 {
+            var params: JSONObject = [:]
+            if let cursor { params["cursor"] = cursor }
+            let result = try await send("tools/list", params: params, headers: headers, timeoutMs: settings.connectTimeoutMs, onProgress: nil)
+            for case .object(let tool) in result["tools"]?.arrayValue ?? [] { tools.append(tool) }
+            guard let next = result["nextCursor"], !next.isNull else { return tools }
+            cursor = next
+        }
+        throw MCPUpstreamError.protocolViolation("tools/list did not stop paginating")
+    }
+
+    /// `tools/call`. `meta` goes in `params._meta` (the idempotency key); with `onProgress`,
+    /// a progress token is added and the server's progress notifications are handed on.
+    func callTool(
+        _ name: String, arguments: JSONObject, meta: JSONObject, headers: [(String, String)], onProgress: (@Sendable (JSONObject) -> Void)?
+    ) async throws -> JSONObject {
+        try await send(
+            "tools/call", params: ["name": .string(name), "arguments": .object(arguments), "_meta": .object(meta)], headers: headers,
+            timeoutMs: settings.timeoutMs, onProgress: onProgress)
+    }
+
+    /// Opens the channel now (start-up and reconnection), if there is none.
+    func connect(headers: [(String, String)]) async throws {
+        _ = try await liveChannel(headers: headers)
+    }
+
+    /// Ends the session or stops the process; the upstream is not used again.
+    func stop() async {
+        stopped.store(true, ordering: .relaxed)
+        let current = channel.withLock { channel in defer { channel = nil }; return channel }
+        await current?.close()
+    }
+
+    /// One request with the upstream's timeout. A session the server forgot (404) is opened
+    /// again and the request sent once more: the server refused it unseen, so this repeats
+    /// nothing. On timeout or cancellation the server is told (`notifications/cancelled`).
+    private func send(
+        _ method: String, params: JSONObject, headers: [(String, String)], timeoutMs: Int, onProgress: (@Sendable (JSONObject) -> Void)?
+    ) async throws -> JSONObject {
+        var retriedSession = false
+        while true {
+            let channel = try await liveChannel(headers: headers)
+            let id = JSONValue.integer(Int64(nextID.add(1, ordering: .relaxed).newValue))
+            var params = params
+            if onProgress != nil {
+                var meta = params["_meta"]?.objectValue ?? [:]
+                meta["progressToken"] = .string("interlock-\(id)")
+                params["_meta"] = .object(meta)
+            }
+            let message: JSONObject = ["jsonrpc": "2.0", "id": id, "method": .string(method), "params": .object(params)]
+            let answer: JSONObject
+            do {
+                answer = try await withMCPTimeout(.milliseconds(timeoutMs)) {
+                    try await channel.request(message, headers: headers, timeoutMs: timeoutMs) { notification in
+                        if notification["method"]?.stringValue == "notifications/progress", let params = notification["params"]?.objectValue {
+                            onProgress?(params)
+                        }
+                    }
+                }
+            } catch let error as MCPUpstreamError {
+                switch error {
+                case .sessionExpired where !retriedSession:
+                    retriedSession = true
+                    drop(channel)
+                    continue
+                case .timeout, .cancelled:
+                    let reason = error == .timeout ? "timed out after \(timeoutMs) ms" : "the caller cancelled"
+                    Task { try? await withMCPTimeout(.seconds(2)) {
+                        try await channel.notify(
+                            ["jsonrpc": "2.0", "method": "notifications/cancelled", "params": ["requestId": id, "reason": .string(reason)]], headers: headers)
+                    } }
+                case .unreachable, .sessionExpired, .protocolViolation:
+                    drop(channel)
+                case .rpc, .tooLarge:
+                    break
+                }
+                throw error
+            } catch is CancellationError {
+                throw MCPUpstreamError.cancelled
+            }
+            if let error = answer["error"] {
+                throw MCPUpstreamError.rpc(code: Int(error["code"]?.int64Value ?? -32603), message: error["message"]?.stringValue ?? "")
+            }
+            guard case .object(let result)? = answer["result"] else {
+                throw MCPUpstreamError.protocolViolation("the answer to '\(method)' has no result")
+            }
+            return result
+        }
+    }
+
+    /// The channel, after the `initialize` handshake; one handshake at a time.
+    private func liveChannel(headers: [(String, String)]) async throws -> any MCPChannel {
+        if let current = channel.withLock({ $0 }) { return current }
+        return try await connecting.run {
+            if let current = self.channel.withLock({ $0 }) { return current }
+            guard !self.stopped.load(ordering: .relaxed) else { throw MCPUpstreamError.unreachable("Interlock is shutting down") }
+            let opened = self.open()
+            do {
+                let id = JSONValue.integer(Int64(self.nextID.add(1, ordering: .relaxed).newValue))
+                let timeoutMs = self.settings.connectTimeoutMs
+                let answer = try await withMCPTimeout(.milliseconds(timeoutMs)) {
+                    try await opened.request([
+                        "jsonrpc": "2.0", "id": id, "method": "initialize",
+                        "params": [
+                            "protocolVersion": .string(MCPProtocol.versions[0]), "capabilities": .object([:]),
+                            "clientInfo": ["name": "interlock", "version": .string(InterlockVersion.current)],
+                        ],
+                    ], headers: headers, timeoutMs: timeoutMs) { _ in }
+                }
+                if let error = answer["error"] {
+                    throw MCPUpstreamError.protocolViolation("initialize was refused: \(error["message"]?.stringValue ?? "")")
+                }
+                guard let version = answer["result"]?["protocolVersion"]?.stringValue, MCPProtocol.versions.contains(version) else {
+                    throw MCPUpstreamError.protocolViolation(
+                        "the server speaks MCP \(answer["result"]?["protocolVersion"]?.stringValue ?? "(none)"); Interlock speaks \(MCPProtocol.versions.joined(separator: ", "))")
+                }
+                opened.negotiated(version: version)
+                try await opened.notify(["jsonrpc": "2.0", "method": "notifications/initialized"], headers: headers)
+                self.channel.withLock { $0 = opened }
+                return opened
+            } catch {
+                await opened.close()
+                throw error
+            }
+        }
+    }
+
+    private func open() -> any MCPChannel {
+        switch settings.mcpTransport {
+        case .streamableHTTP(let url)?:
+            return MCPHTTPChannel(url: url, client: client, maxResponseBytes: settings.maxResponseBytes)
+        case .stdio(let process)?:
+            let onChange = self.onChange
+            return MCPStdioChannel.start(
+                process, maxMessageBytes: settings.maxResponseBytes, logger: logger,
+                onServerNotification: { message in
+                    if message["method"]?.stringValue == "notifications/tools/list_changed" { onChange(nil) }
+                },
+                onExit: { [weak self] channel, reason in
+                    guard let self else { return }
+                    self.drop(channel)
+                    // Stopping it was Interlock's doing, not a failure.
+                    if !self.stopped.load(ordering: .relaxed) { onChange(reason) }
+                })
+        case nil:
+            preconditionFailure("an MCP upstream without a transport passed validation")
+        }
+    }
+
+    /// Forgets `failed` if it is still the live channel (the next use opens another).
+    private func drop(_ failed: any MCPChannel) {
+        let dropped = channel.withLock { channel -> (any MCPChannel)? in
+            guard let current = channel, current === failed else { return nil }
+            channel = nil
+            return current
+        }
+        if let dropped { Task { await dropped.close() } }
+    }
+}
+
+/// Wakes a waiting loop early (an upstream's process exited, its tools changed, a call failed).
+final class WakeSignal: Sendable {
+    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func signal() {
+        let waiter = state.withLock { state in
+            defer { state.waiter = nil }
+            if state.waiter == nil { state.pending = true }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when signalled (or a signal came since the last wait), after `timeout`, or when
+    /// the task is cancelled.
+    func wait(upTo timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: timeout) }
+            group.addTask { await self.next() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func next() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.pending || Task.isCancelled {
+                        state.pending = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { state in defer { state.waiter = nil }; return state.waiter }?.resume()
+        }
+    }
+}
