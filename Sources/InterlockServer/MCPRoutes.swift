@@ -29,6 +29,8 @@ struct MCPRoutes {
         static let methodNotFound = -32601
         static let invalidParams = -32602
         static let internalError = -32603
+        /// Answer to a call the client cancelled (the JSON-RPC "request cancelled" of LSP).
+        static let requestCancelled = -32800
     }
 
     func addRoutes(to group: RouterGroup<AgentRequestContext>) {
@@ -90,7 +92,14 @@ struct MCPRoutes {
         }
         if isResponse || object["id"] == nil {
             // A notification (initialized, cancelled, progress) or a response: accepted within a session.
-            return sessionRefusal(request, id: nil, context: context) ?? Response(status: .accepted)
+            if let refusal = sessionRefusal(request, id: nil, context: context) { return refusal }
+            if object["method"]?.stringValue == "notifications/cancelled", let requestID = object["params"]?["requestId"],
+                let session = request.headers[HTTPField.Name("mcp-session-id")!]
+            {
+                // The agent gave up on a call: it stops here, and the upstream is told in turn.
+                sessions.cancel(session: session, request: requestID)
+            }
+            return Response(status: .accepted)
         }
         let method = object["method"]!.stringValue!
         let id = object["id"]!
@@ -139,42 +148,101 @@ struct MCPRoutes {
 
     /// `tools/call`: protocol problems (unknown or ungranted tool, invalid arguments) are
     /// JSON-RPC errors (-32602) whose message says what to fix; what the tool itself did,
-    /// failures included, is the result (`isError`), so a model reads it.
+    /// failures included, is the result (`isError`), so a model reads it. A call that asks for
+    /// progress (`_meta.progressToken`) from a client that accepts SSE is answered with an
+    /// event stream: the upstream's progress notifications, then the response. The agent can
+    /// cancel it (`notifications/cancelled`) on its session.
     private func call(id: JSONValue, params: JSONValue, request: Request, context: AgentRequestContext) async -> Response {
         guard let name = params["name"]?.stringValue else {
             return Self.rpcError(id, Code.invalidParams, "'params.name' (the tool) is required.", status: .ok, requestID: context.requestID)
         }
         let arguments = params["arguments"] ?? .object([:])
         let key = params["_meta"]?["idempotencyKey"]?.stringValue ?? request.headers[HTTPField.Name("idempotency-key")!]
+        let session = request.headers[HTTPField.Name("mcp-session-id")!] ?? ""
+        let progressToken = params["_meta"]?["progressToken"].flatMap { $0.stringValue != nil || $0.int64Value != nil ? $0 : nil }
+        let accept = request.headers[.accept]?.lowercased() ?? ""
+        let tools = self.tools
+        let caller = context.caller
+        let requestID = context.requestID
+        guard let progressToken, accept.contains("text/event-stream") else {
+            let task = Task {
+                await Self.answer(id: id, name: name, arguments: arguments, key: key, tools: tools, caller: caller, requestID: requestID, onProgress: nil)
+            }
+            sessions.track(session: session, request: id) { task.cancel() }
+            defer { sessions.untrack(session: session, request: id) }
+            let message = await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+            return Self.json(.object(message), status: .ok, requestID: requestID)
+        }
+        let (events, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .unbounded)
+        let task = Task {
+            let message = await Self.answer(
+                id: id, name: name, arguments: arguments, key: key, tools: tools, caller: caller, requestID: requestID
+            ) { progress in
+                var notification = progress
+                notification["progressToken"] = progressToken
+                continuation.yield(Self.event(["jsonrpc": "2.0", "method": "notifications/progress", "params": .object(notification)]))
+            }
+            continuation.yield(Self.event(message))
+            continuation.finish()
+        }
+        sessions.track(session: session, request: id) { task.cancel() }
+        let sessions = self.sessions
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("x-request-id")!: requestID],
+            body: ResponseBody { writer in
+                // A dropped connection is not a cancellation (the transport spec): the call finishes.
+                defer { sessions.untrack(session: session, request: id) }
+                for await event in events { try await writer.write(event) }
+                try await writer.finish(nil)
+            })
+    }
+
+    /// The JSON-RPC answer to one `tools/call`.
+    private static func answer(
+        id: JSONValue, name: String, arguments: JSONValue, key: String?, tools: ToolGateway, caller: Caller, requestID: String,
+        onProgress: (@Sendable (JSONObject) -> Void)?
+    ) async -> JSONObject {
         do {
             let result = try await tools.invoke(
-                name, arguments: JSONWriter.bytes(arguments), caller: context.caller, requestID: context.requestID, idempotencyKey: key)
+                name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: key, onProgress: onProgress)
             if let passthrough = result.mcpResult {
                 // An MCP upstream's answer goes to the agent as the upstream gave it.
-                return Self.rpcResult(id, .object(passthrough), requestID: context.requestID)
+                return ["jsonrpc": "2.0", "id": id, "result": .object(passthrough)]
             }
             var answer: JSONObject = [
                 "content": [["type": "text", "text": .string(result.content.stringValue ?? JSONWriter.string(result.content))]],
                 "isError": .bool(result.isError),
             ]
             if !result.isError, case .object = result.content { answer["structuredContent"] = result.content }
-            return Self.rpcResult(id, .object(answer), requestID: context.requestID)
+            return ["jsonrpc": "2.0", "id": id, "result": .object(answer)]
         } catch {
+            func failure(_ code: Int, _ message: String, data: JSONValue? = nil) -> JSONObject {
+                var error: JSONObject = ["code": .integer(Int64(code)), "message": .string(message)]
+                if let data { error["data"] = data }
+                return ["jsonrpc": "2.0", "id": id, "error": .object(error)]
+            }
             switch (error.kind, error.code) {
             case (.notFound, _), (.permission, _):
                 // Not granted reads like not there: an agent learns nothing about others' tools.
-                return Self.rpcError(id, Code.invalidParams, "Unknown tool: '\(name)'.", status: .ok, requestID: context.requestID)
+                return failure(Code.invalidParams, "Unknown tool: '\(name)'.")
             case (.invalidRequest, _):
-                return Self.rpcError(id, Code.invalidParams, error.message, status: .ok, requestID: context.requestID, data: ["code": .string(error.code)])
+                return failure(Code.invalidParams, error.message, data: ["code": .string(error.code)])
             case (.internal, _):
-                return Self.rpcError(id, Code.internalError, error.message, status: .ok, requestID: context.requestID)
+                return failure(Code.internalError, error.message)
+            case (_, "request_cancelled"):
+                return failure(Code.requestCancelled, "The request was cancelled.")
             default:
-                return Self.rpcResult(id, [
+                return ["jsonrpc": "2.0", "id": id, "result": [
                     "content": [["type": "text", "text": .string(error.message)]], "isError": true,
                     "_meta": ["interlock/error": .string(error.code)],
-                ], requestID: context.requestID)
+                ]]
             }
         }
+    }
+
+    private static func event(_ message: JSONObject) -> ByteBuffer {
+        ByteBuffer(bytes: Array("event: message\ndata: ".utf8) + JSONWriter.bytes(.object(message)) + Array("\n\n".utf8))
     }
 
     static func mcpTool(_ tool: ToolDefinition) -> JSONValue {
@@ -199,7 +267,7 @@ struct MCPRoutes {
         return json(["jsonrpc": "2.0", "id": id ?? .null, "error": .object(error)], status: status, requestID: requestID)
     }
 
-    private static func json(_ value: JSONValue, status: HTTPResponse.Status, requestID: String) -> Response {
+    static func json(_ value: JSONValue, status: HTTPResponse.Status, requestID: String) -> Response {
         Response(
             status: status, headers: [.contentType: "application/json", HTTPField.Name("x-request-id")!: requestID],
             body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.bytes(value))))
@@ -216,6 +284,8 @@ final class MCPSessions: Sendable {
     }
 
     private let sessions = Mutex<[String: Session]>([:])
+    /// Calls in flight, by session and JSON-RPC id: how to cancel each.
+    private let calls = Mutex<[String: @Sendable () -> Void]>([:])
     private let maxSessions: Int
     private let maxPerAgent: Int
     private let idleTimeout: Duration
@@ -261,6 +331,19 @@ final class MCPSessions: Sendable {
             sessions[id] = session
             return true
         }
+    }
+
+    func track(session: String, request: JSONValue, cancel: @escaping @Sendable () -> Void) {
+        calls.withLock { $0[session + "\n" + JSONWriter.string(request)] = cancel }
+    }
+
+    func untrack(session: String, request: JSONValue) {
+        _ = calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }
+    }
+
+    /// Cancels a call of this session (another session's ids are out of reach).
+    func cancel(session: String, request: JSONValue) {
+        calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }?()
     }
 
     func end(_ id: String, agentID: String) -> Bool {

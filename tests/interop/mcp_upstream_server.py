@@ -10,10 +10,13 @@ from mcp.server.mcpserver import Context, MCPServer
 app = MCPServer(os.environ.get("SERVER_NAME", "upstream"))
 
 
-@app.tool()
 def add(a: int, b: int) -> int:
-    """Adds two integers."""
     return a + b
+
+
+# A test changes what the server tells about `add` to see Interlock quarantine it.
+add.__doc__ = os.environ.get("ADD_DESCRIPTION", "Adds two integers.")
+app.tool()(add)
 
 
 @app.tool()
@@ -28,7 +31,10 @@ def seen(ctx: Context) -> dict:
     meta = ctx.request_context.meta
     if meta is not None and not isinstance(meta, dict):
         meta = meta.model_dump(exclude_none=True)
-    headers = ctx.headers or {}
+    try:
+        headers = ctx.headers or {}
+    except Exception:  # stdio has no headers
+        headers = {}
     return {"meta": meta or {}, "authorization": headers.get("authorization"), "secret_env": os.environ.get("UPSTREAM_SECRET")}
 
 
