@@ -317,7 +317,8 @@ public final class CallGovernor: Sendable {
         audit?.record(AuditRecord(
             timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, userID: call.caller.user,
             actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
-            outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID))
+            outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID,
+            resultHash: outcome.resultHash, capture: outcome.capture))
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
@@ -381,20 +382,22 @@ public final class CallGovernor: Sendable {
     }
 
     /// The audit record of a call refused after authentication: who, for whom, through whom.
-    public func auditRefusal(_ error: GatewayError, action: String, caller: Caller, target: String?, argumentsHash: String? = nil, requestID: String?) {
+    public func auditRefusal(
+        _ error: GatewayError, action: String, caller: Caller, target: String?, argumentsHash: String? = nil, capture: String? = nil, requestID: String?
+    ) {
         record(refusal: error.code, status: error.status, action: action, agentID: caller.agent.id, user: caller.user, actors: caller.actorChain,
-            run: caller.run, target: target, argumentsHash: argumentsHash, requestID: requestID)
+            run: caller.run, target: target, argumentsHash: argumentsHash, capture: capture, requestID: requestID)
     }
 
     private func record(
         refusal reason: String, status: Int, action: String, agentID: String?, user: String?, actors: [String], run: RunReference?, target: String?,
-        argumentsHash: String?, requestID: String?
+        argumentsHash: String?, capture: String? = nil, requestID: String?
     ) {
         audit?.record(AuditRecord(
             timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, runID: run?.id, parentRunID: run?.parentID,
             target: target, decision: "deny",
             reason: reason, argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
-            requestID: requestID))
+            requestID: requestID, capture: capture))
     }
 
     private func recordRejection(_ call: GovernedCall, status: Int, code: String) {

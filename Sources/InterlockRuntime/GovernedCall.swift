@@ -58,10 +58,13 @@ public struct CallOutcome: Sendable {
     public var outcome: UsageRecord.Outcome
     public var status: Int
     public var errorCode: String?
+    /// SHA-256 of a tool's answer, and the capture of arguments and answer (audit).
+    public var resultHash: String?
+    public var capture: String?
 
     public init(
         usage: TokenUsage = .zero, cost: USD = .zero, deploymentID: String? = nil, provider: String? = nil, upstreamModel: String? = nil,
-        attempts: Int = 0, outcome: UsageRecord.Outcome, status: Int, errorCode: String? = nil
+        attempts: Int = 0, outcome: UsageRecord.Outcome, status: Int, errorCode: String? = nil, resultHash: String? = nil, capture: String? = nil
     ) {
         self.usage = usage
         self.cost = cost
@@ -72,5 +75,7 @@ public struct CallOutcome: Sendable {
         self.outcome = outcome
         self.status = status
         self.errorCode = errorCode
+        self.resultHash = resultHash
+        self.capture = capture
     }
 }

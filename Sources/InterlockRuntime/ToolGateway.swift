@@ -485,7 +485,9 @@ public final class ToolGateway: Service, Sendable {
             }
             arguments = object
         } catch {
-            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
+            governor.auditRefusal(
+                error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash,
+                capture: captured(tool.source, arguments: bytes, result: nil), requestID: requestID)
             throw error
         }
         let call = GovernedCall(
@@ -546,7 +548,8 @@ public final class ToolGateway: Service, Sendable {
             }
         } catch let error as GatewayError {
             span.attributes["error.type"] = error.code
-            governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code))
+            governor.settle(admission, CallOutcome(
+                outcome: .error, status: error.status, errorCode: error.code, capture: captured(source, arguments: bytes, result: nil)))
             throw error
         } catch {
             governor.settle(admission, CallOutcome(outcome: .error, status: 500, errorCode: "internal_error"))
@@ -558,10 +561,31 @@ public final class ToolGateway: Service, Sendable {
             throw GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(name)' failed: its upstream answered \(result.status).", status: 502)
         }
         if result.isError { span.attributes["error.type"] = "tool_error" }
+        let answer = result.mcpResult.map(JSONValue.object) ?? result.content
         governor.settle(admission, CallOutcome(
             attempts: result.attempts, outcome: result.isError ? .error : .success, status: result.status,
-            errorCode: result.isError ? "tool_refused" : nil))
+            errorCode: result.isError ? "tool_refused" : nil, resultHash: AuditRecord.sha256Hex(JSONWriter.bytes(answer)),
+            capture: captured(source, arguments: bytes, result: answer)))
         return result
+    }
+
+    /// With `tool_gateway.capture: full`, the arguments and the answer for the audit record
+    /// (JSON text), with Interlock's upstream credentials and key-like strings redacted and
+    /// each cut at `capture_max_bytes`; nil otherwise (only hashes are kept).
+    private func captured(_ source: Source, arguments: [UInt8], result: JSONValue?) -> String? {
+        guard capture.capture == .full else { return nil }
+        func cut(_ text: String) -> JSONValue {
+            let redacted = SecretRedaction.redact(text, secrets: source.secrets)
+            let bytes = Array(redacted.utf8)
+            guard bytes.count > capture.captureMaxBytes else { return .string(redacted) }
+            // Cut on a character boundary.
+            var end = capture.captureMaxBytes
+            while end > 0, bytes[end] & 0xC0 == 0x80 { end -= 1 }
+            return .string(String(decoding: bytes[..<end], as: UTF8.self) + "…[cut \(bytes.count - end) bytes]")
+        }
+        var document: JSONObject = ["arguments": cut(String(decoding: arguments, as: UTF8.self))]
+        if let result { document["result"] = cut(JSONWriter.string(result)) }
+        return JSONWriter.string(.object(document))
     }
 
     /// An MCP `tools/call`, retried (only for idempotent tools) when the upstream could not be

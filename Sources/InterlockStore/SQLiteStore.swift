@@ -154,7 +154,7 @@ public final class SQLiteStore: InterlockStore {
 
     private static let auditColumns = [
         "seq", "ts_ms", "node", "action", "agent_id", "user_id", "actors", "run_id", "parent_run_id", "supervisor", "target", "decision",
-        "reason", "args_sha256", "outcome", "status", "cost_nanos", "request_id", "prev_hash", "hash",
+        "reason", "args_sha256", "outcome", "status", "cost_nanos", "request_id", "prev_hash", "hash", "result_sha256", "capture",
     ]
 
     public func appendAudit(_ records: [AuditRecord]) async throws {
@@ -166,6 +166,7 @@ public final class SQLiteStore: InterlockStore {
                 text(record.parentRunID), text(record.supervisor), text(record.target), .text(record.decision), text(record.reason),
                 text(record.argumentsHash), text(record.outcome), record.status.map { .integer($0) } ?? .null,
                 record.costNanos.map { .integer(Int($0)) } ?? .null, text(record.requestID), .text(record.previousHash), .text(record.hash),
+                text(record.resultHash), text(record.capture),
             ]
         }
     }
@@ -211,7 +212,8 @@ public final class SQLiteStore: InterlockStore {
                 agentID: text("agent_id"), userID: text("user_id"), actorChain: actors, runID: text("run_id"), parentRunID: text("parent_run_id"),
                 supervisor: text("supervisor"), target: text("target"), decision: text("decision") ?? "", reason: text("reason"),
                 argumentsHash: text("args_sha256"), outcome: text("outcome"), status: int("status"), costNanos: int("cost_nanos").map(Int64.init),
-                requestID: text("request_id"), previousHash: text("prev_hash") ?? "", hash: text("hash") ?? "")
+                requestID: text("request_id"), resultHash: text("result_sha256"), capture: text("capture"), previousHash: text("prev_hash") ?? "",
+                hash: text("hash") ?? "")
         }
         return AuditPage(records: records, lastPosition: last)
     }
@@ -425,6 +427,10 @@ enum SQLiteMigrations {
                 pending_ms INTEGER
             )
             """,
+        ]),
+        Migration(version: 7, name: "audit_tool_results", statements: [
+            "ALTER TABLE audit_log ADD COLUMN result_sha256 TEXT",
+            "ALTER TABLE audit_log ADD COLUMN capture TEXT",
         ]),
     ]
 }

@@ -263,6 +263,58 @@ final class FakeWeatherAPI: Sendable {
             #expect(records.contains { $0.decision == "deny" && $0.reason == "invalid_arguments" && $0.argumentsHash != nil })
             #expect(records.contains { $0.decision == "deny" && $0.reason == "target_not_allowed" && $0.agentID == "reader" })
             #expect(!records.contains { $0.argumentsHash?.contains("Oslo") == true })
+            // Answers too are hashes only, unless capture is on.
+            #expect(records.contains { $0.decision == "allow" && $0.resultHash?.count == 64 })
+            #expect(records.allSatisfy { $0.capture == nil })
+            try await harness.close()
+        }
+    }
+
+    @Test func captureKeepsArgumentsAndAnswersWithSecretsRedacted() async throws {
+        let api = FakeWeatherAPI()
+        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("capture-\(UInt32.random(in: 0...UInt32.max)).yaml").path
+            try Data(FakeWeatherAPI.spec.utf8).write(to: URL(fileURLWithPath: specPath))
+            let harness = try await Harness.make("""
+                tool_gateway: { capture: full, capture_max_bytes: 100 }
+                tools:
+                  weather:
+                    type: openapi
+                    spec: \(specPath)
+                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    auth: { bearer: weather-upstream-secret }
+                agents:
+                  - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
+                """)
+            let app = Application(router: harness.router)
+            try await app.test(.router) { client in
+                // The agent smuggles Interlock's upstream secret into a call the API echoes back.
+                let padding = String(repeating: "x", count: 200)
+                try await client.execute(
+                    uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"),
+                    body: invoke(#"{"level":2,"city":"weather-upstream-secret \#(padding)"}"#)
+                ) { response in
+                    #expect(response.status == .ok)
+                }
+                try await client.execute(
+                    uri: "/v1/tools/weather.createAlert/invoke", method: .post, headers: auth("test-key-wwwwwwwwwwww"), body: invoke(#"{"city":"Oslo"}"#)
+                ) { response in
+                    #expect(response.status == .badRequest)
+                }
+            }
+            await harness.services.gateway.governor.audit?.writer.flush()
+            let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records.filter { $0.action == "tool.call" }
+            let allowed = try #require(records.first { $0.decision == "allow" })
+            let capture = try #require(allowed.capture.flatMap { try? JSONParser.parse(Array($0.utf8)) })
+            let arguments = try #require(capture["arguments"]?.stringValue)
+            let result = try #require(capture["result"]?.stringValue)
+            #expect(arguments.hasPrefix(#"{"level":2,"city":"[redacted] xxx"#) && arguments.contains("…[cut "))
+            #expect(result.contains("[redacted]") && !result.contains("weather-upstream-secret"))
+            #expect(allowed.resultHash?.count == 64 && allowed.computedHash() == allowed.hash)
+            // A refused call keeps what the agent sent, so an operator can see what it got wrong.
+            let refused = try #require(records.first { $0.reason == "invalid_arguments" })
+            #expect(refused.capture?.contains("Oslo") == true)
             try await harness.close()
         }
     }

@@ -1,7 +1,8 @@
 import Crypto
 
 /// One entry of the tamper-evident audit log: who did what, to which target, what was
-/// decided and why, how it ended. Arguments are never stored, only their hash.
+/// decided and why, how it ended. Arguments and results are stored as hashes, unless the
+/// operator turned tool capture on.
 ///
 /// Records form a hash chain: each carries the hash of the record before it, and its own
 /// hash is the SHA-256 of its canonical JSON (RFC 8785, every field but `hash`). Changing,
@@ -27,6 +28,11 @@ public struct AuditRecord: Sendable, Equatable {
     public var reason: String?
     /// SHA-256 (hex) of the call's arguments.
     public var argumentsHash: String?
+    /// SHA-256 (hex) of what the tool answered.
+    public var resultHash: String?
+    /// The arguments and the answer themselves (JSON text), only when the operator turned
+    /// capture on (`tool_gateway.capture: full`); secrets redacted, long values cut.
+    public var capture: String?
     /// `success`, `partial`, `error`, `rejected`, or nil when the action has no outcome.
     public var outcome: String?
     public var status: Int?
@@ -42,7 +48,8 @@ public struct AuditRecord: Sendable, Equatable {
         sequence: Int64 = 0, timestampMs: Int64, node: String, action: String, agentID: String? = nil, userID: String? = nil,
         actorChain: [String] = [], runID: String? = nil, parentRunID: String? = nil, supervisor: String? = nil, target: String? = nil,
         decision: String, reason: String? = nil, argumentsHash: String? = nil, outcome: String? = nil, status: Int? = nil,
-        costNanos: Int64? = nil, requestID: String? = nil, previousHash: String = "", hash: String = ""
+        costNanos: Int64? = nil, requestID: String? = nil, resultHash: String? = nil, capture: String? = nil, previousHash: String = "",
+        hash: String = ""
     ) {
         self.sequence = sequence
         self.timestampMs = timestampMs
@@ -58,6 +65,8 @@ public struct AuditRecord: Sendable, Equatable {
         self.decision = decision
         self.reason = reason
         self.argumentsHash = argumentsHash
+        self.resultHash = resultHash
+        self.capture = capture
         self.outcome = outcome
         self.status = status
         self.costNanos = costNanos
@@ -77,6 +86,9 @@ public struct AuditRecord: Sendable, Equatable {
             "reason": text(reason), "args_sha256": text(argumentsHash), "outcome": text(outcome), "status": status.map { .integer(Int64($0)) } ?? .null,
             "cost_nanos": costNanos.map(JSONValue.integer) ?? .null, "request_id": text(requestID), "prev_hash": .string(previousHash),
         ]
+        // Members added after the first release appear only when set: older records keep their hashes.
+        if let resultHash { object["result_sha256"] = .string(resultHash) }
+        if let capture { object["capture"] = .string(capture) }
         if includingHash { object["hash"] = .string(hash) }
         return .object(object)
     }
@@ -119,6 +131,7 @@ public struct AuditRecord: Sendable, Equatable {
         out.append(UInt8(ascii: "]"))
         key("agent"); text(agentID)
         key("args_sha256"); text(argumentsHash)
+        if let capture { key("capture"); text(capture) }
         key("cost_nanos"); integer(costNanos)
         key("decision"); text(decision)
         key("node"); text(node)
@@ -127,6 +140,7 @@ public struct AuditRecord: Sendable, Equatable {
         key("prev_hash"); text(previousHash)
         key("reason"); text(reason)
         key("request_id"); text(requestID)
+        if let resultHash { key("result_sha256"); text(resultHash) }
         key("run"); text(runID)
         key("seq"); integer(sequence)
         key("status"); integer(status.map(Int64.init))
