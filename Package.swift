@@ -155,6 +155,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark upstream only (bench/tools/run): a fast MCP server with one tool.
+        .executableTarget(
+            name: "interlock-bench-mcp-upstream",
+            dependencies: [
+                "InterlockCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Benchmark prototype only (bench/run): an event-loop-native proxy, to size the transport choice.
         .executableTarget(
             name: "interlock-bench-nio-proxy",

@@ -71,6 +71,11 @@ public final class ToolGateway: Service, Sendable {
         let mcp = Mutex<MCPUpstream?>(nil)
         let wake = WakeSignal()
 
+        /// Whether a 401 from the upstream is worth a new client-credentials token.
+        var renewsTokens: Bool {
+            if case .clientCredentials = settings.authentication { true } else { false }
+        }
+
         /// Interlock's credentials for this upstream: never shown, even in an error it echoes.
         var secrets: [Secret?] {
             var secrets: [Secret?] = []
@@ -229,8 +234,15 @@ public final class ToolGateway: Service, Sendable {
         }
         if source.settings.kind == .mcp {
             let upstream = mcpUpstream(source)
-            let headers = try await upstreamHeaders(source, caller: nil, tool: nil)
-            for listed in try await upstream.listTools(headers: headers) {
+            let listed: [JSONObject]
+            do {
+                listed = try await upstream.listTools(headers: try await upstreamHeaders(source, caller: nil, tool: nil))
+            } catch MCPUpstreamError.unauthorized where source.renewsTokens {
+                // A revoked or early-expired client-credentials token: fetch a new one, once.
+                _ = try await clientCredentialsToken(source, renew: true)
+                listed = try await upstream.listTools(headers: try await upstreamHeaders(source, caller: nil, tool: nil))
+            }
+            for listed in listed {
                 guard let remote = listed["name"]?.stringValue, !remote.isEmpty else {
                     skipped.append("a tool without a name")
                     continue
@@ -596,9 +608,10 @@ public final class ToolGateway: Service, Sendable {
     ) async throws -> ToolResult {
         let source = tool.source
         let upstream = mcpUpstream(source)
-        let headers = try await upstreamHeaders(source, caller: caller, tool: tool.definition.name)
+        var headers = try await upstreamHeaders(source, caller: caller, tool: tool.definition.name)
         let attempts = tool.definition.metadata.idempotent ? max(1, retry.maxAttempts) : 1
         var attempt = 0
+        var renewedToken = false
         while true {
             attempt += 1
             let failure: GatewayError
@@ -630,13 +643,29 @@ public final class ToolGateway: Service, Sendable {
                 retryable = false
             } catch MCPUpstreamError.cancelled {
                 throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+            } catch MCPUpstreamError.unauthorized {
+                // Refused before it ran: with client credentials, a new token and one more try.
+                guard source.renewsTokens, !renewedToken else {
+                    throw GatewayError(
+                        kind: .upstream, code: "tool_auth_failed", message: "Tool '\(tool.definition.name)': its server refused Interlock's credential.", status: 502)
+                }
+                renewedToken = true
+                _ = try await clientCredentialsToken(source, renew: true)
+                headers = try await upstreamHeaders(source, caller: caller, tool: tool.definition.name)
+                attempt -= 1
+                continue
+            } catch MCPUpstreamError.httpStatus(let status) {
+                // The server is there but failed this call; only a transient status is retried.
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server answered HTTP \(status).", status: 502)
+                retryable = status == 429 || status >= 500
             } catch let error as MCPUpstreamError {
                 // Unreachable, session lost, protocol broken: the upstream is reconnected.
                 markUnavailable(source, reason: error.description)
                 failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
                 retryable = true
             }
-            guard retryable, attempt < attempts, source.health.withLock({ $0.status == .available }) || failure.code == "tool_timeout" else { throw failure }
+            guard retryable, attempt < attempts else { throw failure }
             try await pause(retry.backoff(afterAttempt: attempt))
         }
     }

@@ -97,6 +97,81 @@ import Testing
         #expect((try? ConfigLoader.parse(text, file: "h.yaml", environment: ["KEY": "sk-1", "TENANT": "t"])) == nil)
     }
 
+    @Test func toolUpstreamsAreCheckedWithFileAndLine() throws {
+        let good = try ConfigLoader.parse("""
+            tool_gateway: { capture: full, capture_max_bytes: 2048 }
+            tools:
+              search:
+                type: mcp
+                url: http://127.0.0.1:9000/mcp
+                connect_timeout_ms: 800
+                auth: { bearer: token-0001 }
+                tools:
+                  add: { idempotent: true, side_effects: read }
+              files:
+                type: mcp
+                command: [python3, server.py, --stdio]
+                working_directory: servers
+                env: { API_TOKEN: secret-0001 }
+                inherit_env: [PYTHONPATH]
+                restart: { initial_backoff_ms: 100, max_backoff_ms: 1000 }
+              remote:
+                type: openapi
+                spec: https://api.example.com/openapi.json
+                base_url: https://api.example.com
+                refresh_interval_s: 60
+            """, file: "/etc/interlock/t.yaml", environment: [:])
+        #expect(good.toolGateway.capture == .full && good.toolGateway.captureMaxBytes == 2048)
+        let sources = Dictionary(uniqueKeysWithValues: good.toolSources.map { ($0.namespace, $0) })
+        guard case .streamableHTTP(let url)? = sources["search"]?.mcpTransport, case .stdio(let process)? = sources["files"]?.mcpTransport else {
+            Issue.record("expected an HTTP and a stdio MCP upstream")
+            return
+        }
+        #expect(url == "http://127.0.0.1:9000/mcp" && sources["search"]?.connectTimeoutMs == 800)
+        #expect(sources["search"]?.toolMetadata["add"]?.idempotent == true && sources["search"]?.toolMetadata["add"]?.sideEffects == .read)
+        #expect(process.command == ["python3", "server.py", "--stdio"] && process.workingDirectory == "/etc/interlock/servers")
+        #expect(process.environment["API_TOKEN"]?.reveal() == "secret-0001" && process.inheritEnvironment == ["PYTHONPATH"])
+        #expect(process.restartInitialBackoffMs == 100 && process.restartMaxBackoffMs == 1000)
+        #expect(sources["remote"]?.spec == .url("https://api.example.com/openapi.json") && sources["remote"]?.refreshIntervalSeconds == 60)
+
+        do {
+            _ = try ConfigLoader.parse("""
+                tools:
+                  both:
+                    type: mcp
+                    url: http://127.0.0.1:9000/mcp
+                    command: [server]
+                  neither:
+                    type: mcp
+                  stdio:
+                    type: mcp
+                    command: [server]
+                    auth: { bearer: x-token-0001 }
+                    base_url: http://127.0.0.1:1
+                  backoff:
+                    type: mcp
+                    command: [server]
+                    restart: { initial_backoff_ms: 5000, max_backoff_ms: 100 }
+                  rest:
+                    type: openapi
+                    spec: https://x.example.com/spec.json
+                    base_url: https://x.example.com
+                    command: [server]
+                tool_gateway: { capture: everything }
+                """, file: "t.yaml", environment: [:])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("t.yaml:3:") && $0.contains("either 'url' or 'command', not both") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:7:") && $0.contains("needs 'url' (Streamable HTTP) or 'command' (stdio)") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:11:") && $0.contains("takes its credentials from 'env'") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:12:") && $0.contains("'base_url' applies to type 'openapi'") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:16:") && $0.contains("at least initial_backoff_ms") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:21:") && $0.contains("'command' applies to type 'mcp'") })
+            #expect(lines.contains { $0.hasPrefix("t.yaml:22:") && $0.contains("everything") })
+        }
+    }
+
     @Test func operatorsNeedTheirOwnTokensAndAKnownRole() throws {
         let text = valid + """
 

@@ -86,6 +86,9 @@ final class FakeWeatherAPI: Sendable {
             self.validToken.withLock { $0 = token }
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"access_token":"\#(token)","token_type":"Bearer","expires_in":3600}"#)))
         }
+        router.get("/openapi.yaml") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: Self.spec)))
+        }
         router.get("/slow") { _, _ -> Response in
             try? await Task.sleep(for: .seconds(2))
             return Response(status: .ok)
@@ -266,6 +269,45 @@ final class FakeWeatherAPI: Sendable {
             // Answers too are hashes only, unless capture is on.
             #expect(records.contains { $0.decision == "allow" && $0.resultHash?.count == 64 })
             #expect(records.allSatisfy { $0.capture == nil })
+            try await harness.close()
+        }
+    }
+
+    @Test func openAPIDocumentsFromAURLAndABrokenUpstreamLeavesTheRestWorking() async throws {
+        let api = FakeWeatherAPI()
+        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let base = "http://127.0.0.1:\(upstreamClient.port!)"
+            let harness = try await Harness.make("""
+                tool_gateway: { startup_wait_ms: 3000 }
+                tools:
+                  remote: { type: openapi, spec: "\(base)/openapi.yaml", base_url: "\(base)", auth: { bearer: weather-upstream-secret } }
+                  gone: { type: openapi, spec: "\(base)/missing.yaml", base_url: "\(base)" }
+                agents:
+                  - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: ["remote.*", "gone.*"] }
+                operators:
+                  - { id: alice, token: op-admin-token-0000000001, role: viewer }
+                """)
+            let app = Application(router: harness.router)
+            try await app.test(.router) { client in
+                try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-rrrrrrrrrrrr")) { response in
+                    let names = try JSONParser.parse(Array(response.body.readableBytesView))["data"]?.arrayValue?.compactMap { $0["name"]?.stringValue }
+                    #expect(names == ["remote.createAlert", "remote.getForecast", "remote.slow"])
+                }
+                try await client.execute(
+                    uri: "/v1/tools/remote.getForecast/invoke", method: .post, headers: auth("test-key-rrrrrrrrrrrr"), body: invoke(#"{"city":"Oslo"}"#)
+                ) { response in
+                    let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                    #expect(response.status == .ok && body["result"]?["city"] == "Oslo")
+                }
+                try await client.execute(uri: "/admin/v1/tools", method: .get, headers: [.authorization: "Bearer op-admin-token-0000000001"]) { response in
+                    let upstreams = try JSONParser.parse(Array(response.body.readableBytesView))["upstreams"]?.arrayValue ?? []
+                    let gone = upstreams.first { $0["namespace"] == "gone" }
+                    let remote = upstreams.first { $0["namespace"] == "remote" }
+                    #expect(gone?["status"] == "unavailable" && gone?["reason"]?.stringValue?.contains("404") == true)
+                    #expect(remote?["status"] == "available" && remote?["tools"] == 3)
+                }
+            }
             try await harness.close()
         }
     }

@@ -9,6 +9,10 @@ enum MCPUpstreamError: Error, Sendable, Equatable, CustomStringConvertible {
     case tooLarge
     /// The HTTP session is gone (404): initialize again.
     case sessionExpired
+    /// The server refused Interlock's credential (HTTP 401).
+    case unauthorized
+    /// Another HTTP error status: the server is there but failed this request.
+    case httpStatus(Int)
     /// The server broke the protocol (no answer, not JSON-RPC, an unsupported version).
     case protocolViolation(String)
     /// A JSON-RPC error answer.
@@ -21,6 +25,8 @@ enum MCPUpstreamError: Error, Sendable, Equatable, CustomStringConvertible {
         case .timeout: "timed out"
         case .tooLarge: "answer too large"
         case .sessionExpired: "session expired"
+        case .unauthorized: "the server refused Interlock's credential (HTTP 401)"
+        case .httpStatus(let status): "HTTP \(status)"
         case .protocolViolation(let reason): "protocol violation: \(reason)"
         case .rpc(let code, let message): "error \(code): \(message)"
         case .cancelled: "cancelled"

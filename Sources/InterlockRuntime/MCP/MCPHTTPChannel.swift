@@ -116,9 +116,13 @@ final class MCPHTTPChannel: MCPChannel {
             session.withLock { $0.id = nil }
             throw MCPUpstreamError.sessionExpired
         }
+        if response.status == .unauthorized {
+            _ = try? await response.body.collect(upTo: 64 * 1024)
+            throw MCPUpstreamError.unauthorized
+        }
         guard (200..<300).contains(response.status.code) else {
             _ = try? await response.body.collect(upTo: 64 * 1024)
-            throw MCPUpstreamError.unreachable("HTTP \(response.status.code)")
+            throw MCPUpstreamError.httpStatus(Int(response.status.code))
         }
         if message["method"]?.stringValue == "initialize", let id = response.headers.first(name: "mcp-session-id") {
             session.withLock { $0.id = id }

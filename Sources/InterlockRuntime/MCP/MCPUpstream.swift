@@ -103,7 +103,7 @@ final class MCPUpstream: Sendable {
                     } }
                 case .unreachable, .sessionExpired, .protocolViolation:
                     drop(channel)
-                case .rpc, .tooLarge:
+                case .rpc, .tooLarge, .unauthorized, .httpStatus:
                     break
                 }
                 throw error
