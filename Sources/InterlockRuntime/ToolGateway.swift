@@ -158,8 +158,11 @@ public final class ToolGateway: Service, Sendable {
         case .mcp(let remote):
             shape = "mcp:\(remote)"
         }
-        let limiter = definition.metadata.requestsPerMinute.map {
-            AsyncRateLimiter(name: "tool:\(definition.name)", limits: RateLimits(requestsPerMinute: $0), queue: queue)
+        // A tool listed again keeps its limiter (and what it has counted).
+        let existing = tools.withLock { $0[definition.name] }
+        let limiter = definition.metadata.requestsPerMinute.map { rpm in
+            existing?.limiter.flatMap { existing?.definition.metadata.requestsPerMinute == rpm ? $0 : nil }
+                ?? AsyncRateLimiter(name: "tool:\(definition.name)", limits: RateLimits(requestsPerMinute: rpm), queue: queue)
         }
         return Tool(
             definition: definition, pinHash: AuditRecord.sha256Hex(Array((definition.definitionHash + "\n" + shape).utf8)),
@@ -205,16 +208,23 @@ public final class ToolGateway: Service, Sendable {
             maxBackoff = .milliseconds(process.restartMaxBackoffMs)
         }
         var backoff = initialBackoff
+        var upSince: ContinuousClock.Instant?
         while !Task.isCancelled {
             if source.health.withLock({ $0.status == .unavailable }) {
+                // The backoff starts over only after a good spell: a server that dies right after
+                // answering is a crash loop, and its restarts keep backing off.
+                if let upSince, ContinuousClock.now - upSince > .seconds(30) { backoff = initialBackoff }
+                upSince = nil
                 // After a failure or a process exit: wait, not woken early (a crash loop must back off).
                 guard (try? await Task.sleep(for: backoff)) != nil else { return }
                 backoff = min(backoff * 2, maxBackoff)
             }
             do {
                 try await refresh(source)
-                backoff = initialBackoff
+                if upSince == nil { upSince = .now }
                 await source.wake.wait(upTo: .seconds(source.settings.refreshIntervalSeconds))
+                // At most one listing a second, however often a server says its tools changed.
+                guard (try? await Task.sleep(for: .seconds(1))) != nil else { return }
             } catch {
                 if Task.isCancelled { return }
                 markUnavailable(source, reason: Self.describe(error))
@@ -335,7 +345,9 @@ public final class ToolGateway: Service, Sendable {
             return true
         }
         if changed {
-            logger.warning("tool upstream unavailable", metadata: ["interlock.tools.namespace": "\(source.settings.namespace)", "reason": "\(reason)"])
+            logger.warning(
+                "tool upstream unavailable",
+                metadata: ["interlock.tools.namespace": "\(source.settings.namespace)", "reason": "\(SecretRedaction.redact(reason, secrets: source.secrets))"])
         }
         source.wake.signal()
     }
@@ -405,11 +417,12 @@ public final class ToolGateway: Service, Sendable {
             let health = source.health.withLock { $0 }
             let settings = source.settings
             var transport = settings.kind.rawValue
-            var address = settings.baseURL
+            // Without a query string: some APIs take keys there.
+            var address = String(settings.baseURL.prefix { $0 != "?" })
             switch settings.mcpTransport {
             case .streamableHTTP(let url)?:
                 transport = "mcp_streamable_http"
-                address = url
+                address = String(url.prefix { $0 != "?" })
             case .stdio(let process)?:
                 transport = "mcp_stdio"
                 // The program, not its arguments or environment (they may hold secrets).
@@ -429,9 +442,16 @@ public final class ToolGateway: Service, Sendable {
     }
 
     /// Approves the tool's current definition (an operator read it): the tool is available again.
-    public func approve(_ name: String, by approver: String) async throws -> JSONValue {
+    /// With `expectedHash` (the `definition_sha256` the operator reviewed), a definition that
+    /// changed again since is refused (409), so what is approved is what was read.
+    public func approve(_ name: String, by approver: String, expectedHash: String? = nil) async throws -> JSONValue {
         guard let tool = tools.withLock({ $0[name] }) else {
             throw GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.")
+        }
+        if let expectedHash, expectedHash != tool.pinHash {
+            throw GatewayError(
+                kind: .conflict, code: "definition_changed",
+                message: "Tool '\(name)' changed again since it was reviewed: its definition_sha256 is now \(tool.pinHash).", param: "definition_sha256")
         }
         let pin = ToolPin(name: name, approvedHash: tool.pinHash, approvedMs: governor.nowMs(), approvedBy: approver)
         try await store.saveToolPins([pin])
@@ -609,6 +629,15 @@ public final class ToolGateway: Service, Sendable {
         let source = tool.source
         let upstream = mcpUpstream(source)
         var headers = try await upstreamHeaders(source, caller: caller, tool: tool.definition.name)
+        // Progress must only increase (the spec): a retry starts the upstream's count again.
+        let floor = ProgressFloor()
+        var forward: (@Sendable (JSONObject) -> Void)?
+        if let onProgress {
+            forward = { @Sendable (progress: JSONObject) in
+                guard let value = progress["progress"]?.doubleValue, floor.passes(value) else { return }
+                onProgress(progress)
+            }
+        }
         let attempts = tool.definition.metadata.idempotent ? max(1, retry.maxAttempts) : 1
         var attempt = 0
         var renewedToken = false
@@ -618,13 +647,13 @@ public final class ToolGateway: Service, Sendable {
             let retryable: Bool
             do {
                 let answer = try await upstream.callTool(
-                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers, onProgress: onProgress)
+                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers, onProgress: forward)
                 let isError = answer["isError"]?.boolValue == true
                 let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
                 return ToolResult(status: 200, content: content, mcpResult: answer, attempts: attempt, isError: isError)
             } catch MCPUpstreamError.rpc(let code, let message) where [-32600, -32601, -32602].contains(code) {
                 // The server refused the request (an argument it does not accept): the agent reads why.
-                let text = "Tool '\(tool.definition.name)' refused the call: \(message)"
+                let text = "Tool '\(tool.definition.name)' refused the call: \(SecretRedaction.redact(message, secrets: source.secrets))"
                 return ToolResult(
                     status: 200, content: .string(text), mcpResult: ["content": [["type": "text", "text": .string(text)]], "isError": true],
                     attempts: attempt, isError: true)
@@ -659,8 +688,14 @@ public final class ToolGateway: Service, Sendable {
                 failure = GatewayError(
                     kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server answered HTTP \(status).", status: 502)
                 retryable = status == 429 || status >= 500
+            } catch MCPUpstreamError.protocolViolation {
+                // This answer was broken (cut off, not JSON-RPC); the server and its session stay.
+                failure = GatewayError(
+                    kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server's answer was cut off or malformed.",
+                    status: 502)
+                retryable = true
             } catch let error as MCPUpstreamError {
-                // Unreachable, session lost, protocol broken: the upstream is reconnected.
+                // Unreachable or its session lost for good: the upstream is reconnected.
                 markUnavailable(source, reason: error.description)
                 failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
                 retryable = true
@@ -736,6 +771,9 @@ public final class ToolGateway: Service, Sendable {
                     message: "Tool '\(tool.definition.name)' answered with more than \(settings.maxResponseBytes) bytes.", status: 502)
             } catch is CancellationError {
                 throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+            } catch let error as GatewayError {
+                // Interlock's own failure (a token it could not get): not the upstream's.
+                throw error
             } catch {
                 retryable = true
                 failure = GatewayError(kind: .upstream, code: "tool_unreachable", message: "Tool '\(tool.definition.name)' could not be reached.", status: 502)
@@ -813,6 +851,19 @@ public final class ToolGateway: Service, Sendable {
             try await Task.sleep(for: duration)
         } catch {
             throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)
+        }
+    }
+}
+
+/// The highest progress forwarded so far: only higher values pass.
+private final class ProgressFloor: Sendable {
+    private let last = Mutex<Double>(-.infinity)
+
+    func passes(_ value: Double) -> Bool {
+        last.withLock { last in
+            guard value > last else { return false }
+            last = value
+            return true
         }
     }
 }

@@ -32,10 +32,24 @@ struct AdminRoutes {
                 }
             }
             // Approving a changed definition: an operator read what agents will now be told.
-            admin.post("tools/:name/approve") { _, context in
+            // Optional body {"definition_sha256": "..."}: approve only the definition that was reviewed.
+            admin.post("tools/:name/approve") { request, context in
+                var request = request
                 let name = try context.parameters.require("name")
+                let body = try await request.collectBody(limit: 64 * 1024)
+                var expected: String?
+                if body.readableBytes > 0 {
+                    guard case .object(let fields)? = try? JSONParser.parse(Array(body.readableBytesView)),
+                        fields.keys.allSatisfy({ $0 == "definition_sha256" }), fields["definition_sha256"].map({ $0.stringValue != nil }) ?? true
+                    else {
+                        throw GatewayError.invalidRequest(
+                            "The body, if any, must be {\"definition_sha256\": \"<hash>\"}.", code: "invalid_field", param: "definition_sha256")
+                    }
+                    expected = fields["definition_sha256"]?.stringValue
+                }
                 return try await perform(context, .admin, "operator.tool.approve", target: name) {
-                    ModelRoutes.json(try await tools.approve(name, by: "operator:\(context.operatorSettings.id)"), requestID: context.requestID)
+                    ModelRoutes.json(
+                        try await tools.approve(name, by: "operator:\(context.operatorSettings.id)", expectedHash: expected), requestID: context.requestID)
                 }
             }
         }

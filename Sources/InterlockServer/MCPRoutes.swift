@@ -162,6 +162,7 @@ struct MCPRoutes {
         let progressToken = params["_meta"]?["progressToken"].flatMap { $0.stringValue != nil || $0.int64Value != nil ? $0 : nil }
         let accept = request.headers[.accept]?.lowercased() ?? ""
         let tools = self.tools
+        let sessions = self.sessions
         let caller = context.caller
         let requestID = context.requestID
         guard let progressToken, accept.contains("text/event-stream") else {
@@ -184,15 +185,15 @@ struct MCPRoutes {
             }
             continuation.yield(Self.event(message))
             continuation.finish()
+            // Done with or without a reader: the agent can no longer cancel it.
+            sessions.untrack(session: session, request: id)
         }
         sessions.track(session: session, request: id) { task.cancel() }
-        let sessions = self.sessions
         return Response(
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("x-request-id")!: requestID],
             body: ResponseBody { writer in
                 // A dropped connection is not a cancellation (the transport spec): the call finishes.
-                defer { sessions.untrack(session: session, request: id) }
                 for await event in events { try await writer.write(event) }
                 try await writer.finish(nil)
             })

@@ -225,6 +225,12 @@ def test_a_changed_upstream_definition_is_quarantined(mesh):
     assert held.status_code == 403 and held.json()["error"]["code"] == "tool_quarantined"
     # The rest of the upstream works (over a new session), and an operator can approve the change.
     assert invoke(mesh.base, PLANNER, "search.seen", {}).status_code == 200
-    approved = httpx.post(mesh.base + "/admin/v1/tools/search.add/approve", headers=OPS).json()
-    assert approved["status"] == "available"
+    # Approval names the definition the operator reviewed; a stale one is refused.
+    stale = httpx.post(mesh.base + "/admin/v1/tools/search.add/approve", headers=OPS, json={"definition_sha256": "0" * 64})
+    assert stale.status_code == 409 and stale.json()["error"]["code"] == "definition_changed"
+    reviewed = tools["search.add"]
+    assert "stranger" in reviewed["description"]
+    approved = httpx.post(mesh.base + "/admin/v1/tools/search.add/approve", headers=OPS,
+                          json={"definition_sha256": reviewed["definition_sha256"]}).json()
+    assert approved["status"] == "available" and approved["approved_by"] == "operator:ops"
     assert invoke(mesh.base, PLANNER, "search.add", {"a": 1, "b": 1}).json()["result"] == {"result": 2}

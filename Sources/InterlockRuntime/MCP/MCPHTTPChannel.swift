@@ -15,6 +15,8 @@ final class MCPHTTPChannel: MCPChannel {
     private let client: HTTPClient
     private let maxResponseBytes: Int
     private let session = Mutex<(id: String?, version: String?)>((nil, nil))
+    /// The credential headers of the last request, for the DELETE that ends the session.
+    private let lastHeaders = Mutex<[(String, String)]>([])
 
     init(url: String, client: HTTPClient, maxResponseBytes: Int) {
         self.url = url
@@ -55,7 +57,8 @@ final class MCPHTTPChannel: MCPChannel {
             } catch is CancellationError {
                 throw MCPUpstreamError.cancelled
             } catch {
-                throw MCPUpstreamError.unreachable("the answer stream broke: \(error)")
+                // This answer broke off; the server itself may be fine.
+                throw MCPUpstreamError.protocolViolation("the answer stream broke: \(error)")
             }
             throw MCPUpstreamError.protocolViolation("the server ended its event stream without answering request \(JSONWriter.string(id))")
         }
@@ -67,7 +70,7 @@ final class MCPHTTPChannel: MCPChannel {
         } catch is CancellationError {
             throw MCPUpstreamError.cancelled
         } catch {
-            throw MCPUpstreamError.unreachable("the answer broke off: \(error)")
+            throw MCPUpstreamError.protocolViolation("the answer broke off: \(error)")
         }
         guard case .object(let answer)? = try? JSONParser.parse(Array(body.readableBytesView)), answer["id"] == id else {
             throw MCPUpstreamError.protocolViolation("the answer (\(contentType.isEmpty ? "no content type" : contentType)) is not the JSON-RPC response to request \(JSONWriter.string(id))")
@@ -87,6 +90,7 @@ final class MCPHTTPChannel: MCPChannel {
         request.method = .DELETE
         request.headers.add(name: "mcp-session-id", value: id)
         if let version = session.withLock({ $0.version }) { request.headers.add(name: "mcp-protocol-version", value: version) }
+        for (name, value) in lastHeaders.withLock({ $0 }) { request.headers.replaceOrAdd(name: name, value: value) }
         // Best effort: a server that keeps no sessions answers 405, one that is down does not answer.
         _ = try? await client.execute(request, timeout: .seconds(2))
         session.withLock { $0 = (nil, nil) }
@@ -101,6 +105,7 @@ final class MCPHTTPChannel: MCPChannel {
         if let sessionID { request.headers.add(name: "mcp-session-id", value: sessionID) }
         if let version { request.headers.add(name: "mcp-protocol-version", value: version) }
         for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+        if !headers.isEmpty { lastHeaders.withLock { $0 = headers } }
         request.body = .bytes(JSONWriter.bytes(.object(message)))
         let response: HTTPClientResponse
         do {

@@ -34,12 +34,17 @@ final class MCPStdioChannel: MCPChannel {
     private let state = Mutex(State())
     private let maxMessageBytes: Int
     private let logger: Logger
+    /// Values kept out of the log lines made from the server's stderr.
+    private let secrets: [Secret?]
     /// Notifications not tied to a request (`notifications/tools/list_changed`).
     private let onServerNotification: @Sendable (JSONObject) -> Void
     private let finished = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    /// Signalled by `close()`: the process gets its grace period, then the signals.
+    private let stopping = WakeSignal()
 
-    private init(maxMessageBytes: Int, logger: Logger, onServerNotification: @escaping @Sendable (JSONObject) -> Void) {
+    private init(maxMessageBytes: Int, logger: Logger, secrets: [Secret?], onServerNotification: @escaping @Sendable (JSONObject) -> Void) {
         self.maxMessageBytes = maxMessageBytes
+        self.secrets = secrets
         self.logger = logger
         self.onServerNotification = onServerNotification
     }
@@ -49,7 +54,8 @@ final class MCPStdioChannel: MCPChannel {
         _ process: ToolSourceSettings.StdioProcess, maxMessageBytes: Int, logger: Logger,
         onServerNotification: @escaping @Sendable (JSONObject) -> Void, onExit: @escaping @Sendable (MCPStdioChannel, String) -> Void
     ) -> MCPStdioChannel {
-        let channel = MCPStdioChannel(maxMessageBytes: maxMessageBytes, logger: logger, onServerNotification: onServerNotification)
+        let channel = MCPStdioChannel(
+            maxMessageBytes: maxMessageBytes, logger: logger, secrets: process.environment.values.map { $0 }, onServerNotification: onServerNotification)
         let (outgoing, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
         channel.state.withLock { $0.outgoing = continuation }
         Task {
@@ -91,10 +97,11 @@ final class MCPStdioChannel: MCPChannel {
         if let ended { throw MCPUpstreamError.unreachable(ended) }
     }
 
-    /// Closes stdin (a well-behaved server exits), then SIGTERM and SIGKILL after the grace
-    /// period; returns once the process is gone.
+    /// Closes stdin (a well-behaved server exits), then SIGTERM and SIGKILL (to its process
+    /// group) after the grace period; returns once the process is gone.
     func close() async {
         state.withLock { $0.outgoing?.finish() }
+        stopping.signal()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let waiting = finished.withLock { waiters -> Bool in
                 guard waiters != nil else { return false }
@@ -127,44 +134,55 @@ final class MCPStdioChannel: MCPChannel {
         }
         for (name, value) in process.environment { environment[name] = value.reveal() }
         let grace = Duration.milliseconds(process.shutdownGraceMs)
+        // Its own process group, so the signals also reach what a wrapper (npx, uvx) started.
+        var options = PlatformOptions()
+        options.processGroupID = 0
         do {
             let result = try await Subprocess.run(
                 executable, arguments: Arguments(Array(process.command.dropFirst())),
                 environment: .custom(environment.map { Array("\($0.key)=\($0.value)".utf8) }),
-                workingDirectory: process.workingDirectory.map { FilePath($0) },
+                workingDirectory: process.workingDirectory.map { FilePath($0) }, platformOptions: options,
                 input: .inputWriter, output: .sequence, error: .sequence
             ) { execution in
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        // Messages to the server, in order; when the stream ends (close), stdin is
-                        // closed and the process gets the grace period, then SIGTERM, then SIGKILL.
+                        // Messages to the server, in order; when the stream ends (close), stdin is closed.
                         for await line in outgoing {
                             guard (try? await execution.standardInputWriter.write(line)) != nil else { break }
                         }
                         try? await execution.standardInputWriter.finish()
+                    }
+                    group.addTask {
+                        // After close(): the grace period, then SIGTERM, then SIGKILL — even when the
+                        // writer is stuck on a full pipe because the server stopped reading.
+                        await self.stopping.wait(upTo: .seconds(86_400 * 365))
+                        guard !Task.isCancelled, (try? await Task.sleep(for: grace)) != nil else { return }
+                        try? execution.send(signal: .terminate, toProcessGroup: true)
                         guard (try? await Task.sleep(for: grace)) != nil else { return }
-                        try? execution.send(signal: .terminate)
-                        guard (try? await Task.sleep(for: grace)) != nil else { return }
-                        try? execution.send(signal: .kill)
+                        try? execution.send(signal: .kill, toProcessGroup: true)
                     }
                     group.addTask {
                         // The server's log: kept out of Interlock's info logs (it may print secrets).
                         do {
                             for try await line in execution.standardError.strings() {
-                                self.logger.debug("upstream stderr", metadata: ["interlock.upstream.stderr": "\(line.prefix(2_000))"])
+                                let text = SecretRedaction.redact(String(line.prefix(2_000)), secrets: self.secrets)
+                                self.logger.debug("upstream stderr", metadata: ["interlock.upstream.stderr": "\(text)"])
                             }
                         } catch {}
                     }
                     var buffer: [UInt8] = []
                     do {
                         for try await chunk in execution.standardOutput {
+                            // Only the new bytes are searched for line ends.
+                            var scanned = buffer.count
                             chunk.withUnsafeBytes { buffer.append(contentsOf: $0) }
                             var start = 0
-                            while let newline = buffer[start...].firstIndex(of: 0x0A) {
+                            while let newline = buffer[scanned...].firstIndex(of: 0x0A) {
                                 self.receive(Array(buffer[start..<newline]))
                                 start = newline + 1
+                                scanned = start
                             }
-                            buffer.removeFirst(start)
+                            if start > 0 { buffer.removeFirst(start) }
                             if buffer.count > self.maxMessageBytes {
                                 self.logger.warning("upstream sent a message over max_response_bytes; stopping it")
                                 try? execution.send(signal: .kill)

@@ -89,26 +89,30 @@ final class MCPUpstream: Sendable {
                         }
                     }
                 }
-            } catch let error as MCPUpstreamError {
-                switch error {
+            } catch {
+                let failure = (error as? MCPUpstreamError) ?? .cancelled
+                switch failure {
                 case .sessionExpired where !retriedSession:
                     retriedSession = true
                     drop(channel)
                     continue
                 case .timeout, .cancelled:
-                    let reason = error == .timeout ? "timed out after \(timeoutMs) ms" : "the caller cancelled"
+                    // The server stops working on it (it may have started).
+                    let reason = failure == .timeout ? "timed out after \(timeoutMs) ms" : "the caller cancelled"
                     Task { try? await withMCPTimeout(.seconds(2)) {
                         try await channel.notify(
                             ["jsonrpc": "2.0", "method": "notifications/cancelled", "params": ["requestId": id, "reason": .string(reason)]], headers: headers)
                     } }
-                case .unreachable, .sessionExpired, .protocolViolation:
+                    // A server that cannot even list its tools in time is wedged: a stdio one is
+                    // started again, an HTTP one gets a new session.
+                    if failure == .timeout, method != "tools/call" { drop(channel) }
+                case .unreachable, .sessionExpired:
                     drop(channel)
-                case .rpc, .tooLarge, .unauthorized, .httpStatus:
+                case .protocolViolation, .rpc, .tooLarge, .unauthorized, .httpStatus:
+                    // This request failed; the connection and other calls on it are fine.
                     break
                 }
-                throw error
-            } catch is CancellationError {
-                throw MCPUpstreamError.cancelled
+                throw failure
             }
             if let error = answer["error"] {
                 throw MCPUpstreamError.rpc(code: Int(error["code"]?.int64Value ?? -32603), message: error["message"]?.stringValue ?? "")
@@ -148,6 +152,8 @@ final class MCPUpstream: Sendable {
                 }
                 opened.negotiated(version: version)
                 try await opened.notify(["jsonrpc": "2.0", "method": "notifications/initialized"], headers: headers)
+                // stop() may have run during the handshake: it found nothing to close.
+                guard !self.stopped.load(ordering: .relaxed) else { throw MCPUpstreamError.unreachable("Interlock is shutting down") }
                 self.channel.withLock { $0 = opened }
                 return opened
             } catch {
