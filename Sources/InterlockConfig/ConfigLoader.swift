@@ -443,6 +443,7 @@ private struct ConfigDocument {
                 }
                 if let value = fields["shutdown_grace_ms"]?.int(minimum: 0, maximum: 600_000) { process.shutdownGraceMs = value }
                 source.mcpTransport = .stdio(process)
+                source.connectTimeoutMs = 60_000
             case (nil, nil):
                 node.report("an MCP upstream needs 'url' (Streamable HTTP) or 'command' (stdio)")
                 return nil

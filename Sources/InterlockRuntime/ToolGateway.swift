@@ -647,7 +647,8 @@ public final class ToolGateway: Service, Sendable {
             let retryable: Bool
             do {
                 let answer = try await upstream.callTool(
-                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers, onProgress: forward)
+                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers,
+                    sessionKey: sessionKey(source, caller: caller), onProgress: forward)
                 let isError = answer["isError"]?.boolValue == true
                 let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
                 return ToolResult(status: 200, content: content, mcpResult: answer, attempts: attempt, isError: isError)
@@ -703,6 +704,14 @@ public final class ToolGateway: Service, Sendable {
             guard retryable, attempt < attempts else { throw failure }
             try await pause(retry.backoff(afterAttempt: attempt))
         }
+    }
+
+    /// Which upstream session a call uses: one shared session, or, when the upstream sees the
+    /// caller's identity (on behalf of), one per user or agent, since a server binds a session
+    /// to whoever opened it.
+    private func sessionKey(_ source: Source, caller: Caller?) -> String {
+        guard case .onBehalfOf = source.settings.authentication, let caller else { return "" }
+        return caller.user.map { "user:\($0)" } ?? "agent:\(caller.agent.id)"
     }
 
     /// The headers that carry Interlock's credential for the upstream (never the agent's).

@@ -56,6 +56,15 @@ class Upstreams:
             "PYTHON": sys.executable, "CANCEL_MARKER": self.marker,
         }
         self.process, self.base, _ = start_interlock("mcp_upstreams.yaml", env=env)
+        # Start-up waits for the servers up to tool_gateway.startup_wait_ms; on a loaded machine
+        # a Python server can take longer, and then it joins the catalog when it answers.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            health = {entry["namespace"]: entry for entry in httpx.get(self.base + "/admin/v1/tools", headers=OPS).json()["upstreams"]}
+            if health["search"]["status"] == health["files"]["status"] == "available":
+                break
+            time.sleep(0.2)
+        assert health["search"]["status"] == health["files"]["status"] == "available", health
 
 
 @pytest.fixture(scope="module")

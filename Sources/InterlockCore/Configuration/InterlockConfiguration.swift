@@ -417,7 +417,8 @@ public struct ToolSourceSettings: Sendable {
     public var mcpTransport: MCPTransport?
     public var timeoutMs: Int = 30_000
     /// MCP: how long the handshake and listing the tools may take, in milliseconds (a server
-    /// that does not answer in time is marked unavailable and tried again).
+    /// that does not answer in time is marked unavailable and tried again). Stdio servers get
+    /// 60 s by default: the process has to start first (`npx`/`uvx` may install packages).
     public var connectTimeoutMs: Int = 5_000
     /// Calls in flight to this upstream at once; more get 429 `tool_busy`.
     public var maxConcurrency: Int = 32

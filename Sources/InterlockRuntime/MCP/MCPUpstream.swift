@@ -10,7 +10,11 @@ final class MCPUpstream: Sendable {
     let settings: ToolSourceSettings
     private let client: HTTPClient
     private let logger: Logger
-    private let channel = Mutex<(any MCPChannel)?>(nil)
+    /// Live channels by session key: one for most upstreams; one per subject (user or agent)
+    /// when Interlock authenticates on behalf of callers, since a server binds a session to
+    /// whoever opened it. Least recently used ones beyond `maxSessions` are closed.
+    private let channels = Mutex<[String: (channel: any MCPChannel, lastUsed: ContinuousClock.Instant)]>([:])
+    private let maxSessions = 256
     private let connecting = AsyncSerialGate()
     private let nextID = Atomic<Int>(0)
     private let stopped = Atomic<Bool>(false)
@@ -27,13 +31,14 @@ final class MCPUpstream: Sendable {
     }
 
     /// Every tool the server lists (all pages).
-    func listTools(headers: [(String, String)]) async throws -> [JSONObject] {
+    func listTools(headers: [(String, String)], sessionKey: String = "") async throws -> [JSONObject] {
         var tools: [JSONObject] = []
         var cursor: JSONValue?
         for _ in 0..<1_000 {
             var params: JSONObject = [:]
             if let cursor { params["cursor"] = cursor }
-            let result = try await send("tools/list", params: params, headers: headers, timeoutMs: settings.connectTimeoutMs, onProgress: nil)
+            let result = try await send(
+                "tools/list", params: params, headers: headers, sessionKey: sessionKey, timeoutMs: settings.connectTimeoutMs, onProgress: nil)
             for case .object(let tool) in result["tools"]?.arrayValue ?? [] { tools.append(tool) }
             guard let next = result["nextCursor"], !next.isNull else { return tools }
             cursor = next
@@ -44,34 +49,31 @@ final class MCPUpstream: Sendable {
     /// `tools/call`. `meta` goes in `params._meta` (the idempotency key); with `onProgress`,
     /// a progress token is added and the server's progress notifications are handed on.
     func callTool(
-        _ name: String, arguments: JSONObject, meta: JSONObject, headers: [(String, String)], onProgress: (@Sendable (JSONObject) -> Void)?
+        _ name: String, arguments: JSONObject, meta: JSONObject, headers: [(String, String)], sessionKey: String = "",
+        onProgress: (@Sendable (JSONObject) -> Void)?
     ) async throws -> JSONObject {
         try await send(
             "tools/call", params: ["name": .string(name), "arguments": .object(arguments), "_meta": .object(meta)], headers: headers,
-            timeoutMs: settings.timeoutMs, onProgress: onProgress)
-    }
-
-    /// Opens the channel now (start-up and reconnection), if there is none.
-    func connect(headers: [(String, String)]) async throws {
-        _ = try await liveChannel(headers: headers)
+            sessionKey: sessionKey, timeoutMs: settings.timeoutMs, onProgress: onProgress)
     }
 
     /// Ends the session or stops the process; the upstream is not used again.
     func stop() async {
         stopped.store(true, ordering: .relaxed)
-        let current = channel.withLock { channel in defer { channel = nil }; return channel }
-        await current?.close()
+        let current = channels.withLock { channels in defer { channels = [:] }; return channels.values.map(\.channel) }
+        for channel in current { await channel.close() }
     }
 
     /// One request with the upstream's timeout. A session the server forgot (404) is opened
     /// again and the request sent once more: the server refused it unseen, so this repeats
     /// nothing. On timeout or cancellation the server is told (`notifications/cancelled`).
     private func send(
-        _ method: String, params: JSONObject, headers: [(String, String)], timeoutMs: Int, onProgress: (@Sendable (JSONObject) -> Void)?
+        _ method: String, params: JSONObject, headers: [(String, String)], sessionKey: String, timeoutMs: Int,
+        onProgress: (@Sendable (JSONObject) -> Void)?
     ) async throws -> JSONObject {
         var retriedSession = false
         while true {
-            let channel = try await liveChannel(headers: headers)
+            let channel = try await liveChannel(headers: headers, key: sessionKey)
             let id = JSONValue.integer(Int64(nextID.add(1, ordering: .relaxed).newValue))
             var params = params
             if onProgress != nil {
@@ -124,11 +126,11 @@ final class MCPUpstream: Sendable {
         }
     }
 
-    /// The channel, after the `initialize` handshake; one handshake at a time.
-    private func liveChannel(headers: [(String, String)]) async throws -> any MCPChannel {
-        if let current = channel.withLock({ $0 }) { return current }
+    /// The channel for `key`, after the `initialize` handshake; one handshake at a time.
+    private func liveChannel(headers: [(String, String)], key: String) async throws -> any MCPChannel {
+        if let current = touch(key) { return current }
         return try await connecting.run {
-            if let current = self.channel.withLock({ $0 }) { return current }
+            if let current = self.touch(key) { return current }
             guard !self.stopped.load(ordering: .relaxed) else { throw MCPUpstreamError.unreachable("Interlock is shutting down") }
             let opened = self.open()
             do {
@@ -154,7 +156,15 @@ final class MCPUpstream: Sendable {
                 try await opened.notify(["jsonrpc": "2.0", "method": "notifications/initialized"], headers: headers)
                 // stop() may have run during the handshake: it found nothing to close.
                 guard !self.stopped.load(ordering: .relaxed) else { throw MCPUpstreamError.unreachable("Interlock is shutting down") }
-                self.channel.withLock { $0 = opened }
+                let evicted = self.channels.withLock { channels -> (any MCPChannel)? in
+                    var evicted: (any MCPChannel)?
+                    if channels.count >= self.maxSessions, let oldest = channels.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+                        evicted = channels.removeValue(forKey: oldest)?.channel
+                    }
+                    channels[key] = (opened, .now)
+                    return evicted
+                }
+                if let evicted { Task { await evicted.close() } }
                 return opened
             } catch {
                 await opened.close()
@@ -185,12 +195,20 @@ final class MCPUpstream: Sendable {
         }
     }
 
-    /// Forgets `failed` if it is still the live channel (the next use opens another).
+    /// The live channel for `key`, marked used.
+    private func touch(_ key: String) -> (any MCPChannel)? {
+        channels.withLock { channels in
+            guard let entry = channels[key] else { return nil }
+            channels[key] = (entry.channel, .now)
+            return entry.channel
+        }
+    }
+
+    /// Forgets `failed` if it is still a live channel (the next use opens another).
     private func drop(_ failed: any MCPChannel) {
-        let dropped = channel.withLock { channel -> (any MCPChannel)? in
-            guard let current = channel, current === failed else { return nil }
-            channel = nil
-            return current
+        let dropped = channels.withLock { channels -> (any MCPChannel)? in
+            guard let key = channels.first(where: { $0.value.channel === failed })?.key else { return nil }
+            return channels.removeValue(forKey: key)?.channel
         }
         if let dropped { Task { await dropped.close() } }
     }
