@@ -711,7 +711,7 @@ public struct LoopContinuation: Sendable {
 }
 
 /// Carries trace context into a string dictionary, then into upstream headers.
-private struct DictionaryInjector: Injector {
+struct DictionaryInjector: Injector {
     func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
         carrier[key] = value
     }

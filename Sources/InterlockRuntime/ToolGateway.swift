@@ -8,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 public import ServiceLifecycle
 import Synchronization
+import Instrumentation
 import Tracing
 
 /// Tool calls through the governed pipeline: the same authenticate, authorize (grants, token
@@ -480,7 +481,7 @@ public final class ToolGateway: Service, Sendable {
     /// (`progress`, `total`, `message`) while the call runs.
     public func invoke(
         _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?,
-        onProgress: (@Sendable (JSONObject) -> Void)? = nil
+        traceParent: String? = nil, traceState: String? = nil, onProgress: (@Sendable (JSONObject) -> Void)? = nil
     ) async throws(GatewayError) -> ToolResult {
         let argumentsHash = AuditRecord.sha256Hex(bytes)
         guard let tool = tools.withLock({ $0[name] }) else {
@@ -524,7 +525,7 @@ public final class ToolGateway: Service, Sendable {
         }
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
-            expectedCost: .zero, argumentsHash: argumentsHash)
+            expectedCost: .zero, traceParent: traceParent, traceState: traceState, argumentsHash: argumentsHash)
         let admission = try await governor.admit(call)
         if let limiter = tool.limiter {
             // The tool's own limit, after the agent's: a call waits in the bounded queue, or is refused.
@@ -563,10 +564,17 @@ public final class ToolGateway: Service, Sendable {
         span.attributes["gen_ai.tool.name"] = name
         span.attributes["gen_ai.tool.type"] = "function"
         span.attributes["interlock.agent.id"] = caller.agent.id
+        span.attributes["interlock.tools.namespace"] = source.settings.namespace
         if case .mcp = tool.binding {
             span.attributes["mcp.method.name"] = "tools/call"
-            span.attributes["interlock.tools.namespace"] = source.settings.namespace
+            if case .stdio? = source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
         }
+        // Trace context for the upstream: this span, else what the agent sent.
+        var carrier: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
+        var trace: [(String, String)] = []
+        if let value = carrier["traceparent"] ?? traceParent { trace.append(("traceparent", value)) }
+        if let value = carrier["tracestate"] ?? traceState { trace.append(("tracestate", value)) }
         let result: ToolResult
         do {
             // The upstream sees one credential for every agent: an agent's own key is scoped to the
@@ -574,9 +582,10 @@ public final class ToolGateway: Service, Sendable {
             let key = idempotencyKey.map { "ik_" + AuditRecord.sha256Hex(Array("\(caller.agent.id)\n\(name)\n\($0)".utf8)).prefix(40) } ?? "\(requestID):\(name)"
             switch tool.binding {
             case .rest(let operation):
-                result = try await send(tool, operation: operation, arguments: arguments, caller: caller, idempotencyKey: String(key))
+                result = try await send(tool, operation: operation, arguments: arguments, caller: caller, idempotencyKey: String(key), trace: trace)
             case .mcp(let remote):
-                result = try await sendMCP(tool, remote: remote, arguments: arguments, caller: caller, idempotencyKey: String(key), onProgress: onProgress)
+                result = try await sendMCP(
+                    tool, remote: remote, arguments: arguments, caller: caller, idempotencyKey: String(key), trace: trace, onProgress: onProgress)
             }
         } catch let error as GatewayError {
             span.attributes["error.type"] = error.code
@@ -624,7 +633,8 @@ public final class ToolGateway: Service, Sendable {
     /// reached or timed out; the idempotency key (`_meta.idempotencyKey`) is the same on every
     /// attempt. A JSON-RPC error about the request itself comes back as the tool's refusal.
     private func sendMCP(
-        _ tool: Tool, remote: String, arguments: JSONObject, caller: Caller, idempotencyKey: String, onProgress: (@Sendable (JSONObject) -> Void)?
+        _ tool: Tool, remote: String, arguments: JSONObject, caller: Caller, idempotencyKey: String, trace: [(String, String)],
+        onProgress: (@Sendable (JSONObject) -> Void)?
     ) async throws -> ToolResult {
         let source = tool.source
         let upstream = mcpUpstream(source)
@@ -638,6 +648,9 @@ public final class ToolGateway: Service, Sendable {
                 onProgress(progress)
             }
         }
+        // The trace context travels in `_meta` (the OpenTelemetry MCP conventions), whatever the transport.
+        var meta: JSONObject = ["idempotencyKey": .string(idempotencyKey)]
+        for (name, value) in trace { meta[name] = .string(value) }
         let attempts = tool.definition.metadata.idempotent ? max(1, retry.maxAttempts) : 1
         var attempt = 0
         var renewedToken = false
@@ -647,7 +660,7 @@ public final class ToolGateway: Service, Sendable {
             let retryable: Bool
             do {
                 let answer = try await upstream.callTool(
-                    remote, arguments: arguments, meta: ["idempotencyKey": .string(idempotencyKey)], headers: headers,
+                    remote, arguments: arguments, meta: meta, headers: headers,
                     sessionKey: sessionKey(source, caller: caller), onProgress: forward)
                 let isError = answer["isError"]?.boolValue == true
                 let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
@@ -729,13 +742,16 @@ public final class ToolGateway: Service, Sendable {
 
     /// The HTTP request, retried (only for idempotent tools) on connection failures, 429 and
     /// 5xx answers, with backoff; the idempotency key is the same on every attempt.
-    private func send(_ tool: Tool, operation: RESTOperation, arguments: JSONObject, caller: Caller, idempotencyKey: String) async throws -> ToolResult {
+    private func send(
+        _ tool: Tool, operation: RESTOperation, arguments: JSONObject, caller: Caller, idempotencyKey: String, trace: [(String, String)]
+    ) async throws -> ToolResult {
         let settings = tool.source.settings
         let built = operation.request(arguments: arguments)
         var request = HTTPClientRequest(url: settings.baseURL + built.path)
         request.method = HTTPMethod(rawValue: operation.method)
         request.headers.add(name: "accept", value: "application/json")
         request.headers.add(name: "idempotency-key", value: idempotencyKey)
+        for (name, value) in trace { request.headers.add(name: name, value: value) }
         for (name, value) in built.headers { request.headers.add(name: name, value: value) }
         for (name, value) in try await upstreamHeaders(tool.source, caller: caller, tool: tool.definition.name) {
             request.headers.replaceOrAdd(name: name, value: value)

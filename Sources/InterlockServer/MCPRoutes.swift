@@ -160,6 +160,11 @@ struct MCPRoutes {
         let key = params["_meta"]?["idempotencyKey"]?.stringValue ?? request.headers[HTTPField.Name("idempotency-key")!]
         let session = request.headers[HTTPField.Name("mcp-session-id")!] ?? ""
         let progressToken = params["_meta"]?["progressToken"].flatMap { $0.stringValue != nil || $0.int64Value != nil ? $0 : nil }
+        // Trace context from `_meta` (the OpenTelemetry MCP conventions), else the HTTP headers.
+        let trace = (
+            parent: params["_meta"]?["traceparent"]?.stringValue ?? request.headers[HTTPField.Name("traceparent")!],
+            state: params["_meta"]?["tracestate"]?.stringValue ?? request.headers[HTTPField.Name("tracestate")!]
+        )
         let accept = request.headers[.accept]?.lowercased() ?? ""
         let tools = self.tools
         let sessions = self.sessions
@@ -167,7 +172,8 @@ struct MCPRoutes {
         let requestID = context.requestID
         guard let progressToken, accept.contains("text/event-stream") else {
             let task = Task {
-                await Self.answer(id: id, name: name, arguments: arguments, key: key, tools: tools, caller: caller, requestID: requestID, onProgress: nil)
+                await Self.answer(
+                    id: id, name: name, arguments: arguments, key: key, trace: trace, tools: tools, caller: caller, requestID: requestID, onProgress: nil)
             }
             sessions.track(session: session, request: id) { task.cancel() }
             defer { sessions.untrack(session: session, request: id) }
@@ -177,7 +183,7 @@ struct MCPRoutes {
         let (events, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .unbounded)
         let task = Task {
             let message = await Self.answer(
-                id: id, name: name, arguments: arguments, key: key, tools: tools, caller: caller, requestID: requestID
+                id: id, name: name, arguments: arguments, key: key, trace: trace, tools: tools, caller: caller, requestID: requestID
             ) { progress in
                 var notification = progress
                 notification["progressToken"] = progressToken
@@ -201,12 +207,13 @@ struct MCPRoutes {
 
     /// The JSON-RPC answer to one `tools/call`.
     private static func answer(
-        id: JSONValue, name: String, arguments: JSONValue, key: String?, tools: ToolGateway, caller: Caller, requestID: String,
-        onProgress: (@Sendable (JSONObject) -> Void)?
+        id: JSONValue, name: String, arguments: JSONValue, key: String?, trace: (parent: String?, state: String?), tools: ToolGateway, caller: Caller,
+        requestID: String, onProgress: (@Sendable (JSONObject) -> Void)?
     ) async -> JSONObject {
         do {
             let result = try await tools.invoke(
-                name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: key, onProgress: onProgress)
+                name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: key,
+                traceParent: trace.parent, traceState: trace.state, onProgress: onProgress)
             if let passthrough = result.mcpResult {
                 // An MCP upstream's answer goes to the agent as the upstream gave it.
                 return ["jsonrpc": "2.0", "id": id, "result": .object(passthrough)]

@@ -28,7 +28,8 @@ struct ToolRoutes {
             let arguments = fields["arguments"] ?? .object([:])
             let result = try await tools.invoke(
                 name, arguments: JSONWriter.bytes(arguments), caller: context.caller, requestID: context.requestID,
-                idempotencyKey: request.headers[HTTPField.Name("idempotency-key")!])
+                idempotencyKey: request.headers[HTTPField.Name("idempotency-key")!],
+                traceParent: request.headers[HTTPField.Name("traceparent")!], traceState: request.headers[HTTPField.Name("tracestate")!])
             return ModelRoutes.json([
                 "tool": .string(name), "status": .integer(Int64(result.status)), "is_error": .bool(result.isError), "result": result.content,
             ], requestID: context.requestID)

@@ -134,9 +134,12 @@ def test_calls_reach_both_transports_with_interlocks_credentials(mesh):
 
     assert anyio.run(with_session, mesh.base, PLANNER, planner) > 0
     # The HTTP upstream sees Interlock's bearer token and a scoped idempotency key in _meta.
-    seen = invoke(mesh.base, PLANNER, "search.seen", {}, **{"idempotency-key": "order-17"}).json()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen = invoke(mesh.base, PLANNER, "search.seen", {}, **{"idempotency-key": "order-17", "traceparent": traceparent}).json()
     answer = json.loads(seen["result"][0]["text"])
     assert answer["authorization"] == "Bearer search-upstream-secret-0001"
+    # Without a tracer of its own, Interlock passes the agent's trace context on in _meta.
+    assert answer["meta"]["traceparent"] == traceparent
     assert answer["meta"]["idempotencyKey"].startswith("ik_") and "order-17" not in answer["meta"]["idempotencyKey"]
     again = json.loads(invoke(mesh.base, PLANNER, "search.seen", {}, **{"idempotency-key": "order-17"}).json()["result"][0]["text"])
     assert again["meta"]["idempotencyKey"] == answer["meta"]["idempotencyKey"]
