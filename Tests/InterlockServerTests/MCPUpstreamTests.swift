@@ -1,0 +1,147 @@
+import FoundationEssentials
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import InterlockCore
+import InterlockRuntime
+import InterlockServer
+import NIOCore
+import Synchronization
+import Testing
+
+/// An MCP server over Streamable HTTP played by the test: sessions, SSE answers with progress
+/// for `tools/call`, and a record of who asked what on which session.
+final class FakeMCPServer: Sendable {
+    struct Seen: Sendable {
+        var method: String
+        var session: String?
+        var subject: String?
+    }
+
+    let seen = Mutex<[Seen]>([])
+    let deleted = Mutex<[String]>([])
+    let sessions = Mutex<Set<String>>([])
+
+    /// The `sub` of a bearer JWT (its payload, not verified: the test only reads who it names).
+    static func subject(_ authorization: String?) -> String? {
+        guard let token = authorization?.split(separator: " ").last, case let parts = token.split(separator: "."), parts.count == 3 else { return nil }
+        var payload = String(parts[1]).replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while payload.count % 4 != 0 { payload += "=" }
+        guard let data = Data(base64Encoded: payload) else { return nil }
+        return (try? JSONParser.parse(Array(data)))?["sub"]?.stringValue
+    }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.post("mcp") { request, _ -> Response in
+            var request = request
+            let body = try await request.collectBody(upTo: 1 << 20)
+            guard case .object(let message)? = try? JSONParser.parse(Array(body.readableBytesView)), let method = message["method"]?.stringValue else {
+                return Response(status: .badRequest)
+            }
+            let session = request.headers[HTTPField.Name("mcp-session-id")!]
+            self.seen.withLock { $0.append(Seen(method: method, session: session, subject: Self.subject(request.headers[.authorization]))) }
+            if method != "initialize", let session, !self.sessions.withLock({ $0.contains(session) }) { return Response(status: .notFound) }
+            guard let id = message["id"] else { return Response(status: .accepted) }
+            func answer(_ result: JSONValue) -> ByteBuffer {
+                ByteBuffer(bytes: JSONWriter.bytes(["jsonrpc": "2.0", "id": id, "result": result]))
+            }
+            switch method {
+            case "initialize":
+                let session = "session-\(UInt32.random(in: 0...UInt32.max))"
+                self.sessions.withLock { _ = $0.insert(session) }
+                return Response(
+                    status: .ok, headers: [.contentType: "application/json", HTTPField.Name("mcp-session-id")!: session],
+                    body: .init(byteBuffer: answer(["protocolVersion": "2025-06-18", "capabilities": ["tools": [:]], "serverInfo": ["name": "fake", "version": "1"]])))
+            case "tools/list":
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: answer(["tools": [[
+                    "name": "lookup", "description": "Looks a word up.",
+                    "inputSchema": ["type": "object", "properties": ["q": ["type": "string"]], "required": ["q"]],
+                ]]])))
+            default:
+                // An SSE answer: progress for the request's token, then the response.
+                var events = ""
+                if let token = message["params"]?["_meta"]?["progressToken"] {
+                    for step in [1, 2] {
+                        let note: JSONValue = ["jsonrpc": "2.0", "method": "notifications/progress", "params": ["progressToken": token, "progress": .integer(Int64(step)), "total": 2]]
+                        events += "event: message\ndata: \(JSONWriter.string(note))\n\n"
+                    }
+                }
+                let result: JSONValue = [
+                    "content": [["type": "text", "text": "found"]], "isError": false,
+                    "structuredContent": ["q": message["params"]?["arguments"]?["q"] ?? .null, "session": .string(session ?? "")],
+                ]
+                events += "event: message\ndata: \(JSONWriter.string(["jsonrpc": "2.0", "id": id, "result": result]))\n\n"
+                return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: .init(byteBuffer: ByteBuffer(string: events)))
+            }
+        }
+        router.delete("mcp") { request, _ -> Response in
+            if let session = request.headers[HTTPField.Name("mcp-session-id")!] {
+                self.deleted.withLock { $0.append(session) }
+                self.sessions.withLock { _ = $0.remove(session) }
+            }
+            return Response(status: .noContent)
+        }
+        return router
+    }
+}
+
+@Suite struct MCPUpstreamTests {
+    @Test func sseAnswersProgressSessionsAndOnBehalfOfIdentities() async throws {
+        let server = FakeMCPServer()
+        let upstream = Application(router: server.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let harness = try await Harness.make("""
+                tools:
+                  docs:
+                    type: mcp
+                    url: http://127.0.0.1:\(upstreamClient.port!)/mcp
+                    auth: { on_behalf_of: { audience: "https://docs.example.com" } }
+                    tools:
+                      lookup: { side_effects: read, idempotent: true }
+                agents:
+                  - { id: alpha, api_key: test-key-aaaaaaaaaaaa, tools: ["docs.*"] }
+                  - { id: beta, api_key: test-key-bbbbbbbbbbbb, tools: ["docs.*"] }
+                """)
+            let tools = try #require(harness.services.tools)
+            let app = Application(router: harness.router)
+            try await app.test(.router) { client in
+                try await client.execute(uri: "/v1/tools", method: .get, headers: auth("test-key-aaaaaaaaaaaa")) { response in
+                    let names = try JSONParser.parse(Array(response.body.readableBytesView))["data"]?.arrayValue?.compactMap { $0["name"]?.stringValue }
+                    #expect(names == ["docs.lookup"])
+                }
+                var sessions: [String: String] = [:]
+                for (agent, key) in [("alpha", "test-key-aaaaaaaaaaaa"), ("beta", "test-key-bbbbbbbbbbbb"), ("alpha", "test-key-aaaaaaaaaaaa")] {
+                    try await client.execute(
+                        uri: "/v1/tools/docs.lookup/invoke", method: .post, headers: auth(key), body: ByteBuffer(string: #"{"arguments":{"q":"mesh"}}"#)
+                    ) { response in
+                        let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                        #expect(response.status == .ok && body["result"]?["q"] == "mesh")
+                        let session = body["result"]?["session"]?.stringValue ?? ""
+                        #expect(sessions[agent].map { $0 == session } ?? true)
+                        sessions[agent] = session
+                    }
+                }
+                // Each identity has its own upstream session: the server bound it to whoever opened it.
+                #expect(sessions["alpha"] != sessions["beta"])
+            }
+            // Progress comes through (in order), with the SSE answer parsed.
+            let caller = try await harness.services.gateway.governor.authenticate(credential: "test-key-aaaaaaaaaaaa")
+            let progress = Mutex<[Double]>([])
+            let result = try await tools.invoke(
+                "docs.lookup", arguments: Array(#"{"q":"x"}"#.utf8), caller: caller, requestID: "req-progress", idempotencyKey: nil
+            ) { update in
+                progress.withLock { $0.append(update["progress"]?.doubleValue ?? -1) }
+            }
+            #expect(result.isError == false && progress.withLock { $0 } == [1, 2])
+            let seen = server.seen.withLock { $0 }
+            let subjects = Set(seen.filter { $0.method == "initialize" }.compactMap(\.subject))
+            #expect(subjects.count == 3 && subjects.contains("interlock"))
+            // Every request after initialize carries its session.
+            #expect(seen.filter { $0.method != "initialize" }.allSatisfy { $0.session != nil })
+            try await harness.close()
+            // Shutting down ends the sessions it opened.
+            #expect(server.deleted.withLock { $0.count } == 3)
+        }
+    }
+}
