@@ -3,7 +3,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import InterlockCore
-import InterlockRuntime
+@testable import InterlockRuntime
 import InterlockServer
 import NIOCore
 import Synchronization
@@ -143,5 +143,31 @@ final class FakeMCPServer: Sendable {
             // Shutting down ends the sessions it opened.
             #expect(server.deleted.withLock { $0.count } == 3)
         }
+    }
+}
+
+@Suite struct WakeSignalTests {
+    @Test func wakesEveryWaiterAndKeepsASignalNobodyWaitedFor() async throws {
+        let signal = WakeSignal()
+        let clock = ContinuousClock()
+        // Two waiters at once: one signal wakes both, well before their timeout.
+        let started = clock.now
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await signal.wait(upTo: .seconds(30)) }
+            group.addTask { await signal.wait(upTo: .seconds(30)) }
+            try? await Task.sleep(for: .milliseconds(100))
+            signal.signal()
+            await group.waitForAll()
+        }
+        #expect(clock.now - started < .seconds(10))
+        // A signal with nobody waiting is kept: the next wait returns at once.
+        signal.signal()
+        let kept = clock.now
+        await signal.wait(upTo: .seconds(30))
+        #expect(clock.now - kept < .seconds(10))
+        // Without a signal, the wait ends at its timeout.
+        let quiet = clock.now
+        await signal.wait(upTo: .milliseconds(50))
+        #expect(clock.now - quiet >= .milliseconds(50))
     }
 }

@@ -38,12 +38,17 @@ final class MCPStdioChannel: MCPChannel {
     private let secrets: [Secret?]
     /// Notifications not tied to a request (`notifications/tools/list_changed`).
     private let onServerNotification: @Sendable (JSONObject) -> Void
-    private let finished = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    /// Signalled once the process is gone.
+    private let ended = WakeSignal()
+    private let shutdownGraceMs: Int
     /// Signalled by `close()`: the process gets its grace period, then the signals.
     private let stopping = WakeSignal()
 
-    private init(maxMessageBytes: Int, logger: Logger, secrets: [Secret?], onServerNotification: @escaping @Sendable (JSONObject) -> Void) {
+    private init(
+        maxMessageBytes: Int, shutdownGraceMs: Int, logger: Logger, secrets: [Secret?], onServerNotification: @escaping @Sendable (JSONObject) -> Void
+    ) {
         self.maxMessageBytes = maxMessageBytes
+        self.shutdownGraceMs = shutdownGraceMs
         self.secrets = secrets
         self.logger = logger
         self.onServerNotification = onServerNotification
@@ -55,7 +60,8 @@ final class MCPStdioChannel: MCPChannel {
         onServerNotification: @escaping @Sendable (JSONObject) -> Void, onExit: @escaping @Sendable (MCPStdioChannel, String) -> Void
     ) -> MCPStdioChannel {
         let channel = MCPStdioChannel(
-            maxMessageBytes: maxMessageBytes, logger: logger, secrets: process.environment.values.map { $0 }, onServerNotification: onServerNotification)
+            maxMessageBytes: maxMessageBytes, shutdownGraceMs: process.shutdownGraceMs, logger: logger, secrets: process.environment.values.map { $0 },
+            onServerNotification: onServerNotification)
         let (outgoing, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
         channel.state.withLock { $0.outgoing = continuation }
         Task {
@@ -102,14 +108,8 @@ final class MCPStdioChannel: MCPChannel {
     func close() async {
         state.withLock { $0.outgoing?.finish() }
         stopping.signal()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let waiting = finished.withLock { waiters -> Bool in
-                guard waiters != nil else { return false }
-                waiters!.append(continuation)
-                return true
-            }
-            if !waiting { continuation.resume() }
-        }
+        // Bounded: a process that closed its stdout but lingers is not waited for forever.
+        await ended.wait(upTo: .milliseconds(2 * shutdownGraceMs + 1_000))
     }
 
     private func end(_ reason: String) {
@@ -120,7 +120,7 @@ final class MCPStdioChannel: MCPChannel {
             return state.waiters.values
         }
         for waiter in waiters { waiter.continuation.resume(throwing: MCPUpstreamError.unreachable(reason)) }
-        for continuation in finished.withLock({ waiters in defer { waiters = nil }; return waiters ?? [] }) { continuation.resume() }
+        ended.signal()
     }
 
     /// Runs the process until it exits; returns why it ended.

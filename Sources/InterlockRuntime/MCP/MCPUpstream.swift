@@ -214,17 +214,24 @@ final class MCPUpstream: Sendable {
     }
 }
 
-/// Wakes a waiting loop early (an upstream's process exited, its tools changed, a call failed).
+/// Wakes waiting tasks early (an upstream's process exited, its tools changed, a call
+/// failed). A signal with nobody waiting is kept for the next wait.
 final class WakeSignal: Sendable {
-    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private struct State {
+        var pending = false
+        var nextID = 0
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    }
+
+    private let state = Mutex(State())
 
     func signal() {
-        let waiter = state.withLock { state in
-            defer { state.waiter = nil }
-            if state.waiter == nil { state.pending = true }
-            return state.waiter
+        let waiters = state.withLock { state in
+            defer { state.waiters = [:] }
+            if state.waiters.isEmpty { state.pending = true }
+            return Array(state.waiters.values)
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Returns when signalled (or a signal came since the last wait), after `timeout`, or when
@@ -239,20 +246,26 @@ final class WakeSignal: Sendable {
     }
 
     private func next() async {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state -> Bool in
-                    if state.pending || Task.isCancelled {
+                    if state.pending {
                         state.pending = false
                         return true
                     }
-                    state.waiter = continuation
+                    // Cancelled before it began waiting: a signal stays for the next wait.
+                    if Task.isCancelled { return true }
+                    state.waiters[id] = continuation
                     return false
                 }
                 if resumeNow { continuation.resume() }
             }
         } onCancel: {
-            state.withLock { state in defer { state.waiter = nil }; return state.waiter }?.resume()
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
     }
 }
