@@ -35,4 +35,13 @@ import Testing
         var parser = ServerSentEventParser()
         #expect(parser.consume(event.encoded()) == [event])
     }
+
+    @Test func remembersTheLastEventIDAndRetryForResuming() {
+        var parser = ServerSentEventParser()
+        #expect(parser.consume(Array("id: e1\nretry: 250\ndata: \n\ndata: x\n\nretry: soon\nid: bad\u{0}id\n\n".utf8)) == [ServerSentEvent(data: ""), ServerSentEvent(data: "x")])
+        // The id carries over to later events; an id with NUL and a retry that is not digits are ignored.
+        #expect(parser.lastEventID == "e1" && parser.retryMs == 250)
+        _ = parser.consume(Array("id: e2\ndata: y\n\n".utf8))
+        #expect(parser.lastEventID == "e2")
+    }
 }

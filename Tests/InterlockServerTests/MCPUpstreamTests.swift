@@ -21,6 +21,9 @@ final class FakeMCPServer: Sendable {
     let seen = Mutex<[Seen]>([])
     let deleted = Mutex<[String]>([])
     let sessions = Mutex<Set<String>>([])
+    /// Calls whose answer waits for the client to resume the stream, by session.
+    let parked = Mutex<[String: JSONValue]>([:])
+    let resumed = Mutex(0)
 
     /// The `sub` of a bearer JWT (its payload, not verified: the test only reads who it names).
     static func subject(_ authorization: String?) -> String? {
@@ -59,6 +62,12 @@ final class FakeMCPServer: Sendable {
                     "inputSchema": ["type": "object", "properties": ["q": ["type": "string"]], "required": ["q"]],
                 ]]])))
             default:
+                if message["params"]?["arguments"]?["q"] == "resume" {
+                    // 2025-11-25 polling: a priming event with an id, then the stream closes; the
+                    // answer comes when the client resumes with GET and Last-Event-ID.
+                    self.parked.withLock { $0[session ?? ""] = id }
+                    return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: .init(byteBuffer: ByteBuffer(string: "id: prime-1\nretry: 10\ndata: \n\n")))
+                }
                 // An SSE answer: progress for the request's token, then the response.
                 var events = ""
                 if let token = message["params"]?["_meta"]?["progressToken"] {
@@ -74,6 +83,17 @@ final class FakeMCPServer: Sendable {
                 events += "event: message\ndata: \(JSONWriter.string(["jsonrpc": "2.0", "id": id, "result": result]))\n\n"
                 return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: .init(byteBuffer: ByteBuffer(string: events)))
             }
+        }
+        router.get("mcp") { request, _ -> Response in
+            let session = request.headers[HTTPField.Name("mcp-session-id")!] ?? ""
+            guard request.headers[HTTPField.Name("last-event-id")!] == "prime-1", let id = self.parked.withLock({ $0.removeValue(forKey: session) }) else {
+                return Response(status: .methodNotAllowed)
+            }
+            self.resumed.withLock { $0 += 1 }
+            let answer: JSONValue = ["jsonrpc": "2.0", "id": id, "result": ["content": [["type": "text", "text": "resumed"]], "structuredContent": ["resumed": true]]]
+            return Response(
+                status: .ok, headers: [.contentType: "text/event-stream"],
+                body: .init(byteBuffer: ByteBuffer(string: "id: prime-2\ndata: \(JSONWriter.string(answer))\n\n")))
         }
         router.delete("mcp") { request, _ -> Response in
             if let session = request.headers[HTTPField.Name("mcp-session-id")!] {
@@ -134,6 +154,9 @@ final class FakeMCPServer: Sendable {
                 progress.withLock { $0.append(update["progress"]?.doubleValue ?? -1) }
             }
             #expect(result.isError == false && progress.withLock { $0 } == [1, 2])
+            // A server that closes the stream after a priming event answers on the resumed GET.
+            let resumed = try await tools.invoke("docs.lookup", arguments: Array(#"{"q":"resume"}"#.utf8), caller: caller, requestID: "req-resume", idempotencyKey: nil)
+            #expect(resumed.content == ["resumed": true] && server.resumed.withLock { $0 } == 1)
             let seen = server.seen.withLock { $0 }
             let subjects = Set(seen.filter { $0.method == "initialize" }.compactMap(\.subject))
             #expect(subjects.count == 3 && subjects.contains("interlock"))

@@ -38,6 +38,11 @@ public struct ServerSentEventParser: Sendable {
     private var data: [UInt8] = []
     private var hasData = false
     private var lastWasCR = false
+    /// The last `id:` seen (it carries over to later events, per the SSE standard): what a
+    /// client sends as `Last-Event-ID` to resume a stream.
+    public private(set) var lastEventID: String?
+    /// The last `retry:` (milliseconds to wait before reconnecting).
+    public private(set) var retryMs: Int?
 
     public init() {}
 
@@ -79,6 +84,10 @@ public struct ServerSentEventParser: Sendable {
             hasData = true
         case "event":
             event = String(decoding: value, as: UTF8.self)
+        case "id" where !value.contains(0):
+            lastEventID = String(decoding: value, as: UTF8.self)
+        case "retry" where !value.isEmpty && value.allSatisfy({ (0x30...0x39).contains($0) }):
+            retryMs = Int(String(decoding: value, as: UTF8.self))
         default:
             break
         }

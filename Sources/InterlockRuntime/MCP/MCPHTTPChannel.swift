@@ -32,9 +32,11 @@ final class MCPHTTPChannel: MCPChannel {
         _ message: JSONObject, headers: [(String, String)], timeoutMs: Int, onNotification: @escaping @Sendable (JSONObject) -> Void
     ) async throws -> JSONObject {
         let id = message["id"] ?? .null
-        let response = try await post(message, headers: headers, timeoutMs: timeoutMs)
-        let contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
-        if contentType.hasPrefix("text/event-stream") {
+        var response = try await post(message, headers: headers, timeoutMs: timeoutMs)
+        var contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
+        var lastEventID: String?
+        var resumptions = 0
+        while contentType.hasPrefix("text/event-stream") {
             var parser = ServerSentEventParser()
             var received = 0
             do {
@@ -60,7 +62,19 @@ final class MCPHTTPChannel: MCPChannel {
                 // This answer broke off; the server itself may be fine.
                 throw MCPUpstreamError.protocolViolation("the answer stream broke: \(error)")
             }
-            throw MCPUpstreamError.protocolViolation("the server ended its event stream without answering request \(JSONWriter.string(id))")
+            // The stream ended without the answer. A server that gave its events ids may close
+            // the stream and expect the client to resume it (2025-11-25): GET with Last-Event-ID.
+            lastEventID = parser.lastEventID ?? lastEventID
+            guard let resumeFrom = lastEventID, resumptions < 10 else {
+                throw MCPUpstreamError.protocolViolation("the server ended its event stream without answering request \(JSONWriter.string(id))")
+            }
+            resumptions += 1
+            if let wait = parser.retryMs { try await Task.sleep(for: .milliseconds(min(wait, 5_000))) }
+            response = try await resume(from: resumeFrom, headers: headers, timeoutMs: timeoutMs)
+            contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
+            guard contentType.hasPrefix("text/event-stream") else {
+                throw MCPUpstreamError.protocolViolation("resuming the answer to request \(JSONWriter.string(id)) did not give an event stream")
+            }
         }
         let body: ByteBuffer
         do {
@@ -94,6 +108,31 @@ final class MCPHTTPChannel: MCPChannel {
         // Best effort: a server that keeps no sessions answers 405, one that is down does not answer.
         _ = try? await client.execute(request, timeout: .seconds(2))
         session.withLock { $0 = (nil, nil) }
+    }
+
+    /// Resumes an answer stream the server closed: GET with `Last-Event-ID`.
+    private func resume(from eventID: String, headers: [(String, String)], timeoutMs: Int) async throws -> HTTPClientResponse {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        request.headers.add(name: "accept", value: "text/event-stream")
+        request.headers.add(name: "last-event-id", value: eventID)
+        let (sessionID, version) = session.withLock { ($0.id, $0.version) }
+        if let sessionID { request.headers.add(name: "mcp-session-id", value: sessionID) }
+        if let version { request.headers.add(name: "mcp-protocol-version", value: version) }
+        for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(request, timeout: .milliseconds(Int64(timeoutMs)))
+        } catch is CancellationError {
+            throw MCPUpstreamError.cancelled
+        } catch {
+            throw MCPUpstreamError.protocolViolation("resuming the answer stream failed: \(error)")
+        }
+        guard response.status == .ok else {
+            _ = try? await response.body.collect(upTo: 64 * 1024)
+            throw MCPUpstreamError.protocolViolation("resuming the answer stream got HTTP \(response.status.code)")
+        }
+        return response
     }
 
     private func post(_ message: JSONObject, headers: [(String, String)], timeoutMs: Int) async throws -> HTTPClientResponse {
