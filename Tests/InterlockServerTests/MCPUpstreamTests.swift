@@ -70,6 +70,9 @@ final class FakeMCPServer: Sendable {
                 }
                 // An SSE answer: progress for the request's token, then the response.
                 var events = ""
+                if message["params"]?["arguments"]?["q"] == "changed" {
+                    events += "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n"
+                }
                 if let token = message["params"]?["_meta"]?["progressToken"] {
                     for step in [1, 2] {
                         let note: JSONValue = ["jsonrpc": "2.0", "method": "notifications/progress", "params": ["progressToken": token, "progress": .integer(Int64(step)), "total": 2]]
@@ -157,6 +160,13 @@ final class FakeMCPServer: Sendable {
             // A server that closes the stream after a priming event answers on the resumed GET.
             let resumed = try await tools.invoke("docs.lookup", arguments: Array(#"{"q":"resume"}"#.utf8), caller: caller, requestID: "req-resume", idempotencyKey: nil)
             #expect(resumed.content == ["resumed": true] && server.resumed.withLock { $0 } == 1)
+            // A list_changed notification inside an answer has the tools listed again.
+            let listings = server.seen.withLock { $0.filter { $0.method == "tools/list" }.count }
+            _ = try await tools.invoke("docs.lookup", arguments: Array(#"{"q":"changed"}"#.utf8), caller: caller, requestID: "req-changed", idempotencyKey: nil)
+            for _ in 0..<100 where server.seen.withLock({ $0.filter { $0.method == "tools/list" }.count }) == listings {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(server.seen.withLock { $0.filter { $0.method == "tools/list" }.count } > listings)
             let seen = server.seen.withLock { $0 }
             let subjects = Set(seen.filter { $0.method == "initialize" }.compactMap(\.subject))
             #expect(subjects.count == 3 && subjects.contains("interlock"))

@@ -85,9 +85,14 @@ final class MCPUpstream: Sendable {
             let answer: JSONObject
             do {
                 answer = try await withMCPTimeout(.milliseconds(timeoutMs)) {
-                    try await channel.request(message, headers: headers, timeoutMs: timeoutMs) { notification in
-                        if notification["method"]?.stringValue == "notifications/progress", let params = notification["params"]?.objectValue {
-                            onProgress?(params)
+                    try await channel.request(message, headers: headers, timeoutMs: timeoutMs) { [onChange = self.onChange] notification in
+                        switch notification["method"]?.stringValue {
+                        case "notifications/progress":
+                            if let params = notification["params"]?.objectValue { onProgress?(params) }
+                        case "notifications/tools/list_changed":
+                            onChange(nil)
+                        default:
+                            break
                         }
                     }
                 }
