@@ -71,6 +71,9 @@ public final class ToolGateway: Service, Sendable {
         var isDynamic: Bool { settings.kind == .mcp || settings.spec.map { if case .url = $0 { true } else { false } } == true }
         let mcp = Mutex<MCPUpstream?>(nil)
         let wake = WakeSignal()
+        /// Whether calls may take the event-loop path (off once the server answered in a way
+        /// only the async client handles, such as a stream to resume).
+        let loopEligible = Atomic<Bool>(true)
 
         /// Whether a 401 from the upstream is worth a new client-credentials token.
         var renewsTokens: Bool {
@@ -99,11 +102,11 @@ public final class ToolGateway: Service, Sendable {
     public let governor: CallGovernor
     private let sources: [Source]
     /// Every known tool, by name (a dynamic upstream's tools are replaced when it is listed).
-    private let tools = Mutex<[String: Tool]>([:])
+    let tools = Mutex<[String: Tool]>([:])
     private let client: HTTPClient
     private let store: any InterlockStore
     /// Approved definitions, by tool name; a tool whose pin has a pending change is quarantined.
-    private let pins: Mutex<[String: ToolPin]>
+    let pins: Mutex<[String: ToolPin]>
     private let retry: RetryPolicy
     private let capture: ToolGatewaySettings
     private let queue: AdmissionQueuePolicy
@@ -336,7 +339,7 @@ public final class ToolGateway: Service, Sendable {
     }
 
     /// The upstream's tools leave the catalogs until it answers again.
-    private func markUnavailable(_ source: Source, reason: String) {
+    func markUnavailable(_ source: Source, reason: String) {
         let now = governor.nowMs()
         let changed = source.health.withLock { health -> Bool in
             defer { health.reason = reason }
@@ -558,56 +561,113 @@ public final class ToolGateway: Service, Sendable {
             throw error
         }
         defer { source.inFlight.subtract(1, ordering: .relaxed) }
-        let span = startSpan("execute_tool \(name)", ofKind: .client)
+        let (span, trace) = beginSpan(name, tool: tool, caller: caller, traceParent: traceParent, traceState: traceState)
         defer { span.end() }
+        let result: ToolResult
+        do {
+            // The upstream sees one credential for every agent: an agent's own key is scoped to the
+            // agent and the tool, so one agent's key can never fetch another's stored answer.
+            let key = scopedIdempotencyKey(idempotencyKey, caller: caller, tool: name, requestID: requestID)
+            switch tool.binding {
+            case .rest(let operation):
+                result = try await send(tool, operation: operation, arguments: arguments, caller: caller, idempotencyKey: key, trace: trace)
+            case .mcp(let remote):
+                result = try await sendMCP(
+                    tool, remote: remote, arguments: arguments, caller: caller, idempotencyKey: key, trace: trace, onProgress: onProgress)
+            }
+        } catch let error as GatewayError {
+            throw settleFailure(error, admission: admission, span: span, source: source, arguments: bytes)
+        } catch {
+            governor.settle(admission, CallOutcome(outcome: .error, status: 500, errorCode: "internal_error"))
+            throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the tool call.")
+        }
+        return try settleResult(result, tool: tool, admission: admission, span: span, arguments: bytes).get()
+    }
+
+    /// The span of a tool call, and the trace context for its upstream (this span's, else
+    /// the agent's).
+    func beginSpan(_ name: String, tool: Tool, caller: Caller, traceParent: String?, traceState: String?) -> (any Span, [(String, String)]) {
+        let span = startSpan("execute_tool \(name)", ofKind: .client)
         span.attributes["gen_ai.operation.name"] = "execute_tool"
         span.attributes["gen_ai.tool.name"] = name
         span.attributes["gen_ai.tool.type"] = "function"
         span.attributes["interlock.agent.id"] = caller.agent.id
-        span.attributes["interlock.tools.namespace"] = source.settings.namespace
+        span.attributes["interlock.tools.namespace"] = tool.source.settings.namespace
         if case .mcp = tool.binding {
             span.attributes["mcp.method.name"] = "tools/call"
-            if case .stdio? = source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
+            if case .stdio? = tool.source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
         }
-        // Trace context for the upstream: this span, else what the agent sent.
         var carrier: [String: String] = [:]
         InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
         var trace: [(String, String)] = []
         if let value = carrier["traceparent"] ?? traceParent { trace.append(("traceparent", value)) }
         if let value = carrier["tracestate"] ?? traceState { trace.append(("tracestate", value)) }
-        let result: ToolResult
-        do {
-            // The upstream sees one credential for every agent: an agent's own key is scoped to the
-            // agent and the tool, so one agent's key can never fetch another's stored answer.
-            let key = idempotencyKey.map { "ik_" + AuditRecord.sha256Hex(Array("\(caller.agent.id)\n\(name)\n\($0)".utf8)).prefix(40) } ?? "\(requestID):\(name)"
-            switch tool.binding {
-            case .rest(let operation):
-                result = try await send(tool, operation: operation, arguments: arguments, caller: caller, idempotencyKey: String(key), trace: trace)
-            case .mcp(let remote):
-                result = try await sendMCP(
-                    tool, remote: remote, arguments: arguments, caller: caller, idempotencyKey: String(key), trace: trace, onProgress: onProgress)
-            }
-        } catch let error as GatewayError {
-            span.attributes["error.type"] = error.code
-            governor.settle(admission, CallOutcome(
-                outcome: .error, status: error.status, errorCode: error.code, capture: captured(source, arguments: bytes, result: nil)))
-            throw error
-        } catch {
-            governor.settle(admission, CallOutcome(outcome: .error, status: 500, errorCode: "internal_error"))
-            throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the tool call.")
-        }
+        return (span, trace)
+    }
+
+    /// The key the upstream sees: an agent's own key scoped to the agent and the tool (one
+    /// agent's key can never fetch another's stored answer), else one from the request id.
+    func scopedIdempotencyKey(_ key: String?, caller: Caller, tool: String, requestID: String) -> String {
+        key.map { "ik_" + String(AuditRecord.sha256Hex(Array("\(caller.agent.id)\n\(tool)\n\($0)".utf8)).prefix(40)) } ?? "\(requestID):\(tool)"
+    }
+
+    /// Settles a call that failed after admission; returns the error for the agent.
+    func settleFailure(_ error: GatewayError, admission: CallGovernor.Admission, span: any Span, source: Source, arguments: [UInt8]) -> GatewayError {
+        span.attributes["error.type"] = error.code
+        governor.settle(admission, CallOutcome(outcome: .error, status: error.status, errorCode: error.code, capture: captured(source, arguments: arguments, result: nil)))
+        return error
+    }
+
+    /// Settles a call the upstream answered: a REST 5xx (or other non-answer) is the agent's
+    /// 502; a refusal (4xx, MCP `isError`) is the tool's answer, for the agent to read.
+    func settleResult(
+        _ result: ToolResult, tool: Tool, admission: CallGovernor.Admission, span: any Span, arguments: [UInt8]
+    ) -> Result<ToolResult, GatewayError> {
+        let name = tool.definition.name
         if result.status >= 500 || result.status < 200 || (300..<400).contains(result.status) {
             span.attributes["error.type"] = "\(result.status)"
             governor.settle(admission, CallOutcome(attempts: result.attempts, outcome: .error, status: 502, errorCode: "tool_upstream_error"))
-            throw GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(name)' failed: its upstream answered \(result.status).", status: 502)
+            return .failure(GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(name)' failed: its upstream answered \(result.status).", status: 502))
         }
         if result.isError { span.attributes["error.type"] = "tool_error" }
         let answer = result.mcpResult.map(JSONValue.object) ?? result.content
         governor.settle(admission, CallOutcome(
             attempts: result.attempts, outcome: result.isError ? .error : .success, status: result.status,
             errorCode: result.isError ? "tool_refused" : nil, resultHash: AuditRecord.sha256Hex(JSONWriter.bytes(answer)),
-            capture: captured(source, arguments: bytes, result: answer)))
-        return result
+            capture: captured(tool.source, arguments: arguments, result: answer)))
+        return .success(result)
+    }
+
+    /// A tool's answer from an MCP JSON-RPC response message: its result, or, for an error
+    /// about the request itself (-32600/-32601/-32602), the refusal the agent reads.
+    func mcpResult(_ message: JSONObject, tool: Tool, source: Source, attempts: Int) throws(GatewayError) -> ToolResult {
+        if let error = message["error"] {
+            let code = Int(error["code"]?.int64Value ?? -32603)
+            guard let refusal = mcpRefusal(code: code, message: error["message"]?.stringValue ?? "", tool: tool, source: source, attempts: attempts) else {
+                throw GatewayError(kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server answered error \(code).", status: 502)
+            }
+            return refusal
+        }
+        guard case .object(let result)? = message["result"] else {
+            throw GatewayError(
+                kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server's answer was cut off or malformed.", status: 502)
+        }
+        return Self.toolResult(mcp: result, attempts: attempts)
+    }
+
+    static func toolResult(mcp answer: JSONObject, attempts: Int) -> ToolResult {
+        let isError = answer["isError"]?.boolValue == true
+        let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
+        return ToolResult(status: 200, content: content, mcpResult: answer, attempts: attempts, isError: isError)
+    }
+
+    /// The server refused the request (an argument it does not accept): the agent reads why.
+    func mcpRefusal(code: Int, message: String, tool: Tool, source: Source, attempts: Int) -> ToolResult? {
+        guard [-32600, -32601, -32602].contains(code) else { return nil }
+        let text = "Tool '\(tool.definition.name)' refused the call: \(SecretRedaction.redact(message, secrets: source.secrets))"
+        return ToolResult(
+            status: 200, content: .string(text), mcpResult: ["content": [["type": "text", "text": .string(text)]], "isError": true],
+            attempts: attempts, isError: true)
     }
 
     /// With `tool_gateway.capture: full`, the arguments and the answer for the audit record
@@ -632,7 +692,7 @@ public final class ToolGateway: Service, Sendable {
     /// An MCP `tools/call`, retried (only for idempotent tools) when the upstream could not be
     /// reached or timed out; the idempotency key (`_meta.idempotencyKey`) is the same on every
     /// attempt. A JSON-RPC error about the request itself comes back as the tool's refusal.
-    private func sendMCP(
+    func sendMCP(
         _ tool: Tool, remote: String, arguments: JSONObject, caller: Caller, idempotencyKey: String, trace: [(String, String)],
         onProgress: (@Sendable (JSONObject) -> Void)?
     ) async throws -> ToolResult {
@@ -662,15 +722,9 @@ public final class ToolGateway: Service, Sendable {
                 let answer = try await upstream.callTool(
                     remote, arguments: arguments, meta: meta, headers: headers,
                     sessionKey: sessionKey(source, caller: caller), onProgress: forward)
-                let isError = answer["isError"]?.boolValue == true
-                let content = (isError ? nil : answer["structuredContent"]) ?? answer["content"] ?? .array([])
-                return ToolResult(status: 200, content: content, mcpResult: answer, attempts: attempt, isError: isError)
-            } catch MCPUpstreamError.rpc(let code, let message) where [-32600, -32601, -32602].contains(code) {
-                // The server refused the request (an argument it does not accept): the agent reads why.
-                let text = "Tool '\(tool.definition.name)' refused the call: \(SecretRedaction.redact(message, secrets: source.secrets))"
-                return ToolResult(
-                    status: 200, content: .string(text), mcpResult: ["content": [["type": "text", "text": .string(text)]], "isError": true],
-                    attempts: attempt, isError: true)
+                return Self.toolResult(mcp: answer, attempts: attempt)
+            } catch MCPUpstreamError.rpc(let code, let message) where mcpRefusal(code: code, message: message, tool: tool, source: source, attempts: attempt) != nil {
+                return mcpRefusal(code: code, message: message, tool: tool, source: source, attempts: attempt)!
             } catch MCPUpstreamError.rpc(let code, _) {
                 failure = GatewayError(
                     kind: .upstream, code: "tool_upstream_error", message: "Tool '\(tool.definition.name)' failed: its server answered error \(code).", status: 502)

@@ -7,17 +7,27 @@ public import NIOCore
 import NIOHTTP1
 public import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import Synchronization
 
 /// What the event-loop path needs: the gateway, the loop-owned upstream client, the body limit.
 public struct EventLoopPath: Sendable {
     public let gateway: ModelGateway
     public let client: LoopHTTPClient
     public let maxBodyBytes: Int
+    /// Tool calls (`/mcp` `tools/call`, `/v1/tools/{name}/invoke`) to Streamable HTTP MCP upstreams.
+    let tools: ToolGateway?
+    let mcpSessions: MCPSessions?
 
     public init(gateway: ModelGateway, client: LoopHTTPClient, maxBodyBytes: Int) {
+        self.init(gateway: gateway, client: client, maxBodyBytes: maxBodyBytes, tools: nil, mcpSessions: nil)
+    }
+
+    init(gateway: ModelGateway, client: LoopHTTPClient, maxBodyBytes: Int, tools: ToolGateway?, mcpSessions: MCPSessions?) {
         self.gateway = gateway
         self.client = client
         self.maxBodyBytes = maxBodyBytes
+        self.tools = tools
+        self.mcpSessions = mcpSessions
     }
 }
 
@@ -79,9 +89,11 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private struct Route {
-        var format: WireFormat
-        var operation: ModelOperation
+    private enum Route {
+        case model(format: WireFormat, operation: ModelOperation)
+        /// `POST /mcp`: taken when it is a `tools/call` the loop can serve.
+        case mcp
+        case toolInvoke(String)
     }
 
     private enum Mode {
@@ -136,7 +148,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch (mode, part) {
         case (.idle, .head(let head)):
-            if routerResponsesPending == 0, let route = Self.route(head), !Self.declaresLargerBody(head, than: path.maxBodyBytes) {
+            if routerResponsesPending == 0, let route = route(head), !Self.declaresLargerBody(head, than: path.maxBodyBytes) {
                 mode = .collecting(head, ByteBuffer(), route)
             } else {
                 routerResponsesPending += 1
@@ -213,14 +225,19 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     // MARK: The call
 
-    private static func route(_ head: HTTPRequestHead) -> Route? {
+    private func route(_ head: HTTPRequestHead) -> Route? {
         guard head.method == .POST, !head.headers.contains(name: "expect") else { return nil }
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        switch path {
-        case "/v1/chat/completions": return Route(format: .openAI, operation: .chat)
-        case "/v1/embeddings": return Route(format: .openAI, operation: .embeddings)
-        case "/v1/messages": return Route(format: .anthropic, operation: .chat)
-        default: return nil
+        let uri = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        switch uri {
+        case "/v1/chat/completions": return .model(format: .openAI, operation: .chat)
+        case "/v1/embeddings": return .model(format: .openAI, operation: .embeddings)
+        case "/v1/messages": return .model(format: .anthropic, operation: .chat)
+        case "/mcp" where path.tools != nil && path.mcpSessions != nil: return .mcp
+        default:
+            guard path.tools != nil, uri.hasPrefix("/v1/tools/"), uri.hasSuffix("/invoke") else { return nil }
+            let name = uri.dropFirst("/v1/tools/".count).dropLast("/invoke".count)
+            guard !name.isEmpty, !name.contains("/"), !name.contains("%") else { return nil }
+            return .toolInvoke(String(name))
         }
     }
 
@@ -240,6 +257,15 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func start(head: HTTPRequestHead, body: ByteBuffer, route: Route, context: ChannelHandlerContext) {
+        switch route {
+        case .model(let format, let operation):
+            startModel(head: head, body: body, format: format, operation: operation, context: context)
+        case .mcp, .toolInvoke:
+            startTool(head: head, body: body, route: route, context: context)
+        }
+    }
+
+    private func startModel(head: HTTPRequestHead, body: ByteBuffer, format: WireFormat, operation: ModelOperation, context: ChannelHandlerContext) {
         mode = .idle
         let gateway = path.gateway
         let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
@@ -248,7 +274,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             try RunReference.fromHeaders(runID: head.headers.first(name: "x-interlock-run-id"), parentRunID: head.headers.first(name: "x-interlock-parent-run-id"))
         }
         guard var caller = try? gateway.governor.authenticate(apiKey: key, audited: false), case .success(let run) = run,
-            let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: route.format, operation: route.operation)
+            let request = try? ModelRequest.parse(body: Array(body.readableBytesView), format: format, operation: operation)
         else {
             forward(head: head, body: body, end: true, context: context)
             return
@@ -258,7 +284,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         let decision = gateway.startOnLoop(
             request, caller: caller, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),
             traceState: head.headers.first(name: "tracestate"), maxResponseBytes: Int.max)
-        let dialect: ErrorDialect = route.format == .anthropic ? .anthropic : .openAI
+        let dialect: ErrorDialect = format == .anthropic ? .anthropic : .openAI
         mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
         switch decision {
         case .declined:
@@ -280,6 +306,117 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         case .continueAsync(let continuation):
             continueAsync(continuation, dialect: dialect, requestID: requestID, context: context)
+        }
+    }
+
+    /// A tool call on the loop: the request must be one the async route would accept as it
+    /// is (authenticated, a live MCP session of this agent, a plain `tools/call`); anything
+    /// else goes to the router untouched, which answers or refuses it.
+    private func startTool(head: HTTPRequestHead, body: ByteBuffer, route: Route, context: ChannelHandlerContext) {
+        mode = .idle
+        guard let tools = path.tools else { return forward(head: head, body: body, end: true, context: context) }
+        let key = AgentAuthenticationMiddleware.apiKey(authorization: head.headers.first(name: "authorization"), xAPIKey: head.headers.first(name: "x-api-key"))
+        let run = Result { () throws(GatewayError) in
+            try RunReference.fromHeaders(runID: head.headers.first(name: "x-interlock-run-id"), parentRunID: head.headers.first(name: "x-interlock-parent-run-id"))
+        }
+        guard var caller = try? path.gateway.governor.authenticate(apiKey: key, audited: false), case .success(let runReference) = run,
+            case .object(let message)? = try? JSONParser.parse(Array(body.readableBytesView))
+        else { return forward(head: head, body: body, end: true, context: context) }
+        caller.run = runReference
+        let name: String
+        let arguments: JSONValue
+        var idempotencyKey = head.headers.first(name: "idempotency-key")
+        var traceParent = head.headers.first(name: "traceparent")
+        var traceState = head.headers.first(name: "tracestate")
+        var rpc: (id: JSONValue, session: String)?
+        switch route {
+        case .mcp:
+            let accept = head.headers.first(name: "accept")?.lowercased() ?? ""
+            let version = head.headers.first(name: "mcp-protocol-version")
+            guard let sessions = path.mcpSessions, head.headers.first(name: "origin") == nil,
+                accept.contains("application/json") || accept.contains("*/*"), version.map(MCPRoutes.supportedVersions.contains) ?? true,
+                let session = head.headers.first(name: "mcp-session-id"), message["jsonrpc"] == "2.0", message["method"] == "tools/call",
+                let id = message["id"], id.stringValue != nil || id.int64Value != nil, case .object(let params)? = message["params"],
+                let tool = params["name"]?.stringValue, params["_meta"]?["progressToken"] == nil,
+                sessions.touch(session, agentID: caller.agent.id)
+            else { return forward(head: head, body: body, end: true, context: context) }
+            name = tool
+            arguments = params["arguments"] ?? .object([:])
+            idempotencyKey = params["_meta"]?["idempotencyKey"]?.stringValue ?? idempotencyKey
+            traceParent = params["_meta"]?["traceparent"]?.stringValue ?? traceParent
+            traceState = params["_meta"]?["tracestate"]?.stringValue ?? traceState
+            rpc = (id, session)
+        case .toolInvoke(let tool):
+            guard message.keys.allSatisfy({ $0 == "arguments" }) else { return forward(head: head, body: body, end: true, context: context) }
+            name = tool
+            arguments = message["arguments"] ?? .object([:])
+        case .model:
+            return forward(head: head, body: body, end: true, context: context)
+        }
+        let requestID = RequestIDGenerator.next()
+        let start = tools.startOnLoop(
+            name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: idempotencyKey,
+            traceParent: traceParent, traceState: traceState)
+        mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
+        switch start {
+        case .declined:
+            mode = .idle
+            forward(head: head, body: body, end: true, context: context)
+        case .refused(let error):
+            respondTool(.failure(error), name: name, rpcID: rpc?.id, requestID: requestID, servedBy: "event-loop", context: context)
+        case .send(let attempt):
+            // The agent may cancel it on its session: the upstream is told, the agent gets -32800.
+            let cancelled = CancelledFlag()
+            if let rpc, let sessions = path.mcpSessions {
+                sessions.track(session: rpc.session, request: rpc.id) {
+                    cancelled.set()
+                    tools.cancelOnLoop(attempt, reason: "the caller cancelled")
+                }
+            }
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let sessions = path.mcpSessions
+            let rpc = rpc
+            path.client.post(
+                on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout,
+                maxResponseBytes: attempt.maxResponseBytes
+            ).whenComplete { result in
+                let (handler, context) = loopBound.value
+                let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
+                func finish(_ outcome: Result<ToolGateway.ToolResult, GatewayError>, servedBy: String) {
+                    if let rpc { sessions?.untrack(session: rpc.session, request: rpc.id) }
+                    let outcome = cancelled.isSet
+                        ? .failure(GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)) : outcome
+                    handler.respondTool(outcome, name: name, rpcID: rpc?.id, requestID: requestID, servedBy: servedBy, context: context)
+                }
+                switch tools.finishOnLoop(attempt, answer) {
+                case .done(let outcome):
+                    finish(outcome, servedBy: "event-loop")
+                case .continueAsync(let attempt):
+                    let promise = context.eventLoop.makePromise(of: Result<ToolGateway.ToolResult, GatewayError>.self)
+                    promise.completeWithTask { await tools.continueAsync(attempt) }
+                    promise.futureResult.whenSuccess { outcome in finish(outcome, servedBy: "event-loop,async") }
+                }
+            }
+        }
+    }
+
+    /// A tool call's answer in its route's shape: JSON-RPC for `/mcp`, the invoke body or an
+    /// OpenAI-shaped error for `/v1/tools/{name}/invoke`.
+    private func respondTool(
+        _ outcome: Result<ToolGateway.ToolResult, GatewayError>, name: String, rpcID: JSONValue?, requestID: String, servedBy: String,
+        context: ChannelHandlerContext
+    ) {
+        let headers = [("content-type", "application/json"), ("x-request-id", requestID), ("x-interlock-path", servedBy)]
+        if let rpcID {
+            let message = MCPRoutes.message(id: rpcID, name: name, outcome: outcome)
+            write(status: .ok, headers: headers, body: ByteBuffer(bytes: JSONWriter.bytes(.object(message))), context: context)
+            return
+        }
+        switch outcome {
+        case .success(let result):
+            write(status: .ok, headers: headers, body: ByteBuffer(bytes: JSONWriter.bytes(ToolRoutes.answer(name: name, result: result))), context: context)
+        case .failure(let error):
+            respond(error: error, dialect: .openAI, requestID: requestID, context: context)
         }
     }
 
@@ -504,4 +641,11 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         quiescePending = false
         context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
     }
+}
+
+/// Set once, from any thread: a loop call its agent cancelled.
+private final class CancelledFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .relaxed) }
+    var isSet: Bool { flag.load(ordering: .relaxed) }
 }

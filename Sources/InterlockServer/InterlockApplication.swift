@@ -22,6 +22,8 @@ public struct InterlockServices: Sendable {
     public var loopClient: LoopHTTPClient?
     /// Tool calls; nil when no tools are configured.
     public var tools: ToolGateway?
+    /// MCP sessions of `/mcp`, shared by the router and the event-loop path.
+    let mcpSessions: MCPSessions
 
     public init(
         configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry,
@@ -34,6 +36,9 @@ public struct InterlockServices: Sendable {
         self.ledger = ledger
         self.metrics = metrics
         self.loopClient = loopClient
+        let mcp = configuration.mcp
+        self.mcpSessions = MCPSessions(
+            maxSessions: mcp.maxSessions, maxPerAgent: mcp.maxSessionsPerAgent, idleTimeout: .seconds(mcp.sessionIdleTimeoutSeconds))
     }
 }
 
@@ -89,13 +94,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         let mcp = router.group("mcp")
             .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
             .group(context: AgentRequestContext.self)
-        let settings = services.configuration.mcp
-        MCPRoutes(
-            tools: tools,
-            sessions: MCPSessions(
-                maxSessions: settings.maxSessions, maxPerAgent: settings.maxSessionsPerAgent, idleTimeout: .seconds(settings.sessionIdleTimeoutSeconds)),
-            maxBodyBytes: services.configuration.server.maxBodyBytes
-        ).addRoutes(to: mcp)
+        MCPRoutes(tools: tools, sessions: services.mcpSessions, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: mcp)
     }
     return router
 }
@@ -119,7 +118,9 @@ extension HTTPServerBuilder {
     /// is set). The loop client must use the server's event loop group.
     public static func interlock(_ services: InterlockServices) -> HTTPServerBuilder {
         let path = services.loopClient.map {
-            EventLoopPath(gateway: services.gateway, client: $0, maxBodyBytes: services.configuration.server.maxBodyBytes)
+            EventLoopPath(
+                gateway: services.gateway, client: $0, maxBodyBytes: services.configuration.server.maxBodyBytes, tools: services.tools,
+                mcpSessions: services.mcpSessions)
         }
         let maxHeaderBytes = services.configuration.server.maxHeaderBytes
         return HTTPServerBuilder { responder in InterlockHTTP1Channel(responder: responder, path: path, maxHeaderBytes: maxHeaderBytes) }

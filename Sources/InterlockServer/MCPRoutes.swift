@@ -210,10 +210,21 @@ struct MCPRoutes {
         id: JSONValue, name: String, arguments: JSONValue, key: String?, trace: (parent: String?, state: String?), tools: ToolGateway, caller: Caller,
         requestID: String, onProgress: (@Sendable (JSONObject) -> Void)?
     ) async -> JSONObject {
+        let outcome: Result<ToolGateway.ToolResult, GatewayError>
         do {
-            let result = try await tools.invoke(
+            outcome = .success(try await tools.invoke(
                 name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: key,
-                traceParent: trace.parent, traceState: trace.state, onProgress: onProgress)
+                traceParent: trace.parent, traceState: trace.state, onProgress: onProgress))
+        } catch {
+            outcome = .failure(error)
+        }
+        return message(id: id, name: name, outcome: outcome)
+    }
+
+    /// The JSON-RPC answer for a tool call's outcome (both paths use it).
+    static func message(id: JSONValue, name: String, outcome: Result<ToolGateway.ToolResult, GatewayError>) -> JSONObject {
+        switch outcome {
+        case .success(let result):
             if let passthrough = result.mcpResult {
                 // An MCP upstream's answer goes to the agent as the upstream gave it.
                 return ["jsonrpc": "2.0", "id": id, "result": .object(passthrough)]
@@ -224,7 +235,7 @@ struct MCPRoutes {
             ]
             if !result.isError, case .object = result.content { answer["structuredContent"] = result.content }
             return ["jsonrpc": "2.0", "id": id, "result": .object(answer)]
-        } catch {
+        case .failure(let error):
             func failure(_ code: Int, _ message: String, data: JSONValue? = nil) -> JSONObject {
                 var error: JSONObject = ["code": .integer(Int64(code)), "message": .string(message)]
                 if let data { error["data"] = data }

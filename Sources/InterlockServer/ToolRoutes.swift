@@ -30,9 +30,12 @@ struct ToolRoutes {
                 name, arguments: JSONWriter.bytes(arguments), caller: context.caller, requestID: context.requestID,
                 idempotencyKey: request.headers[HTTPField.Name("idempotency-key")!],
                 traceParent: request.headers[HTTPField.Name("traceparent")!], traceState: request.headers[HTTPField.Name("tracestate")!])
-            return ModelRoutes.json([
-                "tool": .string(name), "status": .integer(Int64(result.status)), "is_error": .bool(result.isError), "result": result.content,
-            ], requestID: context.requestID)
+            return ModelRoutes.json(Self.answer(name: name, result: result), requestID: context.requestID)
         }
+    }
+
+    /// The body of a successful `invoke` (both paths).
+    static func answer(name: String, result: ToolGateway.ToolResult) -> JSONValue {
+        ["tool": .string(name), "status": .integer(Int64(result.status)), "is_error": .bool(result.isError), "result": result.content]
     }
 }

@@ -16,6 +16,7 @@ final class FakeMCPServer: Sendable {
         var method: String
         var session: String?
         var subject: String?
+        var authorization: String?
     }
 
     let seen = Mutex<[Seen]>([])
@@ -43,7 +44,9 @@ final class FakeMCPServer: Sendable {
                 return Response(status: .badRequest)
             }
             let session = request.headers[HTTPField.Name("mcp-session-id")!]
-            self.seen.withLock { $0.append(Seen(method: method, session: session, subject: Self.subject(request.headers[.authorization]))) }
+            self.seen.withLock {
+                $0.append(Seen(method: method, session: session, subject: Self.subject(request.headers[.authorization]), authorization: request.headers[.authorization]))
+            }
             if method != "initialize", let session, !self.sessions.withLock({ $0.contains(session) }) { return Response(status: .notFound) }
             guard let id = message["id"] else { return Response(status: .accepted) }
             func answer(_ result: JSONValue) -> ByteBuffer {
@@ -188,7 +191,7 @@ final class FakeMCPServer: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await signal.wait(upTo: .seconds(30)) }
             group.addTask { await signal.wait(upTo: .seconds(30)) }
-            try? await Task.sleep(for: .milliseconds(100))
+            while signal.waiting < 2 { try? await Task.sleep(for: .milliseconds(5)) }
             signal.signal()
             await group.waitForAll()
         }
@@ -202,5 +205,58 @@ final class FakeMCPServer: Sendable {
         let quiet = clock.now
         await signal.wait(upTo: .milliseconds(50))
         #expect(clock.now - quiet >= .milliseconds(50))
+    }
+}
+
+@Suite struct ToolEventLoopPathTests {
+    @Test func plainToolCallsRunOnTheEventLoopAndTheRestOnTheRouter() async throws {
+        let server = FakeMCPServer()
+        let upstream = Application(router: server.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { upstreamClient in
+            let harness = try await Harness.make("""
+                tools:
+                  docs:
+                    type: mcp
+                    url: http://127.0.0.1:\(upstreamClient.port!)/mcp
+                    auth: { bearer: docs-upstream-token-01 }
+                agents:
+                  - { id: alpha, api_key: test-key-aaaaaaaaaaaa, tools: ["docs.*"] }
+                """)
+            try await harness.application().test(.live) { client in
+                var headers = auth("test-key-aaaaaaaaaaaa")
+                headers[.accept] = "application/json, text/event-stream"
+                headers[.contentType] = "application/json"
+                let initialize = try await client.execute(
+                    uri: "/mcp", method: .post, headers: headers,
+                    body: ByteBuffer(string: #"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#))
+                headers[HTTPField.Name("mcp-session-id")!] = try #require(initialize.headers[HTTPField.Name("mcp-session-id")!])
+                func call(_ body: String, uri: String = "/mcp") async throws -> (path: String?, body: JSONValue) {
+                    let response = try await client.execute(uri: uri, method: .post, headers: headers, body: ByteBuffer(string: body))
+                    return (response.headers[HTTPField.Name("x-interlock-path")!], try JSONParser.parse(Array(response.body.readableBytesView)))
+                }
+                // A plain tools/call: on the loop, over the upstream's session, with Interlock's credential.
+                let plain = try await call(#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"docs.lookup","arguments":{"q":"mesh"}}}"#)
+                #expect(plain.path == "event-loop" && plain.body["id"] == 2 && plain.body["result"]?["structuredContent"]?["q"] == "mesh")
+                let invoked = try await call(#"{"arguments":{"q":"rest"}}"#, uri: "/v1/tools/docs.lookup/invoke")
+                #expect(invoked.path == "event-loop" && invoked.body["result"]?["q"] == "rest")
+                // Invalid arguments, progress and unknown tools are the router's: the same answers as ever.
+                let invalid = try await call(#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"docs.lookup","arguments":{"q":5}}}"#)
+                #expect(invalid.path == nil && invalid.body["error"]?["code"] == -32602)
+                let progress = try await client.execute(
+                    uri: "/mcp", method: .post, headers: headers,
+                    body: ByteBuffer(string: #"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"docs.lookup","arguments":{"q":"p"},"_meta":{"progressToken":"t"}}}"#))
+                #expect(progress.headers[HTTPField.Name("x-interlock-path")!] == nil && progress.headers[.contentType] == "text/event-stream")
+                // The upstream forgot the session: the loop hands the call to the async path, which opens another.
+                server.sessions.withLock { $0.removeAll() }
+                let renewed = try await call(#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"docs.lookup","arguments":{"q":"again"}}}"#)
+                #expect(renewed.path == "event-loop,async" && renewed.body["result"]?["structuredContent"]?["q"] == "again")
+            }
+            // Every call went to the upstream with Interlock's credential, never the agent's.
+            #expect(server.seen.withLock { $0 }.allSatisfy { $0.authorization == "Bearer docs-upstream-token-01" })
+            await harness.services.gateway.governor.audit?.writer.flush()
+            let records = try await harness.services.store.auditRecords(afterPosition: 0, limit: 100).records.filter { $0.action == "tool.call" }
+            #expect(records.filter { $0.decision == "allow" && $0.resultHash != nil }.count == 4)
+            try await harness.close()
+        }
     }
 }

@@ -64,7 +64,7 @@ class Upstreams:
             if health["search"]["status"] == health["files"]["status"] == "available":
                 break
             time.sleep(0.2)
-        assert health["search"]["status"] == health["files"]["status"] == "available", health
+        assert health["search"]["status"] == health["files"]["status"] == "available", (health["search"], health["files"])
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,10 @@ def test_calls_reach_both_transports_with_interlocks_credentials(mesh):
         return pid.structured_content["result"]
 
     assert anyio.run(with_session, mesh.base, PLANNER, planner) > 0
+    # A plain call to the HTTP upstream runs on the event loop; the stdio one on the async path.
+    fast = invoke(mesh.base, PLANNER, "search.add", {"a": 1, "b": 2})
+    assert fast.headers.get("x-interlock-path") == "event-loop" and fast.json()["result"] == {"result": 3}
+    assert "x-interlock-path" not in invoke(mesh.base, PLANNER, "files.pid", {}).headers
     # The HTTP upstream sees Interlock's bearer token and a scoped idempotency key in _meta.
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     seen = invoke(mesh.base, PLANNER, "search.seen", {}, **{"idempotency-key": "order-17", "traceparent": traceparent}).json()

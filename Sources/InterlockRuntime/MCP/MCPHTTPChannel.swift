@@ -24,6 +24,13 @@ final class MCPHTTPChannel: MCPChannel {
         self.maxResponseBytes = maxResponseBytes
     }
 
+    var endpoint: String { url }
+
+    /// The session id and negotiated version (nil before `initialize`).
+    var sessionState: (id: String?, version: String?) {
+        session.withLock { ($0.id, $0.version) }
+    }
+
     func negotiated(version: String) {
         session.withLock { $0.version = version }
     }
@@ -143,7 +150,8 @@ final class MCPHTTPChannel: MCPChannel {
         let (sessionID, version) = session.withLock { ($0.id, $0.version) }
         if let sessionID { request.headers.add(name: "mcp-session-id", value: sessionID) }
         if let version { request.headers.add(name: "mcp-protocol-version", value: version) }
-        for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+        // No headers given (a cancellation sent for another path): the last credential.
+        for (name, value) in headers.isEmpty ? lastHeaders.withLock({ $0 }) : headers { request.headers.replaceOrAdd(name: name, value: value) }
         if !headers.isEmpty { lastHeaders.withLock { $0 = headers } }
         request.body = .bytes(JSONWriter.bytes(.object(message)))
         let response: HTTPClientResponse

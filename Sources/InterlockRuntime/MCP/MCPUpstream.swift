@@ -57,6 +57,27 @@ final class MCPUpstream: Sendable {
             sessionKey: sessionKey, timeoutMs: settings.timeoutMs, onProgress: onProgress)
     }
 
+    /// The shared HTTP session, if one is open: what the event-loop path needs to send a
+    /// request on it itself.
+    func currentHTTPSession() -> (url: String, id: String?, version: String?)? {
+        guard let channel = channels.withLock({ $0[""]?.channel }) as? MCPHTTPChannel else { return nil }
+        let state = channel.sessionState
+        return (channel.endpoint, state.id, state.version)
+    }
+
+    /// A request id no other request on this upstream uses.
+    func nextRequestID() -> JSONValue {
+        .integer(Int64(nextID.add(1, ordering: .relaxed).newValue))
+    }
+
+    /// `notifications/cancelled` for a request sent on the shared session (best effort).
+    func notifyCancelled(_ id: JSONValue, reason: String) async {
+        guard let channel = channels.withLock({ $0[""]?.channel }) else { return }
+        try? await withMCPTimeout(.seconds(2)) {
+            try await channel.notify(["jsonrpc": "2.0", "method": "notifications/cancelled", "params": ["requestId": id, "reason": .string(reason)]], headers: [])
+        }
+    }
+
     /// Ends the session or stops the process; the upstream is not used again.
     func stop() async {
         stopped.store(true, ordering: .relaxed)
@@ -229,6 +250,9 @@ final class WakeSignal: Sendable {
     }
 
     private let state = Mutex(State())
+
+    /// Tasks waiting now (tests).
+    var waiting: Int { state.withLock { $0.waiters.count } }
 
     func signal() {
         let waiters = state.withLock { state in
