@@ -374,7 +374,6 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
             }
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            let sessions = path.mcpSessions
             let rpc = rpc
             path.client.post(
                 on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout,
@@ -382,22 +381,30 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             ).whenComplete { result in
                 let (handler, context) = loopBound.value
                 let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
-                func finish(_ outcome: Result<ToolGateway.ToolResult, GatewayError>, servedBy: String) {
-                    if let rpc { sessions?.untrack(session: rpc.session, request: rpc.id) }
-                    let outcome = cancelled.isSet
-                        ? .failure(GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)) : outcome
-                    handler.respondTool(outcome, name: name, rpcID: rpc?.id, requestID: requestID, servedBy: servedBy, context: context)
-                }
                 switch tools.finishOnLoop(attempt, answer) {
                 case .done(let outcome):
-                    finish(outcome, servedBy: "event-loop")
+                    handler.finishTool(outcome, name: name, rpc: rpc, cancelled: cancelled, requestID: requestID, servedBy: "event-loop", context: context)
                 case .continueAsync(let attempt):
                     let promise = context.eventLoop.makePromise(of: Result<ToolGateway.ToolResult, GatewayError>.self)
                     promise.completeWithTask { await tools.continueAsync(attempt) }
-                    promise.futureResult.whenSuccess { outcome in finish(outcome, servedBy: "event-loop,async") }
+                    promise.futureResult.whenSuccess { outcome in
+                        let (handler, context) = loopBound.value
+                        handler.finishTool(outcome, name: name, rpc: rpc, cancelled: cancelled, requestID: requestID, servedBy: "event-loop,async", context: context)
+                    }
                 }
             }
         }
+    }
+
+    /// Answers a loop tool call: the agent gets -32800 if it cancelled meanwhile.
+    private func finishTool(
+        _ outcome: Result<ToolGateway.ToolResult, GatewayError>, name: String, rpc: (id: JSONValue, session: String)?, cancelled: CancelledFlag,
+        requestID: String, servedBy: String, context: ChannelHandlerContext
+    ) {
+        if let rpc { path.mcpSessions?.untrack(session: rpc.session, request: rpc.id) }
+        let outcome = cancelled.isSet
+            ? .failure(GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled.", status: 499)) : outcome
+        respondTool(outcome, name: name, rpcID: rpc?.id, requestID: requestID, servedBy: servedBy, context: context)
     }
 
     /// A tool call's answer in its route's shape: JSON-RPC for `/mcp`, the invoke body or an

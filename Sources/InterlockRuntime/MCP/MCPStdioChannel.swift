@@ -1,18 +1,27 @@
 import FoundationEssentials
 import InterlockCore
 import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
 import Subprocess
 import Synchronization
 
 #if canImport(System)
 import System
+typealias PipeEnd = System.FileDescriptor
 #else
 import SystemPackage
+typealias PipeEnd = SystemPackage.FileDescriptor
 #endif
 
 /// An MCP server Interlock runs as a child process, speaking newline-delimited JSON-RPC on
 /// stdin and stdout (MCP stdio transport). One channel is one run of the process: when it
 /// exits, every waiting request fails and `onExit` reports why; the upstream starts another.
+///
+/// swift-subprocess starts, signals and reaps the process; its pipes are SwiftNIO pipe
+/// channels on the shared event loops (`NIOPipeBootstrap`), framed into lines by
+/// `LineBasedFrameDecoder`, like every other socket Interlock reads.
 ///
 /// The process does not inherit Interlock's environment: only `PATH`, `HOME`, `LANG`, the
 /// names the config lists in `inherit_env`, and the config's `env`.
@@ -26,7 +35,10 @@ final class MCPStdioChannel: MCPChannel {
 
     private struct State {
         var waiters: [String: Waiter] = [:]
-        var outgoing: AsyncStream<[UInt8]>.Continuation?
+        /// The process's stdin and stdout, once the pipes are set up.
+        var pipe: (any Channel)?
+        /// Lines sent before the pipes were ready, in order.
+        var backlog: [ByteBuffer] = []
         /// Why the process is gone, once it is.
         var ended: String?
     }
@@ -49,8 +61,8 @@ final class MCPStdioChannel: MCPChannel {
     ) {
         self.maxMessageBytes = maxMessageBytes
         self.shutdownGraceMs = shutdownGraceMs
-        self.secrets = secrets
         self.logger = logger
+        self.secrets = secrets
         self.onServerNotification = onServerNotification
     }
 
@@ -62,10 +74,8 @@ final class MCPStdioChannel: MCPChannel {
         let channel = MCPStdioChannel(
             maxMessageBytes: maxMessageBytes, shutdownGraceMs: process.shutdownGraceMs, logger: logger, secrets: process.environment.values.map { $0 },
             onServerNotification: onServerNotification)
-        let (outgoing, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
-        channel.state.withLock { $0.outgoing = continuation }
         Task {
-            let reason = await channel.run(process, outgoing: outgoing)
+            let reason = await channel.run(process)
             channel.end(reason)
             onExit(channel, reason)
         }
@@ -79,13 +89,14 @@ final class MCPStdioChannel: MCPChannel {
     ) async throws -> JSONObject {
         let key = JSONWriter.string(message["id"] ?? .null)
         let token = message["params"]?["_meta"]?["progressToken"]
+        let line = Self.line(message)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONObject, any Error>) in
                 let refusal: MCPUpstreamError? = state.withLock { state in
                     if let ended = state.ended { return .unreachable(ended) }
                     if Task.isCancelled { return .cancelled }
                     state.waiters[key] = Waiter(continuation: continuation, onNotification: onNotification, progressToken: token)
-                    state.outgoing?.yield(JSONWriter.bytes(.object(message)) + [0x0A])
+                    Self.send(line, in: &state)
                     return nil
                 }
                 if let refusal { continuation.resume(throwing: refusal) }
@@ -96,35 +107,54 @@ final class MCPStdioChannel: MCPChannel {
     }
 
     func notify(_ message: JSONObject, headers: [(String, String)]) async throws {
+        let line = Self.line(message)
         let ended = state.withLock { state in
-            if state.ended == nil { state.outgoing?.yield(JSONWriter.bytes(.object(message)) + [0x0A]) }
+            if state.ended == nil { Self.send(line, in: &state) }
             return state.ended
         }
         if let ended { throw MCPUpstreamError.unreachable(ended) }
     }
 
     /// Closes stdin (a well-behaved server exits), then SIGTERM and SIGKILL (to its process
-    /// group) after the grace period; returns once the process is gone.
+    /// group) after the grace period; returns once the process is gone, or after twice the
+    /// grace period (a process that closed its stdout but lingers is not waited for forever).
     func close() async {
-        state.withLock { $0.outgoing?.finish() }
         stopping.signal()
-        // Bounded: a process that closed its stdout but lingers is not waited for forever.
         await ended.wait(upTo: .milliseconds(2 * shutdownGraceMs + 1_000))
     }
 
-    private func end(_ reason: String) {
-        let waiters = state.withLock { state in
-            state.ended = reason
-            state.outgoing?.finish()
-            defer { state.waiters = [:] }
-            return state.waiters.values
+    private static func line(_ message: JSONObject) -> ByteBuffer {
+        var buffer = ByteBuffer(bytes: JSONWriter.bytes(.object(message)))
+        buffer.writeInteger(UInt8(0x0A))
+        return buffer
+    }
+
+    /// Writes a line, or keeps it until the pipes are ready. Under the state lock, so lines
+    /// leave in the order they were sent.
+    private static func send(_ line: ByteBuffer, in state: inout State) {
+        if let pipe = state.pipe {
+            pipe.writeAndFlush(line, promise: nil)
+        } else {
+            state.backlog.append(line)
         }
+    }
+
+    private func end(_ reason: String) {
+        let (waiters, pipe) = state.withLock { state in
+            state.ended = reason
+            defer {
+                state.waiters = [:]
+                state.backlog = []
+            }
+            return (Array(state.waiters.values), state.pipe)
+        }
+        pipe?.close(promise: nil)
         for waiter in waiters { waiter.continuation.resume(throwing: MCPUpstreamError.unreachable(reason)) }
         ended.signal()
     }
 
     /// Runs the process until it exits; returns why it ended.
-    private func run(_ process: ToolSourceSettings.StdioProcess, outgoing: AsyncStream<[UInt8]>) async -> String {
+    private func run(_ process: ToolSourceSettings.StdioProcess) async -> String {
         let program = process.command[0]
         let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
         var environment: [String: String] = [:]
@@ -137,68 +167,84 @@ final class MCPStdioChannel: MCPChannel {
         // Its own process group, so the signals also reach what a wrapper (npx, uvx) started.
         var options = PlatformOptions()
         options.processGroupID = 0
+        let stdin: (readEnd: PipeEnd, writeEnd: PipeEnd)
+        let stdout: (readEnd: PipeEnd, writeEnd: PipeEnd)
+        let stderr: (readEnd: PipeEnd, writeEnd: PipeEnd)
+        let pipe: any Channel
+        do {
+            stdin = try PipeEnd.pipe()
+            stdout = try PipeEnd.pipe()
+            stderr = try PipeEnd.pipe()
+            // Our ends of the pipes: NIO owns (and closes) them from here.
+            let maxMessageBytes = maxMessageBytes
+            pipe = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maxMessageBytes))
+                        try channel.pipeline.syncOperations.addHandler(LineHandler { [weak self] line in self?.receive(line) })
+                    }
+                }
+                .takingOwnershipOfDescriptors(input: stdout.readEnd.rawValue, output: stdin.writeEnd.rawValue).get()
+            let logger = logger
+            let secrets = secrets
+            _ = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: 64 * 1024))
+                        // The server's log: kept out of Interlock's info logs (it may print secrets).
+                        try channel.pipeline.syncOperations.addHandler(LineHandler { line in
+                            let text = SecretRedaction.redact(String(decoding: line.prefix(2_000), as: UTF8.self), secrets: secrets)
+                            logger.debug("upstream stderr", metadata: ["interlock.upstream.stderr": "\(text)"])
+                        })
+                    }
+                }
+                .takingOwnershipOfDescriptor(input: stderr.readEnd.rawValue).get()
+        } catch {
+            return "the process could not be started: its pipes failed (\(error))"
+        }
+        state.withLock { state in
+            state.pipe = pipe
+            for line in state.backlog { pipe.writeAndFlush(line, promise: nil) }
+            state.backlog = []
+        }
         do {
             let result = try await Subprocess.run(
                 executable, arguments: Arguments(Array(process.command.dropFirst())),
-                environment: .custom(environment.map { Array("\($0.key)=\($0.value)".utf8) }),
+                // NUL-terminated: swift-subprocess hands each entry to strdup as it is.
+                environment: .custom(environment.map { Array("\($0.key)=\($0.value)".utf8) + [0] }),
                 workingDirectory: process.workingDirectory.map { FilePath($0) }, platformOptions: options,
-                input: .inputWriter, output: .sequence, error: .sequence
+                input: .fileDescriptor(stdin.readEnd, closeAfterSpawningProcess: true),
+                output: .fileDescriptor(stdout.writeEnd, closeAfterSpawningProcess: true),
+                error: .fileDescriptor(stderr.writeEnd, closeAfterSpawningProcess: true)
             ) { execution in
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        // Messages to the server, in order; when the stream ends (close), stdin is closed.
-                        for await line in outgoing {
-                            guard (try? await execution.standardInputWriter.write(line)) != nil else { break }
-                        }
-                        try? await execution.standardInputWriter.finish()
-                    }
-                    group.addTask {
-                        // After close(): the grace period, then SIGTERM, then SIGKILL — even when the
-                        // writer is stuck on a full pipe because the server stopped reading.
+                        // After close(): stdin closed, the grace period, then SIGTERM, then SIGKILL.
                         await self.stopping.wait(upTo: .seconds(86_400 * 365))
-                        guard !Task.isCancelled, (try? await Task.sleep(for: grace)) != nil else { return }
+                        guard !Task.isCancelled else { return }
+                        try? await pipe.close(mode: .output)
+                        guard (try? await Task.sleep(for: grace)) != nil else { return }
                         try? execution.send(signal: .terminate, toProcessGroup: true)
                         guard (try? await Task.sleep(for: grace)) != nil else { return }
                         try? execution.send(signal: .kill, toProcessGroup: true)
                     }
                     group.addTask {
-                        // The server's log: kept out of Interlock's info logs (it may print secrets).
-                        do {
-                            for try await line in execution.standardError.strings() {
-                                let text = SecretRedaction.redact(String(line.prefix(2_000)), secrets: self.secrets)
-                                self.logger.debug("upstream stderr", metadata: ["interlock.upstream.stderr": "\(text)"])
-                            }
-                        } catch {}
+                        // The server closed its stdout (it is exiting), or sent a line over the limit.
+                        try? await pipe.closeFuture.get()
                     }
-                    var buffer: [UInt8] = []
-                    do {
-                        for try await chunk in execution.standardOutput {
-                            // Only the new bytes are searched for line ends.
-                            var scanned = buffer.count
-                            chunk.withUnsafeBytes { buffer.append(contentsOf: $0) }
-                            var start = 0
-                            while let newline = buffer[scanned...].firstIndex(of: 0x0A) {
-                                self.receive(Array(buffer[start..<newline]))
-                                start = newline + 1
-                                scanned = start
-                            }
-                            if start > 0 { buffer.removeFirst(start) }
-                            if buffer.count > self.maxMessageBytes {
-                                self.logger.warning("upstream sent a message over max_response_bytes; stopping it")
-                                try? execution.send(signal: .kill)
-                                break
-                            }
-                        }
-                    } catch {}
-                    // stdout closed: the process is ending.
+                    // The pipe closed (the process is exiting): the kill steps stop. The kill steps
+                    // ended (SIGKILL sent): the pipe closes as the process dies.
+                    await group.next()
                     group.cancelAll()
                 }
             }
+            pipe.close(promise: nil)
             switch result.terminationStatus {
             case .exited(let code): return "the process exited with status \(code)"
             case .signaled(let signal): return "the process was killed by signal \(signal)"
             }
         } catch {
+            pipe.close(promise: nil)
             return "the process could not be started: \(error)"
         }
     }
@@ -211,8 +257,8 @@ final class MCPStdioChannel: MCPChannel {
         }
         if let method = message["method"]?.stringValue {
             if let id = message["id"], !id.isNull {
-                let answer = JSONWriter.bytes(.object(mcpAnswer(toServerRequest: message))) + [0x0A]
-                _ = state.withLock { $0.outgoing?.yield(answer) }
+                let answer = Self.line(mcpAnswer(toServerRequest: message))
+                state.withLock { Self.send(answer, in: &$0) }
                 return
             }
             if method == "notifications/progress", let token = message["params"]?["progressToken"] {
@@ -225,5 +271,24 @@ final class MCPStdioChannel: MCPChannel {
         }
         guard let id = message["id"] else { return }
         state.withLock { $0.waiters.removeValue(forKey: JSONWriter.string(id)) }?.continuation.resume(returning: message)
+    }
+}
+
+/// Hands each line of a pipe to `onLine`; a line over the limit (or any error) closes the pipe.
+private final class LineHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let onLine: ([UInt8]) -> Void
+
+    init(onLine: @escaping ([UInt8]) -> Void) {
+        self.onLine = onLine
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        onLine(Array(unwrapInboundIn(data).readableBytesView))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }
