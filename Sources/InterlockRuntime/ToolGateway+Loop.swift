@@ -2,7 +2,7 @@ public import InterlockCore
 public import InterlockProviders
 public import NIOCore
 import Synchronization
-public import Tracing
+import Tracing
 
 /// A tool call the event-loop path sends itself: `tools/call` to a Streamable HTTP MCP
 /// upstream over the upstream's current session, on the loop that read the agent's request.
@@ -39,14 +39,18 @@ public enum ToolLoopFinish: Sendable {
 }
 
 extension ToolGateway {
-    /// Starts a tool call on the event loop: the same stages as `invoke`, taken only for an
-    /// available Streamable HTTP MCP upstream with a live session, a static credential (or
-    /// none), no per-tool rate limit, and an agent admitted without waiting. Anything else —
+    /// Starts a tool call on the event loop: the same stages as `invoke`, taken only for a
+    /// read-only or idempotent tool of an available Streamable HTTP MCP upstream with a live
+    /// session, a static credential (or none), no per-tool rate limit, and an agent admitted
+    /// without waiting. Anything else —
     /// a refusal included, so it is audited once — is declined and served by the async route.
     public func startOnLoop(
         _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?, traceParent: String?, traceState: String?
     ) -> ToolLoopStart {
+        // Only tools a duplicate send cannot hurt: the loop client resends a request once when a
+        // kept-alive connection closes under it, and a write must never run twice.
         guard let tool = tools.withLock({ $0[name] }), case .mcp(let remote) = tool.binding, tool.limiter == nil,
+            tool.definition.metadata.idempotent || tool.definition.metadata.sideEffects == .read,
             caller.permits(kind: TargetKind.tool.rawValue, name: name), !pins.withLock({ $0[name]?.isQuarantined == true })
         else { return .declined }
         let source = tool.source

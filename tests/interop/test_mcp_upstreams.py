@@ -133,9 +133,11 @@ def test_calls_reach_both_transports_with_interlocks_credentials(mesh):
         return pid.structured_content["result"]
 
     assert anyio.run(with_session, mesh.base, PLANNER, planner) > 0
-    # A plain call to the HTTP upstream runs on the event loop; the stdio one on the async path.
+    # A plain call of a read-only tool of the HTTP upstream runs on the event loop; a tool that
+    # may write (no metadata) and the stdio upstream's take the async path.
     fast = invoke(mesh.base, PLANNER, "search.add", {"a": 1, "b": 2})
     assert fast.headers.get("x-interlock-path") == "event-loop" and fast.json()["result"] == {"result": 3}
+    assert "x-interlock-path" not in invoke(mesh.base, PLANNER, "search.pid", {}).headers
     assert "x-interlock-path" not in invoke(mesh.base, PLANNER, "files.pid", {}).headers
     # The HTTP upstream sees Interlock's bearer token and a scoped idempotency key in _meta.
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
