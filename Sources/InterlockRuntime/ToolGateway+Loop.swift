@@ -114,6 +114,7 @@ extension ToolGateway {
         let idempotent = tool.definition.metadata.idempotent
         func failed(_ error: GatewayError) -> ToolLoopFinish {
             source.inFlight.subtract(1, ordering: .relaxed)
+            defer { attempt.span.end() }
             return .done(.failure(settleFailure(error, admission: attempt.admission, span: attempt.span, source: source, arguments: attempt.argumentsBytes)))
         }
         let response: LoopHTTPResponse
@@ -156,6 +157,7 @@ extension ToolGateway {
             return failed(error)
         }
         source.inFlight.subtract(1, ordering: .relaxed)
+        defer { attempt.span.end() }
         return .done(settleResult(result, tool: tool, admission: attempt.admission, span: attempt.span, arguments: attempt.argumentsBytes))
     }
 
@@ -163,7 +165,10 @@ extension ToolGateway {
     /// retries for idempotent tools), under the admission the loop took.
     public func continueAsync(_ attempt: ToolLoopAttempt) async -> Result<ToolResult, GatewayError> {
         let tool = attempt.tool
-        defer { tool.source.inFlight.subtract(1, ordering: .relaxed) }
+        defer {
+            tool.source.inFlight.subtract(1, ordering: .relaxed)
+            attempt.span.end()
+        }
         do {
             let result = try await sendMCP(
                 tool, remote: attempt.remote, arguments: attempt.arguments, caller: attempt.caller, idempotencyKey: attempt.idempotencyKey,
