@@ -38,7 +38,7 @@ def wrk(url, body, duration, connections, credential=KEY):
 PER_CONNECTION_RPS = 250
 
 
-def fixed_rate(url, body, rate, duration, credential=KEY):
+def fixed_rate(url, body, rate, duration, credential=KEY, headers=None):
     """Constant-rate load with h2load over HTTP/1.1; latencies from its per-request log.
 
     h2load starts every client's timer at once, so its clients fire together: 20 clients at
@@ -50,7 +50,8 @@ def fixed_rate(url, body, rate, duration, credential=KEY):
     per_client = PER_CONNECTION_RPS
     subprocess.run(
         ["h2load", "--h1", "-c", str(clients), "--rps", str(per_client), "-D", str(duration),
-         "-d", body, "-H", "content-type: application/json", "-H", f"authorization: Bearer {credential}",
+         "-d", body, "-H", "content-type: application/json",
+         *[arg for name, value in (headers or {"authorization": f"Bearer {credential}"}).items() for arg in ("-H", f"{name}: {value}")],
          "--log-file", log, url],
         capture_output=True, text=True, check=True,
     )

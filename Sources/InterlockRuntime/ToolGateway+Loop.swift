@@ -47,24 +47,16 @@ extension ToolGateway {
     public func startOnLoop(
         _ name: String, arguments bytes: [UInt8], caller: Caller, requestID: String, idempotencyKey: String?, traceParent: String?, traceState: String?
     ) -> ToolLoopStart {
+        // The async route refuses (and audits) whatever fails the shared checks.
+        guard case .success(let (tool, arguments)) = checked(name, arguments: bytes, caller: caller) else { return .declined }
         // Only tools a duplicate send cannot hurt: the loop client resends a request once when a
         // kept-alive connection closes under it, and a write must never run twice.
-        guard let tool = tools.withLock({ $0[name] }), case .mcp(let remote) = tool.binding, tool.limiter == nil,
-            tool.definition.metadata.idempotent || tool.definition.metadata.sideEffects == .read,
-            caller.permits(kind: TargetKind.tool.rawValue, name: name), !pins.withLock({ $0[name]?.isQuarantined == true })
+        guard case .mcp(let remote) = tool.binding, tool.limiter == nil,
+            tool.definition.metadata.idempotent || tool.definition.metadata.sideEffects == .read
         else { return .declined }
         let source = tool.source
-        var credential: [(String, String)] = []
-        switch source.settings.authentication {
-        case .none: break
-        case .bearer(let token): credential = [("authorization", "Bearer \(token.reveal())")]
-        case .header(let header, let value): credential = [(header, value.reveal())]
-        case .clientCredentials, .onBehalfOf: return .declined
-        }
-        guard source.health.withLock({ $0.status == .available }), source.loopEligible.load(ordering: .relaxed),
-            let upstream = source.mcp.withLock({ $0 }), let session = upstream.currentHTTPSession(),
-            let target = UpstreamTarget(url: session.url),
-            case .object(let arguments)? = try? JSONParser.parse(bytes), tool.schema.validate(.object(arguments)).isEmpty
+        guard let credential = staticCredentialHeaders(source), source.loopEligible.load(ordering: .relaxed), let upstream = source.mcp.withLock({ $0 }), let session = upstream.currentHTTPSession(),
+            let target = UpstreamTarget(url: session.url)
         else { return .declined }
         guard source.inFlight.add(1, ordering: .relaxed).newValue <= source.settings.maxConcurrency else {
             source.inFlight.subtract(1, ordering: .relaxed)

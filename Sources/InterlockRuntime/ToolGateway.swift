@@ -487,43 +487,15 @@ public final class ToolGateway: Service, Sendable {
         traceParent: String? = nil, traceState: String? = nil, onProgress: (@Sendable (JSONObject) -> Void)? = nil
     ) async throws(GatewayError) -> ToolResult {
         let argumentsHash = AuditRecord.sha256Hex(bytes)
-        guard let tool = tools.withLock({ $0[name] }) else {
-            let error = GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.", param: "name")
-            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
-            throw error
-        }
-        try governor.authorize(caller, kind: .tool, target: name, requestID: requestID)
-        if pins.withLock({ $0[name]?.isQuarantined == true }) {
-            let error = GatewayError(
-                kind: .permission, code: "tool_quarantined",
-                message: "Tool '\(name)' changed its definition upstream and is held until an operator approves the new one.")
-            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
-            throw error
-        }
-        guard tool.source.health.withLock({ $0.status == .available }) else {
-            let error = GatewayError(
-                kind: .unavailable, code: "tool_unavailable",
-                message: "Tool '\(name)' is unavailable: its upstream '\(tool.source.settings.namespace)' is not answering; Interlock is reconnecting. Retry later.",
-                status: 503, retryAfterSeconds: 5)
-            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, requestID: requestID)
-            throw error
-        }
+        let tool: Tool
         let arguments: JSONObject
-        do throws(GatewayError) {
-            guard case .object(let object) = try? JSONParser.parse(bytes) else {
-                throw GatewayError.invalidRequest("The arguments must be a JSON object.", code: "invalid_arguments", param: "arguments")
-            }
-            let violations = tool.schema.validate(.object(object))
-            guard violations.isEmpty else {
-                throw GatewayError.invalidRequest(
-                    "Invalid arguments for tool '\(name)': " + violations.map(\.description).joined(separator: "; ") + ".",
-                    code: "invalid_arguments", param: violations.first.map { $0.path.isEmpty ? "arguments" : $0.path })
-            }
-            arguments = object
-        } catch {
-            governor.auditRefusal(
-                error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash,
-                capture: captured(tool.source, arguments: bytes, result: nil), requestID: requestID)
+        switch checked(name, arguments: bytes, caller: caller) {
+        case .success(let checked):
+            (tool, arguments) = checked
+        case .failure(let error):
+            // Invalid arguments are kept (with capture on), so an operator can see what the agent got wrong.
+            let capture = error.code == "invalid_arguments" ? tools.withLock({ $0[name] }).flatMap { captured($0.source, arguments: bytes, result: nil) } : nil
+            governor.auditRefusal(error, action: "tool.call", caller: caller, target: name, argumentsHash: argumentsHash, capture: capture, requestID: requestID)
             throw error
         }
         let call = GovernedCall(
@@ -582,6 +554,41 @@ public final class ToolGateway: Service, Sendable {
             throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the tool call.")
         }
         return try settleResult(result, tool: tool, admission: admission, span: span, arguments: bytes).get()
+    }
+
+    /// The checks before admission, the same on both paths: the tool exists, the caller may
+    /// use it (grants, token scopes), it is not quarantined, its upstream is available, and
+    /// the arguments are a JSON object its schema accepts. Nothing is audited here.
+    func checked(_ name: String, arguments bytes: [UInt8], caller: Caller) -> Result<(Tool, JSONObject), GatewayError> {
+        guard let tool = tools.withLock({ $0[name] }) else {
+            return .failure(GatewayError(kind: .notFound, code: "tool_not_found", message: "There is no tool '\(name)'.", param: "name"))
+        }
+        do {
+            try governor.authorize(caller, kind: .tool, target: name, audited: false)
+        } catch {
+            return .failure(error)
+        }
+        if pins.withLock({ $0[name]?.isQuarantined == true }) {
+            return .failure(GatewayError(
+                kind: .permission, code: "tool_quarantined",
+                message: "Tool '\(name)' changed its definition upstream and is held until an operator approves the new one."))
+        }
+        guard tool.source.health.withLock({ $0.status == .available }) else {
+            return .failure(GatewayError(
+                kind: .unavailable, code: "tool_unavailable",
+                message: "Tool '\(name)' is unavailable: its upstream '\(tool.source.settings.namespace)' is not answering; Interlock is reconnecting. Retry later.",
+                status: 503, retryAfterSeconds: 5))
+        }
+        guard case .object(let object) = try? JSONParser.parse(bytes) else {
+            return .failure(GatewayError.invalidRequest("The arguments must be a JSON object.", code: "invalid_arguments", param: "arguments"))
+        }
+        let violations = tool.schema.validate(.object(object))
+        guard violations.isEmpty else {
+            return .failure(GatewayError.invalidRequest(
+                "Invalid arguments for tool '\(name)': " + violations.map(\.description).joined(separator: "; ") + ".",
+                code: "invalid_arguments", param: violations.first.map { $0.path.isEmpty ? "arguments" : $0.path }))
+        }
+        return .success((tool, object))
     }
 
     /// The span of a tool call, and the trace context for its upstream (this span's, else
@@ -784,13 +791,23 @@ public final class ToolGateway: Service, Sendable {
     /// The headers that carry Interlock's credential for the upstream (never the agent's).
     /// Without a caller (listing tools) an on-behalf-of token names Interlock itself.
     private func upstreamHeaders(_ source: Source, caller: Caller?, tool: String?) async throws -> [(String, String)] {
+        if let headers = staticCredentialHeaders(source) { return headers }
         switch source.settings.authentication {
-        case .none: return []
-        case .bearer(let token): return [("authorization", "Bearer \(token.reveal())")]
-        case .header(let name, let value): return [(name, value.reveal())]
         case .clientCredentials: return [("authorization", "Bearer \(try await clientCredentialsToken(source, renew: false))")]
         case .onBehalfOf(let audience):
             return [("authorization", "Bearer \(try await onBehalfOfToken(caller: caller, audience: audience, tool: tool))")]
+        case .none, .bearer, .header: return []
+        }
+    }
+
+    /// The credential headers that need no work per call (none, bearer, API-key header); nil
+    /// for tokens that are fetched or minted.
+    func staticCredentialHeaders(_ source: Source) -> [(String, String)]? {
+        switch source.settings.authentication {
+        case .none: []
+        case .bearer(let token): [("authorization", "Bearer \(token.reveal())")]
+        case .header(let name, let value): [(name, value.reveal())]
+        case .clientCredentials, .onBehalfOf: nil
         }
     }
 

@@ -11,10 +11,9 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from measure import percentile, rss_mb  # noqa: E402
+from measure import fixed_rate, rss_mb  # noqa: E402
 
 KEY = "bench-agent-key-0000000001"
-PER_CONNECTION_RPS = 250
 
 
 def call_body(name):
@@ -47,29 +46,6 @@ def wrk(url, body, headers, duration, connections):
     return rps, int(non2xx.group(1)) if non2xx else 0
 
 
-def fixed_rate(url, body, headers, rate, duration):
-    """Constant-rate load with h2load over HTTP/1.1 (250 req/s per connection, as bench/run)."""
-    log = tempfile.NamedTemporaryFile(delete=False, suffix=".log").name
-    command = ["h2load", "--h1", "-c", str(max(1, rate // PER_CONNECTION_RPS)), "--rps", str(PER_CONNECTION_RPS), "-D", str(duration), "-d", body]
-    for name, value in {"content-type": "application/json", **headers}.items():
-        command += ["-H", f"{name}: {value}"]
-    subprocess.run(command + ["--log-file", log, url], capture_output=True, text=True, check=True)
-    latencies, failures = [], 0
-    with open(log) as handle:
-        for line in handle:
-            parts = line.split("\t")
-            if len(parts) < 3:
-                continue
-            if parts[1] != "200":
-                failures += 1
-                continue
-            latencies.append(int(parts[2]) / 1000.0)
-    os.unlink(log)
-    skip = min(len(latencies) // duration, len(latencies) // 10) if duration else 0
-    latencies = latencies[skip:]
-    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "count": len(latencies), "failures": failures}
-
-
 def main():
     direct, through, pid, duration, command = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     direct_headers = session(direct, {})
@@ -85,8 +61,8 @@ def main():
     results["saturation_direct"], _ = wrk(direct, direct_body, direct_headers, duration, 64)
     results["saturation_through"], results["saturation_non2xx"] = wrk(through, through_body, through_headers, duration, 64)
     for rate in (1000, 2000):
-        results[f"direct_{rate}"] = fixed_rate(direct, direct_body, direct_headers, rate, duration)
-        results[f"through_{rate}"] = fixed_rate(through, through_body, through_headers, rate, duration)
+        results[f"direct_{rate}"] = fixed_rate(direct, direct_body, rate, duration, headers=direct_headers)
+        results[f"through_{rate}"] = fixed_rate(through, through_body, rate, duration, headers=through_headers)
     results["rss_peak_mb"] = rss_mb(pid, "VmHWM")
 
     lines = [
