@@ -43,6 +43,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Policy: a CEL engine of our own (parse, check, evaluate; RE2-style linear-time regex).
+        .target(
+            name: "InterlockPolicy",
+            swiftSettings: swiftSettings
+        ),
         // YAML configuration: interpolation, decoding, validation with file and line.
         .target(
             name: "InterlockConfig",
@@ -185,6 +190,11 @@ let package = Package(
         .testTarget(
             name: "InterlockCoreTests",
             dependencies: ["InterlockCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "InterlockPolicyTests",
+            dependencies: ["InterlockPolicy"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
