@@ -38,14 +38,22 @@ let package = Package(
         .target(
             name: "InterlockCore",
             dependencies: [
+                "InterlockPolicy",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
+        // Policy benchmark: rule evaluation time against the same check in plain Swift.
+        .executableTarget(
+            name: "interlock-bench-policy",
+            dependencies: ["InterlockPolicy"],
+            swiftSettings: swiftSettings
+        ),
         // Policy: a CEL engine of our own (parse, check, evaluate; RE2-style linear-time regex).
         .target(
             name: "InterlockPolicy",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         // YAML configuration: interpolation, decoding, validation with file and line.
@@ -53,6 +61,7 @@ let package = Package(
             name: "InterlockConfig",
             dependencies: [
                 "InterlockCore",
+                "InterlockPolicy",
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
@@ -134,8 +143,11 @@ let package = Package(
                 "InterlockCore",
                 "InterlockConfig",
                 "InterlockServer",
+                "InterlockPolicy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -199,7 +211,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InterlockConfigTests",
-            dependencies: ["InterlockConfig", "InterlockCore"],
+            dependencies: ["InterlockConfig", "InterlockCore", "InterlockPolicy"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 import FoundationEssentials
 public import InterlockCore
+import InterlockPolicy
 import Yams
 
 /// Loads and validates an Interlock configuration file.
@@ -27,6 +28,7 @@ public enum ConfigLoader {
             throw ConfigError(diagnostics: [ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "the file is empty")])
         }
         let reader = ConfigReader(file: file, environment: environment)
+        reader.text = text.split(separator: "\n", omittingEmptySubsequences: false)
         let config = ConfigDocument(reader: reader).read(ConfigNode(node: root, path: "", reader: reader))
         guard reader.diagnostics.isEmpty, let config else {
             throw ConfigError(diagnostics: reader.diagnostics.sorted { ($0.line, $0.column) < ($1.line, $1.column) })
@@ -50,7 +52,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -137,6 +139,7 @@ private struct ConfigDocument {
             if let value = fields["capture_max_bytes"]?.int(minimum: 64, maximum: 16 * 1024 * 1024) { config.toolGateway.captureMaxBytes = value }
             if let value = fields["startup_wait_ms"]?.int(minimum: 0, maximum: 600_000) { config.toolGateway.startupWaitMs = value }
         }
+        if let node = top["policy"] { readPolicy(node, into: &config.policy) }
         if let node = top["tools"], let entries = node.namedEntries() {
             config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }
         }
@@ -605,6 +608,47 @@ private struct ConfigDocument {
         settings.agentPrefix = fields["agent_prefix"]?.nonEmptyString()
         settings.scopeClaim = fields["scope_claim"]?.nonEmptyString()
         return settings
+    }
+
+    private func readPolicy(_ node: ConfigNode, into policy: inout PolicySettings) {
+        guard let fields = node.mapping(allowed: ["rules", "approval_wait_ms", "approval_ttl_s", "cost_limit"]) else { return }
+        if let value = fields["approval_wait_ms"]?.int(minimum: 0, maximum: 600_000) { policy.approvalWaitMs = value }
+        if let value = fields["approval_ttl_s"]?.int(minimum: 1, maximum: 30 * 86_400) { policy.approvalTTLSeconds = value }
+        if let value = fields["cost_limit"]?.int(minimum: 100, maximum: 100_000_000) { policy.costLimit = value }
+        guard let items = fields["rules"]?.sequence() else { return }
+        var names = Set<String>()
+        for item in items {
+            guard let rule = item.mapping(allowed: ["name", "condition", "effect", "reason", "mode", "targets", "on_error"]) else { continue }
+            guard let nameNode = rule["name"], let name = nameNode.nonEmptyString() else {
+                if rule["name"] == nil { item.report("missing required key 'name'") }
+                continue
+            }
+            if !names.insert(name).inserted { nameNode.report("duplicate policy rule name '\(name)'") }
+            guard let conditionNode = rule["condition"] else {
+                item.report("missing required key 'condition' (a CEL expression)")
+                continue
+            }
+            guard let effectNode = rule["effect"] else {
+                item.report("missing required key 'effect' (allow, deny or require_approval)")
+                continue
+            }
+            guard let condition = conditionNode.nonEmptyString(), let effect = effectNode.oneOf(PolicyRule.Effect.self, PolicyRule.Effect.allCases) else { continue }
+            var parsed = PolicyRule(name: name, condition: condition, effect: effect)
+            parsed.reason = rule["reason"]?.string() ?? ""
+            if effect != .allow, parsed.reason.isEmpty { item.report("a \(effect.rawValue) rule needs a 'reason' (it is shown to the agent)") }
+            if let mode = rule["mode"]?.oneOf(PolicyRule.Mode.self, PolicyRule.Mode.allCases) { parsed.mode = mode }
+            if let onError = rule["on_error"]?.oneOf(PolicyRule.OnError.self, PolicyRule.OnError.allCases) { parsed.onError = onError }
+            if let targetsNode = rule["targets"], let targets = targetsNode.stringList() {
+                for target in targets where !(target.hasPrefix("model:") || target.hasPrefix("tool:") || target.hasPrefix("agent:")) {
+                    targetsNode.report("target pattern '\(target)' must start with model:, tool: or agent:")
+                }
+                parsed.targets = targets
+            }
+            // The condition is type-checked against the policy environment here, so a typo in a
+            // field name fails `interlock validate`, not a live call.
+            for error in PolicyEngine.check(parsed) { conditionNode.report(celError: error) }
+            policy.rules.append(parsed)
+        }
     }
 
     private func readAgent(_ node: ConfigNode) -> AgentSettings? {

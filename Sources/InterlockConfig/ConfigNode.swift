@@ -1,4 +1,5 @@
 public import InterlockCore
+import InterlockPolicy
 import Yams
 
 /// Reads a YAML tree while collecting every problem instead of stopping at the first.
@@ -10,6 +11,18 @@ final class ConfigReader {
     init(file: String, environment: [String: String]) {
         self.file = file
         self.environment = environment
+    }
+
+    /// The file's text by line (1-based), when the reader was given it.
+    var text: [Substring] = []
+
+    func lines(_ range: ClosedRange<Int>) -> [Substring] {
+        range.compactMap { $0 >= 1 && $0 <= text.count ? text[$0 - 1] : nil }
+    }
+
+    func report(at line: Int, column: Int, path: String, _ message: String) {
+        let diagnostic = ConfigDiagnostic(file: file, line: line, column: column, path: path, message: message)
+        if !diagnostics.contains(diagnostic) { diagnostics.append(diagnostic) }
     }
 
     func report(_ node: Node?, path: String, _ message: String) {
@@ -77,6 +90,31 @@ struct ConfigNode {
     func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     func report(_ message: String) { reader.report(node, path: path, message) }
+
+    /// A problem inside a CEL expression held by this scalar, at its line and column in the
+    /// file (exact for one-line and block scalars, the expression's line for folded quotes).
+    func report(celError error: CELSourceError) {
+        let mark = node.mark
+        var line = mark?.line ?? 1
+        var column = mark?.column ?? 1
+        switch node.scalar?.style {
+        case .literal?, .folded?:
+            // The scalar's mark is the indicator (`|`, `>`); the text starts on the next line,
+            // at the block's indentation.
+            column = error.column + blockIndentation(of: line + 1)
+            line += error.line
+        case .singleQuoted?, .doubleQuoted?:
+            if error.line == 1 { column += error.column } else { (line, column) = (line + error.line - 1, error.column) }
+        default:
+            if error.line == 1 { column += error.column - 1 } else { (line, column) = (line + error.line - 1, error.column) }
+        }
+        reader.report(at: line, column: column, path: path, "\(error.message) (in the CEL condition)")
+    }
+
+    private func blockIndentation(of line: Int) -> Int {
+        guard let text = reader.lines(line...line).first else { return 0 }
+        return text.prefix { $0 == " " }.count
+    }
 
     /// The mapping's entries; reports unknown keys (with a suggestion) and a non-mapping.
     func mapping(allowed: [String]) -> [String: ConfigNode]? {

@@ -1,4 +1,5 @@
 public import InterlockCore
+public import InterlockPolicy
 public import InterlockStore
 import FoundationEssentials
 public import Logging
@@ -17,15 +18,18 @@ public final class CallGovernor: Sendable {
     public let audit: AuditLog?
     /// Verifies access tokens from `/oauth/token`; nil accepts API keys only.
     public let tokens: TokenService?
+    /// The policy rules and approvals; nil (or empty) lets every granted call through.
+    public let policy: PolicyStage?
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
 
     public init(
-        registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, logger: Logger,
-        wallClockMs: (@Sendable () -> Int64)? = nil
+        registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, policy: PolicyStage? = nil,
+        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
         self.registry = registry
+        self.policy = policy
         self.audit = audit
         self.tokens = tokens
         self.ledger = ledger
@@ -43,7 +47,9 @@ public final class CallGovernor: Sendable {
         let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
         let registry = try await AgentRegistry.open(
             store: store, declared: configuration.agents, queue: queue, settings: configuration.auth, nowMs: clock(), logger: logger)
-        let governor = CallGovernor(registry: registry, ledger: ledger, audit: audit, tokens: tokens, logger: logger, wallClockMs: clock)
+        let policy = try PolicyStage(
+            settings: configuration.policy, store: store, audit: audit, region: configuration.node.region, logger: logger, wallClockMs: clock)
+        let governor = CallGovernor(registry: registry, ledger: ledger, audit: audit, tokens: tokens, policy: policy, logger: logger, wallClockMs: clock)
         try await governor.restoreBudgets(from: store)
         return governor
     }
@@ -181,6 +187,31 @@ public final class CallGovernor: Sendable {
         }
         throw error
     }
+
+    // MARK: Policy
+
+    /// The policy stage for a call that passed the grants: returns when it may go on, throws
+    /// the refusal (audited) otherwise. Waits, up to `policy.approval_wait_ms`, when a rule
+    /// holds the call for a human.
+    public func enforcePolicy(_ call: GovernedCall, target: PolicyInput.Target, arguments: @escaping @Sendable () -> JSONValue) async throws(GatewayError) {
+        guard let policy, !policy.isEmpty else { return }
+        try await policy.enforce(call.caller, Self.policyCall(call, target: target, arguments: arguments))
+    }
+
+    /// Whether the event-loop path may take a call as far as policy goes: false when a rule
+    /// refuses, holds or flags it, or needs state the loop cannot wait for (the async path
+    /// then decides and answers).
+    public func policyAllowsOnLoop(_ call: GovernedCall, target: PolicyInput.Target, arguments: @escaping @Sendable () -> JSONValue) -> Bool {
+        guard let policy, !policy.isEmpty else { return true }
+        return policy.decideOnLoop(call.caller, Self.policyCall(call, target: target, arguments: arguments))
+    }
+
+    private static func policyCall(_ call: GovernedCall, target: PolicyInput.Target, arguments: @escaping @Sendable () -> JSONValue) -> PolicyStage.Call {
+        PolicyStage.Call(kind: call.targetKind, target: target, arguments: arguments, argumentsHash: call.argumentsHash ?? "", requestID: call.requestID)
+    }
+
+    /// Whether calls need the hash of their arguments (audit, or approvals binding to it).
+    public var needsArgumentsHash: Bool { audit != nil || !(policy?.isEmpty ?? true) }
 
     // MARK: Admit
 
@@ -323,7 +354,8 @@ public final class CallGovernor: Sendable {
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
             operation: call.operation, stream: call.stream, usage: outcome.usage, cost: outcome.cost, latencyMs: latency.milliseconds,
-            attempts: outcome.attempts, outcome: outcome.outcome, status: outcome.status, errorCode: outcome.errorCode))
+            attempts: outcome.attempts, outcome: outcome.outcome, status: outcome.status, errorCode: outcome.errorCode, runID: call.caller.run?.id))
+        if let runID = call.caller.run?.id { policy?.recordRunUsage(runID: runID, tokens: outcome.usage.totalTokens, cost: outcome.cost) }
         metrics.record(
             agent: call.agent.id, target: call.target, operation: call.operation, status: outcome.status, latency: latency,
             inputTokens: outcome.usage.inputTokens, outputTokens: outcome.usage.outputTokens,
@@ -406,7 +438,7 @@ public final class CallGovernor: Sendable {
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: nil, provider: nil, upstreamModel: nil, operation: call.operation, stream: call.stream,
-            usage: .zero, cost: .zero, latencyMs: 0, attempts: 0, outcome: .rejected, status: status, errorCode: code))
+            usage: .zero, cost: .zero, latencyMs: 0, attempts: 0, outcome: .rejected, status: status, errorCode: code, runID: call.caller.run?.id))
         metrics.recordRejection(agent: call.agent.id, target: call.target, operation: call.operation, status: status)
     }
 

@@ -1,4 +1,5 @@
 public import InterlockCore
+import InterlockPolicy
 public import InterlockProviders
 public import Logging
 import Metrics
@@ -105,6 +106,7 @@ public final class ModelGateway: Sendable {
 
     public func handle(_ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
         let (call, chain) = try prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState)
+        try await governor.enforcePolicy(call, target: policyTarget(request), arguments: { Self.arguments(request) })
         let admission = try await governor.admit(call)
         let span = begin(request, admission: admission)
         return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
@@ -128,8 +130,18 @@ public final class ModelGateway: Sendable {
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState,
-            argumentsHash: governor.audit == nil ? nil : AuditRecord.sha256Hex(request.body))
+            argumentsHash: governor.needsArgumentsHash ? AuditRecord.sha256Hex(request.body) : nil)
         return (call, chain)
+    }
+
+    /// What policy conditions see as `target` for a model call.
+    private func policyTarget(_ request: ModelRequest) -> PolicyInput.Target {
+        PolicyInput.Target(kind: TargetKind.model.rawValue, name: request.alias, operation: request.operation.rawValue)
+    }
+
+    /// A model request's body as policy conditions see it (`args`).
+    private static func arguments(_ request: ModelRequest) -> JSONValue {
+        (try? JSONParser.parse(request.body)) ?? .object([:])
     }
 
     /// After admission: the prompt log (when enabled) and the call's span.
@@ -179,7 +191,8 @@ public final class ModelGateway: Sendable {
         _ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
     ) -> LoopStart {
         guard let (call, chain) = try? prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState, audited: false),
-            let first = chain.first, first.provider.kind != .mock
+            let first = chain.first, first.provider.kind != .mock,
+            governor.policyAllowsOnLoop(call, target: policyTarget(request), arguments: { Self.arguments(request) })
         else { return .declined }
         let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint
         guard let target = endpoint.target else { return .declined }

@@ -2,6 +2,7 @@ public import AsyncHTTPClient
 import FoundationEssentials
 import InterlockConfig
 public import InterlockCore
+import InterlockPolicy
 public import InterlockStore
 public import Logging
 import NIOCore
@@ -501,6 +502,7 @@ public final class ToolGateway: Service, Sendable {
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
             expectedCost: .zero, traceParent: traceParent, traceState: traceState, argumentsHash: argumentsHash)
+        try await governor.enforcePolicy(call, target: Self.policyTarget(tool), arguments: { .object(arguments) })
         let admission = try await governor.admit(call)
         if let limiter = tool.limiter {
             // The tool's own limit, after the agent's: a call waits in the bounded queue, or is refused.
@@ -589,6 +591,14 @@ public final class ToolGateway: Service, Sendable {
                 code: "invalid_arguments", param: violations.first.map { $0.path.isEmpty ? "arguments" : $0.path }))
         }
         return .success((tool, object))
+    }
+
+    /// What policy conditions see as `target` for a tool call.
+    static func policyTarget(_ tool: Tool) -> PolicyInput.Target {
+        let metadata = tool.definition.metadata
+        return PolicyInput.Target(
+            kind: TargetKind.tool.rawValue, name: tool.definition.name, namespace: tool.source.settings.namespace, operation: "invoke",
+            sideEffects: metadata.sideEffects.rawValue, risk: metadata.risk.rawValue, idempotent: metadata.idempotent, owner: metadata.owner)
     }
 
     /// The span of a tool call, and the trace context for its upstream (this span's, else

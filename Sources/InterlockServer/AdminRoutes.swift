@@ -25,6 +25,7 @@ struct AdminRoutes {
             try await perform(context, .viewer, "operator.audit.read", target: nil) { try await audit(request, context: context) }
         }
         addAgentRoutes(to: admin)
+        if let policy = governor.policy { addApprovalRoutes(to: admin, policy: policy) }
         if let tools {
             admin.get("tools") { _, context in
                 try await perform(context, .viewer, "operator.tools.list", target: nil) {
@@ -64,6 +65,58 @@ struct AdminRoutes {
                     let kid = try await tokens.rotateSigningKey(nowMs: governor.nowMs())
                     return ModelRoutes.json(
                         ["signing_kid": .string(kid), "data": .array(tokens.signingKeys(nowMs: governor.nowMs()))], status: .created, requestID: context.requestID)
+                }
+            }
+        }
+    }
+
+    // MARK: Approvals
+
+    private func addApprovalRoutes(to admin: RouterGroup<OperatorRequestContext>, policy: PolicyStage) {
+        // ?status=pending (default) | approved | rejected | consumed | expired | all; ?agent=; ?limit= (1-1000, default 100).
+        admin.get("approvals") { request, context in
+            try await perform(context, .viewer, "operator.approvals.list", target: nil) {
+                let query = request.uri.queryParameters
+                let status = try ApprovalRoutes.status(query["status"].map(String.init))
+                var limit = 100
+                if let text = query["limit"] {
+                    guard let value = Int(text), (1...1000).contains(value) else {
+                        throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
+                    }
+                    limit = value
+                }
+                let list = try await policy.approvals(status: status, agentID: query["agent"].map(String.init), limit: limit)
+                let now = policy.nowMs()
+                return ModelRoutes.json(["object": "list", "data": .array(list.map { ApprovalRoutes.operatorView($0, nowMs: now) })], requestID: context.requestID)
+            }
+        }
+        admin.get("approvals/:id") { _, context in
+            let id = try context.parameters.require("id")
+            return try await perform(context, .viewer, "operator.approval.read", target: id) {
+                guard let approval = try await policy.approval(id: id) else { throw ApprovalRoutes.notFound(id) }
+                return ModelRoutes.json(ApprovalRoutes.operatorView(approval, nowMs: policy.nowMs()), requestID: context.requestID)
+            }
+        }
+        for (verb, approve) in [("approve", true), ("reject", false)] {
+            // Body (optional): {"note": "why"}. 409 when the approval was already decided or expired.
+            admin.post("approvals/:id/\(verb)") { request, context in
+                let id = try context.parameters.require("id")
+                let parsed: Result<JSONValue, any Error>
+                do { parsed = .success(try await Self.jsonBody(request, allowed: ["note"])) } catch { parsed = .failure(error) }
+                return try await perform(context, .operator, "operator.approval.\(verb)", target: id) {
+                    let body = try parsed.get()
+                    if let note = body["note"], note.stringValue == nil {
+                        throw GatewayError.invalidRequest("'note' must be a string.", code: "invalid_field", param: "note")
+                    }
+                    guard let decided = try await policy.decide(
+                        approvalID: id, approve: approve, by: "operator:\(context.operatorSettings.id)", note: body["note"]?.stringValue)
+                    else { throw ApprovalRoutes.notFound(id) }
+                    let now = policy.nowMs()
+                    guard decided.changed else {
+                        throw GatewayError(
+                            kind: .conflict, code: "approval_not_pending", message: "Approval '\(id)' is \(decided.record.status(at: now).rawValue), not pending.")
+                    }
+                    return ModelRoutes.json(ApprovalRoutes.operatorView(decided.record, nowMs: now), requestID: context.requestID)
                 }
             }
         }

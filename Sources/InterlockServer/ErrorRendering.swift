@@ -20,12 +20,14 @@ extension GatewayError {
     /// `resourceMetadata` is the URL of this server's protected-resource metadata, named in
     /// 401 challenges (RFC 9728 §5.1) so a client can find out how to get a token.
     func rendered(dialect: ErrorDialect, requestID: String, resourceMetadata: String? = nil) -> (status: Int, headers: [(String, String)], body: [UInt8]) {
-        let body: JSONValue
+        var body: JSONValue
         switch dialect {
         case .openAI:
-            body = ["error": [
+            var error: JSONObject = [
                 "message": .string(message), "type": .string(kind.rawValue), "param": param.map(JSONValue.string) ?? .null, "code": .string(code),
-            ]]
+            ]
+            for (key, value) in details ?? [:] { error[key] = value }
+            body = ["error": .object(error)]
         case .anthropic:
             let type: String =
                 switch kind {
@@ -33,7 +35,9 @@ extension GatewayError {
                 case .internal: "api_error"
                 default: kind.rawValue
                 }
-            body = ["type": "error", "error": ["type": .string(type), "message": .string(message), "code": .string(code)], "request_id": .string(requestID)]
+            var error: JSONObject = ["type": .string(type), "message": .string(message), "code": .string(code)]
+            for (key, value) in details ?? [:] { error[key] = value }
+            body = ["type": "error", "error": .object(error), "request_id": .string(requestID)]
         }
         var headers: [(String, String)] = [("content-type", "application/json"), ("x-request-id", requestID)]
         if let retryAfterSeconds { headers.append(("retry-after", String(retryAfterSeconds))) }

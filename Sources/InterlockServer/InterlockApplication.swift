@@ -89,6 +89,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
         .group(context: AgentRequestContext.self)
     ModelRoutes(gateway: services.gateway, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
+    if let policy = services.gateway.governor.policy { ApprovalRoutes(policy: policy).addAgentRoutes(to: agentRoutes) }
     if let tools = services.tools {
         ToolRoutes(tools: tools, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
         let mcp = router.group("mcp")

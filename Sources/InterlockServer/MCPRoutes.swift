@@ -242,6 +242,13 @@ struct MCPRoutes {
                 return ["jsonrpc": "2.0", "id": id, "error": .object(error)]
             }
             switch (error.kind, error.code) {
+            case (_, "policy_denied"), (_, "approval_pending"), (_, "approval_rejected"):
+                // A policy's answer is for the agent (and its model) to read: why, and what to do.
+                var meta: JSONObject = ["interlock/error": .string(error.code)]
+                for (key, value) in error.details ?? [:] { meta["interlock/\(key)"] = value }
+                return ["jsonrpc": "2.0", "id": id, "result": [
+                    "content": [["type": "text", "text": .string(error.message)]], "isError": true, "_meta": .object(meta),
+                ]]
             case (.notFound, _), (.permission, _):
                 // Not granted reads like not there: an agent learns nothing about others' tools.
                 return failure(Code.invalidParams, "Unknown tool: '\(name)'.")

@@ -103,6 +103,20 @@ public protocol InterlockStore: Sendable {
     func toolPins() async throws -> [ToolPin]
     /// Creates or replaces (by name) tool pins, in one atomic change.
     func saveToolPins(_ pins: [ToolPin]) async throws
+    /// Calls, tokens and cost recorded for a run.
+    func runSpend(runID: String) async throws -> RunSpend
+    /// Records a new approval request.
+    func createApproval(_ approval: ApprovalRecord) async throws
+    func approval(id: String) async throws -> ApprovalRecord?
+    /// Approvals newest first, by status as of `nowMs` (expired = pending or approved past expiry).
+    func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord]
+    /// Approves or rejects a pending, unexpired approval; the record as it stands afterwards
+    /// (unchanged if it was already decided or expired), nil if there is none.
+    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64) async throws -> ApprovalRecord?
+    /// The newest unexpired approval in `status` for exactly this call.
+    func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord?
+    /// Marks an approved, unexpired approval used; false if another call used it first.
+    func consumeApproval(id: String, nowMs: Int64) async throws -> Bool
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

@@ -67,7 +67,7 @@ public final class SQLiteStore: InterlockStore {
     private static let usageColumns = [
         "request_id", "ts_ms", "agent_id", "target_kind", "target", "deployment_id", "provider", "upstream_model", "operation",
         "stream", "input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos", "latency_ms", "attempts", "outcome",
-        "status", "error_code",
+        "status", "error_code", "run_id",
     ]
 
     public func appendUsage(_ records: [UsageRecord]) async throws {
@@ -78,7 +78,7 @@ public final class SQLiteStore: InterlockStore {
                 record.upstreamModel.map(SQLiteData.text) ?? .null, .text(record.operation), .integer(record.stream ? 1 : 0),
                 .integer(record.usage.inputTokens), .integer(record.usage.outputTokens), .integer(record.usage.cachedInputTokens),
                 .integer(Int(record.cost.nanos)), .float(record.latencyMs), .integer(record.attempts), .text(record.outcome.rawValue),
-                .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null,
+                .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null, record.runID.map(SQLiteData.text) ?? .null,
             ]
         }
     }
@@ -148,7 +148,7 @@ public final class SQLiteStore: InterlockStore {
                 stream: int("stream") != 0,
                 usage: TokenUsage(inputTokens: int("input_tokens"), outputTokens: int("output_tokens"), cachedInputTokens: int("cached_input_tokens")),
                 cost: USD(nanos: Int64(int("cost_nanos"))), latencyMs: row.column("latency_ms")?.double ?? 0, attempts: int("attempts"),
-                outcome: UsageRecord.Outcome(rawValue: text("outcome") ?? "") ?? .error, status: int("status"), errorCode: text("error_code"))
+                outcome: UsageRecord.Outcome(rawValue: text("outcome") ?? "") ?? .error, status: int("status"), errorCode: text("error_code"), runID: text("run_id"))
         }
     }
 
@@ -313,6 +313,116 @@ public final class SQLiteStore: InterlockStore {
         }
     }
 
+    public func runSpend(runID: String) async throws -> RunSpend {
+        let rows = try await connection.query(
+            """
+            SELECT COUNT(*) AS calls, COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, COALESCE(SUM(cost_nanos), 0) AS cost
+            FROM usage_ledger WHERE run_id = ? AND outcome != 'rejected'
+            """, [.text(runID)])
+        let row = rows.first
+        return RunSpend(
+            calls: row?.column("calls")?.integer ?? 0, tokens: row?.column("tokens")?.integer ?? 0,
+            cost: USD(nanos: Int64(row?.column("cost")?.integer ?? 0)))
+    }
+
+    // MARK: Approvals
+
+    private static let approvalColumns = [
+        "id", "agent_id", "target_kind", "target", "args_sha256", "arguments", "policy", "policy_version", "reason", "request_id", "user_id",
+        "run_id", "created_ms", "expires_ms", "status", "decided_by", "decided_ms", "note",
+    ]
+
+    public func createApproval(_ approval: ApprovalRecord) async throws {
+        try await insertRows(table: "approvals", columns: SQLiteStore.approvalColumns, [approval]) { record in
+            [
+                .text(record.id), .text(record.agentID), .text(record.targetKind), .text(record.target), .text(record.argumentsHash),
+                .text(record.arguments), .text(record.policy), .text(record.policyVersion), .text(record.reason), .text(record.requestID),
+                record.userID.map(SQLiteData.text) ?? .null, record.runID.map(SQLiteData.text) ?? .null, .integer(Int(record.createdMs)),
+                .integer(Int(record.expiresMs)), .text(record.status.rawValue), record.decidedBy.map(SQLiteData.text) ?? .null,
+                record.decidedMs.map { .integer(Int($0)) } ?? .null, record.note.map(SQLiteData.text) ?? .null,
+            ]
+        }
+    }
+
+    private static func approval(_ row: SQLiteRow) -> ApprovalRecord? {
+        func text(_ name: String) -> String? { row.column(name)?.string }
+        func int(_ name: String) -> Int64? { row.column(name)?.integer.map(Int64.init) }
+        guard let id = text("id"), let status = text("status").flatMap(ApprovalRecord.Status.init(rawValue:)) else { return nil }
+        return ApprovalRecord(
+            id: id, agentID: text("agent_id") ?? "", targetKind: text("target_kind") ?? "", target: text("target") ?? "",
+            argumentsHash: text("args_sha256") ?? "", arguments: text("arguments") ?? "", policy: text("policy") ?? "",
+            policyVersion: text("policy_version") ?? "", reason: text("reason") ?? "", requestID: text("request_id") ?? "", userID: text("user_id"),
+            runID: text("run_id"), createdMs: int("created_ms") ?? 0, expiresMs: int("expires_ms") ?? 0, status: status, decidedBy: text("decided_by"),
+            decidedMs: int("decided_ms"), note: text("note"))
+    }
+
+    public func approval(id: String) async throws -> ApprovalRecord? {
+        let rows = try await connection.query(
+            "SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals WHERE id = ?", [.text(id)])
+        return rows.first.flatMap(SQLiteStore.approval)
+    }
+
+    public func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord] {
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        switch status {
+        case .pending?, .approved?:
+            conditions.append("status = ? AND expires_ms > ?")
+            binds += [.text(status!.rawValue), .integer(Int(nowMs))]
+        case .expired?:
+            conditions.append("status IN ('pending', 'approved') AND expires_ms <= ?")
+            binds.append(.integer(Int(nowMs)))
+        case let other?:
+            conditions.append("status = ?")
+            binds.append(.text(other.rawValue))
+        case nil:
+            break
+        }
+        if let agentID {
+            conditions.append("agent_id = ?")
+            binds.append(.text(agentID))
+        }
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let rows = try await connection.query(
+            "SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals \(filter) ORDER BY created_ms DESC LIMIT ?",
+            binds + [.integer(limit)])
+        return rows.compactMap(SQLiteStore.approval)
+    }
+
+    public func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64) async throws -> ApprovalRecord? {
+        try await transaction {
+            _ = try await connection.query(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, note = ? WHERE id = ? AND status = 'pending' AND expires_ms > ?",
+                [.text(approve ? "approved" : "rejected"), .text(by), .integer(Int(nowMs)), note.map(SQLiteData.text) ?? .null, .text(id), .integer(Int(nowMs))])
+        }
+        return try await approval(id: id)
+    }
+
+    public func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? {
+        let rows = try await connection.query(
+            """
+            SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals
+            WHERE agent_id = ? AND target_kind = ? AND target = ? AND args_sha256 = ? AND policy_version = ? AND status = ? AND expires_ms > ?
+            ORDER BY created_ms DESC LIMIT 1
+            """,
+            [
+                .text(binding.agentID), .text(binding.targetKind), .text(binding.target), .text(binding.argumentsHash), .text(binding.policyVersion),
+                .text(status.rawValue), .integer(Int(nowMs)),
+            ])
+        return rows.first.flatMap(SQLiteStore.approval)
+    }
+
+    public func consumeApproval(id: String, nowMs: Int64) async throws -> Bool {
+        var consumed = false
+        try await transaction {
+            _ = try await connection.query(
+                "UPDATE approvals SET status = 'consumed' WHERE id = ? AND status = 'approved' AND expires_ms > ?", [.text(id), .integer(Int(nowMs))])
+            let rows = try await connection.query("SELECT changes() AS n", [])
+            consumed = (rows.first?.column("n")?.integer ?? 0) == 1
+        }
+        return consumed
+    }
+
     public func ping() async throws {
         _ = try await connection.query("SELECT 1", [])
     }
@@ -431,6 +541,36 @@ enum SQLiteMigrations {
         Migration(version: 7, name: "audit_tool_results", statements: [
             "ALTER TABLE audit_log ADD COLUMN result_sha256 TEXT",
             "ALTER TABLE audit_log ADD COLUMN capture TEXT",
+        ]),
+        Migration(version: 8, name: "approvals", statements: [
+            """
+            CREATE TABLE approvals (
+                id TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL,
+                target_kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                args_sha256 TEXT NOT NULL,
+                arguments TEXT NOT NULL,
+                policy TEXT NOT NULL,
+                policy_version TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                user_id TEXT,
+                run_id TEXT,
+                created_ms INTEGER NOT NULL,
+                expires_ms INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                decided_by TEXT,
+                decided_ms INTEGER,
+                note TEXT
+            )
+            """,
+            "CREATE INDEX approvals_binding ON approvals (agent_id, target_kind, target, args_sha256, policy_version, status)",
+            "CREATE INDEX approvals_status ON approvals (status, created_ms)",
+        ]),
+        Migration(version: 9, name: "usage_run", statements: [
+            "ALTER TABLE usage_ledger ADD COLUMN run_id TEXT",
+            "CREATE INDEX usage_ledger_run ON usage_ledger (run_id)",
         ]),
     ]
 }

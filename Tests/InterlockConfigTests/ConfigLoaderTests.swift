@@ -1,5 +1,6 @@
 import InterlockConfig
 import InterlockCore
+import InterlockPolicy
 import Testing
 
 @Suite struct ConfigLoaderTests {
@@ -66,6 +67,51 @@ import Testing
             #expect(lines.contains { $0.contains("granted unknown model alias 'fats'; did you mean 'fast'?") })
             #expect(error.diagnostics.count >= 6)
         }
+    }
+
+    @Test func policyRulesAreTypeCheckedWithFileLineAndColumn() throws {
+        let text = valid + """
+
+            policy:
+              approval_wait_ms: 5000
+              rules:
+                - name: ok
+                  condition: 'target.kind == "tool" && args.bcc.all(a, a.endsWith("@corp.example"))'
+                  effect: deny
+                  reason: inside only
+                - name: typo
+                  condition: run.spentusd > 2.0
+                  effect: deny
+                  reason: r
+                - name: block
+                  condition: |
+                    target.kind == "model" &&
+                      agent.scope == "x"
+                  effect: require_approval
+                  reason: r
+                - name: no-reason
+                  condition: "true"
+                  effect: deny
+                - name: ok
+                  condition: "1 + 'a' == 2"
+                  effect: allow
+                  targets: ["erp.*"]
+            """
+        do {
+            _ = try ConfigLoader.parse(text, file: "p.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains("p.yaml:25:22: policy.rules[1].condition: undefined field 'spentusd' in message 'interlock.Run' (in the CEL condition)"))
+            #expect(lines.contains("p.yaml:31:17: policy.rules[2].condition: undefined field 'scope' in message 'interlock.Agent' (in the CEL condition)"))
+            #expect(lines.contains { $0.hasPrefix("p.yaml:34:") && $0.contains("needs a 'reason'") })
+            #expect(lines.contains { $0.hasPrefix("p.yaml:37:") && $0.contains("duplicate policy rule name 'ok'") })
+            #expect(lines.contains { $0.hasPrefix("p.yaml:38:21:") && $0.contains("found no matching overload for '_+_'") })
+            #expect(lines.contains { $0.contains("target pattern 'erp.*' must start with model:, tool: or agent:") })
+        }
+        let config = try ConfigLoader.parse(valid + "\npolicy:\n  rules:\n    - { name: r, condition: 'true', effect: deny, reason: x, mode: shadow }\n", file: "p.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+        #expect(config.policy.rules.first?.mode == .shadow)
+        #expect(config.policy.approvalWaitMs == 20_000)
     }
 
     /// Upstream headers are not re-validated per request, so bad ones must stop the config.

@@ -15,7 +15,7 @@ import Testing
         let store = try await SQLiteStore.open(path: path)
         try await store.migrate()
         try await store.migrate()  // idempotent
-        #expect(try await store.schemaVersion() == 7)
+        #expect(try await store.schemaVersion() == 9)
         #expect(try await store.journalMode() == "wal")
         let batch = (0..<1_500).map { record("r\($0)", agent: $0 < 1_000 ? "a" : "b", ts: Int64(1_000 + $0), nanos: 100) }
         try await store.appendUsage(batch)
@@ -32,6 +32,44 @@ import Testing
         try await reopened.migrate()
         #expect(try await reopened.spend(agentID: "b", sinceMs: 0).calls == 500)
         try await reopened.close()
+    }
+
+    @Test func approvalsAreDecidedOnceUsedOnceAndExpire() async throws {
+        let store = try await SQLiteStore.open(path: ":memory:")
+        try await store.migrate()
+        let approval = ApprovalRecord(
+            id: "apr_1", agentID: "a", targetKind: "tool", target: "erp.delete_order", argumentsHash: "h1", arguments: #"{"id":7}"#, policy: "deletes",
+            policyVersion: "v1", reason: "a human decides", requestID: "r1", createdMs: 1_000, expiresMs: 10_000)
+        try await store.createApproval(approval)
+        #expect(try await store.approval(binding: approval.binding, status: .pending, nowMs: 2_000)?.id == "apr_1")
+        // Another version of the rule, or other arguments, is another call.
+        var other = approval.binding
+        other.policyVersion = "v2"
+        #expect(try await store.approval(binding: other, status: .pending, nowMs: 2_000) == nil)
+        #expect(try await store.consumeApproval(id: "apr_1", nowMs: 2_000) == false)  // not approved yet
+        let approved = try await store.decideApproval(id: "apr_1", approve: true, by: "operator:o", note: "ok", nowMs: 3_000)
+        #expect(approved?.status == .approved && approved?.decidedBy == "operator:o" && approved?.note == "ok")
+        // A second decision changes nothing.
+        #expect(try await store.decideApproval(id: "apr_1", approve: false, by: "operator:p", note: nil, nowMs: 3_500)?.status == .approved)
+        #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == true)
+        #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == false)
+        // Expiry: a pending approval past its time cannot be approved.
+        var late = approval
+        late.id = "apr_2"
+        late.argumentsHash = "h2"
+        try await store.createApproval(late)
+        #expect(try await store.decideApproval(id: "apr_2", approve: true, by: "operator:o", note: nil, nowMs: 10_000)?.status(at: 10_000) == .expired)
+        #expect(try await store.approvals(status: .expired, agentID: nil, nowMs: 10_000, limit: 10).map(\.id) == ["apr_2"])
+        #expect(try await store.approvals(status: .consumed, agentID: "a", nowMs: 10_000, limit: 10).map(\.id) == ["apr_1"])
+        // Run spend: only the run's own, non-rejected calls.
+        var usage = record("u1", agent: "a", ts: 1, nanos: 700)
+        usage.runID = "run-9"
+        var rejected = record("u2", agent: "a", ts: 2, nanos: 0)
+        rejected.runID = "run-9"
+        rejected.outcome = .rejected
+        try await store.appendUsage([usage, rejected, record("u3", agent: "a", ts: 3, nanos: 5)])
+        #expect(try await store.runSpend(runID: "run-9") == RunSpend(calls: 1, tokens: 15, cost: USD(nanos: 700)))
+        try await store.close()
     }
 
     /// A batch too large for one statement is written by several statements in one transaction.

@@ -48,6 +48,13 @@ final class FlakyStore: InterlockStore {
     func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {}
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals { SpendTotals(cost: .zero, calls: 0, usage: .zero) }
     func recentUsage(limit: Int) async throws -> [UsageRecord] { [] }
+    func runSpend(runID: String) async throws -> RunSpend { RunSpend() }
+    func createApproval(_ approval: ApprovalRecord) async throws {}
+    func approval(id: String) async throws -> ApprovalRecord? { nil }
+    func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord] { [] }
+    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64) async throws -> ApprovalRecord? { nil }
+    func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? { nil }
+    func consumeApproval(id: String, nowMs: Int64) async throws -> Bool { false }
     func ping() async throws {}
     func close() async throws {}
 }

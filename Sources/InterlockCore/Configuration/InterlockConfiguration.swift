@@ -1,3 +1,4 @@
+public import InterlockPolicy
 /// The validated configuration of an Interlock node. Built by the config loader from YAML;
 /// everything here has passed validation, so the rest of the system can trust it.
 public struct InterlockConfiguration: Sendable {
@@ -18,6 +19,8 @@ public struct InterlockConfiguration: Sendable {
     public var mcp = MCPSettings()
     /// Tool gateway settings that are not per upstream (`tool_gateway` in config).
     public var toolGateway = ToolGatewaySettings()
+    /// Policy rules and approvals (`policy` in config).
+    public var policy = PolicySettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -469,6 +472,20 @@ public struct MCPSettings: Sendable {
     public var maxSessionsPerAgent: Int = 100
     /// A session unused this long is forgotten (the client initializes again), in seconds.
     public var sessionIdleTimeoutSeconds: Int = 3_600
+
+    public init() {}
+}
+
+/// `policy`: CEL rules every governed call passes, and how approvals work.
+public struct PolicySettings: Sendable {
+    public var rules: [PolicyRule] = []
+    /// How long a call held for approval keeps the request open waiting for a decision
+    /// before answering "pending" with the approval id, in milliseconds.
+    public var approvalWaitMs: Int = 20_000
+    /// How long an approval request (and an approval once given) stays valid, in seconds.
+    public var approvalTTLSeconds: Int = 3_600
+    /// Evaluation steps one rule may take on one call before it counts as an error.
+    public var costLimit: Int = 100_000
 
     public init() {}
 }

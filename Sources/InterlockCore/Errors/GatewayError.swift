@@ -38,8 +38,14 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     public var status: Int
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     public var retryAfterSeconds: Int?
+    /// Machine-readable particulars added to the error object (the policy that decided, an
+    /// approval id); never secrets.
+    public var details: JSONObject?
 
-    public init(kind: Kind, code: String, message: String, param: String? = nil, status: Int? = nil, retryAfterSeconds: Int? = nil) {
+    public init(
+        kind: Kind, code: String, message: String, param: String? = nil, status: Int? = nil, retryAfterSeconds: Int? = nil, details: JSONObject? = nil
+    ) {
+        self.details = details
         self.kind = kind
         self.code = code
         self.message = message

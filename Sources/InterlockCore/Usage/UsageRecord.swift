@@ -27,12 +27,16 @@ public struct UsageRecord: Sendable, Hashable {
     public var outcome: Outcome
     public var status: Int
     public var errorCode: String?
+    /// The run the call belonged to, if any (policy conditions read a run's spend from here).
+    public var runID: String?
 
     public init(
         requestID: String, timestampMs: Int64, agentID: String, targetKind: String, target: String,
         deploymentID: String?, provider: String?, upstreamModel: String?, operation: String, stream: Bool,
-        usage: TokenUsage, cost: USD, latencyMs: Double, attempts: Int, outcome: Outcome, status: Int, errorCode: String?
+        usage: TokenUsage, cost: USD, latencyMs: Double, attempts: Int, outcome: Outcome, status: Int, errorCode: String?,
+        runID: String? = nil
     ) {
+        self.runID = runID
         self.requestID = requestID
         self.timestampMs = timestampMs
         self.agentID = agentID
