@@ -130,6 +130,95 @@ public struct CELRegex: Sendable {
         }
     }
 
+    /// The leftmost match in UTF-8 `bytes` at or after byte `from` (the longest from that
+    /// start), as a byte range; linear time like `matches`.
+    public func firstMatch(in bytes: [UInt8], from: Int) -> Range<Int>? {
+        // Decode to scalars with their byte offsets.
+        var input: [Unicode.Scalar] = []
+        var offsets: [Int] = []
+        var iterator = bytes[from...].makeIterator()
+        var decoder = UTF8()
+        var offset = from
+        decode: while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar):
+                input.append(scalar)
+                offsets.append(offset)
+                offset += String(scalar).utf8.count
+            case .emptyInput: break decode
+            case .error:
+                input.append("\u{FFFD}")
+                offsets.append(offset)
+                offset += 1
+            }
+        }
+        offsets.append(bytes.count)
+        let count = program.count
+        var current: [(pc: Int, start: Int)] = []
+        var next: [(pc: Int, start: Int)] = []
+        var seen = [Int](repeating: -1, count: count)
+        var best: (start: Int, end: Int)?
+        var stack: [Int] = []
+
+        func add(_ list: inout [(pc: Int, start: Int)], _ pc: Int, start: Int, at position: Int, generation: Int) -> Bool {
+            var matched = false
+            stack.append(pc)
+            while let current = stack.popLast() {
+                if seen[current] == generation { continue }
+                seen[current] = generation
+                switch program[current] {
+                case .jump(let target): stack.append(target)
+                case .split(let first, let second):
+                    stack.append(second)
+                    stack.append(first)
+                case .assert(let assertion):
+                    if holds(assertion, input, position) { stack.append(current + 1) }
+                case .match:
+                    matched = true
+                default:
+                    list.append((current, start))
+                }
+            }
+            return matched
+        }
+
+        var position = 0
+        var generation = 0
+        while true {
+            if best == nil {
+                if add(&current, 0, start: position, at: position, generation: generation) {
+                    best = (position, position)
+                }
+            }
+            if position == input.count || current.isEmpty && best != nil { break }
+            let scalar = input[position]
+            next.removeAll(keepingCapacity: true)
+            generation += 1
+            for thread in current {
+                if let found = best, thread.start > found.start { continue }
+                let advances: Bool
+                switch program[thread.pc] {
+                case .scalar(let value): advances = scalar.value == value
+                case .charClass(let charClass): advances = charClass.contains(scalar)
+                case .any: advances = true
+                case .anyNotNewline: advances = scalar != "\n"
+                default: advances = false
+                }
+                if advances, add(&next, thread.pc + 1, start: thread.start, at: position + 1, generation: generation) {
+                    if best == nil || thread.start < best!.start || (thread.start == best!.start && position + 1 > best!.end) {
+                        best = (thread.start, position + 1)
+                    }
+                }
+            }
+            swap(&current, &next)
+            position += 1
+            if let found = best { current.removeAll { $0.start != found.start } }
+            generation += 1
+        }
+        guard let best else { return nil }
+        return offsets[best.start]..<offsets[best.end]
+    }
+
     private func holds(_ assertion: Assertion, _ input: [Unicode.Scalar], _ position: Int) -> Bool {
         switch assertion {
         case .beginText: return position == 0
