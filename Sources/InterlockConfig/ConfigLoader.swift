@@ -52,7 +52,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy", "guardrails"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -140,6 +140,7 @@ private struct ConfigDocument {
             if let value = fields["startup_wait_ms"]?.int(minimum: 0, maximum: 600_000) { config.toolGateway.startupWaitMs = value }
         }
         if let node = top["policy"] { readPolicy(node, into: &config.policy) }
+        if let node = top["guardrails"] { readGuardrails(node, into: &config.guardrails) }
         if let node = top["tools"], let entries = node.namedEntries() {
             config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }
         }
@@ -648,6 +649,69 @@ private struct ConfigDocument {
             // field name fails `interlock validate`, not a live call.
             for error in PolicyEngine.check(parsed) { conditionNode.report(celError: error) }
             policy.rules.append(parsed)
+        }
+    }
+
+    private func readGuardrails(_ node: ConfigNode, into guardrails: inout GuardrailSettings) {
+        guard let fields = node.mapping(allowed: ["rules", "allowed_domains", "allowed_hosts", "custom", "stream_window_bytes"]) else { return }
+        guardrails.allowedDomains = fields["allowed_domains"]?.stringList() ?? []
+        guardrails.allowedHosts = fields["allowed_hosts"]?.stringList() ?? []
+        if let value = fields["stream_window_bytes"]?.int(minimum: 16, maximum: 65_536) { guardrails.streamWindowBytes = value }
+        var customNames = Set<String>()
+        for item in fields["custom"]?.sequence() ?? [] {
+            guard let custom = item.mapping(allowed: ["name", "pattern"]) else { continue }
+            guard let nameNode = custom["name"], let name = nameNode.nonEmptyString(), let patternNode = custom["pattern"], let pattern = patternNode.nonEmptyString() else {
+                if custom["name"] == nil { item.report("missing required key 'name'") }
+                if custom["pattern"] == nil { item.report("missing required key 'pattern' (RE2 syntax)") }
+                continue
+            }
+            if !name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) { nameNode.report("a custom detector name may hold letters, digits, '_' and '-'") }
+            if !customNames.insert(name).inserted { nameNode.report("duplicate custom detector '\(name)'") }
+            do {
+                _ = try CELRegex(pattern)
+            } catch {
+                patternNode.report("invalid pattern: \(error.message)")
+                continue
+            }
+            guardrails.custom.append((name, pattern))
+        }
+        let detectorNames: Set<String> = [
+            "secrets", "pii", "exfiltration", "injection", "custom", "pii.email", "pii.phone", "pii.card", "pii.iban", "pii.national_id",
+            "exfiltration.recipient", "exfiltration.url", "exfiltration.markdown_image", "injection.override", "injection.role_marker",
+            "injection.invisible", "secrets.private_key", "secrets.url_credentials", "secrets.assignment", "secrets.high_entropy",
+        ]
+        for item in fields["rules"]?.sequence() ?? [] {
+            guard let rule = item.mapping(allowed: ["detectors", "direction", "action", "targets", "agents"]) else { continue }
+            guard let detectorsNode = rule["detectors"], let detectors = detectorsNode.stringList(), let actionNode = rule["action"],
+                let action = actionNode.oneOf(GuardrailSettings.Action.self, GuardrailSettings.Action.allCases)
+            else {
+                if rule["detectors"] == nil { item.report("missing required key 'detectors' (e.g. [secrets, pii])") }
+                if rule["action"] == nil { item.report("missing required key 'action' (block, redact, flag or require_approval)") }
+                continue
+            }
+            if detectors.isEmpty { detectorsNode.report("must name at least one detector") }
+            for detector in detectors where !detectorNames.contains(detector) && !detector.hasPrefix("secrets.") {
+                if detector.hasPrefix("custom.") {
+                    if !customNames.contains(String(detector.dropFirst(7))) { detectorsNode.report("unknown custom detector '\(detector.dropFirst(7))' (declare it under guardrails.custom)") }
+                    continue
+                }
+                var message = "unknown detector '\(detector)'"
+                if let suggestion = Suggestion.closest(to: detector, in: detectorNames) { message += "; did you mean '\(suggestion)'?" }
+                detectorsNode.report(message)
+            }
+            var parsed = GuardrailSettings.Rule(detectors: detectors, action: action)
+            if let direction = rule["direction"]?.oneOf(GuardrailSettings.Direction.self, GuardrailSettings.Direction.allCases) { parsed.direction = direction }
+            if action == .requireApproval, parsed.direction != .in {
+                actionNode.report("require_approval applies to what an agent sends: set 'direction: in'")
+            }
+            if let targetsNode = rule["targets"], let targets = targetsNode.stringList() {
+                for target in targets where !(target.hasPrefix("model:") || target.hasPrefix("tool:") || target.hasPrefix("agent:")) {
+                    targetsNode.report("target pattern '\(target)' must start with model:, tool: or agent:")
+                }
+                parsed.targets = targets
+            }
+            parsed.agents = rule["agents"]?.stringList() ?? []
+            guardrails.rules.append(parsed)
         }
     }
 

@@ -20,16 +20,19 @@ public final class CallGovernor: Sendable {
     public let tokens: TokenService?
     /// The policy rules and approvals; nil (or empty) lets every granted call through.
     public let policy: PolicyStage?
+    /// The guardrail detectors on what agents send and what comes back; nil or empty: none.
+    public let guardrails: GuardrailStage?
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
 
     public init(
         registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, policy: PolicyStage? = nil,
-        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+        guardrails: GuardrailStage? = nil, logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
         self.registry = registry
         self.policy = policy
+        self.guardrails = guardrails
         self.audit = audit
         self.tokens = tokens
         self.ledger = ledger
@@ -49,7 +52,9 @@ public final class CallGovernor: Sendable {
             store: store, declared: configuration.agents, queue: queue, settings: configuration.auth, nowMs: clock(), logger: logger)
         let policy = try PolicyStage(
             settings: configuration.policy, store: store, audit: audit, region: configuration.node.region, logger: logger, wallClockMs: clock)
-        let governor = CallGovernor(registry: registry, ledger: ledger, audit: audit, tokens: tokens, policy: policy, logger: logger, wallClockMs: clock)
+        let guardrails = GuardrailStage(engine: try GuardrailEngine(settings: configuration.guardrails), audit: audit, policy: policy)
+        let governor = CallGovernor(
+            registry: registry, ledger: ledger, audit: audit, tokens: tokens, policy: policy, guardrails: guardrails, logger: logger, wallClockMs: clock)
         try await governor.restoreBudgets(from: store)
         return governor
     }
@@ -211,7 +216,13 @@ public final class CallGovernor: Sendable {
     }
 
     /// Whether calls need the hash of their arguments (audit, or approvals binding to it).
-    public var needsArgumentsHash: Bool { audit != nil || !(policy?.isEmpty ?? true) }
+    public var needsArgumentsHash: Bool { audit != nil || !(policy?.isEmpty ?? true) || !(guardrails?.isEmpty ?? true) }
+
+    /// Whether the event-loop path must leave this call to the async path for the guard stages.
+    public func guardrailsApply(_ caller: Caller, kind: TargetKind, name: String) -> Bool {
+        guard let guardrails, !guardrails.isEmpty else { return false }
+        return guardrails.applies(caller, kind: kind, name: name)
+    }
 
     // MARK: Admit
 

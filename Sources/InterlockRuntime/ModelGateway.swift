@@ -107,6 +107,7 @@ public final class ModelGateway: Sendable {
     public func handle(_ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
         let (call, chain) = try prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState)
         try await governor.enforcePolicy(call, target: policyTarget(request), arguments: { Self.arguments(request) })
+        let request = try await guardIn(request, call: call)
         let admission = try await governor.admit(call)
         let span = begin(request, admission: admission)
         return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
@@ -132,6 +133,26 @@ public final class ModelGateway: Sendable {
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState,
             argumentsHash: governor.needsArgumentsHash ? AuditRecord.sha256Hex(request.body) : nil)
         return (call, chain)
+    }
+
+    /// The parts of a request and of an answer that guardrails read: what people and models
+    /// wrote, not ids, model names or parameters.
+    static let requestTextKeys: Set<String> = ["messages", "system", "input", "prompt"]
+    static let answerTextKeys: Set<String> = ["choices", "content"]
+
+    /// Guard (in): the request as the upstream will get it (redacted where a rule says so),
+    /// or the refusal, or a wait for a human.
+    private func guardIn(_ request: ModelRequest, call: GovernedCall) async throws(GatewayError) -> ModelRequest {
+        guard let guardrails = governor.guardrails, let plan = guardrails.plan(call.caller, kind: .model, name: request.alias, direction: .in) else {
+            return request
+        }
+        let body = try request.decodedBody()
+        guard
+            let redacted = try await guardrails.checkIn(
+                .object(body), keys: Self.requestTextKeys, plan: plan, caller: call.caller, kind: .model, name: request.alias, requestID: call.requestID,
+                argumentsHash: call.argumentsHash ?? AuditRecord.sha256Hex(request.body))
+        else { return request }
+        return try ModelRequest.parse(body: JSONWriter.bytes(redacted), format: request.format, operation: request.operation)
     }
 
     /// What policy conditions see as `target` for a model call.
@@ -172,6 +193,11 @@ public final class ModelGateway: Sendable {
             let result = try await execute(request, chain: chain, admission: admission, span: span, resume: resume)
             if case .complete = result { span.end() }
             return result
+        } catch let settled as SettledFailure {
+            span.attributes["error.type"] = settled.error.code
+            span.setStatus(SpanStatus(code: .error, message: settled.error.code))
+            span.end()
+            throw settled.error
         } catch {
             let gatewayError = (error as? GatewayError) ?? GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the request.")
             span.attributes["error.type"] = gatewayError.code
@@ -191,7 +217,7 @@ public final class ModelGateway: Sendable {
         _ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?, maxResponseBytes: Int
     ) -> LoopStart {
         guard let (call, chain) = try? prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState, audited: false),
-            let first = chain.first, first.provider.kind != .mock,
+            let first = chain.first, first.provider.kind != .mock, !governor.guardrailsApply(caller, kind: .model, name: request.alias),
             governor.policyAllowsOnLoop(call, target: policyTarget(request), arguments: { Self.arguments(request) })
         else { return .declined }
         let endpoint = request.operation == .chat ? first.chatEndpoint : first.embeddingsEndpoint
@@ -344,6 +370,14 @@ public final class ModelGateway: Sendable {
         case retryable(status: Int, message: String, retryAfter: Duration?)
         /// The request itself is wrong: answer the agent, no retry, no fallback.
         case final(GatewayError)
+        /// The upstream answered and the call is settled (its cost recorded), but the agent
+        /// gets this error (a guardrail withheld the answer).
+        case settled(GatewayError)
+    }
+
+    /// A failure whose call was already settled: `run` passes it on without settling again.
+    struct SettledFailure: Error {
+        let error: GatewayError
     }
 
     private func execute(
@@ -422,6 +456,9 @@ public final class ModelGateway: Sendable {
                     case .final(let error):
                         deployment.record(success: true)  // The deployment answered; the request was at fault.
                         throw error
+                    case .settled(let error):
+                        deployment.record(success: true)
+                        throw SettledFailure(error: error)
                     case .retryable(let status, let message, let retryAfter):
                         upstreamTime += sent.duration(to: clock.now)
                         if status == 429 {
@@ -514,7 +551,13 @@ public final class ModelGateway: Sendable {
             requestID: admission.call.requestID)
         var first: [UInt8] = []
         var ended = false
-        while first.isEmpty, !ended {
+        let caller = admission.call.caller
+        var streamGuard = governor.guardrails.flatMap { guardrails in
+            guardrails.plan(caller, kind: .model, name: request.alias, direction: .out).map {
+                StreamGuard(plan: $0, window: guardrails.engine.settings.streamWindowBytes, native: native)
+            }
+        }
+        while first.isEmpty, !ended, streamGuard?.blocked == nil {
             let chunk: ByteBuffer?
             do {
                 chunk = try await iterator.next()
@@ -522,9 +565,11 @@ public final class ModelGateway: Sendable {
                 throw AttemptFailure.retryable(status: 502, message: "The upstream stream for '\(request.alias)' failed before its first event.", retryAfter: nil)
             }
             guard let chunk else { ended = true; break }
-            for event in parser.consume(chunk.readableBytesView) { first += transcoder.transcode(event) }
+            for event in parser.consume(chunk.readableBytesView) {
+                for passed in ModelStream.guarded(event, &streamGuard) { first += transcoder.transcode(passed) }
+            }
         }
-        if first.isEmpty {
+        if first.isEmpty, streamGuard?.blocked == nil {
             throw AttemptFailure.retryable(status: 502, message: "The upstream stream for '\(request.alias)' ended without any event.", retryAfter: nil)
         }
         let (attempts, overhead, queued) = timing(sent.duration(to: clock.now))
@@ -533,7 +578,10 @@ public final class ModelGateway: Sendable {
             overheadMs: max(0, overhead.milliseconds), queuedMs: queued.milliseconds, cost: nil)
         let stream = ModelStream(
             iterator: iterator, parser: parser, transcoder: transcoder, pending: first, upstreamEnded: ended,
-            estimatedInputTokens: request.estimatedInputTokens, admission: admission,
+            estimatedInputTokens: request.estimatedInputTokens, admission: admission, streamGuard: streamGuard,
+            recordHits: { [guardrails = governor.guardrails] hits in
+                guardrails?.record(hits, direction: .out, caller: caller, target: request.alias, requestID: admission.call.requestID, argumentsHash: nil)
+            },
             settle: streamSettlement(deployment: deployment, admission: admission, span: span, attempts: attempts))
         return .stream(info: info, stream: stream)
     }
@@ -592,6 +640,25 @@ extension ModelGateway {
         if span.isRecording {
             span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
             span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
+        }
+        // Guard (out): the agent sees the answer redacted, or not at all (it is paid for either way).
+        if request.operation == .chat, let guardrails = governor.guardrails,
+            let plan = guardrails.plan(admission.call.caller, kind: .model, name: request.alias, direction: .out),
+            case .object(let answer)? = try? JSONParser.parse(Array(out.readableBytesView))
+        {
+            do {
+                if let redacted = try guardrails.checkOut(
+                    .object(answer), keys: Self.answerTextKeys, plan: plan, caller: admission.call.caller, name: request.alias,
+                    requestID: admission.call.requestID)
+                {
+                    out = ByteBuffer(bytes: JSONWriter.bytes(redacted))
+                }
+            } catch {
+                governor.settle(admission, CallOutcome(
+                    usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,
+                    attempts: attempts, outcome: .error, status: error.status, errorCode: error.code))
+                throw .settled(error)
+            }
         }
         governor.settle(admission, CallOutcome(
             usage: usage, cost: cost, deploymentID: deployment.settings.id, provider: deployment.provider.id, upstreamModel: deployment.settings.model,

@@ -18,11 +18,18 @@ public final class ModelStream: @unchecked Sendable {
     private let settle: StreamSettlement
     private let admission: CallGovernor.Admission
     private var settled = false
+    /// Guardrails on the answer's text, when any apply (see `StreamGuard`).
+    private var streamGuard: StreamGuard?
+    /// Audits the guard's hits when the stream ends.
+    private let recordHits: @Sendable ([GuardrailHit]) -> Void
 
     init(
         iterator: UpstreamBody.Iterator, parser: ServerSentEventParser, transcoder: StreamTranscoder, pending: [UInt8], upstreamEnded: Bool,
-        estimatedInputTokens: Int, admission: CallGovernor.Admission, settle: @escaping StreamSettlement
+        estimatedInputTokens: Int, admission: CallGovernor.Admission, streamGuard: StreamGuard? = nil,
+        recordHits: @escaping @Sendable ([GuardrailHit]) -> Void = { _ in }, settle: @escaping StreamSettlement
     ) {
+        self.streamGuard = streamGuard
+        self.recordHits = recordHits
         self.admission = admission
         self.iterator = iterator
         self.parser = parser
@@ -74,13 +81,14 @@ public final class ModelStream: @unchecked Sendable {
         var agentGone = false
         var upstreamBroke = false
         var cutOff = false
+        var blocked = streamGuard?.blocked != nil
         do {
             try await write(ByteBuffer(bytes: pending))
             pending = []
         } catch {
             agentGone = true
         }
-        while !agentGone, !upstreamEnded {
+        while !agentGone, !upstreamEnded, !blocked {
             let chunk: ByteBuffer?
             do {
                 switch try await pull() {
@@ -99,7 +107,14 @@ public final class ModelStream: @unchecked Sendable {
                 break
             }
             var out: [UInt8] = []
-            for event in parser.consume(chunk.readableBytesView) { out += transcoder.transcode(event) }
+            for event in parser.consume(chunk.readableBytesView) {
+                for passed in Self.guarded(event, &streamGuard) { out += transcoder.transcode(passed) }
+            }
+            if streamGuard?.blocked != nil {
+                blocked = true
+                if !out.isEmpty { _ = try? await write(ByteBuffer(bytes: out)) }
+                break
+            }
             guard !out.isEmpty else { continue }
             do {
                 try await write(ByteBuffer(bytes: out))
@@ -107,21 +122,36 @@ public final class ModelStream: @unchecked Sendable {
                 agentGone = true
             }
         }
-        if !agentGone, cutOff {
+        if !agentGone, blocked, let hit = streamGuard?.blocked {
+            let tail = transcoder.finish(completed: false, interruption: StreamInterruption(
+                type: "permission_error", code: "guardrail_blocked",
+                message: "Blocked by a guardrail: the answer contained \(GuardrailStage.describe(hit.detector)); the stream was stopped."))
+            do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
+        } else if !agentGone, cutOff {
             let tail = transcoder.finish(completed: false, interruption: .agentDisabled(admission.call.agent.id))
             do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
         } else if !agentGone {
             var tail: [UInt8] = []
-            if let event = parser.finish() { tail += transcoder.transcode(event) }
+            if let event = parser.finish() {
+                for passed in Self.guarded(event, &streamGuard) { tail += transcoder.transcode(passed) }
+            }
+            for held in streamGuard?.finish() ?? [] { tail += transcoder.transcode(held) }
             tail += transcoder.finish(completed: !upstreamBroke)
             if !tail.isEmpty {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
         }
         let (usage, outcome) = Self.outcome(
-            transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke || cutOff, agentGone: agentGone)
+            transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke || cutOff || blocked, agentGone: agentGone)
+        if let hits = streamGuard?.hits, !hits.isEmpty { recordHits(hits) }
         settled = true
-        settle(usage, outcome, agentGone ? 499 : 200, cutOff ? "agent_disabled" : nil)
+        settle(usage, outcome, agentGone ? 499 : (blocked ? 403 : 200), cutOff ? "agent_disabled" : (blocked ? "guardrail_blocked" : nil))
+    }
+
+    /// An upstream event through the guard, if there is one.
+    static func guarded(_ event: ServerSentEvent, _ streamGuard: inout StreamGuard?) -> [ServerSentEvent] {
+        guard streamGuard != nil else { return [event] }
+        return streamGuard!.filter(event)
     }
 
     /// How a finished stream is billed: the usage the upstream reported or, failing that, the

@@ -136,6 +136,12 @@ public final class PolicyStage: Sendable {
 
     // MARK: Approvals
 
+    /// Holds a call for a human under `rule` (a policy rule, or a guardrail's): returns when
+    /// an approval for exactly this call is given (and uses it), throws otherwise.
+    func holdForApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) {
+        try await awaitApproval(caller, call, rule: rule)
+    }
+
     private func awaitApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) {
         guard let store else {
             throw GatewayError(kind: .internal, code: "approvals_unavailable", message: "Approvals need a store.")

@@ -66,7 +66,9 @@ extension ToolGateway {
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
             expectedCost: .zero, traceParent: traceParent, traceState: traceState, argumentsHash: argumentsHash)
-        guard governor.policyAllowsOnLoop(call, target: Self.policyTarget(tool), arguments: { .object(arguments) }) else {
+        guard !governor.guardrailsApply(caller, kind: .tool, name: name),
+            governor.policyAllowsOnLoop(call, target: Self.policyTarget(tool), arguments: { .object(arguments) })
+        else {
             source.inFlight.subtract(1, ordering: .relaxed)
             return .declined
         }

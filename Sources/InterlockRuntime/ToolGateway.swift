@@ -489,10 +489,10 @@ public final class ToolGateway: Service, Sendable {
     ) async throws(GatewayError) -> ToolResult {
         let argumentsHash = AuditRecord.sha256Hex(bytes)
         let tool: Tool
-        let arguments: JSONObject
+        let checkedArguments: JSONObject
         switch checked(name, arguments: bytes, caller: caller) {
         case .success(let checked):
-            (tool, arguments) = checked
+            (tool, checkedArguments) = checked
         case .failure(let error):
             // Invalid arguments are kept (with capture on), so an operator can see what the agent got wrong.
             let capture = error.code == "invalid_arguments" ? tools.withLock({ $0[name] }).flatMap { captured($0.source, arguments: bytes, result: nil) } : nil
@@ -502,7 +502,15 @@ public final class ToolGateway: Service, Sendable {
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
             expectedCost: .zero, traceParent: traceParent, traceState: traceState, argumentsHash: argumentsHash)
-        try await governor.enforcePolicy(call, target: Self.policyTarget(tool), arguments: { .object(arguments) })
+        try await governor.enforcePolicy(call, target: Self.policyTarget(tool), arguments: { .object(checkedArguments) })
+        // Guard (in): what the upstream is sent may be redacted, or the call refused or held.
+        var arguments = checkedArguments
+        if let guardrails = governor.guardrails, let plan = guardrails.plan(caller, kind: .tool, name: name, direction: .in),
+            case .object(let redacted)? = try await guardrails.checkIn(
+                .object(arguments), plan: plan, caller: caller, kind: .tool, name: name, requestID: requestID, argumentsHash: argumentsHash)
+        {
+            arguments = redacted
+        }
         let admission = try await governor.admit(call)
         if let limiter = tool.limiter {
             // The tool's own limit, after the agent's: a call waits in the bounded queue, or is refused.
@@ -555,7 +563,22 @@ public final class ToolGateway: Service, Sendable {
             governor.settle(admission, CallOutcome(outcome: .error, status: 500, errorCode: "internal_error"))
             throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock failed to process the tool call.")
         }
-        return try settleResult(result, tool: tool, admission: admission, span: span, arguments: bytes).get()
+        // Guard (out): the agent sees the answer redacted, or not at all.
+        var guarded = result
+        if let guardrails = governor.guardrails, let plan = guardrails.plan(caller, kind: .tool, name: name, direction: .out) {
+            do {
+                if let mcp = result.mcpResult {
+                    if case .object(let redacted)? = try guardrails.checkOut(.object(mcp), plan: plan, caller: caller, name: name, requestID: requestID) {
+                        guarded = Self.toolResult(mcp: redacted, attempts: result.attempts)
+                    }
+                } else if let redacted = try guardrails.checkOut(result.content, plan: plan, caller: caller, name: name, requestID: requestID) {
+                    guarded.content = redacted
+                }
+            } catch {
+                throw settleFailure(error, admission: admission, span: span, source: source, arguments: bytes)
+            }
+        }
+        return try settleResult(guarded, tool: tool, admission: admission, span: span, arguments: bytes).get()
     }
 
     /// The checks before admission, the same on both paths: the tool exists, the caller may

@@ -242,7 +242,7 @@ struct MCPRoutes {
                 return ["jsonrpc": "2.0", "id": id, "error": .object(error)]
             }
             switch (error.kind, error.code) {
-            case (_, "policy_denied"), (_, "approval_pending"), (_, "approval_rejected"):
+            case (_, "policy_denied"), (_, "approval_pending"), (_, "approval_rejected"), (_, "guardrail_blocked"):
                 // A policy's answer is for the agent (and its model) to read: why, and what to do.
                 var meta: JSONObject = ["interlock/error": .string(error.code)]
                 for (key, value) in error.details ?? [:] { meta["interlock/\(key)"] = value }

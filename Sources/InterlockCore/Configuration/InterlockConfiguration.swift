@@ -21,6 +21,8 @@ public struct InterlockConfiguration: Sendable {
     public var toolGateway = ToolGatewaySettings()
     /// Policy rules and approvals (`policy` in config).
     public var policy = PolicySettings()
+    /// Detectors on what agents send and what comes back (`guardrails` in config).
+    public var guardrails = GuardrailSettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),

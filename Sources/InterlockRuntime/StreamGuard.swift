@@ -1,0 +1,194 @@
+import InterlockCore
+import InterlockProviders
+
+/// Guardrails on a streamed model answer, in the upstream's own event format (before any
+/// translation). Text deltas are scanned together with a bounded look-behind window of what
+/// was already sent, so a secret split across chunks is still found. When a rule may redact
+/// or block, the last `window` bytes of text are held back until more text (or the end)
+/// arrives, so nothing a rule would stop has reached the agent when it is found; a
+/// flag-only guard holds nothing back.
+struct StreamGuard {
+    private struct Choice {
+        /// The last `window` bytes already released, as the upstream sent them.
+        var context: [UInt8] = []
+        /// Text received and not yet released.
+        var pending: [UInt8] = []
+        /// Bytes released so far (absolute offset of `pending`).
+        var released = 0
+        /// Redactions still to apply, in absolute offsets.
+        var redactions: [Range<Int>] = []
+        var reported = Set<String>()
+    }
+
+    let plan: GuardrailPlan
+    let window: Int
+    let native: WireFormat
+    let holdBack: Bool
+    private var choices: [Int: Choice] = [:]
+    /// The last OpenAI chunk, as a template for text released at the end.
+    private var template: JSONObject?
+    /// Every hit so far.
+    private(set) var hits: [GuardrailHit] = []
+    /// The hit that stopped the stream, if one did.
+    private(set) var blocked: GuardrailHit?
+
+    init(plan: GuardrailPlan, window: Int, native: WireFormat) {
+        self.plan = plan
+        self.window = window
+        self.native = native
+        holdBack = plan.strongest >= .redact
+    }
+
+    /// The events to pass on for one upstream event (none once blocked).
+    mutating func filter(_ event: ServerSentEvent) -> [ServerSentEvent] {
+        guard blocked == nil else { return [] }
+        switch native {
+        case .openAI: return filterOpenAI(event)
+        case .anthropic: return filterAnthropic(event)
+        }
+    }
+
+    /// What is still held back, as events (the upstream ended without its own end events).
+    mutating func finish() -> [ServerSentEvent] {
+        guard blocked == nil else { return [] }
+        var events: [ServerSentEvent] = []
+        for index in choices.keys.sorted() {
+            let text = release(index, all: true)
+            guard !text.isEmpty else { continue }
+            events.append(native == .openAI ? openAIText(index, text) : anthropicText(index, text))
+        }
+        return events
+    }
+
+    // MARK: Text
+
+    /// Takes a text delta of one choice and returns the text that may be released now.
+    private mutating func take(_ index: Int, _ text: String) -> String {
+        var choice = choices[index] ?? Choice()
+        choice.pending += Array(text.utf8)
+        let scanned = choice.context + choice.pending
+        let base = choice.released - choice.context.count
+        for hit in plan.scan(String(decoding: scanned, as: UTF8.self), path: native == .openAI ? "choices[\(index)].delta.content" : "content[\(index)].text", field: nil) {
+            let absolute = (base + hit.range.lowerBound)..<(base + hit.range.upperBound)
+            guard absolute.upperBound > choice.released else { continue }
+            let key = "\(hit.detector)@\(absolute.lowerBound)"
+            guard choice.reported.insert(key).inserted else { continue }
+            var recorded = hit
+            recorded.range = absolute
+            hits.append(recorded)
+            switch hit.action {
+            case .block, .requireApproval:
+                if blocked == nil { blocked = recorded }
+            case .redact:
+                choice.redactions.append(max(absolute.lowerBound, choice.released)..<absolute.upperBound)
+            case .flag:
+                break
+            }
+        }
+        choices[index] = choice
+        return blocked == nil ? release(index, all: !holdBack) : ""
+    }
+
+    /// Releases what may go now: all of it, or all but the last `window` bytes (never
+    /// splitting a character or a redaction).
+    private mutating func release(_ index: Int, all: Bool) -> String {
+        guard var choice = choices[index] else { return "" }
+        var cut = all ? choice.pending.count : max(0, choice.pending.count - window)
+        while cut > 0, cut < choice.pending.count, choice.pending[cut] & 0xC0 == 0x80 { cut -= 1 }
+        for range in choice.redactions where range.lowerBound < choice.released + cut && choice.released + cut < range.upperBound {
+            cut = range.lowerBound - choice.released
+        }
+        guard cut > 0 else { return "" }
+        let raw = Array(choice.pending[0..<cut])
+        var output: [UInt8] = []
+        var cursor = 0
+        var remaining: [Range<Int>] = []
+        for range in choice.redactions.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            let start = range.lowerBound - choice.released
+            let end = range.upperBound - choice.released
+            guard start < cut else {
+                remaining.append(range)
+                continue
+            }
+            if start >= cursor {
+                output += raw[cursor..<start]
+                let detector = hits.last { $0.range == range || $0.range.overlaps(range) }?.detector ?? "guardrail"
+                output += Array("[REDACTED:\(detector)]".utf8)
+            }
+            cursor = max(cursor, min(end, cut))
+        }
+        output += raw[min(cursor, cut)..<cut]
+        choice.redactions = remaining
+        choice.pending.removeFirst(cut)
+        choice.released += cut
+        choice.context = Array((choice.context + raw).suffix(window))
+        choices[index] = choice
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    // MARK: OpenAI chunks
+
+    private mutating func filterOpenAI(_ event: ServerSentEvent) -> [ServerSentEvent] {
+        if event.isDone {
+            return finish() + [event]
+        }
+        guard case .object(var chunk)? = try? JSONParser.parse(event.data), case .array(var list)? = chunk["choices"], !list.isEmpty else {
+            return [event]
+        }
+        template = chunk
+        for position in list.indices {
+            guard case .object(var choice) = list[position] else { continue }
+            let index = Int(choice["index"]?.int64Value ?? Int64(position))
+            guard case .object(var delta)? = choice["delta"] else { continue }
+            var text = delta["content"]?.stringValue.map { take(index, $0) }
+            if blocked != nil { return [] }
+            // The choice ends here: everything held back goes out with this chunk.
+            if let reason = choice["finish_reason"], reason != .null {
+                text = (text ?? "") + release(index, all: true)
+            }
+            if let text { delta["content"] = .string(text) }
+            choice["delta"] = .object(delta)
+            list[position] = .object(choice)
+        }
+        chunk["choices"] = .array(list)
+        return [ServerSentEvent(event: event.event, data: JSONWriter.bytes(.object(chunk)))]
+    }
+
+    private func openAIText(_ index: Int, _ text: String) -> ServerSentEvent {
+        var chunk = template ?? ["object": "chat.completion.chunk"]
+        chunk["choices"] = [["index": .integer(Int64(index)), "delta": ["content": .string(text)], "finish_reason": .null]]
+        chunk["usage"] = nil
+        return ServerSentEvent(data: JSONWriter.bytes(.object(chunk)))
+    }
+
+    // MARK: Anthropic events
+
+    private mutating func filterAnthropic(_ event: ServerSentEvent) -> [ServerSentEvent] {
+        switch event.event {
+        case "content_block_delta":
+            guard case .object(var payload)? = try? JSONParser.parse(event.data), case .object(var delta)? = payload["delta"],
+                delta["type"]?.stringValue == "text_delta", let text = delta["text"]?.stringValue
+            else { return [event] }
+            let index = Int(payload["index"]?.int64Value ?? 0)
+            let released = take(index, text)
+            if blocked != nil || released.isEmpty { return [] }
+            delta["text"] = .string(released)
+            payload["delta"] = .object(delta)
+            return [ServerSentEvent(event: event.event, data: JSONWriter.bytes(.object(payload)))]
+        case "content_block_stop":
+            let index = Int((try? JSONParser.parse(event.data))?["index"]?.int64Value ?? 0)
+            let text = release(index, all: true)
+            return (text.isEmpty ? [] : [anthropicText(index, text)]) + [event]
+        case "message_delta", "message_stop":
+            return finish() + [event]
+        default:
+            return [event]
+        }
+    }
+
+    private func anthropicText(_ index: Int, _ text: String) -> ServerSentEvent {
+        ServerSentEvent(
+            event: "content_block_delta",
+            data: JSONWriter.bytes(["type": "content_block_delta", "index": .integer(Int64(index)), "delta": ["type": "text_delta", "text": .string(text)]]))
+    }
+}
