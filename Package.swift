@@ -47,7 +47,7 @@ let package = Package(
         // Policy benchmark: rule evaluation time against the same check in plain Swift.
         .executableTarget(
             name: "interlock-bench-policy",
-            dependencies: ["InterlockPolicy"],
+            dependencies: ["InterlockPolicy", "InterlockCore"],
             swiftSettings: swiftSettings
         ),
         // Policy: a CEL engine of our own (parse, check, evaluate; RE2-style linear-time regex).

@@ -114,6 +114,39 @@ import Testing
         #expect(config.policy.approvalWaitMs == 20_000)
     }
 
+    @Test func guardrailRulesAreChecked() throws {
+        let text = valid + """
+
+            guardrails:
+              allowed_domains: [corp.example]
+              custom:
+                - { name: codename, pattern: '(?i)project\\s+falcon' }
+                - { name: broken, pattern: '(unclosed' }
+              rules:
+                - { detectors: [secrets, pii.card], direction: in, action: block }
+                - { detectors: [pii.emial], action: redact }
+                - { detectors: [custom.nothere], action: flag }
+                - { detectors: [injection], direction: out, action: require_approval }
+                - { detectors: [secrets], action: shred }
+            """
+        do {
+            _ = try ConfigLoader.parse(text, file: "g.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ"])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:21:") && $0.contains("invalid pattern") })
+            #expect(lines.contains { $0.contains("unknown detector 'pii.emial'; did you mean 'pii.email'?") })
+            #expect(lines.contains { $0.contains("unknown custom detector 'nothere'") })
+            #expect(lines.contains { $0.contains("require_approval applies to what an agent sends") })
+            #expect(lines.contains { $0.contains("'shred' is not one of: flag, redact, require_approval, block") })
+        }
+        let config = try ConfigLoader.parse(
+            valid + "\nguardrails:\n  rules:\n    - { detectors: [secrets], direction: in, action: block, targets: ['model:*'] }\n", file: "g.yaml",
+            environment: ["A1_KEY": "0123456789abcdefXYZ"])
+        #expect(config.guardrails.rules.first?.action == .block && config.guardrails.rules.first?.direction == .in)
+        #expect(config.guardrails.streamWindowBytes == 256)
+    }
+
     /// Upstream headers are not re-validated per request, so bad ones must stop the config.
     @Test func upstreamHeadersAndKeysMustBeValidHeaderFields() {
         let text = """

@@ -48,8 +48,11 @@ public enum GuardrailDetectors {
 
     static func scan(bytes: inout [UInt8], text: String, _ options: GuardrailScanOptions) -> [GuardrailFinding] {
         var findings: [GuardrailFinding] = []
-        if options.secrets || options.pii || options.exfiltration { tokens(bytes, options, &findings) }
-        if options.injection { injection(bytes, &findings) }
+        // One buffer pointer for every helper: no reference counting per call.
+        bytes.withUnsafeBufferPointer { b in
+            if options.secrets || options.pii || options.exfiltration { tokens(b, options, &findings) }
+            if options.injection { injection(b, &findings) }
+        }
         for (name, regex) in options.custom {
             var start = 0
             while start <= bytes.count, let match = regex.firstMatch(in: bytes, from: start) {
@@ -91,9 +94,10 @@ public enum GuardrailDetectors {
 
     /// One pass over the text: each run of token characters is classified; e-mail, URLs,
     /// card and phone numbers (which contain separators) are found from their anchors.
-    static func tokens(_ b: [UInt8], _ options: GuardrailScanOptions, _ findings: inout [GuardrailFinding]) {
+    static func tokens(_ b: UnsafeBufferPointer<UInt8>, _ options: GuardrailScanOptions, _ findings: inout [GuardrailFinding]) {
         let n = b.count
         var i = 0
+        var nextColon = -1
         while i < n {
             let c = b[i]
             // Private key blocks.
@@ -103,8 +107,15 @@ public enum GuardrailDetectors {
                 i = blockEnd
                 continue
             }
-            // URLs (exfiltration, credentials in URLs, markdown images).
-            if options.exfiltration || options.secrets, isLower(c) || isUpper(c), i == 0 || !isAlnum(b[i - 1]), let url = urlAt(b, i) {
+            // URLs (exfiltration, credentials in URLs, markdown images): only where a "://"
+            // follows within a scheme's length (the next ':' is tracked, so this stays linear).
+            if nextColon < i {
+                nextColon = i
+                while nextColon < n, b[nextColon] != 58 { nextColon += 1 }
+            }
+            if options.exfiltration || options.secrets, nextColon - i <= 16, nextColon + 2 < n, b[nextColon + 1] == 47, isLower(c) || isUpper(c),
+                i == 0 || !isAlnum(b[i - 1]), let url = urlAt(b, i)
+            {
                 if options.secrets, let credentials = urlCredentials(b, url) {
                     findings.append(GuardrailFinding(detector: "secrets.url_credentials", range: credentials))
                 }
@@ -185,7 +196,7 @@ public enum GuardrailDetectors {
 
     static let recipientFields: Set<String> = ["to", "cc", "bcc", "recipient", "recipients", "reply_to", "replyto", "email", "emails", "address", "addresses"]
 
-    @inline(__always) static func matches(_ b: [UInt8], _ at: Int, _ literal: StaticString) -> Bool {
+    @inline(__always) static func matches(_ b: UnsafeBufferPointer<UInt8>, _ at: Int, _ literal: StaticString) -> Bool {
         let count = literal.utf8CodeUnitCount
         guard at + count <= b.count else { return false }
         return literal.withUTF8Buffer { pattern in
@@ -195,7 +206,7 @@ public enum GuardrailDetectors {
     }
 
     /// Case-insensitive match of a lowercase ASCII literal.
-    @inline(__always) static func matchesLower(_ b: [UInt8], _ at: Int, _ literal: StaticString) -> Bool {
+    @inline(__always) static func matchesLower(_ b: UnsafeBufferPointer<UInt8>, _ at: Int, _ literal: StaticString) -> Bool {
         let count = literal.utf8CodeUnitCount
         guard at + count <= b.count else { return false }
         return literal.withUTF8Buffer { pattern in
@@ -208,7 +219,7 @@ public enum GuardrailDetectors {
         }
     }
 
-    static func find(_ b: [UInt8], _ literal: StaticString, from: Int) -> Int? {
+    static func find(_ b: UnsafeBufferPointer<UInt8>, _ literal: StaticString, from: Int) -> Int? {
         var i = from
         while i < b.count {
             if matches(b, i, literal) { return i }
@@ -217,18 +228,18 @@ public enum GuardrailDetectors {
         return nil
     }
 
-    static func lineEnd(_ b: [UInt8], _ from: Int) -> Int? {
+    static func lineEnd(_ b: UnsafeBufferPointer<UInt8>, _ from: Int) -> Int? {
         var i = from
         while i < b.count, b[i] != 10 { i += 1 }
         return i
     }
 
-    static func contains(_ b: [UInt8], _ range: Range<Int>, _ byte: UInt8) -> Bool {
+    static func contains(_ b: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ byte: UInt8) -> Bool {
         b[range].contains(byte)
     }
 
     /// `-----BEGIN [TYPE ]PRIVATE KEY-----`: where the header ends.
-    static func privateKeyHeaderEnd(_ b: [UInt8], _ start: Int) -> Int? {
+    static func privateKeyHeaderEnd(_ b: UnsafeBufferPointer<UInt8>, _ start: Int) -> Int? {
         var i = start + 11
         while i < b.count, i < start + 60, isUpper(b[i]) || b[i] == 32 { i += 1 }
         guard i >= start + 22, matches(b, i - 11, "PRIVATE KEY"), matches(b, i, "-----") else { return nil }
@@ -238,7 +249,7 @@ public enum GuardrailDetectors {
     // MARK: Secrets
 
     /// The kind of a key-like token, if it is one.
-    static func secretKind(_ b: [UInt8], _ s: Int, _ e: Int) -> String? {
+    static func secretKind(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> String? {
         let length = e - s
         guard length >= 16 else { return nil }
         func body(_ from: Int, _ allowed: (UInt8) -> Bool) -> Int {
@@ -295,7 +306,7 @@ public enum GuardrailDetectors {
         return nil
     }
 
-    static func jwtLength(_ b: [UInt8], _ s: Int, _ e: Int) -> Int? {
+    static func jwtLength(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> Int? {
         var parts = 0
         var k = s
         var partLength = 0
@@ -314,7 +325,7 @@ public enum GuardrailDetectors {
         return parts == 2 && partLength >= 4 ? k - s : nil
     }
 
-    static func hasLettersAndDigits(_ b: [UInt8], _ s: Int, _ e: Int) -> Bool {
+    static func hasLettersAndDigits(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> Bool {
         var letters = false
         var digits = false
         for k in s..<e {
@@ -324,20 +335,20 @@ public enum GuardrailDetectors {
         return false
     }
 
-    static func isHex(_ b: [UInt8], _ s: Int, _ e: Int) -> Bool {
+    static func isHex(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> Bool {
         for k in s..<e where !(isDigit(b[k]) || (b[k] >= 97 && b[k] <= 102) || (b[k] >= 65 && b[k] <= 70)) { return false }
         return true
     }
 
     /// Paths, dotted names and identifiers are long and varied but not secrets.
-    static func looksLikeWordsOrPath(_ b: [UInt8], _ s: Int, _ e: Int) -> Bool {
+    static func looksLikeWordsOrPath(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> Bool {
         var separators = 0
         for k in s..<e where b[k] == 47 || b[k] == 46 || b[k] == 95 || b[k] == 45 { separators += 1 }
         return separators * 6 > (e - s)
     }
 
     /// Shannon entropy of the bytes, in bits per byte, at least `threshold`.
-    static func highEntropy(_ b: [UInt8], _ s: Int, _ e: Int, threshold: Double) -> Bool {
+    static func highEntropy(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int, threshold: Double) -> Bool {
         var counts = [Int](repeating: 0, count: 128)
         for k in s..<e { counts[Int(b[k] & 0x7F)] += 1 }
         let total = Double(e - s)
@@ -369,9 +380,14 @@ public enum GuardrailDetectors {
     }
 
     /// `password: hunter2`, `api_key="..."`: a secret-named key followed by a value.
-    static func assignmentSecret(_ b: [UInt8], _ s: Int, _ e: Int) -> Range<Int>? {
-        let names: [StaticString] = ["password", "passwd", "pwd", "secret", "api_key", "apikey", "api-key", "access_token", "auth_token", "client_secret"]
-        guard names.contains(where: { matchesLower(b, s, $0) && s + $0.utf8CodeUnitCount == e }) else { return nil }
+    static let secretNames: [StaticString] = ["password", "passwd", "pwd", "secret", "api_key", "apikey", "api-key", "access_token", "auth_token", "client_secret"]
+
+    static func assignmentSecret(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> Range<Int>? {
+        // Cheap filters first: most words are not one of these names.
+        guard e - s >= 3, e - s <= 13, e < b.count, b[e] == 58 || b[e] == 61 || b[e] == 32 || b[e] == 34 || b[e] == 39 else { return nil }
+        let first = b[s] | 0x20
+        guard first == 112 || first == 115 || first == 97 || first == 99 else { return nil }
+        guard secretNames.contains(where: { matchesLower(b, s, $0) && s + $0.utf8CodeUnitCount == e }) else { return nil }
         var k = e
         if k < b.count, b[k] == 34 || b[k] == 39 { k += 1 }
         while k < b.count, b[k] == 32 { k += 1 }
@@ -389,7 +405,7 @@ public enum GuardrailDetectors {
 
     // MARK: Personal data
 
-    static func emailAround(_ b: [UInt8], at: Int) -> (range: Range<Int>, domain: Range<Int>)? {
+    static func emailAround(_ b: UnsafeBufferPointer<UInt8>, at: Int) -> (range: Range<Int>, domain: Range<Int>)? {
         func local(_ c: UInt8) -> Bool { isAlnum(c) || c == 46 || c == 95 || c == 37 || c == 43 || c == 45 }
         var start = at
         while start > 0, local(b[start - 1]) { start -= 1 }
@@ -412,29 +428,46 @@ public enum GuardrailDetectors {
 
     /// 13-19 digits (single spaces or dashes between groups) that pass the Luhn check and
     /// start like a payment card.
-    static func cardAt(_ b: [UInt8], _ s: Int) -> Range<Int>? {
+    static func cardAt(_ b: UnsafeBufferPointer<UInt8>, _ s: Int) -> Range<Int>? {
         guard isDigit(b[s]) else { return nil }
-        var digits: [UInt8] = []
+        var count = 0
         var k = s
         var lastDigitEnd = s
-        while k < b.count, digits.count <= 19 {
+        var prefix = 0
+        while k < b.count, count <= 19 {
             if isDigit(b[k]) {
-                digits.append(b[k] - 48)
+                if count < 4 { prefix = prefix * 10 + Int(b[k] - 48) }
+                count += 1
                 k += 1
                 lastDigitEnd = k
-            } else if (b[k] == 32 || b[k] == 45), k + 1 < b.count, isDigit(b[k + 1]), k > s, isDigit(b[k - 1]) {
+            } else if b[k] == 32 || b[k] == 45, k + 1 < b.count, isDigit(b[k + 1]), k > s, isDigit(b[k - 1]) {
                 k += 1
             } else {
                 break
             }
         }
-        guard (13...19).contains(digits.count), lastDigitEnd == b.count || !isAlnum(b[lastDigitEnd]) else { return nil }
-        let first = Int(digits[0]), two = Int(digits[0]) * 10 + Int(digits[1])
-        let four = two * 100 + Int(digits[2]) * 10 + Int(digits[3])
+        guard (13...19).contains(count), lastDigitEnd == b.count || !isAlnum(b[lastDigitEnd]) else { return nil }
+        let first = prefix / 1000, two = prefix / 100, four = prefix
         let knownPrefix = first == 4 || (51...55).contains(two) || (2221...2720).contains(four) || two == 34 || two == 37 || four == 6011 || two == 65
             || two == 35 || two == 36 || two == 38 || two == 30 || two == 62
-        guard knownPrefix, luhn(digits) else { return nil }
-        return s..<lastDigitEnd
+        guard knownPrefix else { return nil }
+        // Luhn over the digits, right to left, skipping separators.
+        var sum = 0
+        var position = 0
+        var j = lastDigitEnd - 1
+        while j >= s {
+            if isDigit(b[j]) {
+                var value = Int(b[j] - 48)
+                if position % 2 == 1 {
+                    value *= 2
+                    if value > 9 { value -= 9 }
+                }
+                sum += value
+                position += 1
+            }
+            j -= 1
+        }
+        return sum % 10 == 0 ? s..<lastDigitEnd : nil
     }
 
     public static func luhn(_ digits: [UInt8]) -> Bool {
@@ -451,7 +484,7 @@ public enum GuardrailDetectors {
     }
 
     /// US social security number `123-45-6789` (valid area, group and serial).
-    static func ssnAt(_ b: [UInt8], _ s: Int) -> Range<Int>? {
+    static func ssnAt(_ b: UnsafeBufferPointer<UInt8>, _ s: Int) -> Range<Int>? {
         guard s + 11 <= b.count, b[s + 3] == 45, b[s + 6] == 45 else { return nil }
         for k in [0, 1, 2, 4, 5, 7, 8, 9, 10] where !isDigit(b[s + k]) { return nil }
         if s + 11 < b.count, isAlnum(b[s + 11]) { return nil }
@@ -464,7 +497,7 @@ public enum GuardrailDetectors {
 
     /// A phone number: `+` and 8-15 digits, or 10-15 digits written with the separators
     /// phone numbers are written with (`(415) 555-0100`, `415.555.0100`, `030 1234 5678`).
-    static func phoneAt(_ b: [UInt8], _ s: Int) -> Range<Int>? {
+    static func phoneAt(_ b: UnsafeBufferPointer<UInt8>, _ s: Int) -> Range<Int>? {
         var k = s
         let plus = b[k] == 43
         if plus { k += 1 }
@@ -509,7 +542,7 @@ public enum GuardrailDetectors {
     }
 
     /// IBANs (mod-97), UK National Insurance numbers and Spanish DNI (check letter).
-    static func idKind(_ b: [UInt8], _ s: Int, _ e: Int) -> String? {
+    static func idKind(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) -> String? {
         if isUpper(b[s]), s + 1 < e, isUpper(b[s + 1]), ibanRange(b, s) != nil { return "pii.iban" }
         let length = e - s
         if length == 9, isUpper(b[s]), isUpper(b[s + 1]), (2..<8).allSatisfy({ isDigit(b[s + $0]) }), "ABCD".utf8.contains(b[s + 8]) {
@@ -525,13 +558,13 @@ public enum GuardrailDetectors {
         return nil
     }
 
-    static func idRange(_ b: [UInt8], _ s: Int, _ e: Int, _ detector: String) -> Range<Int> {
+    static func idRange(_ b: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int, _ detector: String) -> Range<Int> {
         detector == "pii.iban" ? (ibanRange(b, s) ?? s..<e) : s..<e
     }
 
     /// An IBAN from `s`: country letters, check digits, then 11-30 letters and digits
     /// (optionally in groups of four separated by single spaces), mod 97 = 1.
-    static func ibanRange(_ b: [UInt8], _ s: Int) -> Range<Int>? {
+    static func ibanRange(_ b: UnsafeBufferPointer<UInt8>, _ s: Int) -> Range<Int>? {
         guard s + 4 <= b.count, isUpper(b[s]), isUpper(b[s + 1]), isDigit(b[s + 2]), isDigit(b[s + 3]) else { return nil }
         var characters: [UInt8] = [b[s], b[s + 1], b[s + 2], b[s + 3]]
         var k = s + 4
@@ -571,7 +604,7 @@ public enum GuardrailDetectors {
     }
 
     /// A URL (`scheme://authority/...`) starting at `s`.
-    static func urlAt(_ b: [UInt8], _ s: Int) -> URLMatch? {
+    static func urlAt(_ b: UnsafeBufferPointer<UInt8>, _ s: Int) -> URLMatch? {
         var k = s
         while k < b.count, k - s < 16, isAlnum(b[k]) || b[k] == 43 || b[k] == 45 || b[k] == 46 { k += 1 }
         guard k > s, k + 3 <= b.count, b[k] == 58, b[k + 1] == 47, b[k + 2] == 47 else { return nil }
@@ -591,14 +624,14 @@ public enum GuardrailDetectors {
     }
 
     /// The password of `user:password@` in a URL's authority.
-    static func urlCredentials(_ b: [UInt8], _ url: URLMatch) -> Range<Int>? {
+    static func urlCredentials(_ b: UnsafeBufferPointer<UInt8>, _ url: URLMatch) -> Range<Int>? {
         let at = url.host.lowerBound - 1
         guard at > url.authority.lowerBound, b[at] == 64 else { return nil }
         guard let colon = b[url.authority.lowerBound..<at].firstIndex(of: 58), at - colon > 1 else { return nil }
         return (colon + 1)..<at
     }
 
-    static func markdownImageStart(_ b: [UInt8], before close: Int) -> Int? {
+    static func markdownImageStart(_ b: UnsafeBufferPointer<UInt8>, before close: Int) -> Int? {
         var k = close - 1
         while k >= 0, close - k < 1024 {
             if b[k] == 91 { return k >= 1 && b[k - 1] == 33 ? k - 1 : nil }
@@ -609,7 +642,7 @@ public enum GuardrailDetectors {
     }
 
     /// Whether a host (or e-mail domain) is one of `allowed` or a subdomain of one.
-    static func hostAllowed(_ b: [UInt8], _ host: Range<Int>, _ allowed: [String]) -> Bool {
+    static func hostAllowed(_ b: UnsafeBufferPointer<UInt8>, _ host: Range<Int>, _ allowed: [String]) -> Bool {
         let name = String(decoding: b[host], as: UTF8.self).lowercased()
         return allowed.contains { entry in
             let domain = entry.lowercased()
@@ -621,7 +654,7 @@ public enum GuardrailDetectors {
 
     /// Instruction-override phrasing, fake role or system markers, and invisible or tag
     /// Unicode characters.
-    static func injection(_ b: [UInt8], _ findings: inout [GuardrailFinding]) {
+    static func injection(_ b: UnsafeBufferPointer<UInt8>, _ findings: inout [GuardrailFinding]) {
         let n = b.count
         var i = 0
         var zeroWidthRun = 0
@@ -670,7 +703,7 @@ public enum GuardrailDetectors {
         }
     }
 
-    static func decode(_ b: [UInt8], _ i: Int) -> UInt32? {
+    static func decode(_ b: UnsafeBufferPointer<UInt8>, _ i: Int) -> UInt32? {
         let c = b[i]
         if c >= 0xF0, i + 3 < b.count {
             return (UInt32(c & 0x07) << 18) | (UInt32(b[i + 1] & 0x3F) << 12) | (UInt32(b[i + 2] & 0x3F) << 6) | UInt32(b[i + 3] & 0x3F)
@@ -687,7 +720,7 @@ public enum GuardrailDetectors {
         "<im_start>",
     ]
 
-    static func roleMarker(_ b: [UInt8], _ i: Int) -> Range<Int>? {
+    static func roleMarker(_ b: UnsafeBufferPointer<UInt8>, _ i: Int) -> Range<Int>? {
         for marker in roleMarkers where matchesLower(b, i, marker) {
             let start = b[i] == 10 ? i + 1 : i
             return start..<(i + marker.utf8CodeUnitCount)
@@ -698,8 +731,47 @@ public enum GuardrailDetectors {
         return nil
     }
 
+    static let overrideVerbs: [StaticString] = ["ignore", "disregard", "forget", "override", "overwrite", "bypass"]
+    static let quantifiers: [StaticString] = ["all", "any", "every"]
+    static let ofWord: [StaticString] = ["of"]
+    static let determiners: [StaticString] = ["the", "your", "my", "these", "those"]
+    static let earlier: [StaticString] = ["previous", "prior", "above", "earlier", "preceding", "original", "system", "safety"]
+    static let andAll: [StaticString] = ["and", "all"]
+    static let instructionNouns: [StaticString] = [
+        "instructions", "instruction", "directions", "prompts", "prompt", "rules", "guidelines", "context", "messages", "everything",
+    ]
+    static let youWord: [StaticString] = ["you"]
+    static let beVerbs: [StaticString] = ["are", "must", "will"]
+    static let nowWord: [StaticString] = ["now"]
+    static let newIdentity: [StaticString] = ["a", "an", "in", "no", "free", "dan", "unrestricted", "jailbroken", "my", "the", "not", "acting", "going"]
+    static let newWords: [StaticString] = ["new", "updated"]
+    static let ruleNouns: [StaticString] = ["instructions", "system", "rules"]
+    static let promptWord: [StaticString] = ["prompt"]
+    static let revealVerbs: [StaticString] = ["reveal", "print", "show", "repeat", "output"]
+    static let yourThe: [StaticString] = ["your", "the"]
+    static let hiddenWords: [StaticString] = ["system", "hidden", "initial"]
+    static let promptNouns: [StaticString] = ["prompt", "instructions", "message"]
+    static let doWords: [StaticString] = ["do", "don't"]
+    static let notWord: [StaticString] = ["not"]
+    static let tellVerbs: [StaticString] = ["tell", "inform", "mention", "reveal", "show"]
+    static let userWords: [StaticString] = ["user", "human"]
+
+    /// Whether a word starting at `i` may begin one of the phrases (its first two letters).
+    @inline(__always) static func mayStartPhrase(_ b: UnsafeBufferPointer<UInt8>, _ i: Int) -> Bool {
+        guard i + 1 < b.count else { return false }
+        switch (b[i] | 0x20, b[i + 1] | 0x20) {
+        case (105, 103), (100, 105), (102, 111), (111, 118), (98, 121), (121, 111), (110, 101), (117, 112), (114, 101), (112, 114), (115, 104),
+            (111, 117), (100, 111):
+            // ig(nore) di(sregard) fo(rget) ov(erride/erwrite) by(pass) yo(u) ne(w) up(dated) re(veal/peat) pr(int) sh(ow) ou(tput) do
+            return true
+        default:
+            return false
+        }
+    }
+
     /// Phrases that try to replace the instructions a model follows.
-    static func overridePhrase(_ b: [UInt8], _ i: Int) -> Range<Int>? {
+    static func overridePhrase(_ b: UnsafeBufferPointer<UInt8>, _ i: Int) -> Range<Int>? {
+        guard mayStartPhrase(b, i) else { return nil }
         var k = i
         func word(_ options: [StaticString]) -> Bool {
             while k < b.count, b[k] == 32 || b[k] == 9 || b[k] == 10 { k += 1 }
@@ -718,39 +790,39 @@ public enum GuardrailDetectors {
         }
         // ignore / disregard / forget ... (all) (the) previous instructions
         k = i
-        if word(["ignore", "disregard", "forget", "override", "overwrite", "bypass"]) {
-            optional(["all", "any", "every"])
-            optional(["of"])
-            optional(["the", "your", "my", "these", "those"])
-            optional(["previous", "prior", "above", "earlier", "preceding", "original", "system", "safety"])
-            optional(["and", "all"])
-            if word(["instructions", "instruction", "directions", "prompts", "prompt", "rules", "guidelines", "context", "messages", "everything"]) {
+        if word(overrideVerbs) {
+            optional(quantifiers)
+            optional(ofWord)
+            optional(determiners)
+            optional(earlier)
+            optional(andAll)
+            if word(instructionNouns) {
                 return i..<k
             }
         }
         // you are now (a / an / in / no longer / DAN / unrestricted ...): a new identity
         k = i
-        if word(["you"]), word(["are", "must", "will"]), word(["now"]) {
+        if word(youWord), word(beVerbs), word(nowWord) {
             let end = k
-            if word(["a", "an", "in", "no", "free", "dan", "unrestricted", "jailbroken", "my", "the", "not", "acting", "going"]) { return i..<end }
+            if word(newIdentity) { return i..<end }
         }
         // new instructions:
         k = i
-        if word(["new", "updated"]), word(["instructions", "system", "rules"]) {
-            optional(["prompt"])
+        if word(newWords), word(ruleNouns) {
+            optional(promptWord)
             if k < b.count, b[k] == 58 { return i..<(k + 1) }
         }
         // reveal your system prompt
         k = i
-        if word(["reveal", "print", "show", "repeat", "output"]), word(["your", "the"]), word(["system", "hidden", "initial"]),
-            word(["prompt", "instructions", "message"])
+        if word(revealVerbs), word(yourThe), word(hiddenWords),
+            word(promptNouns)
         {
             return i..<k
         }
         // do not tell the user
         k = i
-        if word(["do", "don't"]), word(["not"]) || b[k - 1] == 116, word(["tell", "inform", "mention", "reveal", "show"]), word(["the", "your"]),
-            word(["user", "human"])
+        if word(doWords), word(notWord) || b[k - 1] == 116, word(tellVerbs), word(yourThe),
+            word(userWords)
         {
             return i..<k
         }

@@ -1,4 +1,4 @@
-public import InterlockPolicy
+import InterlockPolicy
 
 /// `guardrails` in config: which detectors run on which calls, and what a hit does.
 public struct GuardrailSettings: Sendable {
