@@ -198,9 +198,30 @@ public final class CallGovernor: Sendable {
     /// The policy stage for a call that passed the grants: returns when it may go on, throws
     /// the refusal (audited) otherwise. Waits, up to `policy.approval_wait_ms`, when a rule
     /// holds the call for a human.
-    public func enforcePolicy(_ call: GovernedCall, target: PolicyInput.Target, arguments: @escaping @Sendable () -> JSONValue) async throws(GatewayError) {
-        guard let policy, !policy.isEmpty else { return }
-        try await policy.enforce(call.caller, Self.policyCall(call, target: target, arguments: arguments))
+    /// The result: the approvals the call goes on under, to pass to `useApprovals` once it
+    /// is admitted.
+    public func enforcePolicy(_ call: GovernedCall, target: PolicyInput.Target, arguments: @escaping @Sendable () -> JSONValue) async throws(GatewayError)
+        -> [String]
+    {
+        guard let policy, !policy.isEmpty else { return [] }
+        return try await policy.enforce(call.caller, Self.policyCall(call, target: target, arguments: arguments)).map { [$0] } ?? []
+    }
+
+    /// Uses the approvals a call was let on under, now that every other stage let it
+    /// through (so a refusal there leaves the approval unused). If one was used by another
+    /// call meanwhile, the admission is settled as refused and the call answered
+    /// `approval_pending`.
+    public func useApprovals(_ approvals: [String], call: GovernedCall, admission: Admission) async throws(GatewayError) {
+        guard let policy, !approvals.isEmpty else { return }
+        let policyCall = Self.policyCall(call, target: PolicyInput.Target(kind: call.targetKind.rawValue, name: call.target), arguments: { .null })
+        for id in approvals {
+            do {
+                try await policy.useApproval(id, caller: call.caller, call: policyCall)
+            } catch {
+                settle(admission, CallOutcome(outcome: .rejected, status: error.status, errorCode: error.code))
+                throw error
+            }
+        }
     }
 
     /// Whether the event-loop path may take a call as far as policy goes: false when a rule

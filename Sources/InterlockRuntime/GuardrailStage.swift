@@ -29,9 +29,10 @@ public final class GuardrailStage: Sendable {
 
     /// What an agent sends: the value to send on (redacted where a rule says so; nil when
     /// unchanged), or the refusal. A `require_approval` hit waits for a human like a policy
-    /// rule does.
+    /// rule does; the approval it goes on under is added to `approvals` (used after admission).
     public func checkIn(
-        _ value: JSONValue, keys: Set<String>? = nil, plan: GuardrailPlan, caller: Caller, kind: TargetKind, name: String, requestID: String, argumentsHash: String
+        _ value: JSONValue, keys: Set<String>? = nil, plan: GuardrailPlan, caller: Caller, kind: TargetKind, name: String, requestID: String, argumentsHash: String,
+        approvals: inout [String]
     ) async throws(GatewayError) -> JSONValue? {
         let (redacted, hits) = plan.apply(to: value, only: keys)
         guard !hits.isEmpty else { return nil }
@@ -45,7 +46,7 @@ public final class GuardrailStage: Sendable {
                 reason: "The call contains \(Self.describe(held.detector)); a human must approve it.")
             let call = PolicyStage.Call(
                 kind: kind, target: PolicyInput.Target(kind: kind.rawValue, name: name), arguments: { value }, argumentsHash: argumentsHash, requestID: requestID)
-            try await policy.holdForApproval(caller, call, rule: rule)
+            approvals.append(try await policy.holdForApproval(caller, call, rule: rule))
         }
         return hits.contains { $0.action == .redact } ? redacted : nil
     }

@@ -106,9 +106,10 @@ public final class ModelGateway: Sendable {
 
     public func handle(_ request: ModelRequest, caller: Caller, requestID: String, traceParent: String?, traceState: String?) async throws -> ModelResult {
         let (call, chain) = try prepare(request, caller: caller, requestID: requestID, traceParent: traceParent, traceState: traceState)
-        try await governor.enforcePolicy(call, target: policyTarget(request), arguments: { Self.arguments(request) })
-        let request = try await guardIn(request, call: call)
+        var approvals = try await governor.enforcePolicy(call, target: policyTarget(request), arguments: { Self.arguments(request) })
+        let request = try await guardIn(request, call: call, approvals: &approvals)
         let admission = try await governor.admit(call)
+        try await governor.useApprovals(approvals, call: call, admission: admission)
         let span = begin(request, admission: admission)
         return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
     }
@@ -142,7 +143,7 @@ public final class ModelGateway: Sendable {
 
     /// Guard (in): the request as the upstream will get it (redacted where a rule says so),
     /// or the refusal, or a wait for a human.
-    private func guardIn(_ request: ModelRequest, call: GovernedCall) async throws(GatewayError) -> ModelRequest {
+    private func guardIn(_ request: ModelRequest, call: GovernedCall, approvals: inout [String]) async throws(GatewayError) -> ModelRequest {
         guard let guardrails = governor.guardrails, let plan = guardrails.plan(call.caller, kind: .model, name: request.alias, direction: .in) else {
             return request
         }
@@ -150,7 +151,7 @@ public final class ModelGateway: Sendable {
         guard
             let redacted = try await guardrails.checkIn(
                 .object(body), keys: Self.requestTextKeys, plan: plan, caller: call.caller, kind: .model, name: request.alias, requestID: call.requestID,
-                argumentsHash: call.argumentsHash ?? AuditRecord.sha256Hex(request.body))
+                argumentsHash: call.argumentsHash ?? AuditRecord.sha256Hex(request.body), approvals: &approvals)
         else { return request }
         return try ModelRequest.parse(body: JSONWriter.bytes(redacted), format: request.format, operation: request.operation)
     }
@@ -457,7 +458,8 @@ public final class ModelGateway: Sendable {
                         deployment.record(success: true)  // The deployment answered; the request was at fault.
                         throw error
                     case .settled(let error):
-                        deployment.record(success: true)
+                        // The answer came and was settled (limiter reconciled, success recorded).
+                        handedOff = true
                         throw SettledFailure(error: error)
                     case .retryable(let status, let message, let retryAfter):
                         upstreamTime += sent.duration(to: clock.now)

@@ -123,9 +123,7 @@ public final class ModelStream: @unchecked Sendable {
             }
         }
         if !agentGone, blocked, let hit = streamGuard?.blocked {
-            let tail = transcoder.finish(completed: false, interruption: StreamInterruption(
-                type: "permission_error", code: "guardrail_blocked",
-                message: "Blocked by a guardrail: the answer contained \(GuardrailStage.describe(hit.detector)); the stream was stopped."))
+            let tail = transcoder.finish(completed: false, interruption: Self.guardrailInterruption(hit))
             do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
         } else if !agentGone, cutOff {
             let tail = transcoder.finish(completed: false, interruption: .agentDisabled(admission.call.agent.id))
@@ -136,7 +134,12 @@ public final class ModelStream: @unchecked Sendable {
                 for passed in Self.guarded(event, &streamGuard) { tail += transcoder.transcode(passed) }
             }
             for held in streamGuard?.finish() ?? [] { tail += transcoder.transcode(held) }
-            tail += transcoder.finish(completed: !upstreamBroke)
+            if let hit = streamGuard?.blocked {
+                // The last event was the one a guardrail stopped.
+                blocked = true
+                tail += transcoder.finish(completed: false, interruption: Self.guardrailInterruption(hit))
+            }
+            if !blocked { tail += transcoder.finish(completed: !upstreamBroke) }
             if !tail.isEmpty {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
@@ -146,6 +149,12 @@ public final class ModelStream: @unchecked Sendable {
         if let hits = streamGuard?.hits, !hits.isEmpty { recordHits(hits) }
         settled = true
         settle(usage, outcome, agentGone ? 499 : (blocked ? 403 : 200), cutOff ? "agent_disabled" : (blocked ? "guardrail_blocked" : nil))
+    }
+
+    static func guardrailInterruption(_ hit: GuardrailHit) -> StreamInterruption {
+        StreamInterruption(
+            type: "permission_error", code: "guardrail_blocked",
+            message: "Blocked by a guardrail: the answer contained \(GuardrailStage.describe(hit.detector)); the stream was stopped.")
     }
 
     /// An upstream event through the guard, if there is one.

@@ -71,10 +71,12 @@ public final class PolicyStage: Sendable {
         return decision.effect == .allow && decision.shadowMatches.isEmpty && decision.errors.isEmpty
     }
 
-    /// Enforces the policy on a call: returns when it may go on (audited approvals consumed),
-    /// throws the refusal otherwise (deny, rejected, or still pending after the wait).
-    public func enforce(_ caller: Caller, _ call: Call) async throws(GatewayError) {
-        guard !engine.isEmpty else { return }
+    /// Enforces the policy on a call: returns when it may go on — with the id of the approval
+    /// it goes on under, to be used (`useApproval`) once every later stage has let the call
+    /// through — and throws the refusal otherwise (deny, rejected, or still pending after the
+    /// wait).
+    public func enforce(_ caller: Caller, _ call: Call) async throws(GatewayError) -> String? {
+        guard !engine.isEmpty else { return nil }
         var run = PolicyInput.Run()
         if let reference = caller.run { run = Self.run(reference, await spend(of: reference.id)) }
         let decision = engine.decide(input(caller, call, run: run))
@@ -87,7 +89,7 @@ public final class PolicyStage: Sendable {
         }
         switch decision.effect {
         case .allow:
-            return
+            return nil
         case .deny:
             let name = decision.rule?.name ?? "allow_rules"
             let error = GatewayError(
@@ -96,7 +98,7 @@ public final class PolicyStage: Sendable {
             record(caller, call, action: "\(call.kind.rawValue).call", decision: "deny", reason: "policy:\(name)", status: 403)
             throw error
         case .requireApproval:
-            try await awaitApproval(caller, call, rule: decision.rule!)
+            return try await awaitApproval(caller, call, rule: decision.rule!)
         }
     }
 
@@ -138,11 +140,32 @@ public final class PolicyStage: Sendable {
 
     /// Holds a call for a human under `rule` (a policy rule, or a guardrail's): returns when
     /// an approval for exactly this call is given (and uses it), throws otherwise.
-    func holdForApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) {
+    func holdForApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) -> String {
         try await awaitApproval(caller, call, rule: rule)
     }
 
-    private func awaitApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) {
+    /// Uses an approval, once the call passed every other stage. False if another call used
+    /// it first or it expired meanwhile.
+    public func useApproval(_ id: String, caller: Caller, call: Call) async throws(GatewayError) {
+        guard let store else { return }
+        let used: Bool
+        do {
+            used = try await store.consumeApproval(id: id, nowMs: wallClockMs())
+        } catch {
+            logger.error("approval store failed", metadata: ["error": "\(error)"])
+            throw GatewayError(kind: .internal, code: "internal_error", message: "Interlock could not record the use of the approval.")
+        }
+        guard used else {
+            throw GatewayError(
+                kind: .permission, code: "approval_pending",
+                message: "Approval \(id) was used by another call or has expired; send the call again to ask for a new one.", retryAfterSeconds: 1,
+                details: ["approval_id": .string(id), "status": "consumed_or_expired"])
+        }
+        record(caller, call, action: "approval.used", decision: "allow", reason: id)
+    }
+
+    /// Waits for (or finds) an approval of exactly this call; returns its id, not yet used.
+    private func awaitApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) -> String {
         guard let store else {
             throw GatewayError(kind: .internal, code: "approvals_unavailable", message: "Approvals need a store.")
         }
@@ -150,10 +173,10 @@ public final class PolicyStage: Sendable {
             agentID: caller.agent.id, targetKind: call.kind.rawValue, target: call.target.name, argumentsHash: call.argumentsHash, policyVersion: rule.version)
         let now = wallClockMs()
         do {
-            // An approval already given for exactly this call is used (once).
-            if let approved = try await store.approval(binding: binding, status: .approved, nowMs: now), try await store.consumeApproval(id: approved.id, nowMs: now) {
-                record(caller, call, action: "approval.used", decision: "allow", reason: approved.id)
-                return
+            // An approval already given for exactly this call lets it on (used once it passes
+            // every later stage).
+            if let approved = try await store.approval(binding: binding, status: .approved, nowMs: now) {
+                return approved.id
             }
             var approval: ApprovalRecord
             if let pending = try await store.approval(binding: binding, status: .pending, nowMs: now) {
@@ -177,9 +200,7 @@ public final class PolicyStage: Sendable {
             }
             switch approval.status(at: wallClockMs()) {
             case .approved:
-                guard try await store.consumeApproval(id: approval.id, nowMs: wallClockMs()) else { fallthrough }
-                record(caller, call, action: "approval.used", decision: "allow", reason: approval.id)
-                return
+                return approval.id
             case .rejected:
                 record(caller, call, action: "\(call.kind.rawValue).call", decision: "deny", reason: "approval_rejected:\(approval.id)", status: 403)
                 throw GatewayError(
@@ -236,9 +257,10 @@ public final class PolicyStage: Sendable {
     public func decide(approvalID: String, approve: Bool, by: String, note: String?) async throws -> (record: ApprovalRecord, changed: Bool)? {
         guard let store else { return nil }
         let now = wallClockMs()
-        guard let before = try await store.approval(id: approvalID) else { return nil }
-        guard let after = try await store.decideApproval(id: approvalID, approve: approve, by: by, note: note, nowMs: now) else { return nil }
-        let changed = before.status(at: now) == .pending && after.status == (approve ? .approved : .rejected)
+        // An approval once given is valid for the full TTL from the decision.
+        guard let (after, changed) = try await store.decideApproval(
+            id: approvalID, approve: approve, by: by, note: note, nowMs: now, expiresMs: now + Int64(settings.approvalTTLSeconds) * 1000)
+        else { return nil }
         if changed {
             audit?.record(AuditRecord(
                 timestampMs: 0, node: "", action: approve ? "approval.approve" : "approval.reject", agentID: after.agentID, userID: after.userID,
@@ -269,7 +291,7 @@ public final class PolicyStage: Sendable {
 
 /// Per-run running totals for policy conditions (`run.spent_usd`, ...), loaded once per run
 /// from the usage ledger and kept up to date in memory; at most `capacity` runs are kept
-/// (least recently used dropped).
+/// (the first loaded is dropped first; a run seen again is loaded again from the ledger).
 final class RunTally: Sendable {
     private struct State {
         var entries: [String: RunSpend] = [:]

@@ -72,7 +72,18 @@ struct StreamGuard {
             let absolute = (base + hit.range.lowerBound)..<(base + hit.range.upperBound)
             guard absolute.upperBound > choice.released else { continue }
             let key = "\(hit.detector)@\(absolute.lowerBound)"
-            guard choice.reported.insert(key).inserted else { continue }
+            guard choice.reported.insert(key).inserted else {
+                // The same finding, grown with the new text (a key still arriving): widen its
+                // redaction so none of the rest goes out.
+                let clippedStart = max(absolute.lowerBound, choice.released)
+                if hit.action == .redact, let position = choice.redactions.firstIndex(where: { $0.lowerBound == clippedStart && $0.upperBound < absolute.upperBound }) {
+                    choice.redactions[position] = choice.redactions[position].lowerBound..<absolute.upperBound
+                    if let recorded = hits.lastIndex(where: { $0.detector == hit.detector && $0.range.lowerBound == absolute.lowerBound }) {
+                        hits[recorded].range = absolute
+                    }
+                }
+                continue
+            }
             var recorded = hit
             recorded.range = absolute
             hits.append(recorded)
@@ -95,8 +106,10 @@ struct StreamGuard {
         guard var choice = choices[index] else { return "" }
         var cut = all ? choice.pending.count : max(0, choice.pending.count - window)
         while cut > 0, cut < choice.pending.count, choice.pending[cut] & 0xC0 == 0x80 { cut -= 1 }
-        for range in choice.redactions where range.lowerBound < choice.released + cut && choice.released + cut < range.upperBound {
-            cut = range.lowerBound - choice.released
+        let received = choice.released + choice.pending.count
+        for range in choice.redactions where range.lowerBound < choice.released + cut && (choice.released + cut < range.upperBound || (!all && range.upperBound == received)) {
+            // Never split a redaction; one that reaches the end of what arrived may still grow.
+            cut = max(0, range.lowerBound - choice.released)
         }
         guard cut > 0 else { return "" }
         let raw = Array(choice.pending[0..<cut])
@@ -121,7 +134,11 @@ struct StreamGuard {
         choice.redactions = remaining
         choice.pending.removeFirst(cut)
         choice.released += cut
-        choice.context = Array((choice.context + raw).suffix(window))
+        // The window starts on a character: a stray continuation byte would decode as U+FFFD
+        // (three bytes) and shift every offset after it.
+        var context = Array((choice.context + raw).suffix(window))
+        while let first = context.first, first & 0xC0 == 0x80 { context.removeFirst() }
+        choice.context = context
         choices[index] = choice
         return String(decoding: output, as: UTF8.self)
     }

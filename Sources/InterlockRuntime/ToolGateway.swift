@@ -502,14 +502,18 @@ public final class ToolGateway: Service, Sendable {
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .tool, target: name, operation: "invoke", stream: false, expectedTokens: 0,
             expectedCost: .zero, traceParent: traceParent, traceState: traceState, argumentsHash: argumentsHash)
-        try await governor.enforcePolicy(call, target: Self.policyTarget(tool), arguments: { .object(checkedArguments) })
+        var approvals = try await governor.enforcePolicy(call, target: Self.policyTarget(tool), arguments: { .object(checkedArguments) })
         // Guard (in): what the upstream is sent may be redacted, or the call refused or held.
         var arguments = checkedArguments
+        var bytes = bytes
         if let guardrails = governor.guardrails, let plan = guardrails.plan(caller, kind: .tool, name: name, direction: .in),
             case .object(let redacted)? = try await guardrails.checkIn(
-                .object(arguments), plan: plan, caller: caller, kind: .tool, name: name, requestID: requestID, argumentsHash: argumentsHash)
+                .object(arguments), plan: plan, caller: caller, kind: .tool, name: name, requestID: requestID, argumentsHash: argumentsHash,
+                approvals: &approvals)
         {
             arguments = redacted
+            // What is captured for the audit is what the upstream got.
+            bytes = JSONWriter.bytes(.object(redacted))
         }
         let admission = try await governor.admit(call)
         if let limiter = tool.limiter {
@@ -543,6 +547,8 @@ public final class ToolGateway: Service, Sendable {
             throw error
         }
         defer { source.inFlight.subtract(1, ordering: .relaxed) }
+        // Every stage let the call through: the approvals it goes on under are used now.
+        try await governor.useApprovals(approvals, call: call, admission: admission)
         let (span, trace) = beginSpan(name, tool: tool, caller: caller, traceParent: traceParent, traceState: traceState)
         defer { span.end() }
         let result: ToolResult

@@ -110,9 +110,10 @@ public protocol InterlockStore: Sendable {
     func approval(id: String) async throws -> ApprovalRecord?
     /// Approvals newest first, by status as of `nowMs` (expired = pending or approved past expiry).
     func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord]
-    /// Approves or rejects a pending, unexpired approval; the record as it stands afterwards
-    /// (unchanged if it was already decided or expired), nil if there is none.
-    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64) async throws -> ApprovalRecord?
+    /// Approves or rejects a pending, unexpired approval (setting its expiry to `expiresMs`);
+    /// the record as it stands afterwards and whether this call changed it (false: it was
+    /// already decided or expired), nil if there is none.
+    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)?
     /// The newest unexpired approval in `status` for exactly this call.
     func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord?
     /// Marks an approved, unexpired approval used; false if another call used it first.

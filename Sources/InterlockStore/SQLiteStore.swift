@@ -389,13 +389,22 @@ public final class SQLiteStore: InterlockStore {
         return rows.compactMap(SQLiteStore.approval)
     }
 
-    public func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64) async throws -> ApprovalRecord? {
+    public func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)? {
+        var changed = false
         try await transaction {
             _ = try await connection.query(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, note = ? WHERE id = ? AND status = 'pending' AND expires_ms > ?",
-                [.text(approve ? "approved" : "rejected"), .text(by), .integer(Int(nowMs)), note.map(SQLiteData.text) ?? .null, .text(id), .integer(Int(nowMs))])
+                """
+                UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, note = ?, expires_ms = ?
+                WHERE id = ? AND status = 'pending' AND expires_ms > ?
+                """,
+                [
+                    .text(approve ? "approved" : "rejected"), .text(by), .integer(Int(nowMs)), note.map(SQLiteData.text) ?? .null, .integer(Int(expiresMs)),
+                    .text(id), .integer(Int(nowMs)),
+                ])
+            let rows = try await connection.query("SELECT changes() AS n", [])
+            changed = (rows.first?.column("n")?.integer ?? 0) == 1
         }
-        return try await approval(id: id)
+        return try await approval(id: id).map { ($0, changed) }
     }
 
     public func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? {

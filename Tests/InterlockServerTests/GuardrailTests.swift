@@ -50,6 +50,35 @@ import Testing
         #expect(guarded.hits.first?.range == 17..<37)
     }
 
+    /// A key detected early from its first characters keeps growing as more arrives; the
+    /// redaction grows with it, and multibyte text before it does not shift the offsets.
+    @Test func aGrowingKeyAfterMultibyteTextIsRedactedWhole() throws {
+        var guarded = StreamGuard(plan: try plan(.redact), window: 24, native: .openAI)
+        let key = "sk-ant-api03-" + String(repeating: "Zq9", count: 30)
+        let prefix = String(repeating: "äöü € ", count: 10)
+        var sent: [ServerSentEvent] = []
+        sent += guarded.filter(openAI(prefix + "key: " + key.prefix(30)))
+        sent += guarded.filter(openAI(String(key.dropFirst(30).prefix(40))))
+        sent += guarded.filter(openAI(String(key.dropFirst(70)) + " — thanks"))
+        // No [DONE] and no finish reason: the upstream just ended.
+        sent += guarded.finish()
+        let answer = texts(sent)
+        #expect(answer == prefix + "key: [REDACTED:secrets.anthropic_key] — thanks")
+        #expect(!answer.contains("Zq9"))
+    }
+
+    @Test func aPrivateKeyBlockIsRedactedWhole() throws {
+        var guarded = StreamGuard(plan: try plan(.redact), window: 32, native: .openAI)
+        let body = String(repeating: "MIIEpAIBAAKCAQEAx", count: 8)
+        var sent = guarded.filter(openAI("here:\n-----BEGIN RSA PRIVATE KEY-----\n"))
+        sent += guarded.filter(openAI(body))
+        sent += guarded.filter(openAI("\n-----END RSA PRIVATE KEY-----\nbye", finish: true))
+        let answer = texts(sent)
+        #expect(!answer.contains("MIIE"))
+        #expect(answer.hasPrefix("here:\n[REDACTED:secrets.private_key]"))
+        #expect(answer.hasSuffix("bye"))
+    }
+
     @Test func blockingStopsTheStreamBeforeTheSecret() throws {
         var guarded = StreamGuard(plan: try plan(.block), window: 64, native: .anthropic)
         func delta(_ text: String) -> ServerSentEvent {

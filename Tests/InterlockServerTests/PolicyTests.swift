@@ -173,6 +173,32 @@ import Testing
         try await harness.close()
     }
 
+    /// An approved call refused by a later stage (here the agent's budget) keeps its
+    /// approval: a refusal changes no state.
+    @Test func anApprovalIsNotUsedByACallThatIsRefusedLater() async throws {
+        let harness = try await Harness.make(Self.approvalConfig.replacingOccurrences(of: "target.name == \"fast\" && ", with: ""))
+        let policy = try #require(harness.services.gateway.governor.policy)
+        let app = Application(router: harness.router)
+        try await app.test(.router) { client in
+            // `poor` has a $0.05 daily budget; a call that may cost more is refused at admission.
+            let pricey = chat("fast", "delete pricey", extra: #","max_tokens":100000"#)
+            var approvalID = ""
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-pppppppppppp"), body: pricey) { response in
+                approvalID = try json(response)["error"]?["approval_id"]?.stringValue ?? ""
+            }
+            _ = try await policy.decide(approvalID: approvalID, approve: true, by: "operator:test", note: nil)
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-pppppppppppp"), body: pricey) { response in
+                let code = try json(response)["error"]?["code"]
+                #expect(code == "budget_exceeded")
+            }
+            try await client.execute(uri: "/v1/approvals/\(approvalID)", method: .get, headers: auth("test-key-pppppppppppp")) { response in
+                let status = try json(response)["status"]
+                #expect(status == "approved")
+            }
+        }
+        try await harness.close()
+    }
+
     @Test func aWaitingCallCompletesWhenAHumanDecides() async throws {
         let harness = try await Harness.make(Self.approvalConfig.replacingOccurrences(of: "approval_wait_ms: 0", with: "approval_wait_ms: 20000"))
         let policy = try #require(harness.services.gateway.governor.policy)

@@ -47,10 +47,12 @@ import Testing
         other.policyVersion = "v2"
         #expect(try await store.approval(binding: other, status: .pending, nowMs: 2_000) == nil)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 2_000) == false)  // not approved yet
-        let approved = try await store.decideApproval(id: "apr_1", approve: true, by: "operator:o", note: "ok", nowMs: 3_000)
-        #expect(approved?.status == .approved && approved?.decidedBy == "operator:o" && approved?.note == "ok")
+        let approved = try await store.decideApproval(id: "apr_1", approve: true, by: "operator:o", note: "ok", nowMs: 3_000, expiresMs: 9_000)
+        #expect(approved?.0.status == .approved && approved?.0.decidedBy == "operator:o" && approved?.0.note == "ok" && approved?.1 == true)
+        #expect(approved?.0.expiresMs == 9_000)
         // A second decision changes nothing.
-        #expect(try await store.decideApproval(id: "apr_1", approve: false, by: "operator:p", note: nil, nowMs: 3_500)?.status == .approved)
+        let second = try await store.decideApproval(id: "apr_1", approve: false, by: "operator:p", note: nil, nowMs: 3_500, expiresMs: 9_500)
+        #expect(second?.0.status == .approved && second?.1 == false)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == true)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == false)
         // Expiry: a pending approval past its time cannot be approved.
@@ -58,7 +60,7 @@ import Testing
         late.id = "apr_2"
         late.argumentsHash = "h2"
         try await store.createApproval(late)
-        #expect(try await store.decideApproval(id: "apr_2", approve: true, by: "operator:o", note: nil, nowMs: 10_000)?.status(at: 10_000) == .expired)
+        #expect(try await store.decideApproval(id: "apr_2", approve: true, by: "operator:o", note: nil, nowMs: 10_000, expiresMs: 20_000)?.0.status(at: 10_000) == .expired)
         #expect(try await store.approvals(status: .expired, agentID: nil, nowMs: 10_000, limit: 10).map(\.id) == ["apr_2"])
         #expect(try await store.approvals(status: .consumed, agentID: "a", nowMs: 10_000, limit: 10).map(\.id) == ["apr_1"])
         // Run spend: only the run's own, non-rejected calls.

@@ -102,7 +102,8 @@ public enum GuardrailDetectors {
             let c = b[i]
             // Private key blocks.
             if options.secrets, c == 45, matches(b, i, "-----BEGIN "), let end = privateKeyHeaderEnd(b, i) {
-                let blockEnd = find(b, "-----END ", from: end).flatMap { endStart in lineEnd(b, endStart) } ?? end
+                // Without its END line (cut off, or still streaming) the rest of the text is key material.
+                let blockEnd = find(b, "-----END ", from: end).flatMap { endStart in lineEnd(b, endStart) } ?? n
                 findings.append(GuardrailFinding(detector: "secrets.private_key", range: i..<blockEnd))
                 i = blockEnd
                 continue
@@ -189,8 +190,10 @@ public enum GuardrailDetectors {
                     continue
                 }
             }
-            // Nothing here: go on inside the token too (a number after `=` is its own value).
+            // Nothing here: go on inside the token where a new value may start (a number after
+            // `=`, a key after `_`), skipping runs of letters and digits.
             i += 1
+            while i < end, isAlnum(b[i - 1]), b[i] != 64 { i += 1 }
         }
     }
 
@@ -694,9 +697,15 @@ public enum GuardrailDetectors {
                 i = marker.upperBound
                 continue
             }
-            if isUpper(c) || isLower(c), i == 0 || !isAlnum(b[i - 1]), let phrase = overridePhrase(b, i) {
-                findings.append(GuardrailFinding(detector: "injection.override", range: phrase))
-                i = phrase.upperBound
+            if isUpper(c) || isLower(c), i == 0 || !isAlnum(b[i - 1]) {
+                if let phrase = overridePhrase(b, i) {
+                    findings.append(GuardrailFinding(detector: "injection.override", range: phrase))
+                    i = phrase.upperBound
+                    continue
+                }
+                // The rest of the word cannot start anything.
+                i += 1
+                while i < n, isAlnum(b[i]) { i += 1 }
                 continue
             }
             i += 1
