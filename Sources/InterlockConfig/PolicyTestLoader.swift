@@ -16,6 +16,7 @@ public struct PolicyTestCase: Sendable {
 
 /// Reads policy test cases (YAML) with the same error reporting as the config file:
 ///
+///     config: interlock.yaml        # the rules under test (optional: or --config)
 ///     cases:
 ///       - name: BCC outside the company is refused
 ///         input:
@@ -27,7 +28,17 @@ public struct PolicyTestCase: Sendable {
 ///         expect: deny
 ///         rule: no-external-bcc
 public enum PolicyTestLoader {
+    /// The cases of a file, and the configuration it names (`config:`, relative to the file).
+    public struct File: Sendable {
+        public var cases: [PolicyTestCase]
+        public var config: String?
+    }
+
     public static func load(path: String, environment: [String: String]) throws(ConfigError) -> [PolicyTestCase] {
+        try loadFile(path: path, environment: environment).cases
+    }
+
+    public static func loadFile(path: String, environment: [String: String]) throws(ConfigError) -> File {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(diagnostics: [ConfigDiagnostic(file: path, line: 1, column: 1, path: "", message: "cannot read the file")])
         }
@@ -41,13 +52,17 @@ public enum PolicyTestLoader {
         guard let root else { throw ConfigError(diagnostics: [ConfigDiagnostic(file: path, line: 1, column: 1, path: "", message: "the file is empty")]) }
         let reader = ConfigReader(file: path, environment: environment)
         var cases: [PolicyTestCase] = []
-        if let top = ConfigNode(node: root, path: "", reader: reader).mapping(allowed: ["cases"]), let items = top["cases"]?.sequence() {
-            for item in items {
+        var config: String?
+        if let top = ConfigNode(node: root, path: "", reader: reader).mapping(allowed: ["config", "cases"]) {
+            if let named = top["config"]?.nonEmptyString() {
+                config = named.hasPrefix("/") ? named : URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent(named).path
+            }
+            for item in top["cases"]?.sequence() ?? [] {
                 if let parsed = readCase(item) { cases.append(parsed) }
             }
         }
         guard reader.diagnostics.isEmpty else { throw ConfigError(diagnostics: reader.diagnostics) }
-        return cases
+        return File(cases: cases, config: config)
     }
 
     private static func readCase(_ item: ConfigNode) -> PolicyTestCase? {

@@ -1,5 +1,6 @@
 public import InterlockCore
 import InterlockPolicy
+import Metrics
 
 /// The guard stages of the governed pipeline: detectors on what an agent sends (after
 /// policy, before admission) and on what comes back (before the agent sees it), for models
@@ -87,6 +88,12 @@ public final class GuardrailStage: Sendable {
     func record(
         _ hits: [GuardrailHit], direction: GuardrailSettings.Direction, caller: Caller, target: String, requestID: String, argumentsHash: String?
     ) {
+        for hit in hits {
+            Counter(
+                label: "interlock_guardrail_hits_total",
+                dimensions: [("detector", hit.detector), ("action", hit.action.rawValue), ("direction", direction.rawValue)]
+            ).increment()
+        }
         guard let audit, !hits.isEmpty else { return }
         let strongest = hits.map(\.action).max() ?? .flag
         var summary = hits.prefix(50).map { "\($0.summary)=\($0.action.rawValue)" }.joined(separator: " ")

@@ -4,6 +4,7 @@ public import InterlockCore
 public import InterlockPolicy
 public import InterlockStore
 public import Logging
+import Metrics
 import Synchronization
 
 /// The policy stage of the governed pipeline (after the grants, before admission): the
@@ -80,7 +81,12 @@ public final class PolicyStage: Sendable {
         var run = PolicyInput.Run()
         if let reference = caller.run { run = Self.run(reference, await spend(of: reference.id)) }
         let decision = engine.decide(input(caller, call, run: run))
+        Counter(
+            label: "interlock_policy_decisions_total",
+            dimensions: [("decision", decision.effect.rawValue), ("rule", decision.rule?.name ?? (decision.effect == .deny ? "allow_rules" : "-"))]
+        ).increment()
         for rule in decision.shadowMatches {
+            Counter(label: "interlock_policy_shadow_matches_total", dimensions: [("rule", rule.name)]).increment()
             record(caller, call, action: "policy.shadow", decision: rule.effect.rawValue, reason: rule.name)
         }
         for (rule, message) in decision.errors {

@@ -17,8 +17,8 @@ struct PolicyTest: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "test", abstract: "Run policy test cases (YAML: input → expected decision) against the rules of a configuration.")
 
-    @Option(name: .long, help: "The configuration file whose policy rules are tested.")
-    var config: String
+    @Option(name: .long, help: "The configuration file whose policy rules are tested (default: the file's own 'config:').")
+    var config: String?
 
     @Argument(help: "The test cases file (YAML).")
     var cases: String
@@ -28,9 +28,16 @@ struct PolicyTest: ParsableCommand {
         let engine: PolicyEngine
         let tests: [PolicyTestCase]
         do {
-            let configuration = try ConfigLoader.load(path: config, environment: environment)
+            let file = try PolicyTestLoader.loadFile(path: cases, environment: environment)
+            guard let configPath = config ?? file.config else {
+                printError("interlock policy test: name the configuration with --config FILE or 'config:' in \(cases)")
+                throw ExitCode(2)
+            }
+            let configuration = try ConfigLoader.load(path: configPath, environment: environment)
             engine = try PolicyEngine(rules: configuration.policy.rules, costLimit: configuration.policy.costLimit)
-            tests = try PolicyTestLoader.load(path: cases, environment: environment)
+            tests = file.cases
+        } catch let exit as ExitCode {
+            throw exit
         } catch let error as ConfigError {
             printError(error.description)
             throw ExitCode(2)

@@ -131,8 +131,7 @@ def test_mcp_client_reads_denials_and_waits_for_an_approval(gateway):
 
 
 def test_policy_test_command_runs_the_example_cases():
-    ok = subprocess.run([BINARY, "policy", "test", "--config", os.path.join(ROOT, "examples", "quickstart.yaml"),
-                         os.path.join(ROOT, "examples", "policy-tests.yaml")], capture_output=True, text=True)
+    ok = subprocess.run([BINARY, "policy", "test", os.path.join(ROOT, "examples", "policy-tests.yaml")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "5/5 cases passed" in ok.stdout
     wrong = os.path.join(tempfile.mkdtemp(prefix="interlock-policy-"), "wrong.yaml")
