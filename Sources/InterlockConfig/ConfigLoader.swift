@@ -656,7 +656,7 @@ private struct ConfigDocument {
         guard let fields = node.mapping(allowed: ["rules", "allowed_domains", "allowed_hosts", "custom", "stream_window_bytes"]) else { return }
         guardrails.allowedDomains = fields["allowed_domains"]?.stringList() ?? []
         guardrails.allowedHosts = fields["allowed_hosts"]?.stringList() ?? []
-        if let value = fields["stream_window_bytes"]?.int(minimum: 16, maximum: 65_536) { guardrails.streamWindowBytes = value }
+        if let value = fields["stream_window_bytes"]?.int(minimum: 64, maximum: 65_536) { guardrails.streamWindowBytes = value }
         var customNames = Set<String>()
         for item in fields["custom"]?.sequence() ?? [] {
             guard let custom = item.mapping(allowed: ["name", "pattern"]) else { continue }

@@ -214,14 +214,27 @@ public final class CallGovernor: Sendable {
     public func useApprovals(_ approvals: [String], call: GovernedCall, admission: Admission) async throws(GatewayError) {
         guard let policy, !approvals.isEmpty else { return }
         let policyCall = Self.policyCall(call, target: PolicyInput.Target(kind: call.targetKind.rawValue, name: call.target), arguments: { .null })
+        var used: [String] = []
         for id in approvals {
             do {
                 try await policy.useApproval(id, caller: call.caller, call: policyCall)
+                used.append(id)
             } catch {
+                // All or none: the ones already used are put back.
+                await policy.restoreApprovals(used, caller: call.caller, call: policyCall)
                 settle(admission, CallOutcome(outcome: .rejected, status: error.status, errorCode: error.code))
                 throw error
             }
         }
+    }
+
+    /// Puts back the approvals of a call that was refused after they were used, before it
+    /// reached its target (no deployment available, a deployment's limit, cancelled in queue).
+    public func restoreApprovals(_ approvals: [String], call: GovernedCall) async {
+        guard let policy, !approvals.isEmpty else { return }
+        await policy.restoreApprovals(
+            approvals, caller: call.caller,
+            call: Self.policyCall(call, target: PolicyInput.Target(kind: call.targetKind.rawValue, name: call.target), arguments: { .null }))
     }
 
     /// Whether the event-loop path may take a call as far as policy goes: false when a rule

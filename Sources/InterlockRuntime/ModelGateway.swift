@@ -111,7 +111,13 @@ public final class ModelGateway: Sendable {
         let admission = try await governor.admit(call)
         try await governor.useApprovals(approvals, call: call, admission: admission)
         let span = begin(request, admission: admission)
-        return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
+        do {
+            return try await run(request, chain: chain, admission: admission, span: span, resume: nil)
+        } catch let error as GatewayError where Self.refusedBeforeUpstream.contains(error.code) {
+            // Refused before any model saw it: the approvals stay for the call sent again.
+            await governor.restoreApprovals(approvals, call: call)
+            throw error
+        }
     }
 
     /// The checks before admission: the alias exists and is granted (default deny), the
@@ -135,6 +141,11 @@ public final class ModelGateway: Sendable {
             argumentsHash: governor.needsArgumentsHash ? AuditRecord.sha256Hex(request.body) : nil)
         return (call, chain)
     }
+
+    /// Refusals of a call that never reached a model.
+    static let refusedBeforeUpstream: Set<String> = [
+        "no_deployment_available", "deployment_unavailable", "deployment_rate_limited", "request_cancelled", "agent_disabled",
+    ]
 
     /// The parts of a request and of an answer that guardrails read: what people and models
     /// wrote, not ids, model names or parameters.

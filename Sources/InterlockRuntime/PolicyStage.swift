@@ -170,6 +170,19 @@ public final class PolicyStage: Sendable {
         record(caller, call, action: "approval.used", decision: "allow", reason: id)
     }
 
+    /// Puts used approvals back: the call they let through was refused before it ran.
+    public func restoreApprovals(_ ids: [String], caller: Caller, call: Call) async {
+        guard let store else { return }
+        for id in ids {
+            do {
+                try await store.restoreApproval(id: id)
+                record(caller, call, action: "approval.restored", decision: "allow", reason: id)
+            } catch {
+                logger.error("approval store failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
     /// Waits for (or finds) an approval of exactly this call; returns its id, not yet used.
     private func awaitApproval(_ caller: Caller, _ call: Call, rule: PolicyRule) async throws(GatewayError) -> String {
         guard let store else {

@@ -6,7 +6,8 @@ import InterlockProviders
 /// was already sent, so a secret split across chunks is still found. When a rule may redact
 /// or block, the last `window` bytes of text are held back until more text (or the end)
 /// arrives, so nothing a rule would stop has reached the agent when it is found; a
-/// flag-only guard holds nothing back.
+/// flag-only guard holds nothing back. Tool-call arguments (OpenAI `tool_calls` deltas,
+/// Anthropic `input_json_delta`) are guarded the same way, each call as its own text.
 struct StreamGuard {
     private struct Choice {
         /// The last `window` bytes already released, as the upstream sent them.
@@ -52,23 +53,42 @@ struct StreamGuard {
     mutating func finish() -> [ServerSentEvent] {
         guard blocked == nil else { return [] }
         var events: [ServerSentEvent] = []
-        for index in choices.keys.sorted() {
-            let text = release(index, all: true)
+        for key in choices.keys.sorted() {
+            let text = release(key, all: true)
             guard !text.isEmpty else { continue }
-            events.append(native == .openAI ? openAIText(index, text) : anthropicText(index, text))
+            switch (native, key) {
+            case (.openAI, 2_000_000...), (.openAI, 1_000_000...):
+                events.append(openAIToolArguments(choice: (key - 1_000_000) / 1_000, tool: (key - 1_000_000) % 1_000, text))
+            case (.openAI, _):
+                events.append(openAIText(key, text))
+            case (.anthropic, 2_000_000...):
+                events.append(anthropicJSON(key - 2_000_000, text))
+            case (.anthropic, _):
+                events.append(anthropicText(key, text))
+            }
         }
         return events
     }
 
     // MARK: Text
 
-    /// Takes a text delta of one choice and returns the text that may be released now.
-    private mutating func take(_ index: Int, _ text: String) -> String {
+    /// Text held back past this is released anyway (redactions applied), so a block that
+    /// never ends (a private key without its END line) cannot hold the answer or make every
+    /// chunk rescan an ever longer text.
+    static let maxHeldBytes = 8 * 1024
+
+    /// Keys of the streams of text inside an answer: a choice's (or content block's) text is
+    /// keyed by its index; tool-call arguments get their own keys.
+    static func toolKey(choice: Int, tool: Int) -> Int { 1_000_000 + choice * 1_000 + tool }
+    static func jsonKey(block: Int) -> Int { 2_000_000 + block }
+
+    /// Takes a text delta of one stream of text and returns the text that may be released now.
+    private mutating func take(_ index: Int, _ text: String, path: String) -> String {
         var choice = choices[index] ?? Choice()
         choice.pending += Array(text.utf8)
         let scanned = choice.context + choice.pending
         let base = choice.released - choice.context.count
-        for hit in plan.scan(String(decoding: scanned, as: UTF8.self), path: native == .openAI ? "choices[\(index)].delta.content" : "content[\(index)].text", field: nil) {
+        for hit in plan.scan(String(decoding: scanned, as: UTF8.self), path: path, field: nil) {
             let absolute = (base + hit.range.lowerBound)..<(base + hit.range.upperBound)
             guard absolute.upperBound > choice.released else { continue }
             let key = "\(hit.detector)@\(absolute.lowerBound)"
@@ -96,8 +116,9 @@ struct StreamGuard {
                 break
             }
         }
+        let overflowing = choice.pending.count > Self.maxHeldBytes
         choices[index] = choice
-        return blocked == nil ? release(index, all: !holdBack) : ""
+        return blocked == nil ? release(index, all: !holdBack || overflowing) : ""
     }
 
     /// Releases what may go now: all of it, or all but the last `window` bytes (never
@@ -157,18 +178,47 @@ struct StreamGuard {
             guard case .object(var choice) = list[position] else { continue }
             let index = Int(choice["index"]?.int64Value ?? Int64(position))
             guard case .object(var delta)? = choice["delta"] else { continue }
-            var text = delta["content"]?.stringValue.map { take(index, $0) }
+            var text = delta["content"]?.stringValue.map { take(index, $0, path: "choices[\(index)].delta.content") }
             if blocked != nil { return [] }
+            // Tool-call arguments stream too, each call as its own text.
+            var calls = delta["tool_calls"]?.arrayValue ?? []
+            for position in calls.indices {
+                guard case .object(var call) = calls[position], case .object(var function)? = call["function"],
+                    let arguments = function["arguments"]?.stringValue
+                else { continue }
+                let tool = Int(call["index"]?.int64Value ?? Int64(position))
+                function["arguments"] = .string(take(
+                    Self.toolKey(choice: index, tool: tool), arguments, path: "choices[\(index)].delta.tool_calls[\(tool)].function.arguments"))
+                if blocked != nil { return [] }
+                call["function"] = .object(function)
+                calls[position] = .object(call)
+            }
             // The choice ends here: everything held back goes out with this chunk.
             if let reason = choice["finish_reason"], reason != .null {
                 text = (text ?? "") + release(index, all: true)
+                for key in choices.keys.sorted() where key >= 1_000_000 && key < 2_000_000 && (key - 1_000_000) / 1_000 == index {
+                    let rest = release(key, all: true)
+                    guard !rest.isEmpty else { continue }
+                    calls.append(["index": .integer(Int64((key - 1_000_000) % 1_000)), "function": ["arguments": .string(rest)]])
+                }
             }
             if let text { delta["content"] = .string(text) }
+            if !calls.isEmpty { delta["tool_calls"] = .array(calls) }
             choice["delta"] = .object(delta)
             list[position] = .object(choice)
         }
         chunk["choices"] = .array(list)
         return [ServerSentEvent(event: event.event, data: JSONWriter.bytes(.object(chunk)))]
+    }
+
+    private func openAIToolArguments(choice: Int, tool: Int, _ text: String) -> ServerSentEvent {
+        var chunk = template ?? ["object": "chat.completion.chunk"]
+        chunk["choices"] = [[
+            "index": .integer(Int64(choice)), "delta": ["tool_calls": [["index": .integer(Int64(tool)), "function": ["arguments": .string(text)]]]],
+            "finish_reason": .null,
+        ]]
+        chunk["usage"] = nil
+        return ServerSentEvent(data: JSONWriter.bytes(.object(chunk)))
     }
 
     private func openAIText(_ index: Int, _ text: String) -> ServerSentEvent {
@@ -183,24 +233,39 @@ struct StreamGuard {
     private mutating func filterAnthropic(_ event: ServerSentEvent) -> [ServerSentEvent] {
         switch event.event {
         case "content_block_delta":
-            guard case .object(var payload)? = try? JSONParser.parse(event.data), case .object(var delta)? = payload["delta"],
-                delta["type"]?.stringValue == "text_delta", let text = delta["text"]?.stringValue
-            else { return [event] }
+            guard case .object(var payload)? = try? JSONParser.parse(event.data), case .object(var delta)? = payload["delta"] else { return [event] }
             let index = Int(payload["index"]?.int64Value ?? 0)
-            let released = take(index, text)
+            let field: String
+            let key: Int
+            switch delta["type"]?.stringValue {
+            case "text_delta": (field, key) = ("text", index)
+            case "input_json_delta": (field, key) = ("partial_json", Self.jsonKey(block: index))
+            default: return [event]
+            }
+            guard let text = delta[field]?.stringValue else { return [event] }
+            let released = take(key, text, path: field == "text" ? "content[\(index)].text" : "content[\(index)].input")
             if blocked != nil || released.isEmpty { return [] }
-            delta["text"] = .string(released)
+            delta[field] = .string(released)
             payload["delta"] = .object(delta)
             return [ServerSentEvent(event: event.event, data: JSONWriter.bytes(.object(payload)))]
         case "content_block_stop":
             let index = Int((try? JSONParser.parse(event.data))?["index"]?.int64Value ?? 0)
             let text = release(index, all: true)
-            return (text.isEmpty ? [] : [anthropicText(index, text)]) + [event]
+            let json = release(Self.jsonKey(block: index), all: true)
+            return (text.isEmpty ? [] : [anthropicText(index, text)]) + (json.isEmpty ? [] : [anthropicJSON(index, json)]) + [event]
         case "message_delta", "message_stop":
             return finish() + [event]
         default:
             return [event]
         }
+    }
+
+    private func anthropicJSON(_ index: Int, _ text: String) -> ServerSentEvent {
+        ServerSentEvent(
+            event: "content_block_delta",
+            data: JSONWriter.bytes([
+                "type": "content_block_delta", "index": .integer(Int64(index)), "delta": ["type": "input_json_delta", "partial_json": .string(text)],
+            ]))
     }
 
     private func anthropicText(_ index: Int, _ text: String) -> ServerSentEvent {

@@ -118,6 +118,8 @@ public protocol InterlockStore: Sendable {
     func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord?
     /// Marks an approved, unexpired approval used; false if another call used it first.
     func consumeApproval(id: String, nowMs: Int64) async throws -> Bool
+    /// Puts a used approval back (the call it let through was refused before it ran).
+    func restoreApproval(id: String) async throws
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws

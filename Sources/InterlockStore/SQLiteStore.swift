@@ -421,6 +421,12 @@ public final class SQLiteStore: InterlockStore {
         return rows.first.flatMap(SQLiteStore.approval)
     }
 
+    public func restoreApproval(id: String) async throws {
+        try await transaction {
+            _ = try await connection.query("UPDATE approvals SET status = 'approved' WHERE id = ? AND status = 'consumed'", [.text(id)])
+        }
+    }
+
     public func consumeApproval(id: String, nowMs: Int64) async throws -> Bool {
         var consumed = false
         try await transaction {

@@ -79,6 +79,27 @@ import Testing
         #expect(answer.hasSuffix("bye"))
     }
 
+    /// Streamed tool-call arguments are guarded like text: `stream: true` is no way around a rule.
+    @Test func streamedToolCallArgumentsAreGuardedToo() throws {
+        var guarded = StreamGuard(plan: try plan(.redact), window: 64, native: .openAI)
+        func args(_ text: String, finish: Bool = false) -> ServerSentEvent {
+            let chunk: JSONValue = [
+                "id": "c1", "object": "chat.completion.chunk",
+                "choices": [["index": 0, "delta": ["tool_calls": [["index": 0, "function": ["arguments": .string(text)]]]], "finish_reason": finish ? "tool_calls" : .null]],
+            ]
+            return ServerSentEvent(data: JSONWriter.bytes(chunk))
+        }
+        var sent = guarded.filter(args(#"{"token": "AKIAIOSF"#))
+        sent += guarded.filter(args(#"ODNN7EXAMPLE"}"#))
+        sent += guarded.filter(args("", finish: true))
+        let streamed = sent.compactMap { event -> String? in
+            guard let value = try? JSONParser.parse(event.data) else { return nil }
+            return value["choices"]?.arrayValue?.first?["delta"]?["tool_calls"]?.arrayValue?.compactMap { $0["function"]?["arguments"]?.stringValue }.joined()
+        }.joined()
+        #expect(streamed == #"{"token": "[REDACTED:secrets.aws_access_key]"}"#)
+        #expect(guarded.hits.first?.path == "choices[0].delta.tool_calls[0].function.arguments")
+    }
+
     @Test func blockingStopsTheStreamBeforeTheSecret() throws {
         var guarded = StreamGuard(plan: try plan(.block), window: 64, native: .anthropic)
         func delta(_ text: String) -> ServerSentEvent {
@@ -186,7 +207,7 @@ import Testing
             agents:
               - { id: a, api_key: test-key-aaaaaaaaaaaa, models: [fast] }
             guardrails:
-              stream_window_bytes: 32
+              stream_window_bytes: 64
               rules:
                 - { detectors: [pii], direction: out, action: redact }
                 - { detectors: [secrets], direction: out, action: block }

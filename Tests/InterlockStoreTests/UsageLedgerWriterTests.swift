@@ -55,6 +55,7 @@ final class FlakyStore: InterlockStore {
     func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)? { nil }
     func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? { nil }
     func consumeApproval(id: String, nowMs: Int64) async throws -> Bool { false }
+    func restoreApproval(id: String) async throws {}
     func ping() async throws {}
     func close() async throws {}
 }
