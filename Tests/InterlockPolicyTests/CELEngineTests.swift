@@ -70,6 +70,11 @@ import Testing
         #expect(try bool("'word boundary'.matches('\\\\bbound')") == true)
         #expect(try bool("'unbounded'.matches('\\\\bbound')") == false)
         #expect(try bool("'€uro'.matches('^\\\\p{Sc}')") == true)
+        // Match spans (for custom guardrail patterns): leftmost, longest, non-overlapping, bounded.
+        let regex = try CELRegex("a+b")
+        #expect(regex.allMatches(in: Array("xaab ab aaxb".utf8), limit: 10) == [1..<4, 5..<7])
+        #expect(try CELRegex("\\d").allMatches(in: Array(String(repeating: "7", count: 50_000).utf8), limit: 1_000).count == 1_000)
+        #expect(try CELRegex("é+").allMatches(in: Array("caféé!".utf8), limit: 5) == [3..<7])
         // Backreferences are not RE2: a clear compile error, not a slow match.
         #expect(throws: CELSourceError.self) { try CELProgram("'aa'.matches('(a)\\\\1')") }
         #expect(throws: (any Error).self) { try CELRegex("a{1001}") }

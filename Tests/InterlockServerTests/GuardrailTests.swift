@@ -254,17 +254,13 @@ import Testing
     }
 
     @Test func toolCallsAreGuardedBothWays() async throws {
-        let api = FakeWeatherAPI()
-        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstream.test(.live) { upstreamClient in
-            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("weather-\(UInt32.random(in: 0...UInt32.max)).yaml").path
-            try Data(FakeWeatherAPI.spec.utf8).write(to: URL(fileURLWithPath: specPath))
+        try await FakeWeatherAPI.serve { api, port, specPath in
             let harness = try await Harness.make("""
                 tools:
                   weather:
                     type: openapi
                     spec: \(specPath)
-                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    base_url: http://127.0.0.1:\(port)
                     auth: { bearer: weather-upstream-secret }
                 agents:
                   - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: ["weather.*"] }

@@ -51,6 +51,18 @@ final class FakeWeatherAPI: Sendable {
                 "200": { description: ok }
         """
 
+    /// Serves a fake on a free port with its OpenAPI document written to a temporary file,
+    /// and runs `body` with the fake, the port and the document's path.
+    static func serve(_ body: @escaping @Sendable (FakeWeatherAPI, Int, String) async throws -> Void) async throws {
+        let api = FakeWeatherAPI()
+        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstream.test(.live) { client in
+            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("weather-\(UInt32.random(in: 0...UInt32.max)).yaml").path
+            try Data(spec.utf8).write(to: URL(fileURLWithPath: specPath))
+            try await body(api, client.port!, specPath)
+        }
+    }
+
     func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/forecast/:city") { request, context -> Response in
@@ -101,11 +113,7 @@ final class FakeWeatherAPI: Sendable {
     func invoke(_ arguments: String) -> ByteBuffer { ByteBuffer(string: #"{"arguments":\#(arguments)}"#) }
 
     @Test func restToolsGoThroughThePipeline() async throws {
-        let api = FakeWeatherAPI()
-        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstream.test(.live) { upstreamClient in
-            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("weather-\(UInt32.random(in: 0...UInt32.max)).yaml").path
-            try Data(FakeWeatherAPI.spec.utf8).write(to: URL(fileURLWithPath: specPath))
+        try await FakeWeatherAPI.serve { api, port, specPath in
             let harness = try await Harness.make("""
                 gateway:
                   retries: { max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 5 }
@@ -114,7 +122,7 @@ final class FakeWeatherAPI: Sendable {
                   weather:
                     type: openapi
                     spec: \(specPath)
-                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    base_url: http://127.0.0.1:\(port)
                     timeout_ms: 300
                     auth: { bearer: weather-upstream-secret }
                     tools:
@@ -122,16 +130,16 @@ final class FakeWeatherAPI: Sendable {
                   asuser:
                     type: openapi
                     spec: \(specPath)
-                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    base_url: http://127.0.0.1:\(port)
                     auth: { on_behalf_of: { audience: "https://weather.example.com" } }
                     tools:
                       getForecast: { limits: { rpm: 1 } }
                   oauthed:
                     type: openapi
                     spec: \(specPath)
-                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    base_url: http://127.0.0.1:\(port)
                     auth:
-                      oauth_client_credentials: { token_url: "http://127.0.0.1:\(upstreamClient.port!)/token", client_id: weather-client, client_secret: cc-secret-0001 }
+                      oauth_client_credentials: { token_url: "http://127.0.0.1:\(port)/token", client_id: weather-client, client_secret: cc-secret-0001 }
                 agents:
                   - { id: reader, api_key: test-key-rrrrrrrrrrrr, tools: [weather.getForecast, weather.slow, asuser.getForecast, oauthed.getForecast] }
                   - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }
@@ -313,18 +321,14 @@ final class FakeWeatherAPI: Sendable {
     }
 
     @Test func captureKeepsArgumentsAndAnswersWithSecretsRedacted() async throws {
-        let api = FakeWeatherAPI()
-        let upstream = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstream.test(.live) { upstreamClient in
-            let specPath = FileManager.default.temporaryDirectory.appendingPathComponent("capture-\(UInt32.random(in: 0...UInt32.max)).yaml").path
-            try Data(FakeWeatherAPI.spec.utf8).write(to: URL(fileURLWithPath: specPath))
+        try await FakeWeatherAPI.serve { api, port, specPath in
             let harness = try await Harness.make("""
                 tool_gateway: { capture: full, capture_max_bytes: 100 }
                 tools:
                   weather:
                     type: openapi
                     spec: \(specPath)
-                    base_url: http://127.0.0.1:\(upstreamClient.port!)
+                    base_url: http://127.0.0.1:\(port)
                     auth: { bearer: weather-upstream-secret }
                 agents:
                   - { id: writer, api_key: test-key-wwwwwwwwwwww, tools: ["weather.*"] }

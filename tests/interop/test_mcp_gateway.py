@@ -59,18 +59,24 @@ class Weather(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def gateway():
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Weather)
+def weather_gateway(handler, config):
+    """Serves `handler` as the weather API (its OpenAPI document written to a temporary file)
+    and Interlock with `config` in front of it; yields Interlock's base URL, then stops both."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     spec = os.path.join(tempfile.mkdtemp(prefix="interlock-tools-"), "weather.yaml")
     with open(spec, "w") as handle:
         handle.write(SPEC)
     env = {"WEATHER_SPEC": spec, "WEATHER_URL": f"http://127.0.0.1:{upstream.server_address[1]}"}
-    process, base, _ = start_interlock("tools.yaml", env=env)
+    process, base, _ = start_interlock(config, env=env)
     yield base
     assert stop_interlock(process) == 0, process.stderr.read()
     upstream.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    yield from weather_gateway(Weather, "tools.yaml")
 
 
 async def with_session(base, key, body):

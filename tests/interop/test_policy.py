@@ -6,17 +6,15 @@ import json
 import os
 import subprocess
 import tempfile
-import threading
 import urllib.parse
-from http.server import ThreadingHTTPServer
 
 import anyio
 import httpx
 import openai
 import pytest
 
-from conftest import HERE, start_interlock, stop_interlock
-from test_mcp_gateway import SPEC, Weather, with_session
+from conftest import HERE
+from test_mcp_gateway import Weather, weather_gateway, with_session
 
 KEY = "interop-ops-key-0000000000001"
 OPERATOR = {"authorization": "Bearer interop-operator-token-00001"}
@@ -49,16 +47,7 @@ class AlertingWeather(Weather):
 
 @pytest.fixture(scope="module")
 def gateway():
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), AlertingWeather)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    spec = os.path.join(tempfile.mkdtemp(prefix="interlock-policy-"), "weather.yaml")
-    with open(spec, "w") as handle:
-        handle.write(SPEC)
-    env = {"WEATHER_SPEC": spec, "WEATHER_URL": f"http://127.0.0.1:{upstream.server_address[1]}"}
-    process, base, _ = start_interlock("policy.yaml", env=env)
-    yield base
-    assert stop_interlock(process) == 0, process.stderr.read()
-    upstream.shutdown()
+    yield from weather_gateway(AlertingWeather, "policy.yaml")
 
 
 def test_openai_client_sees_which_rule_refused(gateway):

@@ -1,3 +1,4 @@
+import InterlockPolicy
 /// A calendar period (UTC) over which a dollar budget is counted.
 public enum BudgetPeriod: String, Sendable, CaseIterable {
     case day
@@ -46,31 +47,14 @@ public struct CivilDate: Sendable, Equatable {
     public init(epochMs: Int64) {
         let days = epochMs >= 0 ? epochMs / 86_400_000 : (epochMs - 86_399_999) / 86_400_000
         self.daysSinceEpoch = days
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        self.day = doy - (153 * mp + 2) / 5 + 1
-        self.month = mp < 10 ? mp + 3 : mp - 9
-        self.year = yoe + era * 400 + (self.month <= 2 ? 1 : 0)
+        (year, month, day) = CivilCalendar.civil(fromDays: days)
     }
 
     public static func daysSinceEpoch(year: Int64, month: Int64, day: Int64) -> Int64 {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let mp = month > 2 ? month - 3 : month + 9
-        let doy = (153 * mp + 2) / 5 + day - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146_097 + doe - 719_468
+        CivilCalendar.days(fromCivil: year, month, day)
     }
 
-    private static func pad(_ value: Int64, _ width: Int) -> String {
-        let text = String(value)
-        return String(repeating: "0", count: max(0, width - text.count)) + text
-    }
+    private static func pad(_ value: Int64, _ width: Int) -> String { CivilCalendar.pad(value, width) }
 
     public var dayKey: String { "\(CivilDate.pad(year, 4))-\(CivilDate.pad(month, 2))-\(CivilDate.pad(day, 2))" }
     public var monthKey: String { "\(CivilDate.pad(year, 4))-\(CivilDate.pad(month, 2))" }

@@ -54,14 +54,16 @@ public enum GuardrailDetectors {
             if options.injection { injection(b, &findings) }
         }
         for (name, regex) in options.custom {
-            var start = 0
-            while start <= bytes.count, let match = regex.firstMatch(in: bytes, from: start) {
-                if !match.isEmpty { findings.append(GuardrailFinding(detector: "custom.\(name)", range: match)) }
-                start = max(match.upperBound, match.lowerBound + 1)
+            // Bounded: a pattern that matches everywhere cannot make a scan quadratic.
+            for match in regex.allMatches(in: bytes, limit: maxFindingsPerPattern) {
+                findings.append(GuardrailFinding(detector: "custom.\(name)", range: match))
             }
         }
         return merge(findings)
     }
+
+    /// Findings one custom pattern may report in one text.
+    static let maxFindingsPerPattern = 1_000
 
     /// Findings in text order; within one family, overlapping ones are kept once (the
     /// earlier, longer one wins). Different families may overlap (an address can be both

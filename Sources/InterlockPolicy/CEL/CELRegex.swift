@@ -130,10 +130,22 @@ public struct CELRegex: Sendable {
         }
     }
 
-    /// The leftmost match in UTF-8 `bytes` at or after byte `from` (the longest from that
-    /// start), as a byte range; linear time like `matches`.
-    public func firstMatch(in bytes: [UInt8], from: Int) -> Range<Int>? {
-        // Decode to scalars with their byte offsets.
+    /// Successive non-overlapping matches in UTF-8 `bytes` (leftmost, then the longest from
+    /// there), at most `limit`, as byte ranges; linear time per match like `matches`, and the
+    /// text is decoded once.
+    public func allMatches(in bytes: [UInt8], limit: Int) -> [Range<Int>] {
+        let (input, offsets) = Self.decode(bytes, from: 0)
+        var found: [Range<Int>] = []
+        var start = 0
+        while found.count < limit, start <= input.count, let match = search(input, from: start) {
+            if !match.isEmpty { found.append(offsets[match.lowerBound]..<offsets[match.upperBound]) }
+            start = max(match.upperBound, match.lowerBound + 1)
+        }
+        return found
+    }
+
+    /// Scalars of UTF-8 bytes from `from` with their byte offsets (one more: the end).
+    private static func decode(_ bytes: [UInt8], from: Int) -> ([Unicode.Scalar], [Int]) {
         var input: [Unicode.Scalar] = []
         var offsets: [Int] = []
         var iterator = bytes[from...].makeIterator()
@@ -153,6 +165,11 @@ public struct CELRegex: Sendable {
             }
         }
         offsets.append(bytes.count)
+        return (input, offsets)
+    }
+
+    /// The leftmost-longest match at or after scalar `from`, as a scalar range.
+    private func search(_ input: [Unicode.Scalar], from: Int) -> Range<Int>? {
         let count = program.count
         var current: [(pc: Int, start: Int)] = []
         var next: [(pc: Int, start: Int)] = []
@@ -182,7 +199,7 @@ public struct CELRegex: Sendable {
             return matched
         }
 
-        var position = 0
+        var position = from
         var generation = 0
         while true {
             if best == nil {
@@ -216,7 +233,7 @@ public struct CELRegex: Sendable {
             generation += 1
         }
         guard let best else { return nil }
-        return offsets[best.start]..<offsets[best.end]
+        return best.start..<best.end
     }
 
     private func holds(_ assertion: Assertion, _ input: [Unicode.Scalar], _ position: Int) -> Bool {

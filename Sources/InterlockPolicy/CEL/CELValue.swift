@@ -185,11 +185,6 @@ public struct CELDuration: Sendable, Hashable, Comparable {
         self.nanos = nanos
     }
 
-    /// Checked against CEL's range.
-    static func make(nanoseconds total: (high: Int64, low: Int64)) throws(CELError) -> CELDuration {
-        try make(seconds: total.high, nanos: total.low)
-    }
-
     static func make(seconds: Int64, nanos: Int64) throws(CELError) -> CELDuration {
         var (s, n) = (seconds, nanos)
         let (carried, overflow) = s.addingReportingOverflow(n / 1_000_000_000)
