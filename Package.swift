@@ -201,7 +201,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InterlockCoreTests",
-            dependencies: ["InterlockCore"],
+            dependencies: ["InterlockCore", "InterlockPolicy"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

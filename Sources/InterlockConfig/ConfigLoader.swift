@@ -19,10 +19,8 @@ public enum ConfigLoader {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw ConfigError(diagnostics: [yamlDiagnostic(error, file: file)])
         } catch {
-            throw ConfigError(diagnostics: [ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "invalid YAML: \(error)")])
+            throw ConfigError(diagnostics: [diagnostic(yamlError: error, file: file)])
         }
         guard let root else {
             throw ConfigError(diagnostics: [ConfigDiagnostic(file: file, line: 1, column: 1, path: "", message: "the file is empty")])
@@ -36,9 +34,10 @@ public enum ConfigLoader {
         return config
     }
 
-    private static func yamlDiagnostic(_ error: YamlError, file: String) -> ConfigDiagnostic {
-        switch error {
-        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
+    /// A YAML syntax error at its line and column.
+    static func diagnostic(yamlError error: any Error, file: String) -> ConfigDiagnostic {
+        switch error as? YamlError {
+        case .scanner(let context, let problem, let mark, _)?, .parser(let context, let problem, let mark, _)?:
             let detail = [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: ": ")
             return ConfigDiagnostic(file: file, line: mark.line, column: mark.column, path: "", message: "invalid YAML: \(detail)")
         default:

@@ -6,6 +6,8 @@ import Yams
 final class ConfigReader {
     let file: String
     let environment: [String: String]
+    /// Off for workflow definitions: their text is taken as written.
+    var interpolates = true
     private(set) var diagnostics: [ConfigDiagnostic] = []
 
     init(file: String, environment: [String: String]) {
@@ -34,7 +36,7 @@ final class ConfigReader {
 
     /// `${VAR}`, `${VAR:-default}` and `$$` (a literal `$`) in a scalar.
     func interpolate(_ text: String, node: Node, path: String) -> String? {
-        guard text.contains("$") else { return text }
+        guard interpolates, text.contains("$") else { return text }
         var output = ""
         var index = text.startIndex
         var failed = false
@@ -93,7 +95,7 @@ struct ConfigNode {
 
     /// A problem inside a CEL expression held by this scalar, at its line and column in the
     /// file (exact for one-line and block scalars, the expression's line for folded quotes).
-    func report(celError error: CELSourceError) {
+    func report(celError error: CELSourceError, in what: String = "the CEL condition") {
         let mark = node.mark
         var line = mark?.line ?? 1
         var column = mark?.column ?? 1
@@ -108,7 +110,7 @@ struct ConfigNode {
         default:
             if error.line == 1 { column += error.column - 1 } else { (line, column) = (line + error.line - 1, error.column) }
         }
-        reader.report(at: line, column: column, path: path, "\(error.message) (in the CEL condition)")
+        reader.report(at: line, column: column, path: path, "\(error.message) (in \(what))")
     }
 
     private func blockIndentation(of line: Int) -> Int {

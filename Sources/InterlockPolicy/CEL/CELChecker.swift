@@ -180,7 +180,7 @@ public struct CELChecker {
         var root = node
         while case .select(let operand, _, _) = root.kind { root = operand }
         let name = parts[0].hasPrefix(".") ? String(parts[0].dropFirst()) : parts[0]
-        report("undeclared reference to '\(name)' (in container '\(environment.container)')", root)
+        report("undeclared reference to '\(name)'" + (environment.container.isEmpty ? "" : " (in container '\(environment.container)')"), root)
         return .error
     }
 

@@ -481,3 +481,38 @@ extension CELValue {
         return false
     }
 }
+
+extension CELProgram {
+    /// Parses, type-checks and compiles `source`: every mistake found (with line and column in
+    /// the expression), or the program. `resultTypes`, when given, are the types the
+    /// expression may have (`dyn` always passes: its type is known only when it runs).
+    public static func checked(_ source: String, environment: CELEnvironment, resultTypes: [CELType]? = nil) throws(CELCheckError) -> CELProgram {
+        let node: CELNode
+        do {
+            node = try CELParser.parse(source)
+        } catch {
+            throw CELCheckError(errors: [error])
+        }
+        var checker = CELChecker(environment: environment)
+        let type = try checker.check(node, source: source)
+        if let resultTypes, type != .dyn, !resultTypes.contains(type) {
+            let expected = resultTypes.map(\.description).joined(separator: " or ")
+            throw CELCheckError(errors: [CELSourceError("the expression is a \(type), expected \(expected)", offset: 0, in: Array(source.unicodeScalars))])
+        }
+        do {
+            return try CELProgram(node, source: source, environment: environment)
+        } catch {
+            throw CELCheckError(errors: [error])
+        }
+    }
+}
+
+extension CELTimestamp {
+    /// RFC 3339 in UTC (`2026-01-02T03:04:05.5Z`).
+    public var rfc3339: String { CELTime.format(self) }
+}
+
+extension CELDuration {
+    /// Seconds with a fraction and an `s` (`1.5s`), as CEL's `string(duration)` writes it.
+    public var text: String { CELTime.format(self) }
+}

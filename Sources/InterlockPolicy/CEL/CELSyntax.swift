@@ -46,6 +46,14 @@ public struct CELSourceError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { "\(line):\(column): \(message)" }
 
+    /// An error at a known place (for text around expressions, such as templates).
+    public static func at(line: Int, column: Int, message: String) -> CELSourceError {
+        var error = CELSourceError(message, offset: 0, in: [])
+        error.line = line
+        error.column = column
+        return error
+    }
+
     init(_ message: String, offset: Int, in source: [Unicode.Scalar]) {
         self.message = message
         self.offset = offset
