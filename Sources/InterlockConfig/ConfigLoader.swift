@@ -301,8 +301,9 @@ private struct ConfigDocument {
     private func readMockRule(_ node: ConfigNode) -> MockRule? {
         guard let fields = node.mapping(allowed: ["match", "reply", "error", "usage", "latency_ms"]) else { return nil }
         var rule = MockRule()
-        if let match = fields["match"]?.mapping(allowed: ["last_user_contains", "last_user_equals", "has_tool_result", "tool_result_contains", "model"]) {
+        if let match = fields["match"]?.mapping(allowed: ["last_user_contains", "last_user_equals", "has_tool_result", "tool_result_contains", "system_contains", "model"]) {
             rule.match.lastUserContains = match["last_user_contains"]?.string()
+            rule.match.systemContains = match["system_contains"]?.string()
             rule.match.lastUserEquals = match["last_user_equals"]?.string()
             rule.match.hasToolResult = match["has_tool_result"]?.bool()
             rule.match.toolResultContains = match["tool_result_contains"]?.string()

@@ -25,6 +25,8 @@ public final class CallGovernor: Sendable {
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
+    /// Budgets of the workflow runs executing on this node, by run id.
+    private let runBudgets = Mutex<[String: RunBudget]>([:])
 
     public init(
         registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, policy: PolicyStage? = nil,
@@ -266,6 +268,8 @@ public final class CallGovernor: Sendable {
         public var startedAt: ContinuousClock.Instant
         public var queued: Duration
         fileprivate var reservation: BudgetLedger.Reservation?
+        /// What the call reserved of its workflow run's budgets.
+        fileprivate var runReservation: RunUsage?
         /// The agent's state the call was admitted against (kept if the agent changes meanwhile).
         fileprivate let entry: AgentRegistry.Entry
         /// The agent's cut-off generation at admission: a stream watches from here.
@@ -348,6 +352,7 @@ public final class CallGovernor: Sendable {
     private func reserveBudget(
         _ call: GovernedCall, entry: AgentRegistry.Entry, generation: UInt64, started: ContinuousClock.Instant, queued: Duration
     ) throws(GatewayError) -> Admission {
+        let runReservation = try reserveRunBudget(call)
         var reservation: BudgetLedger.Reservation?
         if let budget = entry.budget {
             let now = wallClockMs()
@@ -357,6 +362,9 @@ public final class CallGovernor: Sendable {
                 reservation = granted
             case .exhausted(let period, let limit, let committed, let retryAfter):
                 entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                if let runReservation, let runID = call.workflowRunID {
+                    runBudgets.withLock { $0[runID]?.settle(runReservation, actual: .zero) }
+                }
                 recordRejection(call, status: 429, code: "budget_exceeded")
                 Counter(label: "interlock_budget_rejections_total", dimensions: [("agent", call.agent.id), ("period", period.rawValue)]).increment()
                 throw GatewayError(
@@ -365,7 +373,44 @@ public final class CallGovernor: Sendable {
                     retryAfterSeconds: retryAfter)
             }
         }
-        return Admission(call: call, startedAt: started, queued: queued, reservation: reservation, entry: entry, cutOffGeneration: generation)
+        return Admission(
+            call: call, startedAt: started, queued: queued, reservation: reservation, runReservation: runReservation, entry: entry, cutOffGeneration: generation)
+    }
+
+    /// A workflow run's budgets: the call reserves its worst case, or is refused (and the run
+    /// stopped by its worker) when that would pass a limit.
+    private func reserveRunBudget(_ call: GovernedCall) throws(GatewayError) -> RunUsage? {
+        guard let runID = call.workflowRunID else { return nil }
+        let model = call.targetKind == .model
+        let decision = runBudgets.withLock { budgets -> RunBudget.Decision? in
+            budgets[runID]?.reserve(model: model, tokens: model ? call.expectedTokens : 0, cost: call.expectedCost)
+        }
+        switch decision {
+        case nil:
+            return nil
+        case .granted(let reservation)?:
+            return reservation
+        case .exceeded(let limit, let message)?:
+            recordRejection(call, status: 429, code: "run_budget_exceeded")
+            throw GatewayError(kind: .budget, code: "run_budget_exceeded", message: message, details: ["limit": .string(limit), "run": .string(runID)])
+        }
+    }
+
+    /// Starts enforcing a run's budgets on the calls its steps make (the worker that executes
+    /// the run opens them, with the usage checkpointed so far).
+    public func openRunBudget(runID: String, limits: RunBudgetLimits, used: RunUsage) {
+        runBudgets.withLock { $0[runID] = RunBudget(limits: limits, used: used) }
+    }
+
+    /// Stops enforcing them; what the run used, as this node counted it.
+    @discardableResult
+    public func closeRunBudget(runID: String) -> RunUsage? {
+        runBudgets.withLock { $0.removeValue(forKey: runID)?.used }
+    }
+
+    /// What a run executing here has used so far (settled calls) and holds reserved.
+    public func runUsage(runID: String) -> (used: RunUsage, reserved: RunUsage)? {
+        runBudgets.withLock { budgets in budgets[runID].map { ($0.used, $0.reserved) } }
     }
 
     // MARK: Account
@@ -376,6 +421,14 @@ public final class CallGovernor: Sendable {
         let now = wallClockMs()
         let entry = admission.entry
         entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
+        if let runReservation = admission.runReservation, let runID = call.workflowRunID {
+            // A call refused before it reached its target counts as no call.
+            let reached = outcome.outcome != .rejected
+            let actual = RunUsage(
+                modelCalls: reached ? runReservation.modelCalls : 0, toolCalls: reached ? runReservation.toolCalls : 0, tokens: outcome.usage.totalTokens,
+                cost: outcome.cost)
+            runBudgets.withLock { $0[runID]?.settle(runReservation, actual: actual) }
+        }
         if let budget = entry.budget {
             let remaining: USD? = budget.withLock { ledger in
                 if let reservation = admission.reservation {

@@ -29,6 +29,13 @@ public struct GovernedCall: Sendable {
     /// SHA-256 (hex) of the call's arguments, for the audit log (which never stores them).
     public var argumentsHash: String?
 
+    /// The workflow run whose budgets the call counts against: only calls a run's own steps
+    /// make (an agent naming a run in a header cannot spend a workflow's budget).
+    public var workflowRunID: String? {
+        if case .workflowRun(let id) = caller.credential { return id }
+        return nil
+    }
+
     public init(
         requestID: String, caller: Caller, targetKind: TargetKind, target: String, operation: String, stream: Bool,
         expectedTokens: Int, expectedCost: USD, traceParent: String? = nil, traceState: String? = nil, argumentsHash: String? = nil

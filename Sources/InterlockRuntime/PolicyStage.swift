@@ -270,15 +270,37 @@ public final class PolicyStage: Sendable {
         return String(text[..<end]) + "…"
     }
 
-    /// An operator decided: approve or reject a pending approval. The record afterwards and
+    /// An operator decided: approve or reject a pending approval (an input step's approval
+    /// carries the `answer`, checked against the step's schema). The record afterwards and
     /// whether this decision changed it (false: it was already decided or expired); nil if
     /// there is no such approval.
-    public func decide(approvalID: String, approve: Bool, by: String, note: String?) async throws -> (record: ApprovalRecord, changed: Bool)? {
+    public func decide(
+        approvalID: String, approve: Bool, by: String, note: String?, answer: JSONValue? = nil
+    ) async throws -> (record: ApprovalRecord, changed: Bool)? {
         guard let store else { return nil }
+        guard let before = try await store.approval(id: approvalID) else { return nil }
+        var answer = answer
+        if before.kind == .input, approve {
+            guard let given = answer else {
+                throw GatewayError.invalidRequest("This is an input request: send the data asked for in 'answer'.", code: "answer_required", param: "answer")
+            }
+            if let document = before.answerSchema, let schema = try? JSONSchema(document) {
+                let violations = schema.validate(given)
+                if !violations.isEmpty {
+                    throw GatewayError.invalidRequest(
+                        "The answer does not match the schema asked for: \(violations.map(\.description).joined(separator: "; ")).", code: "invalid_answer",
+                        param: "answer")
+                }
+            }
+        } else if before.kind != .input {
+            answer = nil
+        }
         let now = wallClockMs()
-        // An approval once given is valid for the full TTL from the decision.
+        // An approval once given is valid for the full TTL from the decision (a workflow step's
+        // answer is read by its run, which is woken at once).
+        let expires = max(before.kind == .policy ? 0 : before.expiresMs, now + Int64(settings.approvalTTLSeconds) * 1000)
         guard let (after, changed) = try await store.decideApproval(
-            id: approvalID, approve: approve, by: by, note: note, nowMs: now, expiresMs: now + Int64(settings.approvalTTLSeconds) * 1000)
+            id: approvalID, approve: approve, by: by, note: note, answer: answer, nowMs: now, expiresMs: expires)
         else { return nil }
         if changed {
             audit?.record(AuditRecord(
@@ -286,8 +308,18 @@ public final class PolicyStage: Sendable {
                 runID: after.runID, supervisor: by, target: after.target, decision: approve ? "allow" : "deny", reason: after.id,
                 argumentsHash: after.argumentsHash, requestID: after.requestID))
             decisions.signal()
+            let observers = decisionObservers.withLock { $0 }
+            for observer in observers { observer(after) }
         }
         return (after, changed)
+    }
+
+    private let decisionObservers = Mutex<[@Sendable (ApprovalRecord) -> Void]>([])
+
+    /// Calls `observer` after every decision this node records (the workflow engine wakes
+    /// the run that waits for it).
+    public func observeDecisions(_ observer: @escaping @Sendable (ApprovalRecord) -> Void) {
+        decisionObservers.withLock { $0.append(observer) }
     }
 
     public func approval(id: String) async throws -> ApprovalRecord? {

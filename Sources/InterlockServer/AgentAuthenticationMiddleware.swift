@@ -21,6 +21,7 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
         switch caller.credential {
         case .apiKey(let id): context.logger[metadataKey: "interlock.credential"] = .string("key:\(id)")
         case .accessToken(let id): context.logger[metadataKey: "interlock.credential"] = .string("token:\(id)")
+        case .workflowRun(let id): context.logger[metadataKey: "interlock.credential"] = .string("run:\(id)")
         }
         return try await next(request, context)
     }

@@ -113,7 +113,8 @@ public protocol InterlockStore: Sendable {
     /// Approves or rejects a pending, unexpired approval (setting its expiry to `expiresMs`);
     /// the record as it stands afterwards and whether this call changed it (false: it was
     /// already decided or expired), nil if there is none.
-    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)?
+    /// An input step's `answer` is kept with the decision.
+    func decideApproval(id: String, approve: Bool, by: String, note: String?, answer: JSONValue?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)?
     /// The newest unexpired approval in `status` for exactly this call.
     func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord?
     /// Marks an approved, unexpired approval used; false if another call used it first.

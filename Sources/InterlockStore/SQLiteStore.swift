@@ -8,7 +8,7 @@ import SQLiteNIO
 /// pool so no event loop blocks on the disk. Writes take turns (`writes`), each one a
 /// transaction, so one caller's rollback can never take another's rows with it.
 public final class SQLiteStore: InterlockStore {
-    private let connection: SQLiteConnection
+    let connection: SQLiteConnection
     public let path: String
     /// Every write runs through here. One connection serves all callers, and an open
     /// transaction would otherwise take in (and roll back) another caller's statements.
@@ -106,7 +106,7 @@ public final class SQLiteStore: InterlockStore {
 
     /// Runs `body` as one write transaction, alone on the connection: committed, or rolled
     /// back and rethrown.
-    private func transaction(_ body: () async throws -> Void) async throws {
+    func transaction(_ body: () async throws -> Void) async throws {
         try await writes.run {
             _ = try await connection.query("BEGIN IMMEDIATE", [])
             do {
@@ -329,7 +329,7 @@ public final class SQLiteStore: InterlockStore {
 
     private static let approvalColumns = [
         "id", "agent_id", "target_kind", "target", "args_sha256", "arguments", "policy", "policy_version", "reason", "request_id", "user_id",
-        "run_id", "created_ms", "expires_ms", "status", "decided_by", "decided_ms", "note",
+        "run_id", "created_ms", "expires_ms", "status", "decided_by", "decided_ms", "note", "kind", "step_path", "answer", "answer_schema",
     ]
 
     public func createApproval(_ approval: ApprovalRecord) async throws {
@@ -339,7 +339,9 @@ public final class SQLiteStore: InterlockStore {
                 .text(record.arguments), .text(record.policy), .text(record.policyVersion), .text(record.reason), .text(record.requestID),
                 record.userID.map(SQLiteData.text) ?? .null, record.runID.map(SQLiteData.text) ?? .null, .integer(Int(record.createdMs)),
                 .integer(Int(record.expiresMs)), .text(record.status.rawValue), record.decidedBy.map(SQLiteData.text) ?? .null,
-                record.decidedMs.map { .integer(Int($0)) } ?? .null, record.note.map(SQLiteData.text) ?? .null,
+                record.decidedMs.map { .integer(Int($0)) } ?? .null, record.note.map(SQLiteData.text) ?? .null, .text(record.kind.rawValue),
+                record.stepPath.map(SQLiteData.text) ?? .null, record.answer.map { .text(JSONWriter.string($0)) } ?? .null,
+                record.answerSchema.map { .text(JSONWriter.string($0)) } ?? .null,
             ]
         }
     }
@@ -348,12 +350,17 @@ public final class SQLiteStore: InterlockStore {
         func text(_ name: String) -> String? { row.column(name)?.string }
         func int(_ name: String) -> Int64? { row.column(name)?.integer.map(Int64.init) }
         guard let id = text("id"), let status = text("status").flatMap(ApprovalRecord.Status.init(rawValue:)) else { return nil }
-        return ApprovalRecord(
+        var record = ApprovalRecord(
             id: id, agentID: text("agent_id") ?? "", targetKind: text("target_kind") ?? "", target: text("target") ?? "",
             argumentsHash: text("args_sha256") ?? "", arguments: text("arguments") ?? "", policy: text("policy") ?? "",
             policyVersion: text("policy_version") ?? "", reason: text("reason") ?? "", requestID: text("request_id") ?? "", userID: text("user_id"),
             runID: text("run_id"), createdMs: int("created_ms") ?? 0, expiresMs: int("expires_ms") ?? 0, status: status, decidedBy: text("decided_by"),
             decidedMs: int("decided_ms"), note: text("note"))
+        record.kind = text("kind").flatMap(ApprovalRecord.Kind.init(rawValue:)) ?? .policy
+        record.stepPath = text("step_path")
+        record.answer = text("answer").flatMap { try? JSONParser.parse($0) }
+        record.answerSchema = text("answer_schema").flatMap { try? JSONParser.parse($0) }
+        return record
     }
 
     public func approval(id: String) async throws -> ApprovalRecord? {
@@ -389,17 +396,19 @@ public final class SQLiteStore: InterlockStore {
         return rows.compactMap(SQLiteStore.approval)
     }
 
-    public func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)? {
+    public func decideApproval(
+        id: String, approve: Bool, by: String, note: String?, answer: JSONValue?, nowMs: Int64, expiresMs: Int64
+    ) async throws -> (ApprovalRecord, Bool)? {
         var changed = false
         try await transaction {
             _ = try await connection.query(
                 """
-                UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, note = ?, expires_ms = ?
+                UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, note = ?, expires_ms = ?, answer = ?
                 WHERE id = ? AND status = 'pending' AND expires_ms > ?
                 """,
                 [
                     .text(approve ? "approved" : "rejected"), .text(by), .integer(Int(nowMs)), note.map(SQLiteData.text) ?? .null, .integer(Int(expiresMs)),
-                    .text(id), .integer(Int(nowMs)),
+                    answer.map { .text(JSONWriter.string($0)) } ?? .null, .text(id), .integer(Int(nowMs)),
                 ])
             let rows = try await connection.query("SELECT changes() AS n", [])
             changed = (rows.first?.column("n")?.integer ?? 0) == 1
@@ -587,5 +596,6 @@ enum SQLiteMigrations {
             "ALTER TABLE usage_ledger ADD COLUMN run_id TEXT",
             "CREATE INDEX usage_ledger_run ON usage_ledger (run_id)",
         ]),
+        workflows,
     ]
 }

@@ -15,7 +15,7 @@ import Testing
         let store = try await SQLiteStore.open(path: path)
         try await store.migrate()
         try await store.migrate()  // idempotent
-        #expect(try await store.schemaVersion() == 9)
+        #expect(try await store.schemaVersion() == 10)
         #expect(try await store.journalMode() == "wal")
         let batch = (0..<1_500).map { record("r\($0)", agent: $0 < 1_000 ? "a" : "b", ts: Int64(1_000 + $0), nanos: 100) }
         try await store.appendUsage(batch)
@@ -47,11 +47,11 @@ import Testing
         other.policyVersion = "v2"
         #expect(try await store.approval(binding: other, status: .pending, nowMs: 2_000) == nil)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 2_000) == false)  // not approved yet
-        let approved = try await store.decideApproval(id: "apr_1", approve: true, by: "operator:o", note: "ok", nowMs: 3_000, expiresMs: 9_000)
+        let approved = try await store.decideApproval(id: "apr_1", approve: true, by: "operator:o", note: "ok", answer: nil, nowMs: 3_000, expiresMs: 9_000)
         #expect(approved?.0.status == .approved && approved?.0.decidedBy == "operator:o" && approved?.0.note == "ok" && approved?.1 == true)
         #expect(approved?.0.expiresMs == 9_000)
         // A second decision changes nothing.
-        let second = try await store.decideApproval(id: "apr_1", approve: false, by: "operator:p", note: nil, nowMs: 3_500, expiresMs: 9_500)
+        let second = try await store.decideApproval(id: "apr_1", approve: false, by: "operator:p", note: nil, answer: nil, nowMs: 3_500, expiresMs: 9_500)
         #expect(second?.0.status == .approved && second?.1 == false)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == true)
         #expect(try await store.consumeApproval(id: "apr_1", nowMs: 4_000) == false)
@@ -60,7 +60,7 @@ import Testing
         late.id = "apr_2"
         late.argumentsHash = "h2"
         try await store.createApproval(late)
-        #expect(try await store.decideApproval(id: "apr_2", approve: true, by: "operator:o", note: nil, nowMs: 10_000, expiresMs: 20_000)?.0.status(at: 10_000) == .expired)
+        #expect(try await store.decideApproval(id: "apr_2", approve: true, by: "operator:o", note: nil, answer: nil, nowMs: 10_000, expiresMs: 20_000)?.0.status(at: 10_000) == .expired)
         #expect(try await store.approvals(status: .expired, agentID: nil, nowMs: 10_000, limit: 10).map(\.id) == ["apr_2"])
         #expect(try await store.approvals(status: .consumed, agentID: "a", nowMs: 10_000, limit: 10).map(\.id) == ["apr_1"])
         // Run spend: only the run's own, non-rejected calls.

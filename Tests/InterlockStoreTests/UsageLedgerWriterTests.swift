@@ -52,7 +52,7 @@ final class FlakyStore: InterlockStore {
     func createApproval(_ approval: ApprovalRecord) async throws {}
     func approval(id: String) async throws -> ApprovalRecord? { nil }
     func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord] { [] }
-    func decideApproval(id: String, approve: Bool, by: String, note: String?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)? { nil }
+    func decideApproval(id: String, approve: Bool, by: String, note: String?, answer: JSONValue?, nowMs: Int64, expiresMs: Int64) async throws -> (ApprovalRecord, Bool)? { nil }
     func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? { nil }
     func consumeApproval(id: String, nowMs: Int64) async throws -> Bool { false }
     func restoreApproval(id: String) async throws {}

@@ -2,6 +2,16 @@
 /// call, bound to that exact call (agent, target, hash of the arguments, the rule and its
 /// version) and valid until it expires. An approval is used once.
 public struct ApprovalRecord: Sendable, Equatable {
+    /// What the human is asked.
+    public enum Kind: String, Sendable, CaseIterable {
+        /// A `require_approval` policy rule holds a call.
+        case policy
+        /// A workflow's `approval` step.
+        case approval
+        /// A workflow's `input` step: the answer is data (`answer`), checked against `answerSchema`.
+        case input
+    }
+
     public enum Status: String, Sendable, CaseIterable {
         case pending
         case approved
@@ -35,6 +45,13 @@ public struct ApprovalRecord: Sendable, Equatable {
     public var decidedBy: String?
     public var decidedMs: Int64?
     public var note: String?
+    public var kind: Kind = .policy
+    /// The workflow step that asked (approval and input steps).
+    public var stepPath: String?
+    /// An input step's answer.
+    public var answer: JSONValue?
+    /// The JSON schema an input step's answer must satisfy.
+    public var answerSchema: JSONValue?
 
     public init(
         id: String, agentID: String, targetKind: String, target: String, argumentsHash: String, arguments: String, policy: String, policyVersion: String,
@@ -84,6 +101,10 @@ public struct ApprovalRecord: Sendable, Equatable {
         if let decidedBy { object["decided_by"] = .string(decidedBy) }
         if let decidedMs { object["decided_ms"] = .integer(decidedMs) }
         if let note { object["note"] = .string(note) }
+        object["kind"] = .string(kind.rawValue)
+        if let stepPath { object["step"] = .string(stepPath) }
+        if let answer { object["answer"] = answer }
+        if let answerSchema { object["answer_schema"] = answerSchema }
         return .object(object)
     }
 }

@@ -246,6 +246,8 @@ public struct MockRule: Sendable {
         public var lastUserEquals: String?
         public var hasToolResult: Bool?
         public var toolResultContains: String?
+        /// Text in the system prompt (tells apart the agents of a workflow).
+        public var systemContains: String?
         public var model: String?
 
         public init() {}

@@ -7,6 +7,8 @@ public struct Caller: Sendable, Equatable {
         case apiKey(id: String)
         /// An access token, by its `jti`.
         case accessToken(id: String)
+        /// A step of a workflow run, by the run's id: Interlock itself calls as the step's agent.
+        case workflowRun(id: String)
     }
 
     public var agent: Agent

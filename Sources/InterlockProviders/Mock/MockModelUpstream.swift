@@ -191,6 +191,7 @@ public final class MockModelUpstream: ModelUpstream {
 private struct Conversation {
     var lastUser = ""
     var lastToolResult: String?
+    var system = ""
     var characterCount = 0
 
     init(_ request: JSONObject) {
@@ -204,6 +205,8 @@ private struct Conversation {
                 lastToolResult = nil
             case "tool", "function":
                 lastToolResult = text
+            case "system", "developer":
+                system += text
             default:
                 break
             }
@@ -216,6 +219,7 @@ private struct Conversation {
         if let exact = match.lastUserEquals, lastUser != exact { return false }
         if let hasTool = match.hasToolResult, hasTool != (lastToolResult != nil) { return false }
         if let needle = match.toolResultContains, !(lastToolResult?.lowercased().contains(needle.lowercased()) ?? false) { return false }
+        if let needle = match.systemContains, !system.lowercased().contains(needle.lowercased()) { return false }
         return true
     }
 }

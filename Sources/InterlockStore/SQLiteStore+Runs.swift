@@ -1,0 +1,443 @@
+public import InterlockCore
+import SQLiteNIO
+
+extension SQLiteStore: RunStore {
+    private static func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
+    private static func json(_ value: JSONValue?) -> SQLiteData { value.map { .text(JSONWriter.string($0)) } ?? .null }
+    private static func int(_ value: Int64?) -> SQLiteData { value.map { .integer(Int($0)) } ?? .null }
+    private static func parse(_ text: String?) -> JSONValue? { text.flatMap { try? JSONParser.parse($0) } }
+
+    /// Rows changed by the last statement on the connection.
+    private func changes() async throws -> Int {
+        try await connection.query("SELECT changes() AS n", []).first?.column("n")?.integer ?? 0
+    }
+
+    public func saveWorkflowVersion(_ version: WorkflowVersionRecord) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                "INSERT OR IGNORE INTO workflow_versions (hash, name, source, origin, created_ms) VALUES (?, ?, ?, ?, ?)",
+                [.text(version.hash), .text(version.name), .text(version.source), .text(version.origin), .integer(Int(version.createdMs))])
+        }
+    }
+
+    public func workflowVersion(hash: String) async throws -> WorkflowVersionRecord? {
+        let rows = try await connection.query("SELECT hash, name, source, origin, created_ms FROM workflow_versions WHERE hash = ?", [.text(hash)])
+        guard let row = rows.first, let source = row.column("source")?.string else { return nil }
+        return WorkflowVersionRecord(
+            hash: hash, name: row.column("name")?.string ?? "", source: source, origin: row.column("origin")?.string ?? "",
+            createdMs: Int64(row.column("created_ms")?.integer ?? 0))
+    }
+
+    private static let runColumns = [
+        "id", "workflow", "workflow_hash", "status", "priority", "agent_id", "started_by", "user_id", "parent_run_id", "forked_from", "forked_at_seq",
+        "idempotency_key", "trigger_event_id", "input", "output", "error", "stop_limit", "budgets", "usage", "steps_started", "supervisor", "created_ms",
+        "updated_ms", "finished_ms", "last_seq",
+    ]
+
+    private static func runRow(_ run: RunRecord) -> [SQLiteData] {
+        [
+            .text(run.id), .text(run.workflow), .text(run.workflowHash), .text(run.status.rawValue), .integer(run.priority), .text(run.agentID),
+            .text(run.startedBy), text(run.userID), text(run.parentRunID), text(run.forkedFrom), int(run.forkedAtSeq), text(run.idempotencyKey),
+            text(run.triggerEventID), json(run.input), json(run.output), json(run.error?.json), text(run.stopLimit), json(run.budgets.json),
+            json(usageJSON(run.usage)), .integer(run.stepsStarted), text(run.supervisor), .integer(Int(run.createdMs)), .integer(Int(run.updatedMs)),
+            int(run.finishedMs), .integer(Int(run.lastSeq)),
+        ]
+    }
+
+    /// Usage with the cost in exact nanodollars (the API shows dollars).
+    private static func usageJSON(_ usage: RunUsage) -> JSONValue {
+        [
+            "model_calls": .integer(Int64(usage.modelCalls)), "tool_calls": .integer(Int64(usage.toolCalls)), "tokens": .integer(Int64(usage.tokens)),
+            "cost_nanos": .integer(usage.cost.nanos),
+        ]
+    }
+
+    private static func usage(_ json: JSONValue?) -> RunUsage {
+        RunUsage(
+            modelCalls: Int(json?["model_calls"]?.int64Value ?? 0), toolCalls: Int(json?["tool_calls"]?.int64Value ?? 0),
+            tokens: Int(json?["tokens"]?.int64Value ?? 0), cost: USD(nanos: json?["cost_nanos"]?.int64Value ?? 0))
+    }
+
+    private static func run(_ row: SQLiteRow) -> RunRecord? {
+        func text(_ name: String) -> String? { row.column(name)?.string }
+        func int(_ name: String) -> Int64? { row.column(name)?.integer.map(Int64.init) }
+        guard let id = text("id"), let status = text("status").flatMap(RunStatus.init(rawValue:)) else { return nil }
+        var run = RunRecord(
+            id: id, workflow: text("workflow") ?? "", workflowHash: text("workflow_hash") ?? "", status: status, priority: Int(int("priority") ?? 0),
+            agentID: text("agent_id") ?? "", startedBy: text("started_by") ?? "", userID: text("user_id"), parentRunID: text("parent_run_id"),
+            forkedFrom: text("forked_from"), forkedAtSeq: int("forked_at_seq"), idempotencyKey: text("idempotency_key"),
+            triggerEventID: text("trigger_event_id"), input: parse(text("input")) ?? .null, budgets: RunBudgetLimits(json: parse(text("budgets"))),
+            createdMs: int("created_ms") ?? 0)
+        run.output = parse(text("output"))
+        run.error = StepError(json: parse(text("error")))
+        run.stopLimit = text("stop_limit")
+        run.usage = usage(parse(text("usage")))
+        run.stepsStarted = Int(int("steps_started") ?? 0)
+        run.supervisor = text("supervisor")
+        run.updatedMs = int("updated_ms") ?? run.createdMs
+        run.finishedMs = int("finished_ms")
+        run.lastSeq = int("last_seq") ?? 0
+        return run
+    }
+
+    public func createRun(_ run: RunRecord, events: [RunEvent], readyAtMs: Int64) async throws -> (run: RunRecord, created: Bool) {
+        var existing: RunRecord?
+        try await transaction {
+            if let key = run.idempotencyKey {
+                let rows = try await connection.query(
+                    "SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs WHERE idempotency_key = ?", [.text(key)])
+                if let row = rows.first {
+                    existing = SQLiteStore.run(row)
+                    return
+                }
+            }
+            var run = run
+            run.lastSeq = events.last?.seq ?? 0
+            let placeholders = Array(repeating: "?", count: SQLiteStore.runColumns.count).joined(separator: ",")
+            _ = try await connection.query(
+                "INSERT INTO runs (\(SQLiteStore.runColumns.joined(separator: ","))) VALUES (\(placeholders))", SQLiteStore.runRow(run))
+            try await insertEvents(runID: run.id, events)
+            _ = try await connection.query(
+                "INSERT INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken) VALUES (?, ?, ?, NULL, NULL, 0)",
+                [.text(run.id), .integer(run.priority), .integer(Int(readyAtMs))])
+        }
+        if let existing { return (existing, false) }
+        var created = run
+        created.lastSeq = events.last?.seq ?? 0
+        return (created, true)
+    }
+
+    private func insertEvents(runID: String, _ events: [RunEvent]) async throws {
+        for event in events {
+            _ = try await connection.query(
+                "INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES (?, ?, ?, ?, ?, ?)",
+                [.text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path), SQLiteStore.json(event.data)])
+            // The waits index: which runs an event type must wake.
+            switch event.kind {
+            case .stepWaiting(let path, .event(let type, _, _)):
+                _ = try await connection.query(
+                    "INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
+            case .stepCompleted(let path, _), .stepFailed(let path, _, _, _), .stepStarted(let path, _, _):
+                _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ? AND path = ?", [.text(runID), .text(path)])
+            case .cancelled, .runCompleted, .runFailed, .stoppedByBudget:
+                _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ?", [.text(runID)])
+            default:
+                break
+            }
+        }
+    }
+
+    public func run(id: String) async throws -> RunRecord? {
+        let rows = try await connection.query("SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs WHERE id = ?", [.text(id)])
+        return rows.first.flatMap(SQLiteStore.run)
+    }
+
+    public func runs(_ filter: RunFilter) async throws -> [RunRecord] {
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        if let status = filter.status {
+            conditions.append("status = ?")
+            binds.append(.text(status.rawValue))
+        }
+        if let workflow = filter.workflow {
+            conditions.append("workflow = ?")
+            binds.append(.text(workflow))
+        }
+        if let startedBy = filter.startedBy {
+            conditions.append("started_by = ?")
+            binds.append(.text(startedBy))
+        }
+        if let before = filter.beforeID {
+            conditions.append("rowid < (SELECT rowid FROM runs WHERE id = ?)")
+            binds.append(.text(before))
+        }
+        let clause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let rows = try await connection.query(
+            "SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs \(clause) ORDER BY rowid DESC LIMIT ?", binds + [.integer(filter.limit)])
+        return rows.compactMap(SQLiteStore.run)
+    }
+
+    public func runEvents(runID: String, afterSeq: Int64) async throws -> [RunEvent] {
+        let rows = try await connection.query(
+            "SELECT seq, ts_ms, kind, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq", [.text(runID), .integer(Int(afterSeq))])
+        var events: [RunEvent] = []
+        events.reserveCapacity(rows.count)
+        for row in rows {
+            let data = SQLiteStore.parse(row.column("data")?.string) ?? .null
+            events.append(
+                try RunEvent(
+                    seq: Int64(row.column("seq")?.integer ?? 0), timeMs: Int64(row.column("ts_ms")?.integer ?? 0), name: row.column("kind")?.string ?? "",
+                    data: data))
+        }
+        return events
+    }
+
+    public func claimRuns(owner: String, nowMs: Int64, leaseUntilMs: Int64, limit: Int) async throws -> [String] {
+        var claimed: [String] = []
+        try await transaction {
+            let rows = try await connection.query(
+                """
+                UPDATE run_queue SET lease_owner = ?, lease_expires_ms = ?, woken = 0
+                WHERE run_id IN (
+                    SELECT run_id FROM run_queue
+                    WHERE ready_at_ms <= ? AND (lease_owner IS NULL OR lease_expires_ms < ?)
+                    ORDER BY priority DESC, ready_at_ms LIMIT ?)
+                RETURNING run_id
+                """,
+                [.text(owner), .integer(Int(leaseUntilMs)), .integer(Int(nowMs)), .integer(Int(nowMs)), .integer(limit)])
+            claimed = rows.compactMap { $0.column("run_id")?.string }
+        }
+        return claimed
+    }
+
+    public func renewLeases(owner: String, runIDs: [String], leaseUntilMs: Int64) async throws -> Set<String> {
+        guard !runIDs.isEmpty else { return [] }
+        var held: Set<String> = []
+        try await transaction {
+            let placeholders = Array(repeating: "?", count: runIDs.count).joined(separator: ",")
+            let rows = try await connection.query(
+                "UPDATE run_queue SET lease_expires_ms = ? WHERE lease_owner = ? AND run_id IN (\(placeholders)) RETURNING run_id",
+                [.integer(Int(leaseUntilMs)), .text(owner)] + runIDs.map(SQLiteData.text))
+            held = Set(rows.compactMap { $0.column("run_id")?.string })
+        }
+        return held
+    }
+
+    public func appendRunEvents(
+        runID: String, owner: String, events: [RunEvent], update: RunUpdate, consumedSignals: [Int64], leaseUntilMs: Int64
+    ) async throws {
+        try await transaction {
+            // Fencing: only the lease holder writes, and it extends its lease as it does.
+            _ = try await connection.query(
+                "UPDATE run_queue SET lease_expires_ms = ? WHERE run_id = ? AND lease_owner = ?", [.integer(Int(leaseUntilMs)), .text(runID), .text(owner)])
+            guard try await changes() == 1 else { throw RunLeaseLost(runID: runID) }
+            try await insertEvents(runID: runID, events)
+            _ = try await connection.query(
+                """
+                UPDATE runs SET status = ?, output = ?, error = ?, stop_limit = ?, budgets = ?, usage = ?, steps_started = ?,
+                    supervisor = COALESCE(?, supervisor), updated_ms = ?, finished_ms = ?, last_seq = COALESCE(?, last_seq)
+                WHERE id = ?
+                """,
+                [
+                    .text(update.status.rawValue), SQLiteStore.json(update.output), SQLiteStore.json(update.error?.json), SQLiteStore.text(update.stopLimit),
+                    SQLiteStore.json(update.budgets.json), SQLiteStore.json(SQLiteStore.usageJSON(update.usage)), .integer(update.stepsStarted),
+                    SQLiteStore.text(update.supervisor), .integer(Int(update.updatedMs)), SQLiteStore.int(update.finishedMs), SQLiteStore.int(events.last?.seq),
+                    .text(runID),
+                ])
+            for id in consumedSignals { _ = try await connection.query("DELETE FROM run_signals WHERE id = ?", [.integer(Int(id))]) }
+        }
+    }
+
+    public func releaseRun(runID: String, owner: String, readyAtMs: Int64?, finished: Bool, nowMs: Int64) async throws {
+        try await transaction {
+            if finished {
+                _ = try await connection.query("DELETE FROM run_queue WHERE run_id = ? AND lease_owner = ?", [.text(runID), .text(owner)])
+                return
+            }
+            _ = try await connection.query(
+                """
+                UPDATE run_queue SET lease_owner = NULL, lease_expires_ms = NULL,
+                    ready_at_ms = CASE WHEN woken = 1 THEN ? ELSE ? END, woken = 0
+                WHERE run_id = ? AND lease_owner = ?
+                """, [.integer(Int(nowMs)), SQLiteStore.int(readyAtMs), .text(runID), .text(owner)])
+        }
+    }
+
+    public func wakeRun(runID: String, atMs: Int64) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                """
+                UPDATE run_queue SET ready_at_ms = CASE WHEN ready_at_ms IS NULL OR ready_at_ms > ? THEN ? ELSE ready_at_ms END, woken = 1
+                WHERE run_id = ?
+                """, [.integer(Int(atMs)), .integer(Int(atMs)), .text(runID)])
+        }
+    }
+
+    public func releaseLeases(ownerPrefix: String) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                "UPDATE run_queue SET lease_owner = NULL, lease_expires_ms = NULL WHERE substr(lease_owner, 1, ?) = ?",
+                [.integer(ownerPrefix.utf8.count), .text(ownerPrefix)])
+        }
+    }
+
+    public func nextRunDue() async throws -> Int64? {
+        let rows = try await connection.query("SELECT MIN(ready_at_ms) AS due FROM run_queue WHERE lease_owner IS NULL AND ready_at_ms IS NOT NULL", [])
+        return rows.first?.column("due")?.integer.map(Int64.init)
+    }
+
+    public func addRunSignal(_ signal: RunSignal) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                "INSERT INTO run_signals (run_id, kind, by, data, created_ms) VALUES (?, ?, ?, ?, ?)",
+                [.text(signal.runID), .text(signal.kind), .text(signal.by), SQLiteStore.json(signal.data), .integer(Int(signal.createdMs))])
+            _ = try await connection.query(
+                """
+                UPDATE run_queue SET ready_at_ms = CASE WHEN ready_at_ms IS NULL OR ready_at_ms > ? THEN ? ELSE ready_at_ms END, woken = 1
+                WHERE run_id = ?
+                """, [.integer(Int(signal.createdMs)), .integer(Int(signal.createdMs)), .text(signal.runID)])
+            // A finished run has left the queue; a retry puts it back.
+            if signal.kind == "retry" {
+                _ = try await connection.query(
+                    """
+                    INSERT OR IGNORE INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken)
+                    SELECT id, priority, ?, NULL, NULL, 1 FROM runs WHERE id = ?
+                    """, [.integer(Int(signal.createdMs)), .text(signal.runID)])
+            }
+        }
+    }
+
+    public func runSignals(runID: String) async throws -> [RunSignal] {
+        let rows = try await connection.query(
+            "SELECT id, run_id, kind, by, data, created_ms FROM run_signals WHERE run_id = ? ORDER BY id", [.text(runID)])
+        return rows.map { row in
+            RunSignal(
+                id: Int64(row.column("id")?.integer ?? 0), runID: runID, kind: row.column("kind")?.string ?? "", by: row.column("by")?.string ?? "",
+                data: SQLiteStore.parse(row.column("data")?.string) ?? .null, createdMs: Int64(row.column("created_ms")?.integer ?? 0))
+        }
+    }
+
+    private static let eventColumns = "seq, id, type, payload, dedup_key, source, ts_ms"
+
+    private static func event(_ row: SQLiteRow) -> EventRecord {
+        EventRecord(
+            seq: Int64(row.column("seq")?.integer ?? 0), id: row.column("id")?.string ?? "", type: row.column("type")?.string ?? "",
+            payload: parse(row.column("payload")?.string) ?? .null, dedupKey: row.column("dedup_key")?.string, source: row.column("source")?.string ?? "",
+            timeMs: Int64(row.column("ts_ms")?.integer ?? 0))
+    }
+
+    public func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool) {
+        var result = (event, false)
+        try await transaction {
+            if let key = event.dedupKey {
+                let rows = try await connection.query("SELECT \(SQLiteStore.eventColumns) FROM events WHERE dedup_key = ?", [.text(key)])
+                if let row = rows.first {
+                    result = (SQLiteStore.event(row), false)
+                    return
+                }
+            }
+            let rows = try await connection.query(
+                "INSERT INTO events (id, type, payload, dedup_key, source, ts_ms) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                [
+                    .text(event.id), .text(event.type), SQLiteStore.json(event.payload), SQLiteStore.text(event.dedupKey), .text(event.source),
+                    .integer(Int(event.timeMs)),
+                ])
+            var stored = event
+            stored.seq = Int64(rows.first?.column("seq")?.integer ?? 0)
+            result = (stored, true)
+        }
+        return result
+    }
+
+    public func events(afterSeq: Int64, type: String?, limit: Int) async throws -> [EventRecord] {
+        let rows: [SQLiteRow]
+        if let type {
+            rows = try await connection.query(
+                "SELECT \(SQLiteStore.eventColumns) FROM events WHERE type = ? AND seq > ? ORDER BY seq LIMIT ?",
+                [.text(type), .integer(Int(afterSeq)), .integer(limit)])
+        } else {
+            rows = try await connection.query(
+                "SELECT \(SQLiteStore.eventColumns) FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [.integer(Int(afterSeq)), .integer(limit)])
+        }
+        return rows.map(SQLiteStore.event)
+    }
+
+    public func runsWaiting(eventType: String) async throws -> [String] {
+        let rows = try await connection.query("SELECT DISTINCT run_id FROM run_waits WHERE event_type = ?", [.text(eventType)])
+        return rows.compactMap { $0.column("run_id")?.string }
+    }
+
+    public func cursor(_ name: String) async throws -> Int64 {
+        let rows = try await connection.query("SELECT value FROM cursors WHERE name = ?", [.text(name)])
+        return Int64(rows.first?.column("value")?.integer ?? 0)
+    }
+
+    public func setCursor(_ name: String, to value: Int64) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value", [.text(name), .integer(Int(value))])
+        }
+    }
+}
+
+extension SQLiteMigrations {
+    static let workflows = Migration(version: 10, name: "workflows", statements: [
+        "CREATE TABLE workflow_versions (hash TEXT PRIMARY KEY, name TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL, created_ms INTEGER NOT NULL)",
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            workflow_hash TEXT NOT NULL REFERENCES workflow_versions (hash),
+            status TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            agent_id TEXT NOT NULL,
+            started_by TEXT NOT NULL,
+            user_id TEXT,
+            parent_run_id TEXT,
+            forked_from TEXT,
+            forked_at_seq INTEGER,
+            idempotency_key TEXT UNIQUE,
+            trigger_event_id TEXT,
+            input TEXT NOT NULL,
+            output TEXT,
+            error TEXT,
+            stop_limit TEXT,
+            budgets TEXT NOT NULL,
+            usage TEXT NOT NULL,
+            steps_started INTEGER NOT NULL,
+            supervisor TEXT,
+            created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            finished_ms INTEGER,
+            last_seq INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX runs_status ON runs (status)",
+        "CREATE INDEX runs_workflow ON runs (workflow)",
+        """
+        CREATE TABLE run_events (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            path TEXT,
+            data TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID
+        """,
+        // One row per run that is not finished: when it is due, and who holds it.
+        """
+        CREATE TABLE run_queue (
+            run_id TEXT PRIMARY KEY,
+            priority INTEGER NOT NULL,
+            ready_at_ms INTEGER,
+            lease_owner TEXT,
+            lease_expires_ms INTEGER,
+            woken INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX run_queue_due ON run_queue (ready_at_ms)",
+        "CREATE TABLE run_signals (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, kind TEXT NOT NULL, by TEXT NOT NULL, data TEXT, created_ms INTEGER NOT NULL)",
+        "CREATE INDEX run_signals_run ON run_signals (run_id)",
+        "CREATE TABLE run_waits (run_id TEXT NOT NULL, path TEXT NOT NULL, event_type TEXT NOT NULL, PRIMARY KEY (run_id, path))",
+        "CREATE INDEX run_waits_type ON run_waits (event_type)",
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            dedup_key TEXT UNIQUE,
+            source TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX events_type ON events (type, seq)",
+        "CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'policy'",
+        "ALTER TABLE approvals ADD COLUMN step_path TEXT",
+        "ALTER TABLE approvals ADD COLUMN answer TEXT",
+        "ALTER TABLE approvals ADD COLUMN answer_schema TEXT",
+        "CREATE INDEX approvals_run ON approvals (run_id)",
+    ])
+}
