@@ -51,7 +51,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy", "guardrails"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy", "guardrails", "workflows"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -140,6 +140,7 @@ private struct ConfigDocument {
         }
         if let node = top["policy"] { readPolicy(node, into: &config.policy) }
         if let node = top["guardrails"] { readGuardrails(node, into: &config.guardrails) }
+        let workflowFiles = top["workflows"].map { readWorkflows($0, into: &config) } ?? []
         if let node = top["tools"], let entries = node.namedEntries() {
             config.toolSources = entries.compactMap { readToolSource(namespace: $0.0, $0.1) }
         }
@@ -182,6 +183,7 @@ private struct ConfigDocument {
             }
         }
         crossCheck(config, top: top, agentNodes: agentNodes)
+        loadWorkflows(workflowFiles, into: &config)
         return config
     }
 
@@ -652,6 +654,68 @@ private struct ConfigDocument {
         }
     }
 
+    /// The `workflows` settings; the files it names, to load once the agents and models are known.
+    private func readWorkflows(_ node: ConfigNode, into config: inout InterlockConfiguration) -> [(String, ConfigNode)] {
+        guard let fields = node.mapping(allowed: [
+            "files", "max_active_runs", "lease_ms", "poll_interval_ms", "step_timeout_ms", "wait_timeout_ms", "webhook",
+        ]) else { return [] }
+        var settings = config.workflows
+        if let value = fields["max_active_runs"]?.int(minimum: 1, maximum: 100_000) { settings.maxActiveRuns = value }
+        if let value = fields["lease_ms"]?.int(minimum: 1_000, maximum: 3_600_000) { settings.leaseMs = value }
+        if let value = fields["poll_interval_ms"]?.int(minimum: 10, maximum: 60_000) { settings.pollIntervalMs = value }
+        if let value = fields["step_timeout_ms"]?.int(minimum: 1, maximum: 86_400_000) { settings.stepTimeoutMs = value }
+        if let value = fields["wait_timeout_ms"]?.int(minimum: 1) { settings.waitTimeoutMs = Int64(value) }
+        if let webhookNode = fields["webhook"], let webhook = webhookNode.mapping(allowed: ["url", "timeout_ms", "headers", "payload"]) {
+            if let urlNode = webhook["url"], let url = urlNode.nonEmptyString() {
+                if url.hasPrefix("http://") || url.hasPrefix("https://") {
+                    var settingsHook = WebhookSettings(url: url)
+                    if let value = webhook["timeout_ms"]?.int(minimum: 1, maximum: 600_000) { settingsHook.timeoutMs = value }
+                    for (name, valueNode) in webhook["headers"]?.namedEntries() ?? [] {
+                        if let value = valueNode.string() { settingsHook.headers.append((name, Secret(value))) }
+                    }
+                    if let payloadNode = webhook["payload"] { settingsHook.payload = WorkflowLoader.template(payloadNode, variables: ["notification"]) }
+                    settings.webhook = settingsHook
+                } else {
+                    urlNode.report("expected an http:// or https:// URL, found '\(url)'")
+                }
+            } else if webhook["url"] == nil {
+                webhookNode.report("missing required key 'url'")
+            }
+        }
+        config.workflows = settings
+        guard let filesNode = fields["files"], let files = filesNode.sequence() else { return [] }
+        var found: [(String, ConfigNode)] = []
+        let directory = reader.file.contains("/") ? String(reader.file[..<reader.file.lastIndex(of: "/")!]) : "."
+        for fileNode in files {
+            guard let path = fileNode.nonEmptyString() else { continue }
+            let resolved = path.hasPrefix("/") ? path : directory + "/" + path
+            guard FileManager.default.fileExists(atPath: resolved) else {
+                fileNode.report("cannot read the workflow file '\(resolved)'")
+                continue
+            }
+            found.append((resolved, fileNode))
+        }
+        return found
+    }
+
+    /// Loads the workflow files; their problems are reported in their own files.
+    private func loadWorkflows(_ files: [(String, ConfigNode)], into config: inout InterlockConfiguration) {
+        let references = WorkflowReferences(config)
+        for (path, node) in files {
+            do {
+                let definition = try WorkflowLoader.load(path: path, references: references)
+                if let first = config.workflows.origins[definition.name] {
+                    node.report("workflow '\(definition.name)' is also defined in '\(first)'")
+                    continue
+                }
+                config.workflows.definitions.append(definition)
+                config.workflows.origins[definition.name] = path
+            } catch {
+                for diagnostic in error.diagnostics { reader.add(diagnostic) }
+            }
+        }
+    }
+
     private func readGuardrails(_ node: ConfigNode, into guardrails: inout GuardrailSettings) {
         guard let fields = node.mapping(allowed: ["rules", "allowed_domains", "allowed_hosts", "custom", "stream_window_bytes"]) else { return }
         guardrails.allowedDomains = fields["allowed_domains"]?.stringList() ?? []
@@ -717,7 +781,7 @@ private struct ConfigDocument {
 
     private func readAgent(_ node: ConfigNode) -> AgentSettings? {
         guard let fields = node.mapping(allowed: [
-            "id", "owner", "description", "region", "api_key", "models", "tools", "agents", "limits", "budgets", "priority",
+            "id", "owner", "description", "region", "api_key", "models", "tools", "agents", "workflows", "events", "limits", "budgets", "priority",
         ]) else { return nil }
         guard let idNode = fields["id"] else {
             node.report("missing required key 'id'")
@@ -735,7 +799,8 @@ private struct ConfigDocument {
         agent.description = fields["description"]?.string() ?? ""
         agent.region = fields["region"]?.string() ?? ""
         agent.grants = AgentGrants(
-            models: fields["models"]?.stringList() ?? [], tools: fields["tools"]?.stringList() ?? [], agents: fields["agents"]?.stringList() ?? [])
+            models: fields["models"]?.stringList() ?? [], tools: fields["tools"]?.stringList() ?? [], agents: fields["agents"]?.stringList() ?? [],
+            workflows: fields["workflows"]?.stringList() ?? [], events: fields["events"]?.stringList() ?? [])
         if let limits = fields["limits"]?.mapping(allowed: ["rpm", "tpm"]) {
             agent.limits = RateLimits(requestsPerMinute: limits["rpm"]?.int(minimum: 1), tokensPerMinute: limits["tpm"]?.int(minimum: 1))
         }

@@ -27,6 +27,11 @@ final class ConfigReader {
         if !diagnostics.contains(diagnostic) { diagnostics.append(diagnostic) }
     }
 
+    /// A problem found in another file (a workflow file the configuration names).
+    func add(_ diagnostic: ConfigDiagnostic) {
+        if !diagnostics.contains(diagnostic) { diagnostics.append(diagnostic) }
+    }
+
     func report(_ node: Node?, path: String, _ message: String) {
         let mark = node?.mark
         let diagnostic = ConfigDiagnostic(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path, message: message)

@@ -414,3 +414,10 @@ private struct WorkflowDocument {
         }
     }
 }
+
+extension WorkflowLoader {
+    /// A `{{ }}` template elsewhere in the configuration (a webhook's payload).
+    static func template(_ node: ConfigNode, variables: [String]) -> WorkflowTemplate? {
+        WorkflowDocument(references: .init()).template(node, variables: variables)
+    }
+}

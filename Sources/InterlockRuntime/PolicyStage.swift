@@ -210,8 +210,10 @@ public final class PolicyStage: Sendable {
                 record(caller, call, action: "approval.requested", decision: "require_approval", reason: "\(rule.name):\(approval.id)")
                 Self.log(logger, approval)
             }
-            // The request stays open until a human decides or the wait is over.
-            let deadline = ContinuousClock.now + .milliseconds(settings.approvalWaitMs)
+            // The request stays open until a human decides or the wait is over. A workflow step
+            // does not hold its worker: its run waits durably and is woken by the decision.
+            let waitMs = if case .workflowRun = caller.credential { 0 } else { settings.approvalWaitMs }
+            let deadline = ContinuousClock.now + .milliseconds(waitMs)
             while approval.status(at: wallClockMs()) == .pending, ContinuousClock.now < deadline {
                 if Task.isCancelled { break }
                 await decisions.wait(upTo: min(.seconds(1), deadline - ContinuousClock.now))

@@ -237,7 +237,7 @@ struct AdminRoutes {
     }
 
     /// The request's JSON object (an empty body is `{}`); 400 for anything else.
-    private static func jsonBody(_ request: Request, allowed: Set<String>? = nil) async throws -> JSONValue {
+    static func jsonBody(_ request: Request, allowed: Set<String>? = nil) async throws -> JSONValue {
         var request = request
         let buffer = try await request.collectBody(limit: 64 * 1024)
         guard buffer.readableBytes > 0 else { return .object([:]) }

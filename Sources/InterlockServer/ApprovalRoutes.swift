@@ -3,17 +3,66 @@ import Hummingbird
 import InterlockCore
 import InterlockRuntime
 
-/// Approvals: operators list and decide them under `/admin/v1/approvals`; an agent polls its
-/// own at `/v1/approvals/{id}`.
+/// Approvals: operators list and decide them under `/admin/v1/approvals` and `/v1/approvals`;
+/// an agent polls its own at `/v1/approvals/{id}`.
 struct ApprovalRoutes {
     let policy: PolicyStage
 
-    /// `GET /v1/approvals/{id}`: the agent's own approval (another agent's reads as not there).
-    func addAgentRoutes(to group: RouterGroup<AgentRequestContext>) {
+    /// `GET /v1/approvals`, `GET /v1/approvals/{id}` (an agent sees its own, an operator all)
+    /// and `POST /v1/approvals/{id}` (an operator decides; an input request takes the answer).
+    func addRoutes(to group: RouterGroup<PrincipalRequestContext>) {
+        // ?status=pending (default) | approved | rejected | consumed | expired | all; ?run=; ?limit=
+        group.get("approvals") { request, context in
+            let query = request.uri.queryParameters
+            let status = try Self.status(query["status"].map(String.init))
+            var limit = 100
+            if let text = query["limit"] {
+                guard let value = Int(text), (1...1000).contains(value) else {
+                    throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
+                }
+                limit = value
+            }
+            var agentID: String?
+            if case .agent(let caller) = context.principal { agentID = caller.agent.id }
+            var list = try await policy.approvals(status: status, agentID: agentID, limit: limit)
+            if let run = query["run"] { list = list.filter { $0.runID == String(run) } }
+            let now = policy.nowMs()
+            let views = list.map { approval -> JSONValue in
+                if case .agent = context.principal { return Self.agentView(approval, nowMs: now) }
+                return Self.operatorView(approval, nowMs: now)
+            }
+            return ModelRoutes.json(["object": "list", "data": .array(views)], requestID: context.requestID)
+        }
         group.get("approvals/:id") { _, context in
             let id = try context.parameters.require("id")
-            guard let approval = try await policy.approval(id: id), approval.agentID == context.caller.agent.id else { throw Self.notFound(id) }
-            return ModelRoutes.json(Self.agentView(approval, nowMs: policy.nowMs()), requestID: context.requestID)
+            guard let approval = try await policy.approval(id: id) else { throw Self.notFound(id) }
+            switch context.principal {
+            case .agent(let caller):
+                guard approval.agentID == caller.agent.id else { throw Self.notFound(id) }
+                return ModelRoutes.json(Self.agentView(approval, nowMs: policy.nowMs()), requestID: context.requestID)
+            case .operator:
+                return ModelRoutes.json(Self.operatorView(approval, nowMs: policy.nowMs()), requestID: context.requestID)
+            }
+        }
+        // {"decision": "approve" | "reject", "comment"?, "answer"? (input requests)}
+        group.post("approvals/:id") { request, context in
+            let id = try context.parameters.require("id")
+            let body = try await AdminRoutes.jsonBody(request, allowed: ["decision", "comment", "answer"])
+            let settings = try context.requireOperator(.operator)
+            guard let decision = body["decision"]?.stringValue, decision == "approve" || decision == "reject" else {
+                throw GatewayError.invalidRequest("'decision' must be 'approve' or 'reject'.", code: "invalid_field", param: "decision")
+            }
+            if let comment = body["comment"], comment.stringValue == nil {
+                throw GatewayError.invalidRequest("'comment' must be a string.", code: "invalid_field", param: "comment")
+            }
+            guard let decided = try await policy.decide(
+                approvalID: id, approve: decision == "approve", by: "operator:\(settings.id)", note: body["comment"]?.stringValue, answer: body["answer"])
+            else { throw Self.notFound(id) }
+            let now = policy.nowMs()
+            guard decided.changed else {
+                throw GatewayError(kind: .conflict, code: "approval_not_pending", message: "Approval '\(id)' is \(decided.record.status(at: now).rawValue), not pending.")
+            }
+            return ModelRoutes.json(Self.operatorView(decided.record, nowMs: now), requestID: context.requestID)
         }
     }
 

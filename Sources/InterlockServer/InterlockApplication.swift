@@ -22,14 +22,17 @@ public struct InterlockServices: Sendable {
     public var loopClient: LoopHTTPClient?
     /// Tool calls; nil when no tools are configured.
     public var tools: ToolGateway?
+    /// Durable workflows (`/v1/runs`, `/v1/events`); nil serves none.
+    public var workflows: WorkflowEngine?
     /// MCP sessions of `/mcp`, shared by the router and the event-loop path.
     let mcpSessions: MCPSessions
 
     public init(
         configuration: InterlockConfiguration, gateway: ModelGateway, store: any InterlockStore, ledger: UsageLedgerWriter, metrics: PrometheusCollectorRegistry,
-        loopClient: LoopHTTPClient? = nil, tools: ToolGateway? = nil
+        loopClient: LoopHTTPClient? = nil, tools: ToolGateway? = nil, workflows: WorkflowEngine? = nil
     ) {
         self.tools = tools
+        self.workflows = workflows
         self.configuration = configuration
         self.gateway = gateway
         self.store = store
@@ -89,7 +92,13 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
         .add(middleware: AgentAuthenticationMiddleware(governor: services.gateway.governor))
         .group(context: AgentRequestContext.self)
     ModelRoutes(gateway: services.gateway, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
-    if let policy = services.gateway.governor.policy { ApprovalRoutes(policy: policy).addAgentRoutes(to: agentRoutes) }
+    // Routes both agents and operators use: each answers by who is asking.
+    let shared = router.group("v1")
+        .add(middleware: PrincipalAuthenticationMiddleware(
+            operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), governor: services.gateway.governor))
+        .group(context: PrincipalRequestContext.self)
+    if let policy = services.gateway.governor.policy { ApprovalRoutes(policy: policy).addRoutes(to: shared) }
+    if let workflows = services.workflows { WorkflowRoutes(engine: workflows).addRoutes(to: shared) }
     if let tools = services.tools {
         ToolRoutes(tools: tools, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
         let mcp = router.group("mcp")

@@ -193,6 +193,8 @@ public protocol RunStore: Sendable {
     /// Keeps a definition (a second save of the same hash changes nothing).
     func saveWorkflowVersion(_ version: WorkflowVersionRecord) async throws
     func workflowVersion(hash: String) async throws -> WorkflowVersionRecord?
+    /// The newest version of each workflow name saved from `origin`.
+    func latestWorkflowVersions(origin: String) async throws -> [WorkflowVersionRecord]
 
     /// Creates a run with its first events, queued ready at `readyAtMs`; with an idempotency
     /// key already used, the existing run instead (and `created` false).
@@ -232,6 +234,8 @@ public protocol RunStore: Sendable {
     func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool)
     /// Events after position `afterSeq`, of `type` if given, in order.
     func events(afterSeq: Int64, type: String?, limit: Int) async throws -> [EventRecord]
+    /// The position of the newest event (0 when there is none).
+    func lastEventSeq() async throws -> Int64
     /// Runs with a step waiting for events of `type`.
     func runsWaiting(eventType: String) async throws -> [String]
     /// A named position kept across restarts (how far the trigger dispatcher has read).

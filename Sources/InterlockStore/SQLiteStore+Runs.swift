@@ -28,6 +28,20 @@ extension SQLiteStore: RunStore {
             createdMs: Int64(row.column("created_ms")?.integer ?? 0))
     }
 
+    public func latestWorkflowVersions(origin: String) async throws -> [WorkflowVersionRecord] {
+        let rows = try await connection.query(
+            """
+            SELECT hash, name, source, origin, created_ms FROM workflow_versions v
+            WHERE origin = ? AND rowid = (SELECT MAX(rowid) FROM workflow_versions w WHERE w.name = v.name AND w.origin = v.origin)
+            ORDER BY name
+            """, [.text(origin)])
+        return rows.compactMap { row in
+            guard let hash = row.column("hash")?.string, let source = row.column("source")?.string else { return nil }
+            return WorkflowVersionRecord(
+                hash: hash, name: row.column("name")?.string ?? "", source: source, origin: origin, createdMs: Int64(row.column("created_ms")?.integer ?? 0))
+        }
+    }
+
     private static let runColumns = [
         "id", "workflow", "workflow_hash", "status", "priority", "agent_id", "started_by", "user_id", "parent_run_id", "forked_from", "forked_at_seq",
         "idempotency_key", "trigger_event_id", "input", "output", "error", "stop_limit", "budgets", "usage", "steps_started", "supervisor", "created_ms",
@@ -340,6 +354,10 @@ extension SQLiteStore: RunStore {
                 "SELECT \(SQLiteStore.eventColumns) FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [.integer(Int(afterSeq)), .integer(limit)])
         }
         return rows.map(SQLiteStore.event)
+    }
+
+    public func lastEventSeq() async throws -> Int64 {
+        Int64(try await connection.query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events", []).first?.column("seq")?.integer ?? 0)
     }
 
     public func runsWaiting(eventType: String) async throws -> [String] {

@@ -265,10 +265,18 @@ struct Serve: AsyncParsableCommand {
             ? nil
             : try await ToolGateway.open(
                 configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))
+        var workflows: WorkflowEngine?
+        if let runStore = store as? any InterlockStore & RunStore {
+            let engine = WorkflowEngine(
+                configuration: configuration, store: runStore, governor: governor, models: gateway, tools: tools, httpClient: httpClient,
+                logger: Logger(label: "interlock.workflows"))
+            try await engine.open()
+            workflows = engine
+        }
         let app = buildApplication(
             InterlockServices(
                 configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient,
-                tools: tools),
+                tools: tools, workflows: workflows),
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.
@@ -277,7 +285,8 @@ struct Serve: AsyncParsableCommand {
         }
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
         // Tool upstreams (stdio processes) stop after the server has drained.
-        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + [app]
+        // Workflow runs stop (checkpointing what finishes) after the server and before the tools.
+        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + (workflows.map { [$0 as any Service] } ?? []) + [app]
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -228,7 +228,7 @@ import Testing
             .runStarted(input: ["a": 1], budgets: RunBudgetLimits(maxSteps: 3, maxCost: USD(dollars: 0.5))),
             .stepStarted(path: "m", attempt: 2, data: [1, 2]), .stepCompleted(path: "m", output: "x"),
             .stepFailed(path: "m", attempt: 2, error: StepError(code: "timeout", message: "t", retryable: true), retryAtMs: 99),
-            .stepWaiting(path: "w", wait: .event(type: "po.approved", afterSeq: 4, deadlineMs: 7)), .stepWaiting(path: "s", wait: .sleep(untilMs: 5)),
+            .stepWaiting(path: "w", wait: .event(type: "po.approved", afterSeq: 4, deadlineMs: 7)), .stepWaiting(path: "s", wait: .sleep(untilMs: 5)), .stepWaiting(path: "p", wait: .policy(approvalID: "apr_2", deadlineMs: nil)),
             .agentTurn(path: "a", attempt: 1, turn: ["role": "assistant"]), .paused(by: "p"), .resumed(by: "p"),
             .retried(by: "o", budgets: RunBudgetLimits(maxTokens: 9)), .cancelled(by: "o", reason: "why"), .runCompleted(output: 1),
             .runFailed(error: StepError(code: "c", message: "m", retryable: false)), .stoppedByBudget(limit: "max_usd", message: "m"),

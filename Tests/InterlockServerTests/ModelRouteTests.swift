@@ -35,17 +35,48 @@ struct Harness {
             logger: logger)
         let gateway = ModelGateway(
             configuration: configuration, governor: governor, httpUpstream: HTTPModelUpstream(client: .shared), mockUpstream: MockModelUpstream(), logger: logger)
+        let tools =
+            configuration.toolSources.isEmpty
+            ? nil : try await ToolGateway.open(configuration: configuration, governor: governor, client: .shared, store: store, logger: logger)
+        let workflows = WorkflowEngine(
+            configuration: configuration, store: store, governor: governor, models: gateway, tools: tools, httpClient: .shared, logger: logger)
+        try await workflows.open()
         let services = InterlockServices(
             configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: PrometheusCollectorRegistry(),
-            loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton),
-            tools: configuration.toolSources.isEmpty
-                ? nil : try await ToolGateway.open(configuration: configuration, governor: governor, client: .shared, store: store, logger: logger))
+            loopClient: try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton), tools: tools, workflows: workflows)
         return Harness(services: services, router: buildRouter(services))
     }
 
     /// The server production runs: the router behind the event-loop path.
     func application() -> some ApplicationProtocol {
         Application(router: router, server: .interlock(services), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+    }
+
+    /// Runs `body` with the workflow engine's worker running (stopped afterwards).
+    func withWorker<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        let engine = services.workflows!
+        let worker = Task { try await engine.run() }
+        do {
+            let result = try await body()
+            worker.cancel()
+            _ = await worker.result
+            return result
+        } catch {
+            worker.cancel()
+            _ = await worker.result
+            throw error
+        }
+    }
+
+    /// `withWorker`, then `close` whatever happened.
+    func withWorkerClosing(_ body: () async throws -> Void) async throws {
+        do {
+            try await withWorker(body)
+        } catch {
+            try? await close()
+            throw error
+        }
+        try await close()
     }
 
     /// sqlite-nio requires connections to be closed before they are released.

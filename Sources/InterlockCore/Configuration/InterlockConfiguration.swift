@@ -23,6 +23,8 @@ public struct InterlockConfiguration: Sendable {
     public var policy = PolicySettings()
     /// Detectors on what agents send and what comes back (`guardrails` in config).
     public var guardrails = GuardrailSettings()
+    /// Durable workflows: definitions and how this node's worker runs them (`workflows`).
+    public var workflows = WorkflowSettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -492,4 +494,42 @@ public struct PolicySettings: Sendable {
     public var costLimit: Int = 100_000
 
     public init() {}
+}
+
+/// `workflows`: the workflow files and how this node executes runs.
+public struct WorkflowSettings: Sendable {
+    /// Definitions from the files `files` names (paths relative to the config file).
+    public var definitions: [WorkflowDefinition] = []
+    /// Where each definition was read from, by workflow name.
+    public var origins: [String: String] = [:]
+    /// Runs this node executes at once (more wait in the queue).
+    public var maxActiveRuns: Int = 64
+    /// How long a worker's claim on a run lasts without renewal, in milliseconds; a node
+    /// that dies loses its runs to others after this.
+    public var leaseMs: Int = 30_000
+    /// Longest the worker sleeps before looking at the queue (wakes come sooner), in ms.
+    public var pollIntervalMs: Int = 1_000
+    /// Longest one step attempt may run when the step names no `timeout_ms`, in ms.
+    public var stepTimeoutMs: Int = 300_000
+    /// How long an approval or input step (or a wait_event) waits when it names no
+    /// `timeout_ms`, in ms.
+    public var waitTimeoutMs: Int64 = 7 * 86_400_000
+    /// Where human requests and budget stops are announced (POST, JSON).
+    public var webhook: WebhookSettings?
+
+    public init() {}
+}
+
+/// An HTTP endpoint Interlock notifies.
+public struct WebhookSettings: Sendable {
+    public var url: String
+    public var timeoutMs: Int = 5_000
+    /// Extra headers (e.g. an authorization header from the environment); values are secret.
+    public var headers: [(name: String, value: Secret)] = []
+    /// The body sent, as a template over `notification` (nil: the notification as it is).
+    public var payload: WorkflowTemplate?
+
+    public init(url: String) {
+        self.url = url
+    }
 }

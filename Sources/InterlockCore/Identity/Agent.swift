@@ -7,16 +7,24 @@ public struct AgentGrants: Sendable, Equatable {
     public var tools: [String]
     /// Agent ids this agent may call (enforced when agent calls arrive).
     public var agents: [String]
+    /// Workflows this agent may start runs of (and see and steer the runs it started).
+    public var workflows: [String]
+    /// Event types this agent may publish (`invoice.*` covers `invoice.received`).
+    public var events: [String]
 
-    public init(models: [String] = [], tools: [String] = [], agents: [String] = []) {
+    public init(models: [String] = [], tools: [String] = [], agents: [String] = [], workflows: [String] = [], events: [String] = []) {
         self.models = models
         self.tools = tools
         self.agents = agents
+        self.workflows = workflows
+        self.events = events
     }
 
-    /// The scopes these grants amount to: `model:<alias>`, `tool:<name>`, `agent:<id>`.
+    /// The scopes these grants amount to: `model:<alias>`, `tool:<name>`, `agent:<id>`,
+    /// `workflow:<name>`, `event:<type>`.
     public var scopes: [String] {
-        models.map { "model:\($0)" } + tools.map { "tool:\($0)" } + agents.map { "agent:\($0)" }
+        models.map { "model:\($0)" } + tools.map { "tool:\($0)" } + agents.map { "agent:\($0)" } + workflows.map { "workflow:\($0)" }
+            + events.map { "event:\($0)" }
     }
 
     /// Whether the grants cover `scope` (a `<kind>:<name>` string), wildcards included.
@@ -28,6 +36,8 @@ public struct AgentGrants: Sendable, Equatable {
         case "model": list = models
         case "tool": list = tools
         case "agent": list = agents
+        case "workflow": list = workflows
+        case "event": list = events
         default: return false
         }
         return list.contains { Self.pattern($0, matches: name) }
@@ -116,7 +126,8 @@ extension Agent {
             "id": .string(id), "owner": .string(owner), "description": .string(description), "region": .string(region),
             "grants": [
                 "models": .array(grants.models.map(JSONValue.string)), "tools": .array(grants.tools.map(JSONValue.string)),
-                "agents": .array(grants.agents.map(JSONValue.string)),
+                "agents": .array(grants.agents.map(JSONValue.string)), "workflows": .array(grants.workflows.map(JSONValue.string)),
+                "events": .array(grants.events.map(JSONValue.string)),
             ],
             "limits": .object(limitsObject), "budgets": .object(budgets), "priority": .integer(Int64(priority)),
             "status": .string(disabled ? "disabled" : "enabled"), "disabled_reason": disabledReason.map(JSONValue.string) ?? .null,
@@ -201,14 +212,17 @@ extension Agent {
         if let region = try string("region") { self.region = region }
         if let grantsValue = fields["grants"] {
             guard case .object(let grantFields) = grantsValue else {
-                throw GatewayError.invalidRequest("'grants' must be an object with 'models', 'tools' and 'agents'.", code: "invalid_field", param: "grants")
+                throw GatewayError.invalidRequest(
+                    "'grants' must be an object with 'models', 'tools', 'agents', 'workflows' and 'events'.", code: "invalid_field", param: "grants")
             }
-            for (key, _) in grantFields where !["models", "tools", "agents"].contains(key) {
+            for (key, _) in grantFields where !["models", "tools", "agents", "workflows", "events"].contains(key) {
                 throw GatewayError.invalidRequest("Unknown field 'grants.\(key)'.", code: "invalid_field", param: "grants.\(key)")
             }
             if let models = try names(grantFields["models"], "grants.models") { grants.models = models }
             if let tools = try names(grantFields["tools"], "grants.tools") { grants.tools = tools }
             if let agents = try names(grantFields["agents"], "grants.agents") { grants.agents = agents }
+            if let workflows = try names(grantFields["workflows"], "grants.workflows") { grants.workflows = workflows }
+            if let events = try names(grantFields["events"], "grants.events") { grants.events = events }
         }
         if let limitsValue = fields["limits"] {
             guard case .object(let limitFields) = limitsValue else {

@@ -33,23 +33,26 @@ public struct StepError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// What a waiting step waits for; every wait has a deadline the run's timer keeps.
 public enum StepWait: Sendable, Equatable {
-    /// A human's answer to an approval or input request.
+    /// A human's answer to an approval or input request (the answer is the step's output).
     case human(approvalID: String, deadlineMs: Int64?)
+    /// An operator's decision on a call a `require_approval` policy rule held: approved, the
+    /// attempt runs again (same idempotency key) and the call goes through.
+    case policy(approvalID: String, deadlineMs: Int64?)
     /// An event of `type` published after position `afterSeq` of the event log.
     case event(type: String, afterSeq: Int64, deadlineMs: Int64?)
     case sleep(untilMs: Int64)
 
     public var deadlineMs: Int64? {
         switch self {
-        case .human(_, let deadline), .event(_, _, let deadline): deadline
+        case .human(_, let deadline), .policy(_, let deadline), .event(_, _, let deadline): deadline
         case .sleep(let until): until
         }
     }
 
-    var json: JSONValue {
+    public var json: JSONValue {
         switch self {
-        case .human(let id, let deadline):
-            var object: JSONObject = ["kind": "human", "approval_id": .string(id)]
+        case .human(let id, let deadline), .policy(let id, let deadline):
+            var object: JSONObject = ["kind": .string(self.kindName), "approval_id": .string(id)]
             if let deadline { object["deadline_ms"] = .integer(deadline) }
             return .object(object)
         case .event(let type, let after, let deadline):
@@ -61,11 +64,24 @@ public enum StepWait: Sendable, Equatable {
         }
     }
 
+    /// `human`, `policy`, `event` or `sleep`.
+    public var kindName: String {
+        switch self {
+        case .human: "human"
+        case .policy: "policy"
+        case .event: "event"
+        case .sleep: "sleep"
+        }
+    }
+
     init?(json: JSONValue?) {
         switch json?["kind"]?.stringValue {
         case "human":
             guard let id = json?["approval_id"]?.stringValue else { return nil }
             self = .human(approvalID: id, deadlineMs: json?["deadline_ms"]?.int64Value)
+        case "policy":
+            guard let id = json?["approval_id"]?.stringValue else { return nil }
+            self = .policy(approvalID: id, deadlineMs: json?["deadline_ms"]?.int64Value)
         case "event":
             guard let type = json?["type"]?.stringValue else { return nil }
             self = .event(type: type, afterSeq: json?["after_seq"]?.int64Value ?? 0, deadlineMs: json?["deadline_ms"]?.int64Value)

@@ -79,8 +79,12 @@ public struct RunState: Sendable {
             startedMs = event.timeMs
             status = .running
         case .stepStarted(let path, let attempt, let data):
-            if steps[path] == nil { stepsStarted += 1 }
-            steps[path] = Step(attempt: attempt, phase: .running, startedMs: event.timeMs, data: data ?? steps[path]?.data)
+            let previous = steps[path]
+            if previous == nil { stepsStarted += 1 }
+            var step = Step(attempt: attempt, phase: .running, startedMs: event.timeMs, data: data ?? previous?.data)
+            // The same attempt begun again (after a policy approval) keeps its agent checkpoints.
+            if let previous, previous.attempt == attempt { step.turns = previous.turns }
+            steps[path] = step
         case .stepCompleted(let path, let output):
             var step = steps[path] ?? Step(attempt: 1, phase: .running, startedMs: event.timeMs)
             step.phase = .completed

@@ -137,7 +137,7 @@ public enum RequestTranslation {
     }
 
     /// The text of an OpenAI content value (string or parts) or an Anthropic block list.
-    static func textOf(_ content: JSONValue?) -> String {
+    public static func textOf(_ content: JSONValue?) -> String {
         switch content {
         case .string(let text)?: return text
         case .array(let parts)?:

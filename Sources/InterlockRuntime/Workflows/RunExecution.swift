@@ -1,0 +1,408 @@
+import InterlockCore
+import InterlockPolicy
+import InterlockStore
+import Logging
+import Metrics
+import Synchronization
+
+/// What a step attempt came to.
+enum StepOutcome: Sendable {
+    case completed(JSONValue, supervisor: String? = nil)
+    case failed(StepError)
+    case waiting(StepWait)
+    /// A run budget refused a call: the run stops.
+    case stopped(limit: String, message: String)
+    /// The attempt was abandoned (the run stops here, the node shuts down): nothing recorded.
+    case abandoned
+    /// The attempt runs again as it is (a policy approval it waited for was given).
+    case rerun
+}
+
+/// One claimed run on this node: reads its history, asks the planner what is next, carries
+/// it out, and checkpoints each result (with the next steps' starts) in one transaction
+/// before anything after it begins. Ends when the run finishes, waits for something outside,
+/// loses its lease, or the node stops — and gives the lease back.
+final class RunExecution: Sendable {
+    /// Messages to the execution's loop.
+    enum Message: Sendable {
+        case finished(path: String, attempt: Int, StepOutcome)
+        /// An agent step's checkpoint: committed before the agent goes on (`done(true)`).
+        case checkpoint(path: String, attempt: Int, turn: JSONValue, done: @Sendable (Bool) -> Void)
+        /// Something the run may be waiting for happened (or a signal came).
+        case nudge
+        case leaseLost
+    }
+
+    /// How others reach a running execution.
+    struct Handle: Sendable {
+        let continuation: AsyncStream<Message>.Continuation
+        func nudge() { continuation.yield(.nudge) }
+        func leaseLost() { continuation.yield(.leaseLost) }
+    }
+
+    let engine: WorkflowEngine
+    let runID: String
+    let handle: Handle
+    private let messages: AsyncStream<Message>
+
+    init(engine: WorkflowEngine, runID: String) {
+        self.engine = engine
+        self.runID = runID
+        let (stream, continuation) = AsyncStream<Message>.makeStream()
+        self.messages = stream
+        self.handle = Handle(continuation: continuation)
+    }
+
+    var logger: Logger {
+        var logger = engine.logger
+        logger[metadataKey: "interlock.run.id"] = .string(runID)
+        return logger
+    }
+
+    func run() async {
+        defer { handle.continuation.finish() }
+        do {
+            try await execute()
+        } catch let lost as RunLeaseLost {
+            logger.warning("run lease lost; another worker has the run", metadata: ["error": "\(lost)"])
+        } catch {
+            logger.error("run execution failed; it is retried shortly", metadata: ["error": "\(error)"])
+            // Off this node's hands, due again after a pause (a persistent fault must not spin).
+            try? await engine.store.releaseRun(
+                runID: runID, owner: engine.owner, readyAtMs: engine.wallClockMs() + 5_000, finished: false, nowMs: engine.wallClockMs())
+        }
+    }
+
+    /// The mutable state of the loop.
+    private struct Loop {
+        var state: RunState
+        var record: RunRecord
+        var batch: [RunEvent] = []
+        var consumedSignals: [Int64] = []
+        var running: [String: (attempt: Int, task: Task<Void, Never>)] = [:]
+        var acks: [@Sendable (Bool) -> Void] = []
+        var alerts: [(String, JSONObject)] = []
+        var checkSignals = true
+        var lastSignalCheckMs: Int64 = 0
+
+        mutating func add(_ kind: RunEvent.Kind, nowMs: Int64) {
+            let event = RunEvent(seq: state.lastSeq + 1, timeMs: nowMs, kind: kind)
+            state.apply(event)
+            batch.append(event)
+        }
+    }
+
+    private func execute() async throws {
+        let store = engine.store
+        guard let record = try await store.run(id: runID) else {
+            try await store.releaseRun(runID: runID, owner: engine.owner, readyAtMs: nil, finished: true, nowMs: engine.wallClockMs())
+            return
+        }
+        let history = try await store.runEvents(runID: runID, afterSeq: 0)
+        var loop = Loop(state: RunState(history), record: record)
+        let definition: WorkflowDefinition
+        do {
+            definition = try await engine.catalog.definition(hash: record.workflowHash)
+        } catch let error as StepError {
+            loop.add(.runFailed(error: error), nowMs: engine.wallClockMs())
+            try await commit(&loop, definition: nil)
+            try await store.releaseRun(runID: runID, owner: engine.owner, readyAtMs: nil, finished: true, nowMs: engine.wallClockMs())
+            return
+        }
+        let planner = RunPlanner(definition: definition)
+        var usage = record.usage
+        // The ledger may know calls settled after the last checkpoint (a crash in between).
+        if let spend = try? await store.runSpend(runID: runID) {
+            usage.tokens = max(usage.tokens, spend.tokens)
+            usage.cost = max(usage.cost, spend.cost)
+        }
+        engine.governor.openRunBudget(runID: runID, limits: loop.state.budgets, used: usage)
+        defer { engine.governor.closeRunBudget(runID: runID) }
+        let runner = StepRunner(engine: engine, record: record, definition: definition, handle: handle)
+        var iterator = messages.makeAsyncIterator()
+        var timer: Task<Void, Never>?
+        defer {
+            timer?.cancel()
+            for (_, entry) in loop.running { entry.task.cancel() }
+        }
+
+        while true {
+            let now = engine.wallClockMs()
+            // Operators' requests, when nudged and at least every poll interval.
+            if loop.checkSignals || now - loop.lastSignalCheckMs >= Int64(engine.settings.pollIntervalMs) {
+                loop.checkSignals = false
+                loop.lastSignalCheckMs = now
+                for signal in try await store.runSignals(runID: runID) {
+                    apply(signal, to: &loop, nowMs: now)
+                    loop.consumedSignals.append(signal.id)
+                }
+            }
+            if loop.state.status == .cancelled {
+                for (_, entry) in loop.running { entry.task.cancel() }
+                loop.running = [:]
+            }
+            var launches: [StepTask] = []
+            if !loop.state.status.isTerminal {
+                let plan = planner.plan(loop.state, nowMs: now)
+                for action in plan.actions {
+                    try await perform(action, loop: &loop, definition: definition, runner: runner, launches: &launches, nowMs: now)
+                }
+                var committed = false
+                if !loop.batch.isEmpty || !loop.consumedSignals.isEmpty {
+                    try await commit(&loop, definition: definition)
+                    committed = true
+                }
+                for task in launches { launch(task, loop: &loop, runner: runner) }
+                // Plan again after every change: a result may open the next steps.
+                if committed || !launches.isEmpty { continue }
+                if loop.running.isEmpty, plan.isIdle || engine.isStopping {
+                    try await release(&loop, readyAtMs: engine.isStopping ? now : plan.wakeAtMs)
+                    return
+                }
+                timer?.cancel()
+                let wakeAt = min(plan.wakeAtMs ?? Int64.max, now + Int64(engine.settings.pollIntervalMs))
+                let handle = self.handle
+                timer = Task {
+                    try? await Task.sleep(for: .milliseconds(max(0, wakeAt - engine.wallClockMs())))
+                    if !Task.isCancelled { handle.nudge() }
+                }
+            } else {
+                if !loop.batch.isEmpty || !loop.consumedSignals.isEmpty { try await commit(&loop, definition: definition) }
+                for (_, entry) in loop.running { entry.task.cancel() }
+                try await release(&loop, readyAtMs: nil)
+                return
+            }
+            // Wait for a result, a checkpoint, a nudge or the timer.
+            guard let message = await iterator.next() else { return }
+            switch message {
+            case .finished(let path, let attempt, let outcome):
+                guard loop.running[path]?.attempt == attempt else { continue }
+                loop.running[path] = nil
+                self.record(outcome, path: path, attempt: attempt, definition: definition, loop: &loop, nowMs: engine.wallClockMs())
+            case .checkpoint(let path, let attempt, let turn, let done):
+                guard loop.running[path]?.attempt == attempt, !loop.state.status.isTerminal else {
+                    done(false)
+                    continue
+                }
+                loop.add(.agentTurn(path: path, attempt: attempt, turn: turn), nowMs: engine.wallClockMs())
+                loop.acks.append(done)
+            case .nudge:
+                loop.checkSignals = true
+            case .leaseLost:
+                throw RunLeaseLost(runID: runID)
+            }
+        }
+    }
+
+    /// An operator's request, as history.
+    private func apply(_ signal: RunSignal, to loop: inout Loop, nowMs: Int64) {
+        let status = loop.state.status
+        switch signal.kind {
+        case "pause" where !status.isTerminal && !loop.state.paused:
+            loop.add(.paused(by: signal.by), nowMs: nowMs)
+        case "resume" where loop.state.paused && !status.isTerminal:
+            loop.add(.resumed(by: signal.by), nowMs: nowMs)
+        case "cancel" where !status.isTerminal:
+            loop.add(.cancelled(by: signal.by, reason: signal.data["reason"]?.stringValue), nowMs: nowMs)
+        case "retry" where status == .failed || status == .stoppedByBudget:
+            loop.add(.retried(by: signal.by, budgets: signal.data["budgets"].map { RunBudgetLimits(json: $0) }), nowMs: nowMs)
+            engine.governor.openRunBudget(
+                runID: runID, limits: loop.state.budgets, used: engine.governor.runUsage(runID: runID)?.used ?? loop.record.usage)
+        default:
+            // Asked of a run no longer in the state it was asked in: nothing to do.
+            break
+        }
+    }
+
+    private func perform(
+        _ action: RunAction, loop: inout Loop, definition: WorkflowDefinition, runner: StepRunner, launches: inout [StepTask], nowMs: Int64
+    ) async throws {
+        switch action {
+        case .start(let task):
+            guard loop.running[task.path] == nil, !engine.isStopping else { return }
+            switch task.step.kind {
+            case .parallel:
+                loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs)
+            case .map(let items, _, _):
+                do {
+                    let rendered = try items.render(StepRunner.cel(task.bindings))
+                    guard case .array = rendered else {
+                        throw StepError(code: "expression_error", message: "'items' of step '\(task.step.id)' is a \(rendered.typeName), not a list.", retryable: false)
+                    }
+                    loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: rendered), nowMs: nowMs)
+                } catch {
+                    loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: .array([])), nowMs: nowMs)
+                    loop.add(.stepFailed(path: task.path, attempt: task.attempt, error: error as? StepError ?? StepError(code: "expression_error", message: "\(error)"), retryAtMs: nil), nowMs: nowMs)
+                }
+            case .branch:
+                // Evaluated here: no I/O, nothing to resume.
+                if !task.resumed { loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs) }
+                self.record(runner.branch(task), path: task.path, attempt: task.attempt, definition: definition, loop: &loop, nowMs: nowMs)
+            default:
+                if !task.resumed { loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs) }
+                launches.append(task)
+                // Launched after the commit; marked now so a replan does not start it twice.
+                loop.running[task.path] = (task.attempt, Task {})
+            }
+        case .checkWait(let task, let wait):
+            if let outcome = try await runner.check(wait, task: task, nowMs: nowMs) {
+                self.record(outcome, path: task.path, attempt: task.attempt, definition: definition, loop: &loop, nowMs: nowMs)
+            }
+        case .completeStep(let path, let output):
+            loop.add(.stepCompleted(path: path, output: output), nowMs: nowMs)
+        case .failStep(let path, let attempt, let error):
+            for (running, entry) in loop.running where running.hasPrefix(path + ".") || running.hasPrefix(path + "[") {
+                entry.task.cancel()
+                loop.running[running] = nil
+            }
+            loop.add(.stepFailed(path: path, attempt: attempt, error: error, retryAtMs: nil), nowMs: nowMs)
+        case .completeRun(let bindings, let last):
+            do {
+                let output = try definition.output?.render(StepRunner.cel(bindings)) ?? last
+                if let schema = definition.outputSchema {
+                    let violations = schema.validate(output)
+                    if !violations.isEmpty {
+                        throw StepError(
+                            code: "invalid_output", message: "The run's output does not match the workflow's output schema: \(violations.map(\.description).joined(separator: "; ")).",
+                            retryable: false)
+                    }
+                }
+                loop.add(.runCompleted(output: output), nowMs: nowMs)
+            } catch {
+                loop.add(.runFailed(error: error as? StepError ?? StepError(code: "expression_error", message: "\(error)", retryable: false)), nowMs: nowMs)
+            }
+        case .failRun(let error):
+            loop.add(.runFailed(error: error), nowMs: nowMs)
+        case .stopByBudget(let limit, let message):
+            stop(limit: limit, message: message, loop: &loop, nowMs: nowMs)
+        }
+    }
+
+    private func stop(limit: String, message: String, loop: inout Loop, nowMs: Int64) {
+        guard !loop.state.status.isTerminal else { return }
+        loop.add(.stoppedByBudget(limit: limit, message: message), nowMs: nowMs)
+        loop.alerts.append(("run.stopped_by_budget", ["limit": .string(limit), "message": .string(message)]))
+    }
+
+    /// A step's result as history: the output, a retry (with its backoff) or the failure, a wait.
+    private func record(_ outcome: StepOutcome, path: String, attempt: Int, definition: WorkflowDefinition, loop: inout Loop, nowMs: Int64) {
+        guard !loop.state.status.isTerminal else { return }
+        switch outcome {
+        case .completed(let output, let supervisor):
+            loop.add(.stepCompleted(path: path, output: output), nowMs: nowMs)
+            if let supervisor { loop.record.supervisor = supervisor }
+        case .failed(let error):
+            let step = definition.step(RunExecution.stepID(path))
+            var retryAt: Int64?
+            if let retry = step?.retry, retry.retries(error, afterAttempt: attempt) {
+                var generator = SystemRandomNumberGenerator()
+                retryAt = nowMs + retry.backoffMs(afterAttempt: attempt, using: &generator)
+            }
+            loop.add(.stepFailed(path: path, attempt: attempt, error: error, retryAtMs: retryAt), nowMs: nowMs)
+            Counter(label: "interlock_workflow_step_failures_total", dimensions: [("workflow", definition.name), ("code", error.code)]).increment()
+        case .waiting(let wait):
+            loop.add(.stepWaiting(path: path, wait: wait), nowMs: nowMs)
+        case .stopped(let limit, let message):
+            loop.add(
+                .stepFailed(path: path, attempt: attempt, error: StepError(code: "run_budget_exceeded", message: message, retryable: false), retryAtMs: nil),
+                nowMs: nowMs)
+            stop(limit: limit, message: message, loop: &loop, nowMs: nowMs)
+        case .rerun:
+            loop.add(.stepStarted(path: path, attempt: attempt, data: nil), nowMs: nowMs)
+        case .abandoned:
+            break
+        }
+    }
+
+    /// `each[2]/check#3` → `check`.
+    static func stepID(_ path: String) -> String {
+        var last = path.split(separator: "/").last.map(String.init) ?? path
+        if let hash = last.firstIndex(of: "#") { last = String(last[..<hash]) }
+        return last
+    }
+
+    private func launch(_ task: StepTask, loop: inout Loop, runner: StepRunner) {
+        let handle = self.handle
+        let timeoutMs = task.step.timeoutMs ?? Int64(engine.settings.stepTimeoutMs)
+        let work = Task {
+            let outcome = await runner.perform(task, timeoutMs: timeoutMs)
+            handle.continuation.yield(.finished(path: task.path, attempt: task.attempt, outcome))
+        }
+        loop.running[task.path] = (task.attempt, work)
+    }
+
+    /// Writes the batch (with the run's summary) as one transaction under the lease.
+    private func commit(_ loop: inout Loop, definition: WorkflowDefinition?) async throws {
+        let now = engine.wallClockMs()
+        let state = loop.state
+        var status = state.status
+        if status == .running, let definition, !state.steps.contains(where: { path, step in
+            step.phase == .running && (definition.step(RunExecution.stepID(path))?.kind.sequences.isEmpty ?? true)
+        }), state.steps.values.contains(where: { if case .waiting = $0.phase { true } else { false } }) {
+            status = .waiting
+        }
+        let usage = engine.governor.runUsage(runID: runID)?.used ?? loop.record.usage
+        let update = RunUpdate(
+            status: status, output: state.output, error: state.error, stopLimit: state.stopLimit, budgets: state.budgets, usage: usage,
+            stepsStarted: state.stepsStarted, supervisor: loop.record.supervisor, updatedMs: now, finishedMs: state.finishedMs)
+        do {
+            try await engine.store.appendRunEvents(
+                runID: runID, owner: engine.owner, events: loop.batch, update: update, consumedSignals: loop.consumedSignals,
+                leaseUntilMs: now + Int64(engine.settings.leaseMs))
+        } catch {
+            for ack in loop.acks { ack(false) }
+            loop.acks = []
+            throw error
+        }
+        for ack in loop.acks { ack(true) }
+        loop.acks = []
+        loop.record.lastSeq = state.lastSeq
+        loop.record.status = status
+        loop.record.usage = usage
+        let events = loop.batch
+        loop.batch = []
+        loop.consumedSignals = []
+        observe(events, definition: definition, loop: &loop, nowMs: now)
+    }
+
+    /// Metrics, audit and alerts for what was just committed.
+    private func observe(_ events: [RunEvent], definition: WorkflowDefinition?, loop: inout Loop, nowMs: Int64) {
+        let workflow = loop.record.workflow
+        for event in events {
+            switch event.kind {
+            case .stepCompleted:
+                Counter(label: "interlock_workflow_steps_total", dimensions: [("workflow", workflow), ("outcome", "completed")]).increment()
+            case .runCompleted, .runFailed, .cancelled, .stoppedByBudget:
+                let outcome = RunState([event]).status.rawValue
+                Counter(label: "interlock_runs_finished_total", dimensions: [("workflow", workflow), ("status", outcome)]).increment()
+                var reason: String? = nil
+                if case .stoppedByBudget(let limit, _) = event.kind { reason = limit }
+                if case .runFailed(let error) = event.kind { reason = error.code }
+                engine.governor.audit?.record(AuditRecord(
+                    timestampMs: 0, node: "", action: "run.\(outcome)", agentID: loop.record.agentID, userID: loop.record.userID, runID: runID,
+                    parentRunID: loop.record.parentRunID, supervisor: loop.record.supervisor, target: "workflow:\(workflow)",
+                    decision: outcome == "completed" ? "allow" : "deny", reason: reason, requestID: runID))
+            default:
+                break
+            }
+        }
+        for (type, fields) in loop.alerts {
+            var notification = fields
+            notification["run"] = .string(runID)
+            notification["workflow"] = .string(workflow)
+            if type == "run.stopped_by_budget" {
+                Counter(label: "interlock_run_budget_stops_total", dimensions: [("workflow", workflow), ("limit", fields["limit"]?.stringValue ?? "")]).increment()
+                logger.warning(
+                    "run stopped by its budget",
+                    metadata: ["interlock.workflow": "\(workflow)", "interlock.run.limit": "\(fields["limit"]?.stringValue ?? "")"])
+            }
+            engine.notifier.send(type, notification, nowMs: nowMs)
+        }
+        loop.alerts = []
+    }
+
+    private func release(_ loop: inout Loop, readyAtMs: Int64?) async throws {
+        try await engine.store.releaseRun(
+            runID: runID, owner: engine.owner, readyAtMs: readyAtMs, finished: loop.state.status.isTerminal, nowMs: engine.wallClockMs())
+    }
+}
