@@ -67,7 +67,7 @@ import Testing
         var history = History()
         history.add(.runStarted(input: .null, budgets: .init()))
         history.add(.stepStarted(path: "call", attempt: 1, data: nil))
-        history.add(.stepFailed(path: "call", attempt: 1, error: StepError(code: "timeout", message: "slow"), retryAtMs: 5_000))
+        history.add(.stepFailed(path: "call", attempt: 1, error: StepError(code: "timeout", message: "slow", retryable: true), retryAtMs: 5_000))
         let waiting = planner.plan(history.state, nowMs: 4_999)
         #expect(waiting.actions.isEmpty && waiting.wakeAtMs == 5_000)
         guard case .start(let task)? = planner.plan(history.state, nowMs: 5_000).actions.first else { Issue.record("expected a retry"); return }
@@ -76,13 +76,13 @@ import Testing
 
     @Test func retryPolicyRetriesOnlyListedOrTransientErrors() {
         let transient = StepRetry(maxAttempts: 3)
-        #expect(transient.retries(StepError(code: "timeout", message: ""), afterAttempt: 1))
-        #expect(!transient.retries(StepError(code: "timeout", message: ""), afterAttempt: 3), "attempts spent")
+        #expect(transient.retries(StepError(code: "timeout", message: "", retryable: true), afterAttempt: 1))
+        #expect(!transient.retries(StepError(code: "timeout", message: "", retryable: true), afterAttempt: 3), "attempts spent")
         #expect(!transient.retries(StepError(code: "invalid_arguments", message: ""), afterAttempt: 1))
-        #expect(!transient.retries(StepError(code: "timeout", message: "", retryable: false), afterAttempt: 1))
         let listed = StepRetry(maxAttempts: 5, retryOn: ["invalid_output"])
-        #expect(listed.retries(StepError(code: "invalid_output", message: ""), afterAttempt: 1))
-        #expect(!listed.retries(StepError(code: "timeout", message: ""), afterAttempt: 1))
+        #expect(listed.retries(StepError(code: "invalid_output", message: ""), afterAttempt: 1), "a listed code is retried")
+        #expect(!listed.retries(StepError(code: "timeout", message: "", retryable: true), afterAttempt: 1), "a list retries only what it names")
+        #expect(StepRetry(maxAttempts: 5, retryOn: ["*"]).retries(StepError(code: "x", message: "", retryable: true), afterAttempt: 1))
         var generator = SplitMix(seed: 3)
         for attempt in 1...6 {
             let wait = StepRetry(maxAttempts: 9, initialBackoffMs: 100, maxBackoffMs: 1_000).backoffMs(afterAttempt: attempt, using: &generator)

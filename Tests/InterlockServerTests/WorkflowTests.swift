@@ -174,4 +174,250 @@ import Testing
             }
         }
     }
+
+    static let agents = [
+        """
+        workflow: checker
+        agent: runner
+        steps:
+          - id: check
+            kind: agent
+            model: fast
+            reads: [input]
+            instructions: "You are the vendor checker."
+            tools: [weather.getForecast]
+            output_schema: { type: object, required: [vendor_ok] }
+        """,
+        """
+        workflow: looping
+        agent: runner
+        steps:
+          - { id: spin, kind: agent, model: fast, instructions: "You are the looper.", tools: [weather.getForecast], max_iterations: 10 }
+        """,
+        """
+        workflow: sloppy
+        agent: runner
+        steps:
+          - { id: answer, kind: agent, model: fast, instructions: "You are sloppy.", output_schema: { type: object }, max_output_retries: 1 }
+        """,
+    ]
+
+    func start(_ client: some TestClientProtocol, _ body: String, key: String = "starter-key-00000000001") async throws -> String {
+        try await client.execute(uri: "/v1/runs", method: .post, headers: auth(key), body: ByteBuffer(string: body)) { response in
+            #expect(response.status == .created, "\(String(buffer: response.body))")
+            return try json(response)["id"]?.stringValue ?? ""
+        }
+    }
+
+    @Test func theBuiltInAgentLoopsThroughToolsValidatesItsOutputAndStopsLoops() async throws {
+        try await FakeWeatherAPI.serve { _, port, specPath in
+            let harness = try await Harness.make(try Self.config(port: port, specPath: specPath, workflows: Self.agents))
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    let good = try await start(client, #"{"workflow":"checker","input":{"vendor":"ACME"}}"#)
+                    let loop = try await start(client, #"{"workflow":"looping"}"#)
+                    let sloppy = try await start(client, #"{"workflow":"sloppy"}"#)
+                    let done = try await waitFor(client, good) { $0["status"] == "completed" }
+                    #expect(done["output"] == ["vendor_ok": true])
+                    #expect(done["usage"]?["model_calls"] == 2 && done["usage"]?["tool_calls"] == 1)
+                    let history = try await client.execute(uri: "/v1/runs/\(good)/events", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    let turns = history["data"]?.arrayValue?.filter { $0["kind"] == "agent_turn" }.compactMap { $0["data"]?["turn"]?["type"]?.stringValue }
+                    #expect(turns == ["model", "tool", "model"], "every model answer and tool result is checkpointed")
+
+                    let looped = try await waitFor(client, loop) { $0["status"] == "failed" }
+                    #expect(looped["error"]?["code"] == "loop_detected")
+                    #expect(looped["usage"]?["tool_calls"] == 1, "the repeated call is not made")
+
+                    let invalid = try await waitFor(client, sloppy) { $0["status"] == "failed" }
+                    #expect(invalid["error"]?["code"] == "invalid_output")
+                    #expect(invalid["usage"]?["model_calls"] == 2, "one answer sent back with the error, then it gives up")
+                }
+            }
+        }
+    }
+
+    static let flows = [
+        """
+        workflow: spender
+        agent: runner
+        budgets: { max_tool_calls: 1 }
+        steps:
+          - { id: one, kind: tool, tool: weather.getForecast, arguments: { city: Oslo } }
+          - { id: two, kind: tool, tool: weather.createAlert, arguments: { city: Oslo, level: 1 } }
+        """,
+        """
+        workflow: fanout
+        agent: runner
+        steps:
+          - id: each
+            kind: map
+            reads: [input]
+            items: "{{ input.cities }}"
+            max_concurrency: 2
+            steps:
+              - { id: look, kind: tool, tool: weather.getForecast, arguments: { city: "{{ item }}", days: "{{ index + 1 }}" } }
+          - id: both
+            kind: parallel
+            branches:
+              nap: [{ id: rest, kind: sleep, duration_ms: 50 }]
+              call: [{ id: ping, kind: tool, tool: weather.getForecast, arguments: { city: Bergen } }]
+        output:
+          reads: [each, both]
+          value: { days: "{{ each.map(f, f.days) }}", bergen: "{{ both.call.city }}" }
+        """,
+        """
+        workflow: retrying
+        agent: runner
+        steps:
+          - id: alert
+            kind: tool
+            tool: weather.createAlert
+            arguments: { city: Oslo, level: 2 }
+            retry: { max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 20 }
+        """,
+        """
+        workflow: napper
+        agent: runner
+        steps:
+          - { id: nap, kind: sleep, duration_ms: 300 }
+          - { id: after, kind: tool, tool: weather.getForecast, arguments: { city: Nap } }
+        """,
+        """
+        workflow: asking
+        agent: runner
+        steps:
+          - id: amount
+            kind: input
+            message: "How much?"
+            schema: { type: object, required: [usd], properties: { usd: { type: number } } }
+        """,
+    ]
+
+    @Test func budgetsMapsParallelRetriesPausesAndInputs() async throws {
+        try await FakeWeatherAPI.serve { api, port, specPath in
+            let harness = try await Harness.make(
+                try Self.config(port: port, specPath: specPath, workflows: Self.flows).replacing(
+                    "workflows: [alerting, checker, looping, sloppy]", with: "workflows: [spender, fanout, retrying, napper, asking]"))
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    // A budget stops the run before the call that would pass it.
+                    let spender = try await start(client, #"{"workflow":"spender"}"#)
+                    let stopped = try await waitFor(client, spender) { $0["status"] == "stopped_by_budget" }
+                    #expect(stopped["stopped_by"] == "max_tool_calls")
+                    #expect(stopped["budget_consumed"]?["max_tool_calls"] == ["limit": 1, "used": 1])
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/alerts" }.count } == 0, "the second tool was never called")
+                    // An operator raises the budget and retries: the run goes on from where it stopped.
+                    try await client.execute(
+                        uri: "/v1/runs/\(spender)/retry", method: .post, headers: auth(Self.operatorToken),
+                        body: ByteBuffer(string: #"{"budgets":{"max_tool_calls":5}}"#)
+                    ) { response in #expect(response.status == .accepted) }
+                    _ = try await waitFor(client, spender) { $0["status"] == "completed" }
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/forecast/Oslo" }.count } == 1, "the finished step was not run again")
+
+                    let fan = try await start(client, #"{"workflow":"fanout","input":{"cities":["A","B","C"]}}"#)
+                    let fanned = try await waitFor(client, fan) { $0["status"] == "completed" }
+                    #expect(fanned["output"] == ["days": [1, 2, 3], "bergen": "Bergen"])
+
+                    let alertsBefore = api.requests.withLock { $0.filter { $0.path == "/alerts" }.count }
+                    api.failuresLeft.withLock { $0 = 1 }
+                    let retry = try await start(client, #"{"workflow":"retrying"}"#)
+                    let retried = try await waitFor(client, retry) { $0["status"] == "completed" }
+                    #expect(retried["steps"]?.arrayValue?.first?["attempt"] == 2)
+                    let keys = api.requests.withLock { $0.filter { $0.path == "/alerts" }.dropFirst(alertsBefore).map(\.idempotencyKey) }
+                    #expect(keys.count == 2 && keys[0] != keys[1], "each attempt has its own key")
+
+                    // Pause holds the next step; resume lets it go; cancel ends a run.
+                    let napper = try await start(client, #"{"workflow":"napper"}"#)
+                    try await client.execute(uri: "/v1/runs/\(napper)/pause", method: .post, headers: auth(Self.operatorToken)) { response in
+                        #expect(response.status == .accepted)
+                    }
+                    try await client.execute(uri: "/v1/runs/\(napper)/pause", method: .post, headers: auth("starter-key-00000000001")) { response in
+                        #expect(response.status == .forbidden, "an agent may cancel its run, not steer it")
+                    }
+                    _ = try await waitFor(client, napper) { $0["status"] == "paused" }
+                    try await Task.sleep(for: .milliseconds(500))
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/forecast/Nap" }.count } == 0)
+                    try await client.execute(uri: "/v1/runs/\(napper)/resume", method: .post, headers: auth(Self.operatorToken)) { response in
+                        #expect(response.status == .accepted)
+                    }
+                    _ = try await waitFor(client, napper) { $0["status"] == "completed" }
+                    let cancelled = try await start(client, #"{"workflow":"napper"}"#)
+                    try await client.execute(uri: "/v1/runs/\(cancelled)/cancel", method: .post, headers: auth("starter-key-00000000001")) { response in
+                        #expect(response.status == .accepted)
+                    }
+                    _ = try await waitFor(client, cancelled) { $0["status"] == "cancelled" }
+                    try await client.execute(uri: "/v1/runs/\(cancelled)/resume", method: .post, headers: auth(Self.operatorToken)) { response in
+                        #expect(response.status == .conflict)
+                    }
+
+                    // An input request takes an answer that matches its schema.
+                    let asking = try await start(client, #"{"workflow":"asking"}"#)
+                    _ = try await waitFor(client, asking) { $0["status"] == "waiting" }
+                    let approvals = try await client.execute(uri: "/v1/approvals?run=\(asking)", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    let id = try #require(approvals["data"]?.arrayValue?.first?["id"]?.stringValue)
+                    try await client.execute(
+                        uri: "/v1/approvals/\(id)", method: .post, headers: auth(Self.operatorToken),
+                        body: ByteBuffer(string: #"{"decision":"approve","answer":{"usd":"lots"}}"#)
+                    ) { response in
+                        #expect(response.status == .badRequest)
+                        let body = try json(response)
+                        #expect(body["error"]?["code"] == "invalid_answer")
+                    }
+                    try await client.execute(
+                        uri: "/v1/approvals/\(id)", method: .post, headers: auth(Self.operatorToken),
+                        body: ByteBuffer(string: #"{"decision":"approve","answer":{"usd":12.5}}"#)
+                    ) { response in #expect(response.status == .ok) }
+                    let answered = try await waitFor(client, asking) { $0["status"] == "completed" }
+                    #expect(answered["output"] == ["usd": 12.5])
+                }
+            }
+        }
+    }
+
+    static let eventFlows = [
+        """
+        workflow: heatwatch
+        agent: runner
+        on: { event: heat.reported, if: "event.payload.level > 3", input: { city: "{{ event.payload.city }}" } }
+        steps:
+          - { id: ack, kind: emit, event: heat.acknowledged, reads: [input], payload: { city: "{{ input.city }}" } }
+          - { id: cleared, kind: wait_event, event: heat.cleared, reads: [input], if: "event.payload.city == input.city", timeout_ms: 60000 }
+        """
+    ]
+
+    @Test func eventsStartRunsOnceAndWakeWaitingSteps() async throws {
+        try await FakeWeatherAPI.serve { _, port, specPath in
+            let harness = try await Harness.make(try Self.config(port: port, specPath: specPath, workflows: Self.eventFlows))
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    func publish(_ body: String, key: String = "starter-key-00000000001") async throws -> HTTPResponse.Status {
+                        try await client.execute(uri: "/v1/events", method: .post, headers: auth(key), body: ByteBuffer(string: body)) { $0.status }
+                    }
+                    #expect(try await publish(#"{"type":"heat.reported","payload":{"city":"Oslo","level":5},"dedup_key":"h-1"}"#) == .accepted)
+                    #expect(try await publish(#"{"type":"heat.reported","payload":{"city":"Oslo","level":5},"dedup_key":"h-1"}"#) == .ok, "a duplicate")
+                    #expect(try await publish(#"{"type":"heat.reported","payload":{"city":"Rome","level":2}}"#) == .accepted)
+                    #expect(try await publish(#"{"type":"other.thing","payload":{}}"#) == .forbidden, "agents publish only granted types")
+                    var runs: [JSONValue] = []
+                    for _ in 0..<200 {
+                        runs = try await client.execute(uri: "/v1/runs?workflow=heatwatch", method: .get, headers: auth(Self.operatorToken)) { try json($0) }["data"]?
+                            .arrayValue ?? []
+                        if runs.first?["status"] == "waiting" { break }
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    #expect(runs.count == 1, "one run for the event sent twice, none for the cool one")
+                    let id = try #require(runs.first?["id"]?.stringValue)
+                    #expect(try await publish(#"{"type":"heat.cleared","payload":{"city":"Rome"}}"#, key: Self.operatorToken) == .accepted)
+                    try await Task.sleep(for: .milliseconds(200))
+                    let still = try await client.execute(uri: "/v1/runs/\(id)", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    #expect(still["status"] == "waiting", "an event for another city does not match")
+                    #expect(try await publish(#"{"type":"heat.cleared","payload":{"city":"Oslo"}}"#, key: Self.operatorToken) == .accepted)
+                    let done = try await waitFor(client, id) { $0["status"] == "completed" }
+                    #expect(done["output"]?["payload"] == ["city": "Oslo"])
+                    #expect(done["trigger_event"] != nil && done["started_by"]?.stringValue?.hasPrefix("event:") == true)
+                    let ack = done["steps"]?.arrayValue?.first { $0["path"] == "ack" }
+                    #expect(ack?["output"]?["type"] == "heat.acknowledged" && ack?["output"]?["event_id"]?.stringValue?.hasPrefix("evt_") == true)
+                }
+            }
+        }
+    }
 }

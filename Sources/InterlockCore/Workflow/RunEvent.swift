@@ -4,10 +4,11 @@ public struct StepError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `approval_rejected`, or the gateway error code of a refused call.
     public var code: String
     public var message: String
-    /// False for errors another attempt cannot fix (a rejection, a policy denial).
+    /// Whether another attempt may succeed (a timeout, an upstream failure, a rate limit);
+    /// false for what another attempt cannot fix (a rejection, a policy denial, bad input).
     public var retryable: Bool
 
-    public init(code: String, message: String, retryable: Bool = true) {
+    public init(code: String, message: String, retryable: Bool = false) {
         self.code = code
         self.message = message
         self.retryable = retryable
@@ -15,19 +16,13 @@ public struct StepError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "\(code): \(message)" }
 
-    /// What `retry_on` retries when a step does not list codes: failures that may pass.
-    public static let transientCodes: Set<String> = [
-        "timeout", "upstream_error", "rate_limited", "unavailable", "upstream_timeout", "tool_busy", "tool_rate_limited", "tool_unavailable",
-        "upstream_unavailable", "no_deployment_available", "deployment_unavailable", "deployment_rate_limited", "rate_limit_exceeded",
-    ]
-
     public var json: JSONValue {
         ["code": .string(code), "message": .string(message), "retryable": .bool(retryable)]
     }
 
     public init?(json: JSONValue?) {
         guard let code = json?["code"]?.stringValue else { return nil }
-        self.init(code: code, message: json?["message"]?.stringValue ?? "", retryable: json?["retryable"]?.boolValue ?? true)
+        self.init(code: code, message: json?["message"]?.stringValue ?? "", retryable: json?["retryable"]?.boolValue ?? false)
     }
 }
 

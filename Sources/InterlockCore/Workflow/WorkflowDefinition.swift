@@ -256,7 +256,8 @@ public struct StepRetry: Sendable, Equatable {
     public var maxAttempts: Int
     public var initialBackoffMs: Int
     public var maxBackoffMs: Int
-    /// Error classes retried: nil retries the transient ones (`StepError.transientCodes`).
+    /// Error codes retried: nil retries transient failures (`StepError.retryable`); a list
+    /// retries exactly the codes it names (`*`: every transient failure).
     public var retryOn: Set<String>?
 
     public init(maxAttempts: Int, initialBackoffMs: Int = 1_000, maxBackoffMs: Int = 60_000, retryOn: Set<String>? = nil) {
@@ -270,9 +271,9 @@ public struct StepRetry: Sendable, Equatable {
 
     /// Whether an attempt that failed with `error` is tried again.
     public func retries(_ error: StepError, afterAttempt attempt: Int) -> Bool {
-        guard attempt < maxAttempts, error.retryable else { return false }
-        guard let retryOn else { return StepError.transientCodes.contains(error.code) }
-        return retryOn.contains(error.code) || retryOn.contains("*")
+        guard attempt < maxAttempts else { return false }
+        guard let retryOn else { return error.retryable }
+        return retryOn.contains(error.code) || (retryOn.contains("*") && error.retryable)
     }
 
     /// The wait after failed attempt `attempt`, in milliseconds.

@@ -29,7 +29,7 @@ struct AgentLoop {
         } catch is CancellationError {
             return .abandoned
         } catch {
-            return .failed(StepError(code: "internal", message: "\(error)"))
+            return .failed(StepError(code: "internal", message: "\(error)", retryable: true))
         }
     }
 
@@ -208,7 +208,7 @@ struct AgentLoop {
         }
         let answer = try JSONParser.parse(Array(buffer.readableBytesView))
         guard let message = answer["choices"]?.arrayValue?.first?["message"], case .object(var fields) = message else {
-            throw StepError(code: "upstream_error", message: "The model's answer has no message.")
+            throw StepError(code: "upstream_error", message: "The model's answer has no message.", retryable: true)
         }
         // Only what the next request needs goes back to the model.
         fields = JSONObject(fields.filter { ["role", "content", "tool_calls"].contains($0.key) })

@@ -43,7 +43,7 @@ struct StepRunner: Sendable {
             group.addTask { await self.work(task) }
             group.addTask {
                 try? await Task.sleep(for: .milliseconds(timeoutMs))
-                return Task.isCancelled ? nil : .failed(StepError(code: "timeout", message: "Step '\(task.step.id)' did not finish within \(timeoutMs) ms."))
+                return Task.isCancelled ? nil : .failed(StepError(code: "timeout", message: "Step '\(task.step.id)' did not finish within \(timeoutMs) ms.", retryable: true))
             }
             defer { group.cancelAll() }
             while let result = await group.next() {
@@ -84,7 +84,7 @@ struct StepRunner: Sendable {
         } catch is CancellationError {
             return .abandoned
         } catch {
-            return .failed(StepError(code: "internal", message: "\(error)"))
+            return .failed(StepError(code: "internal", message: "\(error)", retryable: true))
         }
     }
 
@@ -205,7 +205,7 @@ struct StepRunner: Sendable {
         } catch let error as StepError {
             return .failed(error)
         } catch {
-            return .failed(StepError(code: "store_unavailable", message: "\(error)"))
+            return .failed(StepError(code: "store_unavailable", message: "\(error)", retryable: true))
         }
     }
 
