@@ -11,7 +11,7 @@ struct ApprovalRoutes {
     /// `GET /v1/approvals`, `GET /v1/approvals/{id}` (an agent sees its own, an operator all)
     /// and `POST /v1/approvals/{id}` (an operator decides; an input request takes the answer).
     func addRoutes(to group: RouterGroup<PrincipalRequestContext>) {
-        // ?status=pending (default) | approved | rejected | consumed | expired | all; ?run=; ?limit=
+        // ?status=pending (default) | approved | rejected | consumed | expired | all; ?agent=; ?run=; ?limit=
         group.get("approvals") { request, context in
             let query = request.uri.queryParameters
             let status = try Self.status(query["status"].map(String.init))
@@ -22,7 +22,8 @@ struct ApprovalRoutes {
                 }
                 limit = value
             }
-            var agentID: String?
+            // An agent sees its own; an operator may narrow to one agent.
+            var agentID = query["agent"].map(String.init)
             if case .agent(let caller) = context.principal { agentID = caller.agent.id }
             var list = try await policy.approvals(status: status, agentID: agentID, limit: limit)
             if let run = query["run"] { list = list.filter { $0.runID == String(run) } }

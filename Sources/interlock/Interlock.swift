@@ -26,7 +26,7 @@ struct Interlock: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "interlock",
         abstract: "Interlock — the governed backbone for fleets of AI agents.",
-        subcommands: [Serve.self, Validate.self, Audit.self, Policy.self, Approvals.self, Version.self])
+        subcommands: [Serve.self, Validate.self, Run.self, Runs.self, Approvals.self, Audit.self, Policy.self, Version.self])
 }
 
 struct Version: ParsableCommand {

@@ -67,7 +67,7 @@ struct PolicyTest: ParsableCommand {
 
 struct Approvals: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List, approve or reject calls held by require_approval policies (through a running server's admin API).",
+        abstract: "List and answer what waits for a person: calls held by require_approval policies, workflow approval and input steps.",
         subcommands: [ApprovalsList.self, ApprovalsDecide.Approve.self, ApprovalsDecide.Reject.self])
 }
 
@@ -97,18 +97,18 @@ struct AdminClientOptions: ParsableArguments {
         return "http://127.0.0.1:8080"
     }
 
-    func operatorToken() throws -> String {
+    func operatorToken(_ command: String) throws -> String {
         guard let token = token ?? ProcessInfo.processInfo.environment["INTERLOCK_OPERATOR_TOKEN"], !token.isEmpty else {
-            printError("interlock approvals: give --token or set INTERLOCK_OPERATOR_TOKEN")
+            printError("interlock \(command): give --token or set INTERLOCK_OPERATOR_TOKEN")
             throw ExitCode(2)
         }
         return token
     }
 
-    /// Sends one request to the admin API; the JSON answer, or exit 1 with the server's error.
-    func send(_ method: HTTPMethod, _ path: String, body: JSONValue? = nil) async throws -> JSONValue {
+    /// Sends one request to the server's API; the JSON answer, or exit 1 with the server's error.
+    func send(_ method: HTTPMethod, _ path: String, body: JSONValue? = nil, command: String = "approvals") async throws -> JSONValue {
         let url = try baseURL() + path
-        let token = try operatorToken()
+        let token = try operatorToken(command)
         var request = HTTPClientRequest(url: url)
         request.method = method
         request.headers.add(name: "authorization", value: "Bearer \(token)")
@@ -123,7 +123,7 @@ struct AdminClientOptions: ParsableArguments {
             try await client.shutdown()
             let answer = (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null
             guard (200..<300).contains(Int(response.status.code)) else {
-                printError("interlock approvals: \(response.status.code) \(answer["error"]?["message"]?.stringValue ?? response.status.reasonPhrase)")
+                printError("interlock \(command): \(response.status.code) \(answer["error"]?["message"]?.stringValue ?? response.status.reasonPhrase)")
                 throw ExitCode(1)
             }
             return answer
@@ -131,7 +131,7 @@ struct AdminClientOptions: ParsableArguments {
             throw exit
         } catch {
             try? await client.shutdown()
-            printError("interlock approvals: cannot reach \(url): \(error)")
+            printError("interlock \(command): cannot reach \(url): \(error)")
             throw ExitCode(1)
         }
     }
@@ -148,12 +148,16 @@ struct ApprovalsList: AsyncParsableCommand {
     @Option(name: .long, help: "Only this agent's approvals.")
     var agent: String?
 
+    @Option(name: .long, help: "Only this run's approvals.")
+    var run: String?
+
     @Flag(name: .long, help: "Print the API's JSON instead of a table.")
     var json = false
 
     func run() async throws {
-        var path = "/admin/v1/approvals?status=\(status)"
+        var path = "/v1/approvals?status=\(status)"
         if let agent { path += "&agent=\(agent)" }
+        if let run { path += "&run=\(run)" }
         let answer = try await client.send(.GET, path)
         if json {
             print(JSONWriter.string(answer))
@@ -164,13 +168,13 @@ struct ApprovalsList: AsyncParsableCommand {
             print("no \(status == "all" ? "" : status + " ")approvals")
             return
         }
-        print("ID\tSTATUS\tAGENT\tTARGET\tPOLICY\tREASON\tARGUMENTS")
+        print("ID\tKIND\tSTATUS\tAGENT\tTARGET\tPOLICY\tREASON\tARGUMENTS")
         for row in rows {
             func field(_ name: String) -> String { row[name]?.stringValue ?? "" }
             let arguments: String = row["arguments"].map { JSONWriter.string($0) } ?? ""
             let shown: String = arguments.count > 120 ? String(arguments.prefix(117)) + "..." : arguments
             let columns: [String] = [
-                field("id"), field("status"), field("agent"), field("target_kind") + ":" + field("target"), field("policy"), field("reason"), shown,
+                field("id"), field("kind"), field("status"), field("agent"), field("target_kind") + ":" + field("target"), field("policy"), field("reason"), shown,
             ]
             print(columns.joined(separator: "\t"))
         }
@@ -183,8 +187,19 @@ enum ApprovalsDecide {
         @OptionGroup var client: AdminClientOptions
         @Argument(help: "The approval id (apr_...).") var id: String
         @Option(name: .long, help: "Why (kept with the decision).") var note: String?
+        @Option(name: .long, help: "For an input request: the answer, as JSON.") var answer: String?
 
-        func run() async throws { try await ApprovalsDecide.decide(client, id, "approve", note) }
+        func run() async throws {
+            var parsed: JSONValue?
+            if let answer {
+                guard let value = try? JSONParser.parse(answer) else {
+                    printError("interlock approvals approve: --answer is not JSON")
+                    throw ExitCode(2)
+                }
+                parsed = value
+            }
+            try await ApprovalsDecide.decide(client, id, "approve", note, answer: parsed)
+        }
     }
 
     struct Reject: AsyncParsableCommand {
@@ -196,9 +211,11 @@ enum ApprovalsDecide {
         func run() async throws { try await ApprovalsDecide.decide(client, id, "reject", note) }
     }
 
-    static func decide(_ client: AdminClientOptions, _ id: String, _ verb: String, _ note: String?) async throws {
-        let body: JSONValue = note.map { ["note": .string($0)] } ?? .object([:])
-        let answer = try await client.send(.POST, "/admin/v1/approvals/\(id)/\(verb)", body: body)
+    static func decide(_ client: AdminClientOptions, _ id: String, _ verb: String, _ note: String?, answer: JSONValue? = nil) async throws {
+        var body: JSONObject = ["decision": .string(verb)]
+        if let note { body["comment"] = .string(note) }
+        if let answer { body["answer"] = answer }
+        let answer = try await client.send(.POST, "/v1/approvals/\(id)", body: .object(body))
         print("\(answer["id"]?.stringValue ?? id): \(answer["status"]?.stringValue ?? "?")")
     }
 }
