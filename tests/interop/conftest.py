@@ -10,13 +10,14 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def start_interlock(config, env=None, db=None):
-    """Starts `interlock serve` on `db` (default: a fresh database); returns (process, base URL, database path)."""
+def start_interlock(config, env=None, db=None, stderr=subprocess.PIPE):
+    """Starts `interlock serve` on `db` (default: a fresh database); returns (process, base URL, database path).
+    A test that lets the server log much passes a file as `stderr` (an unread pipe fills up and stalls it)."""
     binary = os.environ.get("INTERLOCK_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "interlock"))
     db = db or os.path.join(tempfile.mkdtemp(prefix="interlock-interop-"), "interop.sqlite")
     process = subprocess.Popen(
         [binary, "serve", "--config", os.path.join(HERE, config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, INTERLOCK_DB=db, **(env or {})), text=True,
+        stdout=subprocess.PIPE, stderr=stderr, env=dict(os.environ, INTERLOCK_DB=db, **(env or {})), text=True,
     )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -24,7 +25,7 @@ def start_interlock(config, env=None, db=None):
         if "listening on" in line:
             return process, line.strip().rsplit(" ", 1)[-1], db
         if not line and process.poll() is not None:
-            raise RuntimeError("interlock exited early: " + process.stderr.read())
+            raise RuntimeError("interlock exited early: " + (process.stderr.read() if process.stderr else "see its log"))
     process.kill()
     raise RuntimeError("interlock did not report its address")
 

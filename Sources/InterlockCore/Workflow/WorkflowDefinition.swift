@@ -123,7 +123,7 @@ public struct WorkflowStep: Sendable {
     public var agentID: String?
 
     public init(
-        id: String, kind: Kind, reads: [String] = [], next: String? = nil, onError: String? = nil, retry: StepRetry = .none, timeoutMs: Int64? = nil,
+        id: String, kind: Kind, reads: [String] = [], next: String? = nil, onError: String? = nil, retry: StepRetry = .standard, timeoutMs: Int64? = nil,
         agentID: String? = nil
     ) {
         self.id = id
@@ -268,6 +268,9 @@ public struct StepRetry: Sendable, Equatable {
     }
 
     public static let none = StepRetry(maxAttempts: 1)
+    /// A step that names no `retry`: transient failures (timeouts, upstream errors, rate
+    /// limits) get two more attempts, 1 s then about 2 s later.
+    public static let standard = StepRetry(maxAttempts: 3, initialBackoffMs: 1_000, maxBackoffMs: 60_000)
 
     /// Whether an attempt that failed with `error` is tried again.
     public func retries(_ error: StepError, afterAttempt attempt: Int) -> Bool {
