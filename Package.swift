@@ -175,6 +175,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark only (bench/workflows/run): durable step transitions on the embedded store.
+        .executableTarget(
+            name: "interlock-bench-workflow",
+            dependencies: [
+                "InterlockCore", "InterlockConfig", "InterlockStore", "InterlockProviders", "InterlockRuntime",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Benchmark upstream only (bench/tools/run): a fast MCP server with one tool.
         .executableTarget(
             name: "interlock-bench-mcp-upstream",

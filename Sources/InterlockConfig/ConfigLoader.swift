@@ -61,8 +61,9 @@ private struct ConfigDocument {
             if let region = fields["region"]?.nonEmptyString() { config.node.region = region }
         }
         if let node = top["store"], let fields = node.mapping(allowed: ["sqlite"]) {
-            if let sqlite = fields["sqlite"]?.mapping(allowed: ["path"]), let path = sqlite["path"]?.nonEmptyString() {
-                config.store = .sqlite(path: path)
+            if let sqlite = fields["sqlite"]?.mapping(allowed: ["path", "synchronous"]), let path = sqlite["path"]?.nonEmptyString() {
+                let durability = sqlite["synchronous"]?.oneOf(SQLiteDurability.self, SQLiteDurability.allCases) ?? .normal
+                config.store = .sqlite(path: path, durability: durability)
             }
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [

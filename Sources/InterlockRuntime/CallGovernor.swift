@@ -445,7 +445,7 @@ public final class CallGovernor: Sendable {
         let latency = admission.startedAt.duration(to: .now)
         audit?.record(AuditRecord(
             timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, userID: call.caller.user,
-            actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
+            actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID, supervisor: call.caller.run?.supervisor, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
             outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID,
             resultHash: outcome.resultHash, capture: outcome.capture))
         ledger.append(UsageRecord(
@@ -524,7 +524,7 @@ public final class CallGovernor: Sendable {
         argumentsHash: String?, capture: String? = nil, requestID: String?
     ) {
         audit?.record(AuditRecord(
-            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, runID: run?.id, parentRunID: run?.parentID,
+            timestampMs: 0, node: "", action: action, agentID: agentID, userID: user, actorChain: actors, runID: run?.id, parentRunID: run?.parentID, supervisor: run?.supervisor,
             target: target, decision: "deny",
             reason: reason, argumentsHash: argumentsHash, outcome: agentID == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status,
             requestID: requestID, capture: capture))

@@ -100,7 +100,7 @@ public final class GuardrailStage: Sendable {
         if hits.count > 50 { summary += " +\(hits.count - 50) more" }
         audit.record(AuditRecord(
             timestampMs: 0, node: "", action: "guardrail.\(direction.rawValue)", agentID: caller.agent.id, userID: caller.user, actorChain: caller.actorChain,
-            runID: caller.run?.id, parentRunID: caller.run?.parentID, target: target, decision: strongest == .block ? "deny" : strongest.rawValue,
+            runID: caller.run?.id, parentRunID: caller.run?.parentID, supervisor: caller.run?.supervisor, target: target, decision: strongest == .block ? "deny" : strongest.rawValue,
             reason: summary, argumentsHash: argumentsHash, requestID: requestID))
     }
 }

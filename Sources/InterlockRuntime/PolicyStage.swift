@@ -337,7 +337,7 @@ public final class PolicyStage: Sendable {
     private func record(_ caller: Caller, _ call: Call, action: String, decision: String, reason: String, status: Int? = nil) {
         audit?.record(AuditRecord(
             timestampMs: 0, node: "", action: action, agentID: caller.agent.id, userID: caller.user, actorChain: caller.actorChain, runID: caller.run?.id,
-            parentRunID: caller.run?.parentID, target: call.target.name, decision: decision, reason: reason, argumentsHash: call.argumentsHash,
+            parentRunID: caller.run?.parentID, supervisor: caller.run?.supervisor, target: call.target.name, decision: decision, reason: reason, argumentsHash: call.argumentsHash,
             outcome: status == nil ? nil : UsageRecord.Outcome.rejected.rawValue, status: status, requestID: call.requestID))
     }
 }

@@ -20,7 +20,7 @@ public final class SQLiteStore: InterlockStore {
     }
 
     /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory one.
-    public static func open(path: String, logger: Logger = Logger(label: "interlock.store")) async throws -> SQLiteStore {
+    public static func open(path: String, durability: SQLiteDurability = .normal, logger: Logger = Logger(label: "interlock.store")) async throws -> SQLiteStore {
         let storage: SQLiteConnection.Storage = path == ":memory:" ? .memory : .file(path: path)
         let connection = try await SQLiteConnection.open(storage: storage, logger: logger)
         let store = SQLiteStore(connection: connection, path: path)
@@ -28,7 +28,7 @@ public final class SQLiteStore: InterlockStore {
             if path != ":memory:" {
                 _ = try await connection.query("PRAGMA journal_mode=WAL", [])
             }
-            _ = try await connection.query("PRAGMA synchronous=NORMAL", [])
+            _ = try await connection.query(durability == .full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", [])
             _ = try await connection.query("PRAGMA busy_timeout=5000", [])
             _ = try await connection.query("PRAGMA foreign_keys=ON", [])
         } catch {

@@ -72,7 +72,7 @@ struct AuditStoreOptions: ParsableArguments {
         if path == nil, let config {
             do {
                 let configuration = try ConfigLoader.load(path: config, environment: ProcessInfo.processInfo.environment)
-                if case .sqlite(let file) = configuration.store { path = file }
+                if case .sqlite(let file, _) = configuration.store { path = file }
             } catch {
                 printError(error.description)
                 throw ExitCode(2)
@@ -224,8 +224,8 @@ struct Serve: AsyncParsableCommand {
 
         let store: any InterlockStore
         switch configuration.store {
-        case .sqlite(let path):
-            store = try await SQLiteStore.open(path: path, logger: Logger(label: "interlock.store"))
+        case .sqlite(let path, let durability):
+            store = try await SQLiteStore.open(path: path, durability: durability, logger: Logger(label: "interlock.store"))
         }
         try await store.migrate()
 

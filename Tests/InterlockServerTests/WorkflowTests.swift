@@ -420,4 +420,74 @@ import Testing
             }
         }
     }
+
+    static let guarded = [
+        """
+        workflow: guarded
+        agent: runner
+        steps:
+          - { id: alert, kind: tool, tool: weather.createAlert, arguments: { city: Oslo, level: 3 } }
+          - { id: slow, kind: tool, tool: weather.slow, timeout_ms: 100, retry: { max_attempts: 1 }, on_error: end }
+        """
+    ]
+
+    @Test func aPolicyHoldInsideAStepWaitsDurablyAndTheApproverSupervisesTheRun() async throws {
+        try await FakeWeatherAPI.serve { api, port, specPath in
+            let config = try Self.config(
+                port: port, specPath: specPath, workflows: Self.guarded + [Self.alerting],
+                extra: """
+                    policy:
+                      rules:
+                        - { name: alerts-need-a-human, condition: "true", effect: require_approval, reason: Alerts wake people up., targets: ["tool:weather.createAlert"] }
+                    """
+            ).replacing("workflows: [alerting, checker, looping, sloppy]", with: "workflows: [guarded, alerting]")
+            let harness = try await Harness.make(config)
+            let services = harness.services
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    let id = try await start(client, #"{"workflow":"guarded"}"#)
+                    let waiting = try await waitFor(client, id) { $0["status"] == "waiting" }
+                    #expect(waiting["steps"]?.arrayValue?.first?["waiting_for"]?["kind"] == "policy")
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/alerts" }.count } == 0)
+                    let approvals = try await client.execute(uri: "/v1/approvals?run=\(id)", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    let approval = try #require(approvals["data"]?.arrayValue?.first)
+                    #expect(approval["kind"] == "policy" && approval["policy"] == "alerts-need-a-human")
+                    try await client.execute(
+                        uri: "/v1/approvals/\(approval["id"]?.stringValue ?? "")", method: .post, headers: auth(Self.operatorToken),
+                        body: ByteBuffer(string: #"{"decision":"approve"}"#)
+                    ) { response in #expect(response.status == .ok) }
+                    // The held call goes through once; the slow tool then times out into its error path.
+                    let done = try await waitFor(client, id) { $0["status"] == "completed" }
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/alerts" }.count } == 1)
+                    let slow = done["steps"]?.arrayValue?.first { $0["path"] == "slow" }
+                    #expect(slow?["status"] == "failed" && slow?["error"]?["code"] == "timeout")
+                    // The approver is the run's supervisor, in the audit log too.
+                    await services.gateway.governor.audit?.writer.flush()
+                    let page = try await services.store.auditRecords(matching: AuditFilter(), afterPosition: 0, limit: 1000)
+                    let supervised = page.records.filter { $0.runID == id && $0.action == "tool.call" && $0.target == "weather.createAlert" && $0.decision == "allow" }
+                    #expect(!supervised.isEmpty && supervised.allSatisfy { $0.supervisor == "operator:alice" }, "\(supervised.map(\.supervisor))")
+
+                    // A fork from the checkpoint before the approval asks again, with a new approval.
+                    let other = try await start(client, #"{"workflow":"alerting","input":{"city":"Oslo"}}"#)
+                    _ = try await waitFor(client, other) { $0["status"] == "waiting" }
+                    let history = try await client.execute(uri: "/v1/runs/\(other)/events", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    let hot = try #require(history["data"]?.arrayValue?.first { $0["kind"] == "step_completed" && $0["data"]?["path"] == "hot" }?["seq"]?.int64Value)
+                    let fork = try await client.execute(
+                        uri: "/v1/runs/\(other)/fork", method: .post, headers: auth(Self.operatorToken), body: ByteBuffer(string: #"{"at_seq":\#(hot)}"#)
+                    ) { response in
+                        #expect(response.status == .created)
+                        return try json(response)
+                    }
+                    let forkID = try #require(fork["id"]?.stringValue)
+                    #expect(fork["forked_from"]?.stringValue == other)
+                    _ = try await waitFor(client, forkID) { $0["status"] == "waiting" }
+                    let asked = try await client.execute(uri: "/v1/approvals?run=\(forkID)", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    #expect(asked["data"]?.arrayValue?.count == 1, "the fork asks its own question")
+                    try await client.execute(uri: "/v1/runs/\(other)/fork", method: .post, headers: auth("starter-key-00000000001")) { response in
+                        #expect(response.status == .forbidden)
+                    }
+                }
+            }
+        }
+    }
 }

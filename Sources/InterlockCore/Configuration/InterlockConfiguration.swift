@@ -68,7 +68,16 @@ public struct NodeSettings: Sendable {
 }
 
 public enum StoreSettings: Sendable, Equatable {
-    case sqlite(path: String)
+    case sqlite(path: String, durability: SQLiteDurability = .normal)
+}
+
+/// When a SQLite commit is on disk (`store.sqlite.synchronous`).
+public enum SQLiteDurability: String, Sendable, CaseIterable {
+    /// WAL with `synchronous=NORMAL`: a commit survives the process being killed (the OS has
+    /// it); a power cut may lose the last commits, never corrupt the file.
+    case normal
+    /// `synchronous=FULL`: every commit is fsynced before it returns; survives a power cut.
+    case full
 }
 
 public struct LedgerSettings: Sendable {

@@ -52,10 +52,13 @@ public struct Caller: Sendable, Equatable {
 public struct RunReference: Sendable, Equatable {
     public var id: String
     public var parentID: String?
+    /// The person whose answer the run went on with (a workflow run's human supervisor).
+    public var supervisor: String?
 
-    public init(id: String, parentID: String? = nil) {
+    public init(id: String, parentID: String? = nil, supervisor: String? = nil) {
         self.id = id
         self.parentID = parentID
+        self.supervisor = supervisor
     }
 
     /// The headers agents send: `x-interlock-run-id` and `x-interlock-parent-run-id`. Nil

@@ -14,8 +14,8 @@ enum StepOutcome: Sendable {
     case stopped(limit: String, message: String)
     /// The attempt was abandoned (the run stops here, the node shuts down): nothing recorded.
     case abandoned
-    /// The attempt runs again as it is (a policy approval it waited for was given).
-    case rerun
+    /// The attempt runs again as it is (a policy approval it waited for was given, by `supervisor`).
+    case rerun(supervisor: String?)
 }
 
 /// One claimed run on this node: reads its history, asks the planner what is next, carries
@@ -44,6 +44,8 @@ final class RunExecution: Sendable {
     let runID: String
     let handle: Handle
     private let messages: AsyncStream<Message>
+    /// Who answered last; the steps' calls name them.
+    private let supervisor = SupervisorCell(nil)
 
     init(engine: WorkflowEngine, runID: String) {
         self.engine = engine
@@ -100,6 +102,7 @@ final class RunExecution: Sendable {
         }
         let history = try await store.runEvents(runID: runID, afterSeq: 0)
         var loop = Loop(state: RunState(history), record: record)
+        supervisor.value = record.supervisor
         let definition: WorkflowDefinition
         do {
             definition = try await engine.catalog.definition(hash: record.workflowHash)
@@ -118,7 +121,7 @@ final class RunExecution: Sendable {
         }
         engine.governor.openRunBudget(runID: runID, limits: loop.state.budgets, used: usage)
         defer { engine.governor.closeRunBudget(runID: runID) }
-        let runner = StepRunner(engine: engine, record: record, definition: definition, handle: handle)
+        let runner = StepRunner(engine: engine, record: record, definition: definition, handle: handle, supervisor: supervisor)
         var iterator = messages.makeAsyncIterator()
         var timer: Task<Void, Never>?
         defer {
@@ -290,7 +293,10 @@ final class RunExecution: Sendable {
         switch outcome {
         case .completed(let output, let supervisor):
             loop.add(.stepCompleted(path: path, output: output), nowMs: nowMs)
-            if let supervisor { loop.record.supervisor = supervisor }
+            if let supervisor {
+                loop.record.supervisor = supervisor
+                self.supervisor.value = supervisor
+            }
         case .failed(let error):
             let step = definition.step(RunExecution.stepID(path))
             var retryAt: Int64?
@@ -307,8 +313,12 @@ final class RunExecution: Sendable {
                 .stepFailed(path: path, attempt: attempt, error: StepError(code: "run_budget_exceeded", message: message, retryable: false), retryAtMs: nil),
                 nowMs: nowMs)
             stop(limit: limit, message: message, loop: &loop, nowMs: nowMs)
-        case .rerun:
+        case .rerun(let supervisor):
             loop.add(.stepStarted(path: path, attempt: attempt, data: nil), nowMs: nowMs)
+            if let supervisor {
+                loop.record.supervisor = supervisor
+                self.supervisor.value = supervisor
+            }
         case .abandoned:
             break
         }

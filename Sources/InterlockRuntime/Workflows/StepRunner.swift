@@ -5,6 +5,7 @@ import InterlockProviders
 import InterlockStore
 import Logging
 import NIOCore
+import Synchronization
 
 /// Carries out one step attempt of one run: tool calls and the built-in agent through the
 /// governed pipeline as the step's agent (credential: the run), human requests as approval
@@ -15,6 +16,8 @@ struct StepRunner: Sendable {
     let record: RunRecord
     let definition: WorkflowDefinition
     let handle: RunExecution.Handle
+    /// The run's human supervisor as it is now (it changes when someone answers).
+    let supervisor: SupervisorCell
 
     static func cel(_ bindings: [String: JSONValue]) -> [String: CELValue] {
         bindings.mapValues { CELValue(json: $0) }
@@ -27,7 +30,9 @@ struct StepRunner: Sendable {
         guard let agent = engine.governor.registry.entry(id: id)?.agent else {
             throw StepError(code: "agent_unknown", message: "Agent '\(id)' is not registered on this node.", retryable: false)
         }
-        return Caller(agent: agent, credential: .workflowRun(id: record.id), user: record.userID, run: RunReference(id: record.id, parentID: record.parentRunID))
+        return Caller(
+            agent: agent, credential: .workflowRun(id: record.id), user: record.userID,
+            run: RunReference(id: record.id, parentID: record.parentRunID, supervisor: supervisor.value))
     }
 
     func requestID(_ task: StepTask, suffix: String = "") -> String {
@@ -222,7 +227,7 @@ struct StepRunner: Sendable {
             case .approved, .consumed:
                 if case .policy = wait {
                     // The held call is made again by the same attempt (same key), and goes through.
-                    return .rerun
+                    return .rerun(supervisor: approval.decidedBy)
                 }
                 var output: JSONValue = [
                     "approved": true, "by": .string(approval.decidedBy ?? ""), "decided_ms": .integer(approval.decidedMs ?? nowMs),
@@ -264,5 +269,20 @@ struct StepRunner: Sendable {
             }
             return nil
         }
+    }
+}
+
+/// The run's human supervisor, shared by its execution (which sets it when someone answers)
+/// and its steps (whose calls name it in the audit log).
+final class SupervisorCell: Sendable {
+    private let state: Mutex<String?>
+
+    init(_ value: String?) {
+        state = Mutex(value)
+    }
+
+    var value: String? {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
     }
 }

@@ -85,7 +85,7 @@ public final class WorkflowEngine: Service, Sendable {
                         do {
                             claimed = try await self.store.claimRuns(owner: self.owner, nowMs: now, leaseUntilMs: now + Int64(self.settings.leaseMs), limit: free)
                         } catch {
-                            self.logger.error("claiming runs failed", metadata: ["error": "\(error)"])
+                            if !self.isStopping { self.logger.error("claiming runs failed", metadata: ["error": "\(error)"]) }
                             claimed = []
                         }
                         for runID in claimed {
