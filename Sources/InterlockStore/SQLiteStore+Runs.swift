@@ -7,11 +7,6 @@ extension SQLiteStore: RunStore {
     private static func int(_ value: Int64?) -> SQLiteData { value.map { .integer(Int($0)) } ?? .null }
     private static func parse(_ text: String?) -> JSONValue? { text.flatMap { try? JSONParser.parse($0) } }
 
-    /// Rows changed by the last statement on the connection.
-    private func changes() async throws -> Int {
-        try await connection.query("SELECT changes() AS n", []).first?.column("n")?.integer ?? 0
-    }
-
     public func saveWorkflowVersion(_ version: WorkflowVersionRecord) async throws {
         try await transaction {
             _ = try await connection.query(
@@ -121,23 +116,39 @@ extension SQLiteStore: RunStore {
         return (created, true)
     }
 
+    /// Appends events (one multi-row statement) and keeps the waits index: a step waiting for
+    /// an event type is indexed, one that completed or failed is not any more.
     private func insertEvents(runID: String, _ events: [RunEvent]) async throws {
+        guard !events.isEmpty else { return }
+        var binds: [SQLiteData] = []
+        binds.reserveCapacity(events.count * 6)
+        var waiting: [(String, String)] = []
+        var settled: [String] = []
+        var finished = false
         for event in events {
-            _ = try await connection.query(
-                "INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES (?, ?, ?, ?, ?, ?)",
-                [.text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path), SQLiteStore.json(event.data)])
-            // The waits index: which runs an event type must wake.
+            binds += [
+                .text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path),
+                SQLiteStore.json(event.data),
+            ]
             switch event.kind {
-            case .stepWaiting(let path, .event(let type, _, _)):
-                _ = try await connection.query(
-                    "INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
-            case .stepCompleted(let path, _), .stepFailed(let path, _, _, _), .stepStarted(let path, _, _):
-                _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ? AND path = ?", [.text(runID), .text(path)])
-            case .cancelled, .runCompleted, .runFailed, .stoppedByBudget:
-                _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ?", [.text(runID)])
-            default:
-                break
+            case .stepWaiting(let path, .event(let type, _, _)): waiting.append((path, type))
+            case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): settled.append(path)
+            case .cancelled, .runCompleted, .runFailed, .stoppedByBudget: finished = true
+            default: break
             }
+        }
+        // 6 parameters a row: far under SQLite's limit for any batch a run writes at once.
+        let rows = Array(repeating: "(?, ?, ?, ?, ?, ?)", count: events.count).joined(separator: ",")
+        _ = try await connection.query("INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES \(rows)", binds)
+        if finished {
+            _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ?", [.text(runID)])
+        } else if !settled.isEmpty {
+            let placeholders = Array(repeating: "?", count: settled.count).joined(separator: ",")
+            _ = try await connection.query(
+                "DELETE FROM run_waits WHERE run_id = ? AND path IN (\(placeholders))", [.text(runID)] + settled.map(SQLiteData.text))
+        }
+        for (path, type) in waiting {
+            _ = try await connection.query("INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
         }
     }
 
@@ -222,9 +233,10 @@ extension SQLiteStore: RunStore {
     ) async throws {
         try await transaction {
             // Fencing: only the lease holder writes, and it extends its lease as it does.
-            _ = try await connection.query(
-                "UPDATE run_queue SET lease_expires_ms = ? WHERE run_id = ? AND lease_owner = ?", [.integer(Int(leaseUntilMs)), .text(runID), .text(owner)])
-            guard try await changes() == 1 else { throw RunLeaseLost(runID: runID) }
+            let held = try await connection.query(
+                "UPDATE run_queue SET lease_expires_ms = ? WHERE run_id = ? AND lease_owner = ? RETURNING run_id",
+                [.integer(Int(leaseUntilMs)), .text(runID), .text(owner)])
+            guard !held.isEmpty else { throw RunLeaseLost(runID: runID) }
             try await insertEvents(runID: runID, events)
             _ = try await connection.query(
                 """

@@ -105,18 +105,25 @@ public final class SQLiteStore: InterlockStore {
     }
 
     /// Runs `body` as one write transaction, alone on the connection: committed, or rolled
-    /// back and rethrown.
+    /// back and rethrown. `COMMIT` and `ROLLBACK` run even when the calling task was cancelled
+    /// (sqlite-nio skips the statements of a cancelled task): a transaction left open would
+    /// make every later write on the connection fail.
     func transaction(_ body: () async throws -> Void) async throws {
         try await writes.run {
             _ = try await connection.query("BEGIN IMMEDIATE", [])
             do {
                 try await body()
-                _ = try await connection.query("COMMIT", [])
+                try await uncancellable("COMMIT")
             } catch {
-                _ = try? await connection.query("ROLLBACK", [])
+                try? await uncancellable("ROLLBACK")
                 throw error
             }
         }
+    }
+
+    private func uncancellable(_ statement: String) async throws {
+        let connection = self.connection
+        try await Task.detached { _ = try await connection.query(statement, []) }.value
     }
 
     public func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals {

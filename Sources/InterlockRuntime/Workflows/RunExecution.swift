@@ -46,6 +46,8 @@ final class RunExecution: Sendable {
     private let messages: AsyncStream<Message>
     /// Who answered last; the steps' calls name them.
     private let supervisor = SupervisorCell(nil)
+    /// Every step attempt launched, so none outlives the execution (the store may close next).
+    private let launched = Mutex<[String: (attempt: Int, task: Task<Void, Never>)]>([:])
 
     init(engine: WorkflowEngine, runID: String) {
         self.engine = engine
@@ -65,14 +67,31 @@ final class RunExecution: Sendable {
         defer { handle.continuation.finish() }
         do {
             try await execute()
+            await stopSteps()
         } catch let lost as RunLeaseLost {
+            await stopSteps()
             logger.warning("run lease lost; another worker has the run", metadata: ["error": "\(lost)"])
         } catch {
+            await stopSteps()
+            if engine.isStopping { return }
             logger.error("run execution failed; it is retried shortly", metadata: ["error": "\(error)"])
             // Off this node's hands, due again after a pause (a persistent fault must not spin).
             try? await engine.store.releaseRun(
                 runID: runID, owner: engine.owner, readyAtMs: engine.wallClockMs() + 5_000, finished: false, nowMs: engine.wallClockMs())
         }
+    }
+
+    /// Stops the step attempts still running (a cancelled run, a lost lease, shutdown) and
+    /// waits until they have: nothing of this run touches the store after it returns. Their
+    /// results are not recorded; an interrupted attempt is begun again by whoever runs the
+    /// run next, with the same idempotency key.
+    private func stopSteps() async {
+        let tasks = launched.withLock { launched in
+            defer { launched = [:] }
+            return launched.values.map(\.task)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
     }
 
     /// The mutable state of the loop.
@@ -179,6 +198,9 @@ final class RunExecution: Sendable {
             guard let message = await iterator.next() else { return }
             switch message {
             case .finished(let path, let attempt, let outcome):
+                launched.withLock { launched in
+                    if launched[path]?.attempt == attempt { launched[path] = nil }
+                }
                 guard loop.running[path]?.attempt == attempt else { continue }
                 loop.running[path] = nil
                 self.record(outcome, path: path, attempt: attempt, definition: definition, loop: &loop, nowMs: engine.wallClockMs())
@@ -339,6 +361,7 @@ final class RunExecution: Sendable {
             handle.continuation.yield(.finished(path: task.path, attempt: task.attempt, outcome))
         }
         loop.running[task.path] = (task.attempt, work)
+        launched.withLock { $0[task.path] = (task.attempt, work) }
     }
 
     /// Writes the batch (with the run's summary) as one transaction under the lease.

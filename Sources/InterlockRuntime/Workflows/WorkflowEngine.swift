@@ -36,6 +36,10 @@ public final class WorkflowEngine: Service, Sendable {
     /// Runs executing here, by id, to nudge them when something they wait for happens.
     private let active = Mutex<[String: RunExecution.Handle]>([:])
     private let stopping = Atomic<Bool>(false)
+    /// Short store writes started from synchronous callbacks (waking a run), awaited before
+    /// `run` returns so none outlives the engine.
+    private let background = Mutex<[Int: Task<Void, Never>]>([:])
+    private let backgroundCounter = Atomic<Int>(0)
 
     public init(
         configuration: InterlockConfiguration, store: any InterlockStore & RunStore, governor: CallGovernor, models: ModelGateway, tools: ToolGateway?,
@@ -104,6 +108,7 @@ public final class WorkflowEngine: Service, Sendable {
                     if waitMs > 0 { await self.scheduleWake.wait(upTo: .milliseconds(waitMs)) }
                 }
             }
+            for task in background.withLock({ Array($0.values) }) { await task.value }
         } onGracefulShutdown: {
             self.stopping.store(true, ordering: .relaxed)
             self.scheduleWake.signal()
@@ -135,9 +140,14 @@ public final class WorkflowEngine: Service, Sendable {
             return
         }
         let now = wallClockMs()
-        Task {
-            try? await store.wakeRun(runID: runID, atMs: now)
-            scheduleWake.signal()
+        let key = backgroundCounter.add(1, ordering: .relaxed).newValue
+        // Made under the lock, so the task's own removal (which takes it) comes after.
+        background.withLock { tasks in
+            tasks[key] = Task {
+                try? await store.wakeRun(runID: runID, atMs: now)
+                scheduleWake.signal()
+                _ = self.background.withLock { $0.removeValue(forKey: key) }
+            }
         }
     }
 
