@@ -1,5 +1,6 @@
 public import InterlockCore
 import SQLiteNIO
+import Synchronization
 
 extension SQLiteStore: RunStore {
     private static func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
@@ -116,39 +117,56 @@ extension SQLiteStore: RunStore {
         return (created, true)
     }
 
-    /// Appends events (one multi-row statement) and keeps the waits index: a step waiting for
-    /// an event type is indexed, one that completed or failed is not any more.
     private func insertEvents(runID: String, _ events: [RunEvent]) async throws {
-        guard !events.isEmpty else { return }
-        var binds: [SQLiteData] = []
-        binds.reserveCapacity(events.count * 6)
-        var waiting: [(String, String)] = []
-        var settled: [String] = []
-        var finished = false
-        for event in events {
-            binds += [
-                .text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path),
-                SQLiteStore.json(event.data),
-            ]
-            switch event.kind {
-            case .stepWaiting(let path, .event(let type, _, _)): waiting.append((path, type))
-            case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): settled.append(path)
-            case .cancelled, .runCompleted, .runFailed, .stoppedByBudget: finished = true
-            default: break
+        try await insertEvents([(runID, events)])
+    }
+
+    /// Appends events of one or more runs (multi-row statements) and keeps the waits index: a
+    /// step waiting for an event type is indexed, one that completed or failed is not any more.
+    private func insertEvents(_ histories: [(runID: String, events: [RunEvent])]) async throws {
+        let columns = 6
+        // Under SQLite's 32766 bound parameters per statement.
+        let perStatement = 30_000 / columns
+        var rows: [[SQLiteData]] = []
+        var waiting: [(String, String, String)] = []
+        var settled: [SQLiteData] = []
+        var finished: [SQLiteData] = []
+        for (runID, events) in histories {
+            for event in events {
+                rows.append([
+                    .text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path),
+                    SQLiteStore.json(event.data),
+                ])
+                switch event.kind {
+                case .stepWaiting(let path, .event(let type, _, _)): waiting.append((runID, path, type))
+                case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): settled += [.text(runID), .text(path)]
+                case .cancelled, .runCompleted, .runFailed, .stoppedByBudget: finished.append(.text(runID))
+                default: break
+                }
             }
         }
-        // 6 parameters a row: far under SQLite's limit for any batch a run writes at once.
-        let rows = Array(repeating: "(?, ?, ?, ?, ?, ?)", count: events.count).joined(separator: ",")
-        _ = try await connection.query("INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES \(rows)", binds)
-        if finished {
-            _ = try await connection.query("DELETE FROM run_waits WHERE run_id = ?", [.text(runID)])
-        } else if !settled.isEmpty {
-            let placeholders = Array(repeating: "?", count: settled.count).joined(separator: ",")
-            _ = try await connection.query(
-                "DELETE FROM run_waits WHERE run_id = ? AND path IN (\(placeholders))", [.text(runID)] + settled.map(SQLiteData.text))
+        // One statement each for the whole batch (row values: SQLite 3.15+).
+        if !finished.isEmpty {
+            let placeholders = Array(repeating: "?", count: finished.count).joined(separator: ",")
+            _ = try await connection.query("DELETE FROM run_waits WHERE run_id IN (\(placeholders))", finished)
         }
-        for (path, type) in waiting {
-            _ = try await connection.query("INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
+        if !settled.isEmpty {
+            for chunk in stride(from: 0, to: settled.count, by: 20_000) {
+                let slice = Array(settled[chunk..<min(settled.count, chunk + 20_000)])
+                let pairs = Array(repeating: "(?, ?)", count: slice.count / 2).joined(separator: ",")
+                _ = try await connection.query("DELETE FROM run_waits WHERE (run_id, path) IN (VALUES \(pairs))", slice)
+            }
+        }
+        for (runID, path, type) in waiting {
+            _ = try await connection.query(
+                "INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
+        }
+        var start = 0
+        while start < rows.count {
+            let slice = rows[start..<min(rows.count, start + perStatement)]
+            let placeholders = Array(repeating: "(?, ?, ?, ?, ?, ?)", count: slice.count).joined(separator: ",")
+            _ = try await connection.query("INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES \(placeholders)", slice.flatMap { $0 })
+            start += perStatement
         }
     }
 
@@ -231,27 +249,67 @@ extension SQLiteStore: RunStore {
     public func appendRunEvents(
         runID: String, owner: String, events: [RunEvent], update: RunUpdate, consumedSignals: [Int64], leaseUntilMs: Int64
     ) async throws {
-        try await transaction {
-            // Fencing: only the lease holder writes, and it extends its lease as it does.
-            let held = try await connection.query(
-                "UPDATE run_queue SET lease_expires_ms = ? WHERE run_id = ? AND lease_owner = ? RETURNING run_id",
-                [.integer(Int(leaseUntilMs)), .text(runID), .text(owner)])
-            guard !held.isEmpty else { throw RunLeaseLost(runID: runID) }
-            try await insertEvents(runID: runID, events)
-            _ = try await connection.query(
-                """
-                UPDATE runs SET status = ?, output = ?, error = ?, stop_limit = ?, budgets = ?, usage = ?, steps_started = ?,
-                    supervisor = COALESCE(?, supervisor), updated_ms = ?, finished_ms = ?, last_seq = COALESCE(?, last_seq)
-                WHERE id = ?
-                """,
-                [
-                    .text(update.status.rawValue), SQLiteStore.json(update.output), SQLiteStore.json(update.error?.json), SQLiteStore.text(update.stopLimit),
-                    SQLiteStore.json(update.budgets.json), SQLiteStore.json(SQLiteStore.usageJSON(update.usage)), .integer(update.stepsStarted),
-                    SQLiteStore.text(update.supervisor), .integer(Int(update.updatedMs)), SQLiteStore.int(update.finishedMs), SQLiteStore.int(events.last?.seq),
-                    .text(runID),
-                ])
-            for id in consumedSignals { _ = try await connection.query("DELETE FROM run_signals WHERE id = ?", [.integer(Int(id))]) }
+        try await checkpoints.submit(
+            Checkpoint(runID: runID, owner: owner, events: events, update: update, consumedSignals: consumedSignals, leaseUntilMs: leaseUntilMs))
+    }
+
+    /// Writes checkpoints of several runs in one transaction (group commit): one fencing
+    /// statement, one insert of every event, one update per run. A checkpoint whose lease is
+    /// lost fails alone (`RunLeaseLost`); if the batch fails, each is written on its own so
+    /// one bad checkpoint cannot fail the others.
+    func write(_ batch: [Checkpoint]) async -> [Result<Void, any Error>] {
+        do {
+            var held: Set<String> = []
+            try await transaction {
+                held = try await fence(batch)
+                let written = batch.filter { held.contains($0.runID) }
+                try await insertEvents(written.map { ($0.runID, $0.events) })
+                for checkpoint in written { try await updateSummary(checkpoint) }
+                let signals = written.flatMap(\.consumedSignals)
+                if !signals.isEmpty {
+                    let placeholders = Array(repeating: "?", count: signals.count).joined(separator: ",")
+                    _ = try await connection.query("DELETE FROM run_signals WHERE id IN (\(placeholders))", signals.map { .integer(Int($0)) })
+                }
+            }
+            return batch.map { held.contains($0.runID) ? .success(()) : .failure(RunLeaseLost(runID: $0.runID)) }
+        } catch {
+            guard batch.count > 1 else { return [.failure(error)] }
+            var results: [Result<Void, any Error>] = []
+            for checkpoint in batch { results.append(contentsOf: await write([checkpoint])) }
+            return results
         }
+    }
+
+    /// Fencing: only the lease holder writes, and it extends its lease as it does. The runs
+    /// whose lease is held.
+    private func fence(_ batch: [Checkpoint]) async throws -> Set<String> {
+        var held: Set<String> = []
+        for owner in Set(batch.map(\.owner)) {
+            let mine = batch.filter { $0.owner == owner }
+            let until = mine.map(\.leaseUntilMs).max() ?? 0
+            let placeholders = Array(repeating: "?", count: mine.count).joined(separator: ",")
+            let rows = try await connection.query(
+                "UPDATE run_queue SET lease_expires_ms = ? WHERE lease_owner = ? AND run_id IN (\(placeholders)) RETURNING run_id",
+                [.integer(Int(until)), .text(owner)] + mine.map { .text($0.runID) })
+            for row in rows { if let id = row.column("run_id")?.string { held.insert(id) } }
+        }
+        return held
+    }
+
+    private func updateSummary(_ checkpoint: Checkpoint) async throws {
+        let update = checkpoint.update
+        _ = try await connection.query(
+            """
+            UPDATE runs SET status = ?, output = ?, error = ?, stop_limit = ?, budgets = ?, usage = ?, steps_started = ?,
+                supervisor = COALESCE(?, supervisor), updated_ms = ?, finished_ms = ?, last_seq = COALESCE(?, last_seq)
+            WHERE id = ?
+            """,
+            [
+                .text(update.status.rawValue), SQLiteStore.json(update.output), SQLiteStore.json(update.error?.json), SQLiteStore.text(update.stopLimit),
+                SQLiteStore.json(update.budgets.json), SQLiteStore.json(SQLiteStore.usageJSON(update.usage)), .integer(update.stepsStarted),
+                SQLiteStore.text(update.supervisor), .integer(Int(update.updatedMs)), SQLiteStore.int(update.finishedMs),
+                SQLiteStore.int(checkpoint.events.last?.seq), .text(checkpoint.runID),
+            ])
     }
 
     public func releaseRun(runID: String, owner: String, readyAtMs: Int64?, finished: Bool, nowMs: Int64) async throws {
@@ -386,6 +444,60 @@ extension SQLiteStore: RunStore {
         try await transaction {
             _ = try await connection.query(
                 "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value", [.text(name), .integer(Int(value))])
+        }
+    }
+}
+
+/// One run's checkpoint, waiting to be written.
+struct Checkpoint: Sendable {
+    var runID: String
+    var owner: String
+    var events: [RunEvent]
+    var update: RunUpdate
+    var consumedSignals: [Int64]
+    var leaseUntilMs: Int64
+}
+
+/// Group commit for checkpoints: while one batch is being written, the checkpoints that
+/// arrive meanwhile wait and are written together next. Each caller waits for its own
+/// checkpoint's commit.
+final class CheckpointBatcher: Sendable {
+    private struct State {
+        var pending: [(Checkpoint, CheckedContinuation<Void, any Error>)] = []
+        var draining = false
+    }
+
+    private let state = Mutex(State())
+    private let write: @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]
+
+    init(write: @escaping @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]) {
+        self.write = write
+    }
+
+    func submit(_ checkpoint: Checkpoint) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let start = state.withLock { state -> Bool in
+                state.pending.append((checkpoint, continuation))
+                guard !state.draining else { return false }
+                state.draining = true
+                return true
+            }
+            // Detached: a caller's cancellation must not stop the writes of others.
+            if start { Task.detached { await self.drain() } }
+        }
+    }
+
+    private func drain() async {
+        while true {
+            let batch = state.withLock { state -> [(Checkpoint, CheckedContinuation<Void, any Error>)] in
+                let batch = state.pending
+                state.pending = []
+                if batch.isEmpty { state.draining = false }
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            let results = await write(batch.map(\.0))
+            for ((_, continuation), result) in zip(batch, results) { continuation.resume(with: result) }
         }
     }
 }

@@ -13,10 +13,16 @@ public final class SQLiteStore: InterlockStore {
     /// Every write runs through here. One connection serves all callers, and an open
     /// transaction would otherwise take in (and roll back) another caller's statements.
     private let writes = AsyncSerialGate()
+    /// Workflow checkpoints, written in groups (`SQLiteStore+Runs.swift`).
+    let checkpoints: CheckpointBatcher
 
     private init(connection: SQLiteConnection, path: String) {
         self.connection = connection
         self.path = path
+        // The store is not built yet: the batcher reaches it through a box filled below.
+        let box = StoreBox()
+        self.checkpoints = CheckpointBatcher { batch in await box.store!.write(batch) }
+        box.store = self
     }
 
     /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory one.
@@ -605,4 +611,10 @@ enum SQLiteMigrations {
         ]),
         workflows,
     ]
+}
+
+/// Lets the checkpoint batcher call back into the store it belongs to (set once, at init).
+private final class StoreBox: @unchecked Sendable {
+    // Written once in the store's initializer before any checkpoint can be submitted, read only after.
+    weak var store: SQLiteStore?
 }

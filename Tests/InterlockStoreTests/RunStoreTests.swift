@@ -142,4 +142,38 @@ import Testing
             #expect(try await store.cursor("triggers") == 3)
         }
     }
+
+    @Test func concurrentCheckpointsAreWrittenTogetherAndALostLeaseFailsAlone() async throws {
+        try await Self.withStore { store in
+            let start = [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))]
+            for index in 0..<30 { _ = try await store.createRun(Self.newRun("r\(index)"), events: start, readyAtMs: 10) }
+            #expect(try await store.claimRuns(owner: "n/a", nowMs: 10, leaseUntilMs: 100, limit: 29).count == 29)
+            #expect(try await store.claimRuns(owner: "n/b", nowMs: 10, leaseUntilMs: 100, limit: 5).count == 1)
+            // Thirty runs checkpoint at once; one of them is not held by the writer.
+            let results = await withTaskGroup(of: (String, Bool).self) { group in
+                for index in 0..<30 {
+                    group.addTask {
+                        let event = RunEvent(seq: 2, timeMs: 20, kind: .stepStarted(path: "s", attempt: 1, data: nil))
+                        do {
+                            try await store.appendRunEvents(
+                                runID: "r\(index)", owner: "n/a", events: [event], update: Self.update(.running, now: 20), consumedSignals: [], leaseUntilMs: 200)
+                            return ("r\(index)", true)
+                        } catch is RunLeaseLost {
+                            return ("r\(index)", false)
+                        } catch {
+                            return ("r\(index)", false)
+                        }
+                    }
+                }
+                var results: [String: Bool] = [:]
+                for await (id, ok) in group { results[id] = ok }
+                return results
+            }
+            let lost = results.filter { !$0.value }.map(\.key)
+            #expect(lost.count == 1, "only the run leased to another node is refused: \(lost)")
+            for (id, ok) in results {
+                #expect(try await store.runEvents(runID: id, afterSeq: 1).count == (ok ? 1 : 0))
+            }
+        }
+    }
 }
