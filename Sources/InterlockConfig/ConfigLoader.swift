@@ -658,7 +658,7 @@ private struct ConfigDocument {
     /// The `workflows` settings; the files it names, to load once the agents and models are known.
     private func readWorkflows(_ node: ConfigNode, into config: inout InterlockConfiguration) -> [(String, ConfigNode)] {
         guard let fields = node.mapping(allowed: [
-            "files", "max_active_runs", "lease_ms", "poll_interval_ms", "step_timeout_ms", "wait_timeout_ms", "webhook",
+            "files", "max_active_runs", "lease_ms", "poll_interval_ms", "step_timeout_ms", "wait_timeout_ms", "webhook", "default_max_steps",
         ]) else { return [] }
         var settings = config.workflows
         if let value = fields["max_active_runs"]?.int(minimum: 1, maximum: 100_000) { settings.maxActiveRuns = value }
@@ -666,6 +666,7 @@ private struct ConfigDocument {
         if let value = fields["poll_interval_ms"]?.int(minimum: 10, maximum: 60_000) { settings.pollIntervalMs = value }
         if let value = fields["step_timeout_ms"]?.int(minimum: 1, maximum: 86_400_000) { settings.stepTimeoutMs = value }
         if let value = fields["wait_timeout_ms"]?.int(minimum: 1) { settings.waitTimeoutMs = Int64(value) }
+        if let value = fields["default_max_steps"]?.int(minimum: 1) { settings.defaultMaxSteps = value }
         if let webhookNode = fields["webhook"], let webhook = webhookNode.mapping(allowed: ["url", "timeout_ms", "headers", "payload"]) {
             if let urlNode = webhook["url"], let url = urlNode.nonEmptyString() {
                 if url.hasPrefix("http://") || url.hasPrefix("https://") {

@@ -210,7 +210,7 @@ private struct WorkflowDocument {
         "parallel": ["branches", "max_concurrency"],
         "map": ["items", "steps", "max_concurrency"],
         "emit": ["event", "payload", "dedup_key"],
-        "wait_event": ["event", "if"],
+        "wait_event": ["event", "if", "after"],
         "sleep": ["duration_ms"],
     ]
 
@@ -298,7 +298,12 @@ private struct WorkflowDocument {
                     cases.append(.init(condition: condition, next: next))
                 }
             }
-            stepKind = .branch(cases: cases, otherwise: fields["default"]?.nonEmptyString())
+            let otherwise = fields["default"]?.nonEmptyString()
+            // Nothing a branch reads changes until another step runs: a jump to itself would spin.
+            for target in cases.map(\.next) + [otherwise].compactMap({ $0 }) where target == id {
+                node.report("branch '\(id)' jumps to itself; a loop must go through another step")
+            }
+            stepKind = .branch(cases: cases, otherwise: otherwise)
         case "parallel":
             var branches: [WorkflowSequence] = []
             if let entries = required("branches", "a mapping of branch names to lists of steps")?.namedEntries() {
@@ -324,7 +329,11 @@ private struct WorkflowDocument {
         case "wait_event":
             let type = required("event", "the event type to wait for").flatMap { $0.nonEmptyString() } ?? ""
             let condition = fields["if"].flatMap { program($0, variables: variables + ["event"], bool: true) }
-            stepKind = .waitEvent(type: type, condition: condition)
+            var after: String?
+            if let afterNode = fields["after"], let name = afterNode.nonEmptyString() {
+                if reads.contains(name) { after = name } else { afterNode.report("'after' must name one of the step's reads (an emit step), found '\(name)'") }
+            }
+            stepKind = .waitEvent(type: type, condition: condition, after: after)
         default:
             let duration = required("duration_ms", "how long to sleep, in milliseconds")?.int(minimum: 0, maximum: 366 * 86_400_000) ?? 0
             stepKind = .sleep(durationMs: Int64(duration))

@@ -25,8 +25,13 @@ struct ApprovalRoutes {
             // An agent sees its own; an operator may narrow to one agent.
             var agentID = query["agent"].map(String.init)
             if case .agent(let caller) = context.principal { agentID = caller.agent.id }
-            var list = try await policy.approvals(status: status, agentID: agentID, limit: limit)
-            if let run = query["run"] { list = list.filter { $0.runID == String(run) } }
+            // A run's requests are picked out of the newest 1000 (a run asks a handful).
+            let run = query["run"].map(String.init)
+            var list = try await policy.approvals(status: status, agentID: agentID, limit: run == nil ? limit : 1000)
+            // An agent sees the holds on its own calls; a workflow step's request is for people
+            // (its message is made of the run's data, which the agent may not be allowed to see).
+            if case .agent = context.principal { list = list.filter { $0.kind == .policy } }
+            if let run { list = Array(list.filter { $0.runID == run }.prefix(limit)) }
             let now = policy.nowMs()
             let views = list.map { approval -> JSONValue in
                 if case .agent = context.principal { return Self.agentView(approval, nowMs: now) }
@@ -39,7 +44,7 @@ struct ApprovalRoutes {
             guard let approval = try await policy.approval(id: id) else { throw Self.notFound(id) }
             switch context.principal {
             case .agent(let caller):
-                guard approval.agentID == caller.agent.id else { throw Self.notFound(id) }
+                guard approval.agentID == caller.agent.id, approval.kind == .policy else { throw Self.notFound(id) }
                 return ModelRoutes.json(Self.agentView(approval, nowMs: policy.nowMs()), requestID: context.requestID)
             case .operator:
                 return ModelRoutes.json(Self.operatorView(approval, nowMs: policy.nowMs()), requestID: context.requestID)

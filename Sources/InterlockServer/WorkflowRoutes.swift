@@ -97,8 +97,14 @@ struct WorkflowRoutes {
             guard let type = body["type"]?.stringValue else {
                 throw GatewayError.invalidRequest("'type' is required (a string such as 'invoice.received').", code: "invalid_field", param: "type")
             }
-            if case .agent(let caller) = context.principal, !caller.permits(kind: "event", name: type) {
-                throw GatewayError(kind: .permission, code: "event_not_allowed", message: "Agent '\(caller.agent.id)' may not publish '\(type)' events.")
+            switch context.principal {
+            case .agent(let caller):
+                guard caller.permits(kind: "event", name: type) else {
+                    throw GatewayError(kind: .permission, code: "event_not_allowed", message: "Agent '\(caller.agent.id)' may not publish '\(type)' events.")
+                }
+            case .operator:
+                // Publishing starts runs and wakes waiting steps: not for read-only operators.
+                _ = try context.requireOperator(.operator)
             }
             if let key = body["dedup_key"], key.stringValue == nil {
                 throw GatewayError.invalidRequest("'dedup_key' must be a string.", code: "invalid_field", param: "dedup_key")
@@ -128,13 +134,16 @@ struct WorkflowRoutes {
             }
             var userID: String?
             var parentRunID: String?
-            if case .agent(let caller) = context.principal {
+            switch context.principal {
+            case .agent(let caller):
                 guard caller.permits(kind: "workflow", name: name) else {
                     throw GatewayError(
                         kind: .permission, code: "workflow_not_allowed", message: "Agent '\(caller.agent.id)' is not granted workflow '\(name)'.")
                 }
                 userID = caller.user
                 parentRunID = caller.run?.id
+            case .operator:
+                _ = try context.requireOperator(.operator)
             }
             let key = body["idempotency_key"]?.stringValue ?? request.headers[HTTPField.Name("idempotency-key")!]
             if let key, key.isEmpty || key.utf8.count > 256 {

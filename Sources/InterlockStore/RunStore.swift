@@ -154,7 +154,7 @@ public struct EventRecord: Sendable, Equatable {
     public var id: String
     public var type: String
     public var payload: JSONValue
-    /// Events with the same key are one event: the second publish returns the first.
+    /// Events of one type with the same key are one event: the second publish returns the first.
     public var dedupKey: String?
     /// Who published it: `agent:<id>`, `operator:<name>`, `run:<id>`.
     public var source: String
@@ -230,7 +230,8 @@ public protocol RunStore: Sendable {
     func addRunSignal(_ signal: RunSignal) async throws
     func runSignals(runID: String) async throws -> [RunSignal]
 
-    /// Appends an event; with a dedup key already used, the first event instead (`created` false).
+    /// Appends an event; with a dedup key already used for its type, the first event instead
+    /// (`created` false).
     func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool)
     /// Events after position `afterSeq`, of `type` if given, in order.
     func events(afterSeq: Int64, type: String?, limit: Int) async throws -> [EventRecord]

@@ -394,7 +394,8 @@ extension SQLiteStore: RunStore {
         var result = (event, false)
         try await transaction {
             if let key = event.dedupKey {
-                let rows = try await connection.query("SELECT \(SQLiteStore.eventColumns) FROM events WHERE dedup_key = ?", [.text(key)])
+                let rows = try await connection.query(
+                    "SELECT \(SQLiteStore.eventColumns) FROM events WHERE type = ? AND dedup_key = ?", [.text(event.type), .text(key)])
                 if let row = rows.first {
                     result = (SQLiteStore.event(row), false)
                     return
@@ -569,12 +570,14 @@ extension SQLiteMigrations {
             id TEXT NOT NULL UNIQUE,
             type TEXT NOT NULL,
             payload TEXT NOT NULL,
-            dedup_key TEXT UNIQUE,
+            dedup_key TEXT,
             source TEXT NOT NULL,
             ts_ms INTEGER NOT NULL
         )
         """,
         "CREATE INDEX events_type ON events (type, seq)",
+        // A dedup key is unique within its event type (NULLs are distinct: events without a key never collide).
+        "CREATE UNIQUE INDEX events_dedup ON events (type, dedup_key)",
         "CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'policy'",
         "ALTER TABLE approvals ADD COLUMN step_path TEXT",

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import InterlockConfig
 import InterlockCore
 import Testing
@@ -160,6 +161,37 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("wf.yaml:16:") && $0.contains("not a step of this list") }, "\(lines)")
         #expect(Self.errors("workflow: w\nagent: a\nsteps: [{id: x, kind: sleep, duration_ms: 1}]\n").isEmpty)
         #expect(Self.errors("workflow: w\nagent: a\n").first?.contains("missing required key 'steps'") == true)
+        #expect(Self.errors("workflow: w\nagent: a\nsteps: [{id: b, kind: branch, cases: [{if: 'true', next: b}]}]\n").first?.contains("jumps to itself") == true)
+        #expect(
+            Self.errors("workflow: w\nagent: a\nsteps: [{id: b, kind: wait_event, event: x, after: nope}]\n").first?.contains("'after' must name one of the step's reads")
+                == true)
         #expect(Self.errors("workflow: [\n").first?.contains("invalid YAML") == true)
+    }
+
+    @Test func theConfigurationLoadsItsWorkflowFilesAndReportsTheirErrorsInThoseFiles() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wf-config-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Data("workflow: good\nagent: bot\nsteps: [{id: a, kind: sleep, duration_ms: 1}]\n".utf8).write(to: URL(fileURLWithPath: directory + "/good.yaml"))
+        try Data("workflow: bad\nagent: nobody\nsteps:\n  - {id: a, kind: slep}\n".utf8).write(to: URL(fileURLWithPath: directory + "/bad.yaml"))
+        let config = """
+            agents: [{ id: bot }]
+            workflows:
+              files: [good.yaml]
+              max_active_runs: 8
+              webhook: { url: "http://127.0.0.1:9/hook", payload: { text: "{{ notification.type }}" } }
+            """
+        let loaded = try ConfigLoader.parse(config, file: directory + "/interlock.yaml", environment: [:])
+        #expect(loaded.workflows.definitions.map(\.name) == ["good"] && loaded.workflows.maxActiveRuns == 8)
+        #expect(loaded.workflows.webhook?.payload != nil)
+        do {
+            _ = try ConfigLoader.parse(
+                config.replacing("[good.yaml]", with: "[good.yaml, bad.yaml, missing.yaml]"), file: directory + "/interlock.yaml", environment: [:])
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix(directory + "/bad.yaml:2:8: agent: there is no agent 'nobody'") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix(directory + "/bad.yaml:4:") && $0.contains("'slep' is not a step kind") }, "\(lines)")
+            #expect(lines.contains { $0.contains("interlock.yaml:3:") && $0.contains("missing.yaml") }, "\(lines)")
+        }
     }
 }

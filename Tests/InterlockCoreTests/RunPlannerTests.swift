@@ -197,7 +197,7 @@ import Testing
         history.add(.stoppedByBudget(limit: "max_steps", message: "m"))
         #expect(history.state.status == .stoppedByBudget && history.state.error?.code == "run_budget_exceeded")
         // An operator raises the budget and retries: the run goes on where it stopped.
-        history.add(.retried(by: "ops", budgets: RunBudgetLimits(maxSteps: 5)))
+        history.add(.retried(by: "ops", budgets: RunBudgetLimits(maxSteps: 5), paths: nil))
         #expect(Self.starts(planner.plan(history.state, nowMs: history.now)) == ["b"])
 
         var slow = History()
@@ -230,7 +230,7 @@ import Testing
             .stepFailed(path: "m", attempt: 2, error: StepError(code: "timeout", message: "t", retryable: true), retryAtMs: 99),
             .stepWaiting(path: "w", wait: .event(type: "po.approved", afterSeq: 4, deadlineMs: 7)), .stepWaiting(path: "s", wait: .sleep(untilMs: 5)), .stepWaiting(path: "p", wait: .policy(approvalID: "apr_2", deadlineMs: nil)),
             .agentTurn(path: "a", attempt: 1, turn: ["role": "assistant"]), .paused(by: "p"), .resumed(by: "p"),
-            .retried(by: "o", budgets: RunBudgetLimits(maxTokens: 9)), .cancelled(by: "o", reason: "why"), .runCompleted(output: 1),
+            .retried(by: "o", budgets: RunBudgetLimits(maxTokens: 9), paths: ["a"]), .cancelled(by: "o", reason: "why"), .runCompleted(output: 1),
             .runFailed(error: StepError(code: "c", message: "m", retryable: false)), .stoppedByBudget(limit: "max_usd", message: "m"),
         ]
         for (index, kind) in kinds.enumerated() {
@@ -239,6 +239,44 @@ import Testing
             #expect(decoded == event, "\(event.name)")
         }
         #expect(throws: RunEvent.DecodeError.self) { try RunEvent(seq: 1, timeMs: 0, name: "nope", data: .null) }
+    }
+
+    @Test func aRetrySendsOnOnlyTheFailuresThatEndedTheRun() {
+        let definition = WorkflowDefinition(
+            name: "w", agentID: "a", steps: [Self.step("charge", onError: "notify"), Self.step("notify"), Self.step("final")])
+        var history = History()
+        history.add(.runStarted(input: .null, budgets: .init()))
+        history.add(.stepStarted(path: "charge", attempt: 1, data: nil))
+        history.add(.stepFailed(path: "charge", attempt: 1, error: StepError(code: "declined", message: ""), retryAtMs: nil))
+        Self.started(&history, "notify", output: 1)
+        history.add(.stepStarted(path: "final", attempt: 1, data: nil))
+        history.add(.stepFailed(path: "final", attempt: 1, error: StepError(code: "boom", message: ""), retryAtMs: nil))
+        history.add(.runFailed(error: StepError(code: "boom", message: "")))
+        let paths = history.state.failuresToRetry(definition)
+        #expect(paths == ["final"], "the handled failure is not run again (it would repeat its side effects)")
+        history.add(.retried(by: "ops", budgets: nil, paths: paths))
+        #expect(history.state.steps["charge"]?.phase == .failed && history.state.status == .running)
+        #expect(Self.starts(RunPlanner(definition: definition).plan(history.state, nowMs: history.now)) == ["final"])
+    }
+
+    @Test func runBudgetsReserveTheWorstCaseAndSettleWhatWasUsed() {
+        var budget = RunBudget(limits: RunBudgetLimits(maxModelCalls: 2, maxToolCalls: 1, maxTokens: 1_000, maxCost: USD(dollars: 0.10)))
+        guard case .granted(let first) = budget.reserve(model: true, tokens: 600, cost: USD(dollars: 0.04)) else { Issue.record("granted"); return }
+        // A second call reserving its worst case would pass max_tokens while the first is in flight.
+        if case .exceeded(let limit, _) = budget.reserve(model: true, tokens: 600, cost: USD(dollars: 0.04)) { #expect(limit == "max_tokens") } else { Issue.record("tokens") }
+        budget.settle(first, actual: RunUsage(modelCalls: 1, tokens: 200, cost: USD(dollars: 0.01)))
+        #expect(budget.used == RunUsage(modelCalls: 1, tokens: 200, cost: USD(dollars: 0.01)) && budget.reserved == .zero)
+        guard case .granted = budget.reserve(model: true, tokens: 600, cost: USD(dollars: 0.04)) else { Issue.record("fits after settling"); return }
+        if case .exceeded(let limit, _) = budget.reserve(model: true, tokens: 10, cost: .zero) { #expect(limit == "max_model_calls") } else { Issue.record("calls") }
+        guard case .granted(let tool) = budget.reserve(model: false, tokens: 0, cost: .zero) else { Issue.record("a tool call"); return }
+        if case .exceeded(let limit, _) = budget.reserve(model: false, tokens: 0, cost: .zero) { #expect(limit == "max_tool_calls") } else { Issue.record("tools") }
+        budget.settle(tool, actual: RunUsage(toolCalls: 1))
+        var dollars = RunBudget(limits: RunBudgetLimits(maxCost: USD(dollars: 0.05)), used: RunUsage(cost: USD(dollars: 0.03)))
+        if case .exceeded(let limit, let message) = dollars.reserve(model: true, tokens: 10, cost: USD(dollars: 0.03)) {
+            #expect(limit == "max_usd" && message.contains("max_usd"))
+        } else {
+            Issue.record("restored usage counts")
+        }
     }
 
     @Test func templatesRenderTypedValuesAndText() throws {

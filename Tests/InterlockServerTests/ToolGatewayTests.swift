@@ -20,6 +20,8 @@ final class FakeWeatherAPI: Sendable {
     let issuedTokens = Mutex<[String]>([])
     let validToken = Mutex<String?>(nil)
     let failuresLeft = Mutex(0)
+    /// Webhook notifications received at `/hooks` (workflow tests).
+    let hooks = Mutex<[JSONValue]>([])
 
     static let spec = """
         openapi: 3.0.3
@@ -100,6 +102,11 @@ final class FakeWeatherAPI: Sendable {
         }
         router.get("/openapi.yaml") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: Self.spec)))
+        }
+        router.post("/hooks") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            if let value = try? JSONParser.parse(Array(body.readableBytesView)) { self.hooks.withLock { $0.append(value) } }
+            return Response(status: .noContent)
         }
         router.get("/slow") { _, _ -> Response in
             try? await Task.sleep(for: .seconds(2))

@@ -14,6 +14,7 @@ import Testing
     func json(_ response: TestResponse) throws -> JSONValue { try JSONParser.parse(Array(response.body.readableBytesView)) }
 
     static let operatorToken = "op-token-000000000000001"
+    static let adminToken = "admin-token-00000000001"
 
     /// A config with the weather API as tools, two agents and an operator, and `workflows`
     /// written to files.
@@ -56,6 +57,7 @@ import Testing
               - { id: stranger, api_key: stranger-key-0000000001 }
             operators:
               - { id: alice, token: \(operatorToken), role: operator }
+              - { id: root, token: \(adminToken), role: admin }
             workflows:
               poll_interval_ms: 50
               files: [\(files.joined(separator: ", "))]
@@ -381,7 +383,7 @@ import Testing
         on: { event: heat.reported, if: "event.payload.level > 3", input: { city: "{{ event.payload.city }}" } }
         steps:
           - { id: ack, kind: emit, event: heat.acknowledged, reads: [input], payload: { city: "{{ input.city }}" } }
-          - { id: cleared, kind: wait_event, event: heat.cleared, reads: [input], if: "event.payload.city == input.city", timeout_ms: 60000 }
+          - { id: cleared, kind: wait_event, event: heat.cleared, reads: [input, ack], after: ack, if: "event.payload.city == input.city", timeout_ms: 60000 }
         """
     ]
 
@@ -486,6 +488,72 @@ import Testing
                     try await client.execute(uri: "/v1/runs/\(other)/fork", method: .post, headers: auth("starter-key-00000000001")) { response in
                         #expect(response.status == .forbidden)
                     }
+                }
+            }
+        }
+    }
+
+    @Test func workflowsPostedThroughTheAPIRunAndTheWebhookHearsAboutPeopleAndBudgets() async throws {
+        try await FakeWeatherAPI.serve { api, port, specPath in
+            let config = try Self.config(
+                port: port, specPath: specPath, workflows: [Self.alerting],
+                extra: """
+                    audit: { flush_interval_ms: 10 }
+                    """
+            ).replacing(
+                "  poll_interval_ms: 50\n",
+                with: "  poll_interval_ms: 50\n  webhook: { url: \"http://127.0.0.1:\(port)/hooks\", payload: { kind: \"{{ notification.type }}\", run: \"{{ notification.run }}\", limit: \"{{ has(notification.limit) ? notification.limit : '' }}\" } }\n")
+            let harness = try await Harness.make(config)
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    let posted = """
+                        workflow: posted
+                        agent: runner
+                        budgets: { max_tool_calls: 0 }
+                        steps:
+                          - { id: ask, kind: approval, message: "Go?" }
+                          - { id: call, kind: tool, tool: weather.getForecast, arguments: { city: Paris } }
+                        """
+                    try await client.execute(uri: "/v1/workflows", method: .post, headers: auth(Self.operatorToken), body: ByteBuffer(string: posted)) { response in
+                        #expect(response.status == .forbidden, "defining workflows takes an admin")
+                    }
+                    try await client.execute(
+                        uri: "/v1/workflows", method: .post, headers: auth(Self.adminToken), body: ByteBuffer(string: "workflow: broken\nagent: runner\nsteps: [{id: x, kind: nope}]\n")
+                    ) { response in
+                        #expect(response.status == .badRequest)
+                        let body = try json(response)
+                        #expect(body["error"]?["code"] == "invalid_workflow")
+                        #expect(body["error"]?["errors"]?.arrayValue?.first?.stringValue?.contains("3:") == true, "errors name their line")
+                    }
+                    try await client.execute(uri: "/v1/workflows", method: .post, headers: auth(Self.adminToken), body: ByteBuffer(string: posted)) { response in
+                        #expect(response.status == .created)
+                    }
+                    try await client.execute(
+                        uri: "/v1/workflows", method: .post, headers: auth(Self.adminToken), body: ByteBuffer(string: Self.alerting)
+                    ) { response in
+                        #expect(response.status == .conflict, "a workflow from the configuration is the configuration's")
+                    }
+                    try await client.execute(uri: "/v1/workflows/posted", method: .get, headers: auth("starter-key-00000000001")) { response in
+                        #expect(response.status == .notFound, "not granted: not shown")
+                    }
+                    let id = try await start(client, #"{"workflow":"posted"}"#, key: Self.operatorToken)
+                    _ = try await waitFor(client, id) { $0["status"] == "waiting" }
+                    var hooks: [JSONValue] = []
+                    for _ in 0..<100 where hooks.isEmpty {
+                        hooks = api.hooks.withLock { $0 }
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    #expect(hooks.first == ["kind": "approval.requested", "run": .string(id), "limit": ""], "the configured payload")
+                    let approvals = try await client.execute(uri: "/v1/approvals?run=\(id)", method: .get, headers: auth(Self.operatorToken)) { try json($0) }
+                    let approvalID = try #require(approvals["data"]?.arrayValue?.first?["id"]?.stringValue)
+                    try await client.execute(
+                        uri: "/v1/approvals/\(approvalID)", method: .post, headers: auth(Self.operatorToken), body: ByteBuffer(string: #"{"decision":"approve"}"#)
+                    ) { response in #expect(response.status == .ok) }
+                    let stopped = try await waitFor(client, id) { $0["status"] == "stopped_by_budget" }
+                    #expect(stopped["stopped_by"] == "max_tool_calls" && stopped["supervisor"] == "operator:alice")
+                    for _ in 0..<100 where api.hooks.withLock({ $0.count }) < 2 { try await Task.sleep(for: .milliseconds(20)) }
+                    #expect(api.hooks.withLock { $0.last } == ["kind": "run.stopped_by_budget", "run": .string(id), "limit": "max_tool_calls"])
+                    #expect(api.requests.withLock { $0.filter { $0.path == "/forecast/Paris" }.count } == 0)
                 }
             }
         }

@@ -525,6 +525,8 @@ public struct WorkflowSettings: Sendable {
     public var waitTimeoutMs: Int64 = 7 * 86_400_000
     /// Where human requests and budget stops are announced (POST, JSON).
     public var webhook: WebhookSettings?
+    /// `max_steps` of a run whose workflow sets none (a loop must end somewhere).
+    public var defaultMaxSteps: Int = 10_000
 
     public init() {}
 }

@@ -117,9 +117,9 @@ public struct RunEvent: Sendable, Equatable {
         case agentTurn(path: String, attempt: Int, turn: JSONValue)
         case paused(by: String)
         case resumed(by: String)
-        /// An operator sent a failed or stopped run on: failed steps get another attempt;
-        /// new budgets, if given, replace the run's.
-        case retried(by: String, budgets: RunBudgetLimits?)
+        /// An operator sent a failed or stopped run on: the failed steps named (nil: every
+        /// failed step) get another attempt; new budgets, if given, replace the run's.
+        case retried(by: String, budgets: RunBudgetLimits?, paths: [String]?)
         case cancelled(by: String, reason: String?)
         case runCompleted(output: JSONValue)
         case runFailed(error: StepError)
@@ -177,9 +177,10 @@ public struct RunEvent: Sendable, Equatable {
             return ["path": .string(path), "attempt": .integer(Int64(attempt)), "turn": turn]
         case .paused(let by), .resumed(let by):
             return ["by": .string(by)]
-        case .retried(let by, let budgets):
+        case .retried(let by, let budgets, let paths):
             var object: JSONObject = ["by": .string(by)]
             if let budgets { object["budgets"] = budgets.json }
+            if let paths { object["paths"] = .array(paths.map(JSONValue.string)) }
             return .object(object)
         case .cancelled(let by, let reason):
             var object: JSONObject = ["by": .string(by)]
@@ -220,7 +221,10 @@ public struct RunEvent: Sendable, Equatable {
         case "agent_turn": kind = .agentTurn(path: try path(), attempt: attempt, turn: data["turn"] ?? .null)
         case "paused": kind = .paused(by: data["by"]?.stringValue ?? "")
         case "resumed": kind = .resumed(by: data["by"]?.stringValue ?? "")
-        case "retried": kind = .retried(by: data["by"]?.stringValue ?? "", budgets: data["budgets"].map { RunBudgetLimits(json: $0) })
+        case "retried":
+            kind = .retried(
+                by: data["by"]?.stringValue ?? "", budgets: data["budgets"].map { RunBudgetLimits(json: $0) },
+                paths: data["paths"]?.arrayValue.map { $0.compactMap(\.stringValue) })
         case "cancelled": kind = .cancelled(by: data["by"]?.stringValue ?? "", reason: data["reason"]?.stringValue)
         case "run_completed": kind = .runCompleted(output: data["output"] ?? .null)
         case "run_failed": kind = .runFailed(error: StepError(json: data["error"]) ?? StepError(code: "unknown", message: ""))

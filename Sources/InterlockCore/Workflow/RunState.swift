@@ -114,9 +114,9 @@ public struct RunState: Sendable {
         case .resumed:
             paused = false
             if !status.isTerminal { status = .running }
-        case .retried(_, let budgets):
+        case .retried(_, let budgets, let paths):
             if let budgets { self.budgets = budgets }
-            for (path, step) in steps where step.phase == .failed {
+            for (path, step) in steps where step.phase == .failed && (paths?.contains(path) ?? true) {
                 steps[path]?.phase = .retrying(atMs: event.timeMs)
                 steps[path]?.finishedMs = nil
             }
@@ -147,6 +147,21 @@ public struct RunState: Sendable {
     public mutating func settle(waiting: Bool) {
         guard status == .running || status == .waiting else { return }
         status = waiting ? .waiting : .running
+    }
+
+    /// The failed steps a retry sends on: those that failed their sequence (a failure an
+    /// `on_error` path handled stays as it is — running it again would repeat its effects).
+    public func failuresToRetry(_ definition: WorkflowDefinition) -> [String] {
+        steps.filter { path, step in
+            step.phase == .failed && definition.step(Self.stepID(path))?.onError == nil
+        }.map(\.key).sorted()
+    }
+
+    /// `each[2]/check#3` → `check`.
+    public static func stepID(_ path: String) -> String {
+        var last = path.split(separator: "/").last.map(String.init) ?? path
+        if let hash = last.firstIndex(of: "#") { last = String(last[..<hash]) }
+        return last
     }
 
     /// The idempotency key of a step attempt: the same for the attempt however often it is

@@ -150,9 +150,10 @@ public struct WorkflowStep: Sendable {
         /// The body runs once per element of `items` (bound as `item`, its position as `index`).
         case map(items: WorkflowTemplate, body: WorkflowSequence, maxConcurrency: Int)
         case emit(type: String, payload: WorkflowTemplate, dedupKey: WorkflowTemplate?)
-        /// Waits for an event of `type` published after the step began whose `condition`
-        /// (over `event` and the step's reads) holds; the event is the output.
-        case waitEvent(type: String, condition: CELProgram?)
+        /// Waits for an event of `type` whose `condition` (over `event` and the step's reads)
+        /// holds, published after the step began — or after the event of the `emit` step named
+        /// by `after` (one of the reads); the event is the output.
+        case waitEvent(type: String, condition: CELProgram?, after: String?)
         case sleep(durationMs: Int64)
 
         public var name: String {

@@ -2,6 +2,7 @@ import InterlockCore
 import InterlockPolicy
 import InterlockProviders
 import NIOCore
+import Synchronization
 
 /// The built-in agent of an `agent` step: model ↔ tools through the governed pipeline until
 /// the model's answer validates against the step's output schema, the iteration limit is
@@ -220,12 +221,59 @@ struct AgentLoop {
         let handle = runner.handle
         let path = task.path
         let attempt = task.attempt
-        let committed = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let result = handle.continuation.yield(
-                .checkpoint(path: path, attempt: attempt, turn: turn, done: { continuation.resume(returning: $0) }))
-            if case .terminated = result { continuation.resume(returning: false) }
+        let ack = CheckpointAck()
+        let committed = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                guard ack.wait(continuation) else { return }
+                let result = handle.continuation.yield(.checkpoint(path: path, attempt: attempt, turn: turn, done: { ack.answer($0) }))
+                if case .terminated = result { ack.answer(false) }
+            }
+        } onCancel: {
+            ack.answer(false)
         }
         guard committed else { throw CancellationError() }
+    }
+}
+
+/// The answer to one checkpoint: given once, by the execution (written or not) or by a
+/// cancellation, whichever comes first — the waiting step is resumed exactly once.
+final class CheckpointAck: Sendable {
+    private enum State {
+        case idle
+        case waiting(CheckedContinuation<Bool, Never>)
+        case answered(Bool)
+    }
+
+    private let state = Mutex(State.idle)
+
+    /// Registers the waiter; false (and the waiter resumed) if the answer came first.
+    func wait(_ continuation: CheckedContinuation<Bool, Never>) -> Bool {
+        let early: Bool? = state.withLock { state in
+            if case .answered(let value) = state { return value }
+            state = .waiting(continuation)
+            return nil
+        }
+        if let early {
+            continuation.resume(returning: early)
+            return false
+        }
+        return true
+    }
+
+    func answer(_ value: Bool) {
+        let waiter: CheckedContinuation<Bool, Never>? = state.withLock { state in
+            switch state {
+            case .idle:
+                state = .answered(value)
+                return nil
+            case .waiting(let continuation):
+                state = .answered(value)
+                return continuation
+            case .answered:
+                return nil
+            }
+        }
+        waiter?.resume(returning: value)
     }
 }
 

@@ -64,21 +64,31 @@ final class RunExecution: Sendable {
     }
 
     func run() async {
-        defer { handle.continuation.finish() }
+        var iterator = messages.makeAsyncIterator()
         do {
-            try await execute()
-            await stopSteps()
+            try await execute(&iterator)
+            await finish(&iterator)
         } catch let lost as RunLeaseLost {
-            await stopSteps()
+            await finish(&iterator)
             logger.warning("run lease lost; another worker has the run", metadata: ["error": "\(lost)"])
         } catch {
-            await stopSteps()
+            await finish(&iterator)
             if engine.isStopping { return }
             logger.error("run execution failed; it is retried shortly", metadata: ["error": "\(error)"])
             // Off this node's hands, due again after a pause (a persistent fault must not spin).
             try? await engine.store.releaseRun(
                 runID: runID, owner: engine.owner, readyAtMs: engine.wallClockMs() + 5_000, finished: false, nowMs: engine.wallClockMs())
         }
+    }
+
+    /// Ends the execution: no more messages are taken, a step waiting for its checkpoint is
+    /// told it was not written, and the step attempts still running are stopped and awaited.
+    private func finish(_ iterator: inout AsyncStream<Message>.Iterator) async {
+        handle.continuation.finish()
+        while let message = await iterator.next() {
+            if case .checkpoint(_, _, _, let done) = message { done(false) }
+        }
+        await stopSteps()
     }
 
     /// Stops the step attempts still running (a cancelled run, a lost lease, shutdown) and
@@ -113,7 +123,7 @@ final class RunExecution: Sendable {
         }
     }
 
-    private func execute() async throws {
+    private func execute(_ iterator: inout AsyncStream<Message>.Iterator) async throws {
         let store = engine.store
         guard let record = try await store.run(id: runID) else {
             try await store.releaseRun(runID: runID, owner: engine.owner, readyAtMs: nil, finished: true, nowMs: engine.wallClockMs())
@@ -141,9 +151,10 @@ final class RunExecution: Sendable {
         engine.governor.openRunBudget(runID: runID, limits: loop.state.budgets, used: usage)
         defer { engine.governor.closeRunBudget(runID: runID) }
         let runner = StepRunner(engine: engine, record: record, definition: definition, handle: handle, supervisor: supervisor)
-        var iterator = messages.makeAsyncIterator()
         var timer: Task<Void, Never>?
         defer {
+            // Checkpoints taken but not written (the execution is ending) are refused.
+            for ack in loop.acks { ack(false) }
             timer?.cancel()
             for (_, entry) in loop.running { entry.task.cancel() }
         }
@@ -155,7 +166,7 @@ final class RunExecution: Sendable {
                 loop.checkSignals = false
                 loop.lastSignalCheckMs = now
                 for signal in try await store.runSignals(runID: runID) {
-                    apply(signal, to: &loop, nowMs: now)
+                    apply(signal, to: &loop, definition: definition, nowMs: now)
                     loop.consumedSignals.append(signal.id)
                 }
             }
@@ -178,6 +189,8 @@ final class RunExecution: Sendable {
                 // Plan again after every change: a result may open the next steps.
                 if committed || !launches.isEmpty { continue }
                 if loop.running.isEmpty, plan.isIdle || engine.isStopping {
+                    // The summary says what the run is now (a fork or a claimed run may show `queued`).
+                    if status(of: loop.state, definition: definition) != loop.record.status { try await commit(&loop, definition: definition) }
                     try await release(&loop, readyAtMs: engine.isStopping ? now : plan.wakeAtMs)
                     return
                 }
@@ -220,7 +233,7 @@ final class RunExecution: Sendable {
     }
 
     /// An operator's request, as history.
-    private func apply(_ signal: RunSignal, to loop: inout Loop, nowMs: Int64) {
+    private func apply(_ signal: RunSignal, to loop: inout Loop, definition: WorkflowDefinition, nowMs: Int64) {
         let status = loop.state.status
         switch signal.kind {
         case "pause" where !status.isTerminal && !loop.state.paused:
@@ -230,7 +243,8 @@ final class RunExecution: Sendable {
         case "cancel" where !status.isTerminal:
             loop.add(.cancelled(by: signal.by, reason: signal.data["reason"]?.stringValue), nowMs: nowMs)
         case "retry" where status == .failed || status == .stoppedByBudget:
-            loop.add(.retried(by: signal.by, budgets: signal.data["budgets"].map { RunBudgetLimits(json: $0) }), nowMs: nowMs)
+            let paths = loop.state.failuresToRetry(definition)
+            loop.add(.retried(by: signal.by, budgets: signal.data["budgets"].map { RunBudgetLimits(json: $0) }, paths: paths), nowMs: nowMs)
             engine.governor.openRunBudget(
                 runID: runID, limits: loop.state.budgets, used: engine.governor.runUsage(runID: runID)?.used ?? loop.record.usage)
         default:
@@ -259,6 +273,18 @@ final class RunExecution: Sendable {
                     loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: .array([])), nowMs: nowMs)
                     loop.add(.stepFailed(path: task.path, attempt: task.attempt, error: error as? StepError ?? StepError(code: "expression_error", message: "\(error)"), retryAtMs: nil), nowMs: nowMs)
                 }
+            case .sleep(let duration):
+                // A timer: begun and waiting in one checkpoint.
+                if !task.resumed { loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs) }
+                loop.add(.stepWaiting(path: task.path, wait: .sleep(untilMs: nowMs + duration)), nowMs: nowMs)
+            case .waitEvent(let type, _, let after):
+                // Events count from the step named in `after` (the request it waits for an answer
+                // to), else from now; begun and waiting in one checkpoint, so none is missed.
+                var position = after.flatMap { task.bindings[$0]?["seq"]?.int64Value }
+                if position == nil { position = try await engine.store.lastEventSeq() }
+                let timeout = task.step.timeoutMs ?? engine.settings.waitTimeoutMs
+                if !task.resumed { loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs) }
+                loop.add(.stepWaiting(path: task.path, wait: .event(type: type, afterSeq: position ?? 0, deadlineMs: nowMs + timeout)), nowMs: nowMs)
             case .branch:
                 // Evaluated here: no I/O, nothing to resume.
                 if !task.resumed { loop.add(.stepStarted(path: task.path, attempt: task.attempt, data: nil), nowMs: nowMs) }
@@ -320,7 +346,7 @@ final class RunExecution: Sendable {
                 self.supervisor.value = supervisor
             }
         case .failed(let error):
-            let step = definition.step(RunExecution.stepID(path))
+            let step = definition.step(RunState.stepID(path))
             var retryAt: Int64?
             if let retry = step?.retry, retry.retries(error, afterAttempt: attempt) {
                 var generator = SystemRandomNumberGenerator()
@@ -346,13 +372,6 @@ final class RunExecution: Sendable {
         }
     }
 
-    /// `each[2]/check#3` → `check`.
-    static func stepID(_ path: String) -> String {
-        var last = path.split(separator: "/").last.map(String.init) ?? path
-        if let hash = last.firstIndex(of: "#") { last = String(last[..<hash]) }
-        return last
-    }
-
     private func launch(_ task: StepTask, loop: inout Loop, runner: StepRunner) {
         let handle = self.handle
         let timeoutMs = task.step.timeoutMs ?? Int64(engine.settings.stepTimeoutMs)
@@ -364,16 +383,21 @@ final class RunExecution: Sendable {
         launched.withLock { $0[task.path] = (task.attempt, work) }
     }
 
+    /// What the runs API shows: `waiting` when nothing runs and a step waits for something.
+    private func status(of state: RunState, definition: WorkflowDefinition?) -> RunStatus {
+        guard state.status == .running, let definition else { return state.status }
+        let busy = state.steps.contains { path, step in
+            step.phase == .running && (definition.step(RunState.stepID(path))?.kind.sequences.isEmpty ?? true)
+        }
+        let waits = state.steps.values.contains { if case .waiting = $0.phase { true } else { false } }
+        return !busy && waits ? .waiting : .running
+    }
+
     /// Writes the batch (with the run's summary) as one transaction under the lease.
     private func commit(_ loop: inout Loop, definition: WorkflowDefinition?) async throws {
         let now = engine.wallClockMs()
         let state = loop.state
-        var status = state.status
-        if status == .running, let definition, !state.steps.contains(where: { path, step in
-            step.phase == .running && (definition.step(RunExecution.stepID(path))?.kind.sequences.isEmpty ?? true)
-        }), state.steps.values.contains(where: { if case .waiting = $0.phase { true } else { false } }) {
-            status = .waiting
-        }
+        let status = status(of: state, definition: definition)
         let usage = engine.governor.runUsage(runID: runID)?.used ?? loop.record.usage
         let update = RunUpdate(
             status: status, output: state.output, error: state.error, stopLimit: state.stopLimit, budgets: state.budgets, usage: usage,

@@ -6,6 +6,7 @@ import InterlockStore
 import Logging
 import NIOCore
 import Synchronization
+import Tracing
 
 /// Carries out one step attempt of one run: tool calls and the built-in agent through the
 /// governed pipeline as the step's agent (credential: the run), human requests as approval
@@ -41,8 +42,34 @@ struct StepRunner: Sendable {
 
     // MARK: - Attempts
 
-    /// Runs the attempt, within `timeoutMs` for steps that do their work now.
+    /// Runs the attempt in its span (`invoke_agent {agent}` for an agent step, per the GenAI
+    /// conventions; `workflow_step {kind} {id}` otherwise), the parent of its calls' spans.
     func perform(_ task: StepTask, timeoutMs: Int64) async -> StepOutcome {
+        let agentID = task.step.agentID ?? definition.agentID
+        let name: String
+        if case .agent = task.step.kind { name = "invoke_agent \(agentID)" } else { name = "workflow_step \(task.step.kind.name) \(task.step.id)" }
+        return await withSpan(name, ofKind: .internal) { span in
+            if span.isRecording {
+                span.attributes["interlock.run.id"] = record.id
+                span.attributes["interlock.workflow"] = definition.name
+                span.attributes["interlock.step.path"] = task.path
+                span.attributes["interlock.step.attempt"] = task.attempt
+                span.attributes["interlock.agent.id"] = agentID
+                if case .agent = task.step.kind {
+                    span.attributes["gen_ai.operation.name"] = "invoke_agent"
+                    span.attributes["gen_ai.agent.name"] = agentID
+                }
+            }
+            let outcome = await attempt(task, timeoutMs: timeoutMs)
+            if case .failed(let error) = outcome {
+                span.attributes["error.type"] = error.code
+                span.setStatus(SpanStatus(code: .error, message: error.code))
+            }
+            return outcome
+        }
+    }
+
+    private func attempt(_ task: StepTask, timeoutMs: Int64) async -> StepOutcome {
         if task.step.kind.isDurableWait { return await begin(task) }
         return await withTaskGroup(of: StepOutcome?.self) { group in
             group.addTask { await self.work(task) }
@@ -166,10 +193,6 @@ struct StepRunner: Sendable {
         let timeout = task.step.timeoutMs ?? engine.settings.waitTimeoutMs
         do {
             switch task.step.kind {
-            case .sleep(let duration):
-                return .waiting(.sleep(untilMs: now + duration))
-            case .waitEvent(let type, _):
-                return .waiting(.event(type: type, afterSeq: try await engine.store.lastEventSeq(), deadlineMs: now + timeout))
             case .approval(let message), .input(let message, _):
                 let text = try message.render(Self.cel(task.bindings))
                 var schema: JSONValue?
@@ -246,7 +269,7 @@ struct StepRunner: Sendable {
                 return nil
             }
         case .event(let type, let afterSeq, let deadline):
-            guard case .waitEvent(_, let condition) = task.step.kind else { return nil }
+            guard case .waitEvent(_, let condition, _) = task.step.kind else { return nil }
             var position = afterSeq
             let bindings = Self.cel(task.bindings)
             while true {

@@ -92,7 +92,9 @@ public final class WorkflowEngine: Service, Sendable {
                             if !self.isStopping { self.logger.error("claiming runs failed", metadata: ["error": "\(error)"]) }
                             claimed = []
                         }
-                        for runID in claimed {
+                        // A run still executing here whose lease ran out (a paused process) is
+                        // claimed back by this node, not started a second time.
+                        for runID in claimed where self.active.withLock({ $0[runID] == nil }) {
                             let execution = RunExecution(engine: self, runID: runID)
                             self.active.withLock { $0[runID] = execution.handle }
                             group.addTask {
@@ -133,12 +135,10 @@ public final class WorkflowEngine: Service, Sendable {
         }
     }
 
-    /// Wakes a run executing here, or makes a queued one due now.
+    /// Wakes a run executing here, and makes it due now in the store: an execution about to
+    /// give the run back (it had just seen nothing to do) would otherwise miss the wake.
     func nudge(_ runID: String) {
-        if let handle = active.withLock({ $0[runID] }) {
-            handle.nudge()
-            return
-        }
+        active.withLock { $0[runID] }?.nudge()
         let now = wallClockMs()
         let key = backgroundCounter.add(1, ordering: .relaxed).newValue
         // Made under the lock, so the task's own removal (which takes it) comes after.
@@ -187,7 +187,13 @@ public final class WorkflowEngine: Service, Sendable {
                     _ = try await start(
                         definition, input: input, startedBy: "event:\(event.id)", userID: nil, parentRunID: nil,
                         idempotencyKey: "event:\(event.id):\(definition.name)", budgets: nil, triggerEventID: event.id)
+                } catch let error as GatewayError where error.kind == .internal {
+                    // The store failed: the dispatcher stops here and reads this event again
+                    // (the run's key is the event's, so a run started meanwhile is not doubled).
+                    throw error
                 } catch {
+                    // The event itself does not fit (a condition that fails, input the workflow
+                    // refuses): it never will; recorded, and the dispatcher goes on.
                     logger.warning(
                         "trigger did not start a run",
                         metadata: ["interlock.workflow": "\(definition.name)", "interlock.event.id": "\(event.id)", "error": "\(error)"])
@@ -235,7 +241,9 @@ public final class WorkflowEngine: Service, Sendable {
             }
         }
         let now = wallClockMs()
-        let limits = budgets ?? definition.budgets
+        var limits = budgets ?? definition.budgets
+        // A loop without a step limit cannot run forever.
+        if limits.maxSteps == nil { limits.maxSteps = settings.defaultMaxSteps }
         var record = RunRecord(
             id: Self.newID("run"), workflow: definition.name, workflowHash: definition.hash, priority: definition.priority, agentID: definition.agentID,
             startedBy: startedBy, userID: userID, parentRunID: parentRunID, idempotencyKey: idempotencyKey, triggerEventID: triggerEventID, input: input,
@@ -345,11 +353,20 @@ public final class WorkflowEngine: Service, Sendable {
             definitionHash = current.hash
         }
         let now = wallClockMs()
-        // Renumbered in order; a failed step (or the whole run) goes on as if retried.
+        // Renumbered in order, its wall time counted from now; the failures that ended the old
+        // run are retried.
         var copied = events.enumerated().map { RunEvent(seq: Int64($0.offset + 1), timeMs: $0.element.timeMs, kind: $0.element.kind) }
+        if !copied.isEmpty, case .runStarted = copied[0].kind { copied[0].timeMs = now }
         let state = RunState(copied)
-        if state.steps.values.contains(where: { $0.phase == .failed }) {
-            copied.append(RunEvent(seq: Int64(copied.count + 1), timeMs: now, kind: .retried(by: by, budgets: nil)))
+        let definition: WorkflowDefinition
+        do {
+            definition = try await catalog.definition(hash: definitionHash)
+        } catch {
+            throw GatewayError(kind: .conflict, code: "workflow_unavailable", message: "The definition of run \(runID) is no longer in the store.")
+        }
+        let failures = state.failuresToRetry(definition)
+        if !failures.isEmpty {
+            copied.append(RunEvent(seq: Int64(copied.count + 1), timeMs: now, kind: .retried(by: by, budgets: nil, paths: failures)))
         }
         var record = RunRecord(
             id: Self.newID("run"), workflow: source.workflow, workflowHash: definitionHash, priority: source.priority, agentID: source.agentID,
