@@ -78,13 +78,7 @@ struct AdminRoutes {
             try await perform(context, .viewer, "operator.approvals.list", target: nil) {
                 let query = request.uri.queryParameters
                 let status = try ApprovalRoutes.status(query["status"].map(String.init))
-                var limit = 100
-                if let text = query["limit"] {
-                    guard let value = Int(text), (1...1000).contains(value) else {
-                        throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
-                    }
-                    limit = value
-                }
+                let limit = try ApprovalRoutes.limit(query["limit"], default: 100)
                 let list = try await policy.approvals(status: status, agentID: query["agent"].map(String.init), limit: limit)
                 let now = policy.nowMs()
                 return ModelRoutes.json(["object": "list", "data": .array(list.map { ApprovalRoutes.operatorView($0, nowMs: now) })], requestID: context.requestID)

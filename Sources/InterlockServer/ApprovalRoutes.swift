@@ -15,13 +15,7 @@ struct ApprovalRoutes {
         group.get("approvals") { request, context in
             let query = request.uri.queryParameters
             let status = try Self.status(query["status"].map(String.init))
-            var limit = 100
-            if let text = query["limit"] {
-                guard let value = Int(text), (1...1000).contains(value) else {
-                    throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
-                }
-                limit = value
-            }
+            let limit = try Self.limit(query["limit"], default: 100)
             // An agent sees its own; an operator may narrow to one agent.
             var agentID = query["agent"].map(String.init)
             if case .agent(let caller) = context.principal { agentID = caller.agent.id }
@@ -91,6 +85,15 @@ struct ApprovalRoutes {
         guard case .object(var fields) = approval.json(at: nowMs) else { return approval.json(at: nowMs) }
         fields["arguments"] = (try? JSONParser.parse(Array(approval.arguments.utf8))) ?? .string(approval.arguments)
         return .object(fields)
+    }
+
+    /// A listing's `?limit=`: 1 to 1000, `fallback` when absent.
+    static func limit(_ text: Substring?, default fallback: Int) throws(GatewayError) -> Int {
+        guard let text else { return fallback }
+        guard let value = Int(text), (1...1000).contains(value) else {
+            throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
+        }
+        return value
     }
 
     /// The status filter of `GET /admin/v1/approvals?status=`.

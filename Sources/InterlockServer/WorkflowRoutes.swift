@@ -171,12 +171,7 @@ struct WorkflowRoutes {
             }
             filter.workflow = query["workflow"].map(String.init)
             filter.beforeID = query["before"].map(String.init)
-            if let text = query["limit"] {
-                guard let limit = Int(text), (1...1000).contains(limit) else {
-                    throw GatewayError.invalidRequest("'limit' must be a number from 1 to 1000.", code: "invalid_field", param: "limit")
-                }
-                filter.limit = limit
-            }
+            filter.limit = try ApprovalRoutes.limit(query["limit"], default: 50)
             if case .agent = context.principal { filter.startedBy = context.principal.name }
             let runs = try await engine.runs(filter)
             return ModelRoutes.json(

@@ -23,14 +23,8 @@ struct AgentLoop {
     func run() async -> StepOutcome {
         do {
             return try await loop()
-        } catch let error as StepError {
-            return .failed(error)
-        } catch let error as GatewayError {
-            return StepRunner.outcome(of: error)
-        } catch is CancellationError {
-            return .abandoned
         } catch {
-            return .failed(StepError(code: "internal", message: "\(error)", retryable: true))
+            return StepRunner.outcome(of: error)
         }
     }
 

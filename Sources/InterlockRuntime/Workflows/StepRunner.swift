@@ -109,14 +109,18 @@ struct StepRunner: Sendable {
             default:
                 return .failed(StepError(code: "internal", message: "Step kind '\(task.step.kind.name)' is not run by a worker.", retryable: false))
             }
-        } catch let error as StepError {
-            return .failed(error)
-        } catch let error as GatewayError {
-            return Self.outcome(of: error)
-        } catch is CancellationError {
-            return .abandoned
         } catch {
-            return .failed(StepError(code: "internal", message: "\(error)", retryable: true))
+            return Self.outcome(of: error)
+        }
+    }
+
+    /// Whatever an attempt threw, as its outcome.
+    static func outcome(of error: any Error) -> StepOutcome {
+        switch error {
+        case let error as StepError: .failed(error)
+        case let error as GatewayError: outcome(of: error)
+        case is CancellationError: .abandoned
+        default: .failed(StepError(code: "internal", message: "\(error)", retryable: true))
         }
     }
 
