@@ -231,9 +231,9 @@ struct AdminRoutes {
     }
 
     /// The request's JSON object (an empty body is `{}`); 400 for anything else.
-    static func jsonBody(_ request: Request, allowed: Set<String>? = nil) async throws -> JSONValue {
+    static func jsonBody(_ request: Request, allowed: Set<String>? = nil, limit: Int = 64 * 1024) async throws -> JSONValue {
         var request = request
-        let buffer = try await request.collectBody(limit: 64 * 1024)
+        let buffer = try await request.collectBody(limit: limit)
         guard buffer.readableBytes > 0 else { return .object([:]) }
         guard case .object(let fields)? = try? JSONParser.parse(Array(buffer.readableBytesView)) else {
             throw GatewayError.invalidRequest("The body must be a JSON object.", code: "invalid_json")

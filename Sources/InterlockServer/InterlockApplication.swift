@@ -98,7 +98,7 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
             operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), governor: services.gateway.governor))
         .group(context: PrincipalRequestContext.self)
     if let policy = services.gateway.governor.policy { ApprovalRoutes(policy: policy).addRoutes(to: shared) }
-    if let workflows = services.workflows { WorkflowRoutes(engine: workflows).addRoutes(to: shared) }
+    if let workflows = services.workflows { WorkflowRoutes(engine: workflows, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: shared) }
     if let tools = services.tools {
         ToolRoutes(tools: tools, maxBodyBytes: services.configuration.server.maxBodyBytes).addRoutes(to: agentRoutes)
         let mcp = router.group("mcp")

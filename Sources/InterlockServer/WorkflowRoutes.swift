@@ -88,12 +88,14 @@ struct PrincipalRequestContext: ChildRequestContext {
 /// `/v1/runs`, `/v1/workflows` and `/v1/events`.
 struct WorkflowRoutes {
     let engine: WorkflowEngine
+    /// Run inputs and event payloads are data (an invoice, a document): up to `server.max_body_bytes`.
+    let maxBodyBytes: Int
 
     func addRoutes(to group: RouterGroup<PrincipalRequestContext>) {
         addRunRoutes(to: group)
         addWorkflowRoutes(to: group)
         group.post("events") { request, context in
-            let body = try await AdminRoutes.jsonBody(request, allowed: ["type", "payload", "dedup_key"])
+            let body = try await AdminRoutes.jsonBody(request, allowed: ["type", "payload", "dedup_key"], limit: maxBodyBytes)
             guard let type = body["type"]?.stringValue else {
                 throw GatewayError.invalidRequest("'type' is required (a string such as 'invoice.received').", code: "invalid_field", param: "type")
             }
@@ -125,7 +127,7 @@ struct WorkflowRoutes {
     private func addRunRoutes(to group: RouterGroup<PrincipalRequestContext>) {
         // {"workflow", "input", "idempotency_key"?, "budgets"?, "wait_ms"?}; `Idempotency-Key` works too.
         group.post("runs") { request, context in
-            let body = try await AdminRoutes.jsonBody(request, allowed: ["workflow", "input", "idempotency_key", "budgets", "wait_ms"])
+            let body = try await AdminRoutes.jsonBody(request, allowed: ["workflow", "input", "idempotency_key", "budgets", "wait_ms"], limit: maxBodyBytes)
             guard let name = body["workflow"]?.stringValue else {
                 throw GatewayError.invalidRequest("'workflow' is required (the workflow's name).", code: "invalid_field", param: "workflow")
             }

@@ -316,7 +316,9 @@ import Testing
                     _ = try await waitFor(client, spender) { $0["status"] == "completed" }
                     #expect(api.requests.withLock { $0.filter { $0.path == "/forecast/Oslo" }.count } == 1, "the finished step was not run again")
 
-                    let fan = try await start(client, #"{"workflow":"fanout","input":{"cities":["A","B","C"]}}"#)
+                    // Inputs are data: past the 64 KiB of small control bodies, up to server.max_body_bytes.
+                    let note = String(repeating: "x", count: 100_000)
+                    let fan = try await start(client, #"{"workflow":"fanout","input":{"cities":["A","B","C"],"note":"\#(note)"}}"#)
                     let fanned = try await waitFor(client, fan) { $0["status"] == "completed" }
                     #expect(fanned["output"] == ["days": [1, 2, 3], "bergen": "Bergen"])
 

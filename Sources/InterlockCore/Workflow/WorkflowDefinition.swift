@@ -45,6 +45,19 @@ public struct WorkflowDefinition: Sendable {
         self.hash = hash
     }
 
+    /// The ids of the `parallel` and `map` steps (they run no work of their own).
+    public var containerIDs: Set<String> {
+        var ids: Set<String> = []
+        func collect(_ steps: [WorkflowStep]) {
+            for step in steps where !step.kind.sequences.isEmpty {
+                ids.insert(step.id)
+                for sequence in step.kind.sequences { collect(sequence.steps) }
+            }
+        }
+        collect(steps)
+        return ids
+    }
+
     /// Every step, nested ones included, by id (ids are unique across the workflow).
     public func step(_ id: String) -> WorkflowStep? {
         func find(_ steps: [WorkflowStep]) -> WorkflowStep? {

@@ -46,6 +46,17 @@ final class RunExecution: Sendable {
     private let messages: AsyncStream<Message>
     /// Who answered last; the steps' calls name them.
     private let supervisor = SupervisorCell(nil)
+    /// The definition's container step ids, found once (the status is computed at every checkpoint).
+    private let containers = Mutex<Set<String>?>(nil)
+
+    private func containerIDs(_ definition: WorkflowDefinition) -> Set<String> {
+        containers.withLock { cached in
+            if let cached { return cached }
+            let ids = definition.containerIDs
+            cached = ids
+            return ids
+        }
+    }
     /// Every step attempt launched, so none outlives the execution (the store may close next).
     private let launched = Mutex<[String: (attempt: Int, task: Task<Void, Never>)]>([:])
 
@@ -152,6 +163,7 @@ final class RunExecution: Sendable {
         defer { engine.governor.closeRunBudget(runID: runID) }
         let runner = StepRunner(engine: engine, record: record, definition: definition, handle: handle, supervisor: supervisor)
         var timer: Task<Void, Never>?
+        var timerAt: Int64 = 0
         defer {
             // Checkpoints taken but not written (the execution is ending) are refused.
             for ack in loop.acks { ack(false) }
@@ -194,12 +206,18 @@ final class RunExecution: Sendable {
                     try await release(&loop, readyAtMs: engine.isStopping ? now : plan.wakeAtMs)
                     return
                 }
-                timer?.cancel()
+                // One timer for the earliest thing due. One armed earlier that fires no later
+                // is kept (it only makes the loop look again): most transitions wait for a
+                // step's result, not for time, and need no new timer.
                 let wakeAt = min(plan.wakeAtMs ?? Int64.max, now + Int64(engine.settings.pollIntervalMs))
-                let handle = self.handle
-                timer = Task {
-                    try? await Task.sleep(for: .milliseconds(max(0, wakeAt - engine.wallClockMs())))
-                    if !Task.isCancelled { handle.nudge() }
+                if timer == nil || timerAt <= now || timerAt > wakeAt {
+                    timer?.cancel()
+                    timerAt = wakeAt
+                    let handle = self.handle
+                    timer = Task {
+                        try? await Task.sleep(for: .milliseconds(max(0, wakeAt - engine.wallClockMs())))
+                        if !Task.isCancelled { handle.nudge() }
+                    }
                 }
             } else {
                 if !loop.batch.isEmpty || !loop.consumedSignals.isEmpty { try await commit(&loop, definition: definition) }
@@ -386,8 +404,9 @@ final class RunExecution: Sendable {
     /// What the runs API shows: `waiting` when nothing runs and a step waits for something.
     private func status(of state: RunState, definition: WorkflowDefinition?) -> RunStatus {
         guard state.status == .running, let definition else { return state.status }
+        let containers = containerIDs(definition)
         let busy = state.steps.contains { path, step in
-            step.phase == .running && (definition.step(RunState.stepID(path))?.kind.sequences.isEmpty ?? true)
+            step.phase == .running && !containers.contains(RunState.stepID(path))
         }
         let waits = state.steps.values.contains { if case .waiting = $0.phase { true } else { false } }
         return !busy && waits ? .waiting : .running
