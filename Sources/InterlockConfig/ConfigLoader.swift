@@ -60,11 +60,13 @@ private struct ConfigDocument {
             if let id = fields["id"]?.nonEmptyString() { config.node.id = id }
             if let region = fields["region"]?.nonEmptyString() { config.node.region = region }
         }
-        if let node = top["store"], let fields = node.mapping(allowed: ["sqlite"]) {
+        if let node = top["store"], let fields = node.mapping(allowed: ["sqlite", "postgres"]) {
+            if fields["sqlite"] != nil, fields["postgres"] != nil { node.report("give one of 'sqlite' and 'postgres', not both") }
             if let sqlite = fields["sqlite"]?.mapping(allowed: ["path", "synchronous"]), let path = sqlite["path"]?.nonEmptyString() {
                 let durability = sqlite["synchronous"]?.oneOf(SQLiteDurability.self, SQLiteDurability.allCases) ?? .normal
                 config.store = .sqlite(path: path, durability: durability)
             }
+            if let postgres = fields["postgres"].flatMap(readPostgres) { config.store = .postgres(postgres) }
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [
             "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s", "public_url",
@@ -186,6 +188,35 @@ private struct ConfigDocument {
         crossCheck(config, top: top, agentNodes: agentNodes)
         loadWorkflows(workflowFiles, into: &config)
         return config
+    }
+
+    /// `store.postgres`: the URL (`${DATABASE_URL}`), the pool and timeouts, TLS.
+    private func readPostgres(_ node: ConfigNode) -> PostgresSettings? {
+        guard let fields = node.mapping(allowed: ["url", "schema", "pool_size", "connect_timeout_ms", "statement_timeout_ms", "tls"]) else { return nil }
+        guard let urlNode = fields["url"] else {
+            node.report("missing 'url' (postgres://user:password@host:5432/database)")
+            return nil
+        }
+        guard let url = urlNode.nonEmptyString() else { return nil }
+        var settings: PostgresSettings
+        switch PostgresSettings.parse(url: url) {
+        case .success(let parsed): settings = parsed
+        case .failure(let error):
+            // The URL may hold a password: the message names the problem, never the text.
+            urlNode.report("not a usable PostgreSQL URL: \(error.description)")
+            return nil
+        }
+        if let node = fields["schema"], let schema = node.nonEmptyString() {
+            if PostgresSettings.isPlainIdentifier(schema) { settings.schema = schema } else { node.report("a schema name is 1 to 63 lowercase letters, digits and '_', starting with a letter") }
+        }
+        if let value = fields["pool_size"]?.int(minimum: 2, maximum: 1_000) { settings.poolSize = value }
+        if let value = fields["connect_timeout_ms"]?.int(minimum: 100, maximum: 600_000) { settings.connectTimeoutMs = value }
+        if let value = fields["statement_timeout_ms"]?.int(minimum: 0, maximum: 3_600_000) { settings.statementTimeoutMs = value }
+        if let tls = fields["tls"]?.mapping(allowed: ["mode", "ca_file"]) {
+            if let mode = tls["mode"]?.oneOf(PostgresTLSMode.self, PostgresTLSMode.allCases) { settings.tls = mode }
+            if let file = tls["ca_file"]?.nonEmptyString() { settings.caFile = file }
+        }
+        return settings
     }
 
     private func readServer(_ node: ConfigNode, into server: inout ServerSettings) {

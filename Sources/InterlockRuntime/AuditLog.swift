@@ -6,9 +6,9 @@ import Synchronization
 /// The tamper-evident audit log: every governed call and operator action becomes one
 /// `AuditRecord`, linked into the hash chain and written in batches off the request path.
 ///
-/// Records are linked when their batch is written, not when they are handed over, so the
-/// request path does no hashing. Batches are written one at a time and the chain advances
-/// only once a batch is stored, so a retried batch links exactly as before.
+/// Records are linked when their batch is written, by the store in the transaction that
+/// stores them (one chain for every node sharing the store), so the request path does no
+/// hashing and a retried batch links onto whatever head is stored then.
 public final class AuditLog: Sendable {
     public let writer: BatchedWriter<AuditRecord>
     public let node: String
@@ -35,12 +35,9 @@ public final class AuditLog: Sendable {
         self.node = node
         self.wallClockMs = wallClockMs
         writer = BatchedWriter(name: "audit log", flushInterval: flushInterval, maxBatch: maxBatch, logger: logger) { batch in
-            let (linked, advanced) = state.chain.withLock { chain -> ([AuditRecord], AuditChain) in
-                var next = chain
-                return (batch.map { next.link($0) }, next)
-            }
-            try await store.appendAudit(linked)
-            state.chain.withLock { $0 = advanced }
+            // The store links the batch onto the stored chain: other nodes may have written since.
+            let head = try await store.appendAudit(batch)
+            state.chain.withLock { $0 = AuditChain(lastSequence: head.sequence, lastHash: head.hash) }
         }
     }
 
@@ -59,7 +56,7 @@ public final class AuditLog: Sendable {
         await writer.flush()
     }
 
-    /// The newest linked position of the chain (stored records only).
+    /// The chain's head as of this node's last stored batch (other nodes may have added since).
     public var head: (sequence: Int64, hash: String) {
         chain.chain.withLock { ($0.lastSequence, $0.lastHash) }
     }

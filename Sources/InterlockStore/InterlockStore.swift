@@ -1,4 +1,5 @@
 public import InterlockCore
+public import Logging
 
 /// Spending already recorded for one agent, used to restore budgets at start-up.
 public struct SpendTotals: Sendable, Equatable {
@@ -81,8 +82,11 @@ public protocol InterlockStore: Sendable {
     func spend(agentID: String, sinceMs: Int64) async throws -> SpendTotals
     /// The newest usage records, newest first.
     func recentUsage(limit: Int) async throws -> [UsageRecord]
-    /// Appends audit records, already linked into the chain, in one atomic write.
-    func appendAudit(_ records: [AuditRecord]) async throws
+    /// Links audit records onto the stored chain (after its head, whichever node wrote it:
+    /// their sequence, previous hash and hash are set here) and stores them, in one
+    /// transaction. The chain's head afterwards.
+    @discardableResult
+    func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String)
     /// The last record of the audit chain (where a restarted node continues it).
     func auditHead() async throws -> (sequence: Int64, hash: String)?
     /// Audit records in the order they were stored, after storage position `position` (0 for
@@ -124,4 +128,14 @@ public protocol InterlockStore: Sendable {
     /// Checks that the store answers (readiness).
     func ping() async throws
     func close() async throws
+}
+
+/// Opens the store a configuration names (not migrated: call `migrate`).
+public func openStore(_ settings: StoreSettings, node: String, logger: Logger) async throws -> any InterlockStore & RunStore {
+    switch settings {
+    case .sqlite(let path, let durability):
+        return try await SQLiteStore.open(path: path, durability: durability, logger: logger)
+    case .postgres(let postgres):
+        return try await PostgresStore.open(settings: postgres, node: node, logger: logger)
+    }
 }

@@ -3,11 +3,6 @@ import SQLiteNIO
 import Synchronization
 
 extension SQLiteStore: RunStore {
-    private static func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
-    private static func json(_ value: JSONValue?) -> SQLiteData { value.map { .text(JSONWriter.string($0)) } ?? .null }
-    private static func int(_ value: Int64?) -> SQLiteData { value.map { .integer(Int($0)) } ?? .null }
-    private static func parse(_ text: String?) -> JSONValue? { text.flatMap { try? JSONParser.parse($0) } }
-
     public func saveWorkflowVersion(_ version: WorkflowVersionRecord) async throws {
         try await transaction {
             _ = try await connection.query(
@@ -18,10 +13,7 @@ extension SQLiteStore: RunStore {
 
     public func workflowVersion(hash: String) async throws -> WorkflowVersionRecord? {
         let rows = try await connection.query("SELECT hash, name, source, origin, created_ms FROM workflow_versions WHERE hash = ?", [.text(hash)])
-        guard let row = rows.first, let source = row.column("source")?.string else { return nil }
-        return WorkflowVersionRecord(
-            hash: hash, name: row.column("name")?.string ?? "", source: source, origin: row.column("origin")?.string ?? "",
-            createdMs: Int64(row.column("created_ms")?.integer ?? 0))
+        return rows.first.flatMap(StoreRecords.workflowVersion)
     }
 
     public func latestWorkflowVersions(origin: String) async throws -> [WorkflowVersionRecord] {
@@ -31,63 +23,7 @@ extension SQLiteStore: RunStore {
             WHERE origin = ? AND rowid = (SELECT MAX(rowid) FROM workflow_versions w WHERE w.name = v.name AND w.origin = v.origin)
             ORDER BY name
             """, [.text(origin)])
-        return rows.compactMap { row in
-            guard let hash = row.column("hash")?.string, let source = row.column("source")?.string else { return nil }
-            return WorkflowVersionRecord(
-                hash: hash, name: row.column("name")?.string ?? "", source: source, origin: origin, createdMs: Int64(row.column("created_ms")?.integer ?? 0))
-        }
-    }
-
-    private static let runColumns = [
-        "id", "workflow", "workflow_hash", "status", "priority", "agent_id", "started_by", "user_id", "parent_run_id", "forked_from", "forked_at_seq",
-        "idempotency_key", "trigger_event_id", "input", "output", "error", "stop_limit", "budgets", "usage", "steps_started", "supervisor", "created_ms",
-        "updated_ms", "finished_ms", "last_seq",
-    ]
-
-    private static func runRow(_ run: RunRecord) -> [SQLiteData] {
-        [
-            .text(run.id), .text(run.workflow), .text(run.workflowHash), .text(run.status.rawValue), .integer(run.priority), .text(run.agentID),
-            .text(run.startedBy), text(run.userID), text(run.parentRunID), text(run.forkedFrom), int(run.forkedAtSeq), text(run.idempotencyKey),
-            text(run.triggerEventID), json(run.input), json(run.output), json(run.error?.json), text(run.stopLimit), json(run.budgets.json),
-            json(usageJSON(run.usage)), .integer(run.stepsStarted), text(run.supervisor), .integer(Int(run.createdMs)), .integer(Int(run.updatedMs)),
-            int(run.finishedMs), .integer(Int(run.lastSeq)),
-        ]
-    }
-
-    /// Usage with the cost in exact nanodollars (the API shows dollars).
-    private static func usageJSON(_ usage: RunUsage) -> JSONValue {
-        [
-            "model_calls": .integer(Int64(usage.modelCalls)), "tool_calls": .integer(Int64(usage.toolCalls)), "tokens": .integer(Int64(usage.tokens)),
-            "cost_nanos": .integer(usage.cost.nanos),
-        ]
-    }
-
-    private static func usage(_ json: JSONValue?) -> RunUsage {
-        RunUsage(
-            modelCalls: Int(json?["model_calls"]?.int64Value ?? 0), toolCalls: Int(json?["tool_calls"]?.int64Value ?? 0),
-            tokens: Int(json?["tokens"]?.int64Value ?? 0), cost: USD(nanos: json?["cost_nanos"]?.int64Value ?? 0))
-    }
-
-    private static func run(_ row: SQLiteRow) -> RunRecord? {
-        func text(_ name: String) -> String? { row.column(name)?.string }
-        func int(_ name: String) -> Int64? { row.column(name)?.integer.map(Int64.init) }
-        guard let id = text("id"), let status = text("status").flatMap(RunStatus.init(rawValue:)) else { return nil }
-        var run = RunRecord(
-            id: id, workflow: text("workflow") ?? "", workflowHash: text("workflow_hash") ?? "", status: status, priority: Int(int("priority") ?? 0),
-            agentID: text("agent_id") ?? "", startedBy: text("started_by") ?? "", userID: text("user_id"), parentRunID: text("parent_run_id"),
-            forkedFrom: text("forked_from"), forkedAtSeq: int("forked_at_seq"), idempotencyKey: text("idempotency_key"),
-            triggerEventID: text("trigger_event_id"), input: parse(text("input")) ?? .null, budgets: RunBudgetLimits(json: parse(text("budgets"))),
-            createdMs: int("created_ms") ?? 0)
-        run.output = parse(text("output"))
-        run.error = StepError(json: parse(text("error")))
-        run.stopLimit = text("stop_limit")
-        run.usage = usage(parse(text("usage")))
-        run.stepsStarted = Int(int("steps_started") ?? 0)
-        run.supervisor = text("supervisor")
-        run.updatedMs = int("updated_ms") ?? run.createdMs
-        run.finishedMs = int("finished_ms")
-        run.lastSeq = int("last_seq") ?? 0
-        return run
+        return rows.compactMap(StoreRecords.workflowVersion)
     }
 
     public func createRun(_ run: RunRecord, events: [RunEvent], readyAtMs: Int64) async throws -> (run: RunRecord, created: Bool) {
@@ -95,17 +31,17 @@ extension SQLiteStore: RunStore {
         try await transaction {
             if let key = run.idempotencyKey {
                 let rows = try await connection.query(
-                    "SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs WHERE idempotency_key = ?", [.text(key)])
+                    "SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs WHERE idempotency_key = ?", [.text(key)])
                 if let row = rows.first {
-                    existing = SQLiteStore.run(row)
+                    existing = StoreRecords.run(row)
                     return
                 }
             }
             var run = run
             run.lastSeq = events.last?.seq ?? 0
-            let placeholders = Array(repeating: "?", count: SQLiteStore.runColumns.count).joined(separator: ",")
+            let placeholders = Array(repeating: "?", count: StoreRecords.runColumns.count).joined(separator: ",")
             _ = try await connection.query(
-                "INSERT INTO runs (\(SQLiteStore.runColumns.joined(separator: ","))) VALUES (\(placeholders))", SQLiteStore.runRow(run))
+                "INSERT INTO runs (\(StoreRecords.runColumns.joined(separator: ","))) VALUES (\(placeholders))", StoreRecords.values(run).map(\.sqlite))
             try await insertEvents(runID: run.id, events)
             _ = try await connection.query(
                 "INSERT INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken) VALUES (?, ?, ?, NULL, NULL, 0)",
@@ -127,52 +63,37 @@ extension SQLiteStore: RunStore {
         let columns = 6
         // Under SQLite's 32766 bound parameters per statement.
         let perStatement = 30_000 / columns
-        var rows: [[SQLiteData]] = []
-        var waiting: [(String, String, String)] = []
-        var settled: [SQLiteData] = []
-        var finished: [SQLiteData] = []
+        var rows: [SQLiteData] = []
         for (runID, events) in histories {
-            for event in events {
-                rows.append([
-                    .text(runID), .integer(Int(event.seq)), .integer(Int(event.timeMs)), .text(event.name), SQLiteStore.text(event.path),
-                    SQLiteStore.json(event.data),
-                ])
-                switch event.kind {
-                case .stepWaiting(let path, .event(let type, _, _)): waiting.append((runID, path, type))
-                case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): settled += [.text(runID), .text(path)]
-                case .cancelled, .runCompleted, .runFailed, .stoppedByBudget: finished.append(.text(runID))
-                default: break
-                }
-            }
+            for event in events { rows += StoreRecords.values(runID: runID, event).map(\.sqlite) }
         }
+        let waits = StoreRecords.WaitChanges(histories)
         // One statement each for the whole batch (row values: SQLite 3.15+).
-        if !finished.isEmpty {
-            let placeholders = Array(repeating: "?", count: finished.count).joined(separator: ",")
-            _ = try await connection.query("DELETE FROM run_waits WHERE run_id IN (\(placeholders))", finished)
+        if !waits.finished.isEmpty {
+            let placeholders = Array(repeating: "?", count: waits.finished.count).joined(separator: ",")
+            _ = try await connection.query("DELETE FROM run_waits WHERE run_id IN (\(placeholders))", waits.finished.map(SQLiteData.text))
         }
-        if !settled.isEmpty {
-            for chunk in stride(from: 0, to: settled.count, by: 20_000) {
-                let slice = Array(settled[chunk..<min(settled.count, chunk + 20_000)])
-                let pairs = Array(repeating: "(?, ?)", count: slice.count / 2).joined(separator: ",")
-                _ = try await connection.query("DELETE FROM run_waits WHERE (run_id, path) IN (VALUES \(pairs))", slice)
-            }
+        for chunk in stride(from: 0, to: waits.settled.count, by: 10_000) {
+            let slice = waits.settled[chunk..<min(waits.settled.count, chunk + 10_000)]
+            let pairs = Array(repeating: "(?, ?)", count: slice.count).joined(separator: ",")
+            _ = try await connection.query("DELETE FROM run_waits WHERE (run_id, path) IN (VALUES \(pairs))", slice.flatMap { [.text($0.runID), .text($0.path)] })
         }
-        for (runID, path, type) in waiting {
+        for (runID, path, type) in waits.waiting {
             _ = try await connection.query(
                 "INSERT OR REPLACE INTO run_waits (run_id, path, event_type) VALUES (?, ?, ?)", [.text(runID), .text(path), .text(type)])
         }
         var start = 0
         while start < rows.count {
-            let slice = rows[start..<min(rows.count, start + perStatement)]
-            let placeholders = Array(repeating: "(?, ?, ?, ?, ?, ?)", count: slice.count).joined(separator: ",")
-            _ = try await connection.query("INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES \(placeholders)", slice.flatMap { $0 })
-            start += perStatement
+            let slice = Array(rows[start..<min(rows.count, start + perStatement * columns)])
+            let placeholders = Array(repeating: "(?, ?, ?, ?, ?, ?)", count: slice.count / columns).joined(separator: ",")
+            _ = try await connection.query("INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data) VALUES \(placeholders)", slice)
+            start += perStatement * columns
         }
     }
 
     public func run(id: String) async throws -> RunRecord? {
-        let rows = try await connection.query("SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs WHERE id = ?", [.text(id)])
-        return rows.first.flatMap(SQLiteStore.run)
+        let rows = try await connection.query("SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs WHERE id = ?", [.text(id)])
+        return rows.first.flatMap(StoreRecords.run)
     }
 
     public func runs(_ filter: RunFilter) async throws -> [RunRecord] {
@@ -196,23 +117,14 @@ extension SQLiteStore: RunStore {
         }
         let clause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let rows = try await connection.query(
-            "SELECT \(SQLiteStore.runColumns.joined(separator: ",")) FROM runs \(clause) ORDER BY rowid DESC LIMIT ?", binds + [.integer(filter.limit)])
-        return rows.compactMap(SQLiteStore.run)
+            "SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs \(clause) ORDER BY rowid DESC LIMIT ?", binds + [.integer(filter.limit)])
+        return rows.compactMap(StoreRecords.run)
     }
 
     public func runEvents(runID: String, afterSeq: Int64) async throws -> [RunEvent] {
         let rows = try await connection.query(
             "SELECT seq, ts_ms, kind, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq", [.text(runID), .integer(Int(afterSeq))])
-        var events: [RunEvent] = []
-        events.reserveCapacity(rows.count)
-        for row in rows {
-            let data = SQLiteStore.parse(row.column("data")?.string) ?? .null
-            events.append(
-                try RunEvent(
-                    seq: Int64(row.column("seq")?.integer ?? 0), timeMs: Int64(row.column("ts_ms")?.integer ?? 0), name: row.column("kind")?.string ?? "",
-                    data: data))
-        }
-        return events
+        return try rows.map(StoreRecords.runEvent)
     }
 
     public func claimRuns(owner: String, nowMs: Int64, leaseUntilMs: Int64, limit: Int) async throws -> [String] {
@@ -297,19 +209,13 @@ extension SQLiteStore: RunStore {
     }
 
     private func updateSummary(_ checkpoint: Checkpoint) async throws {
-        let update = checkpoint.update
         _ = try await connection.query(
             """
             UPDATE runs SET status = ?, output = ?, error = ?, stop_limit = ?, budgets = ?, usage = ?, steps_started = ?,
                 supervisor = COALESCE(?, supervisor), updated_ms = ?, finished_ms = ?, last_seq = COALESCE(?, last_seq)
             WHERE id = ?
             """,
-            [
-                .text(update.status.rawValue), SQLiteStore.json(update.output), SQLiteStore.json(update.error?.json), SQLiteStore.text(update.stopLimit),
-                SQLiteStore.json(update.budgets.json), SQLiteStore.json(SQLiteStore.usageJSON(update.usage)), .integer(update.stepsStarted),
-                SQLiteStore.text(update.supervisor), .integer(Int(update.updatedMs)), SQLiteStore.int(update.finishedMs),
-                SQLiteStore.int(checkpoint.events.last?.seq), .text(checkpoint.runID),
-            ])
+            Array(StoreRecords.updateValues(runID: checkpoint.runID, checkpoint.update, lastSeq: checkpoint.events.last?.seq).map(\.sqlite).dropFirst()) + [.text(checkpoint.runID)])
     }
 
     public func releaseRun(runID: String, owner: String, readyAtMs: Int64?, finished: Bool, nowMs: Int64) async throws {
@@ -323,7 +229,7 @@ extension SQLiteStore: RunStore {
                 UPDATE run_queue SET lease_owner = NULL, lease_expires_ms = NULL,
                     ready_at_ms = CASE WHEN woken = 1 THEN ? ELSE ? END, woken = 0
                 WHERE run_id = ? AND lease_owner = ?
-                """, [.integer(Int(nowMs)), SQLiteStore.int(readyAtMs), .text(runID), .text(owner)])
+                """, [.integer(Int(nowMs)), StoreValue.int(readyAtMs).sqlite, .text(runID), .text(owner)])
         }
     }
 
@@ -354,7 +260,7 @@ extension SQLiteStore: RunStore {
         try await transaction {
             _ = try await connection.query(
                 "INSERT INTO run_signals (run_id, kind, by, data, created_ms) VALUES (?, ?, ?, ?, ?)",
-                [.text(signal.runID), .text(signal.kind), .text(signal.by), SQLiteStore.json(signal.data), .integer(Int(signal.createdMs))])
+                [.text(signal.runID), .text(signal.kind), .text(signal.by), StoreValue.json(signal.data).sqlite, .integer(Int(signal.createdMs))])
             _ = try await connection.query(
                 """
                 UPDATE run_queue SET ready_at_ms = CASE WHEN ready_at_ms IS NULL OR ready_at_ms > ? THEN ? ELSE ready_at_ms END, woken = 1
@@ -374,20 +280,7 @@ extension SQLiteStore: RunStore {
     public func runSignals(runID: String) async throws -> [RunSignal] {
         let rows = try await connection.query(
             "SELECT id, run_id, kind, by, data, created_ms FROM run_signals WHERE run_id = ? ORDER BY id", [.text(runID)])
-        return rows.map { row in
-            RunSignal(
-                id: Int64(row.column("id")?.integer ?? 0), runID: runID, kind: row.column("kind")?.string ?? "", by: row.column("by")?.string ?? "",
-                data: SQLiteStore.parse(row.column("data")?.string) ?? .null, createdMs: Int64(row.column("created_ms")?.integer ?? 0))
-        }
-    }
-
-    private static let eventColumns = "seq, id, type, payload, dedup_key, source, ts_ms"
-
-    private static func event(_ row: SQLiteRow) -> EventRecord {
-        EventRecord(
-            seq: Int64(row.column("seq")?.integer ?? 0), id: row.column("id")?.string ?? "", type: row.column("type")?.string ?? "",
-            payload: parse(row.column("payload")?.string) ?? .null, dedupKey: row.column("dedup_key")?.string, source: row.column("source")?.string ?? "",
-            timeMs: Int64(row.column("ts_ms")?.integer ?? 0))
+        return rows.map(StoreRecords.signal)
     }
 
     public func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool) {
@@ -395,16 +288,16 @@ extension SQLiteStore: RunStore {
         try await transaction {
             if let key = event.dedupKey {
                 let rows = try await connection.query(
-                    "SELECT \(SQLiteStore.eventColumns) FROM events WHERE type = ? AND dedup_key = ?", [.text(event.type), .text(key)])
+                    "SELECT \(StoreRecords.eventColumns) FROM events WHERE type = ? AND dedup_key = ?", [.text(event.type), .text(key)])
                 if let row = rows.first {
-                    result = (SQLiteStore.event(row), false)
+                    result = (StoreRecords.event(row), false)
                     return
                 }
             }
             let rows = try await connection.query(
                 "INSERT INTO events (id, type, payload, dedup_key, source, ts_ms) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
                 [
-                    .text(event.id), .text(event.type), SQLiteStore.json(event.payload), SQLiteStore.text(event.dedupKey), .text(event.source),
+                    .text(event.id), .text(event.type), StoreValue.json(event.payload).sqlite, StoreValue.text(event.dedupKey).sqlite, .text(event.source),
                     .integer(Int(event.timeMs)),
                 ])
             var stored = event
@@ -418,13 +311,13 @@ extension SQLiteStore: RunStore {
         let rows: [SQLiteRow]
         if let type {
             rows = try await connection.query(
-                "SELECT \(SQLiteStore.eventColumns) FROM events WHERE type = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT \(StoreRecords.eventColumns) FROM events WHERE type = ? AND seq > ? ORDER BY seq LIMIT ?",
                 [.text(type), .integer(Int(afterSeq)), .integer(limit)])
         } else {
             rows = try await connection.query(
-                "SELECT \(SQLiteStore.eventColumns) FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [.integer(Int(afterSeq)), .integer(limit)])
+                "SELECT \(StoreRecords.eventColumns) FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [.integer(Int(afterSeq)), .integer(limit)])
         }
-        return rows.map(SQLiteStore.event)
+        return rows.map(StoreRecords.event)
     }
 
     public func lastEventSeq() async throws -> Int64 {
@@ -459,19 +352,22 @@ struct Checkpoint: Sendable {
     var leaseUntilMs: Int64
 }
 
-/// Group commit for checkpoints: while one batch is being written, the checkpoints that
+/// Group commit for checkpoints: while a batch is being written, the checkpoints that
 /// arrive meanwhile wait and are written together next. Each caller waits for its own
-/// checkpoint's commit.
+/// checkpoint's commit. Up to `concurrency` batches are written at once (SQLite: one, its
+/// writes take turns anyway; PostgreSQL: several, on separate connections).
 final class CheckpointBatcher: Sendable {
     private struct State {
         var pending: [(Checkpoint, CheckedContinuation<Void, any Error>)] = []
-        var draining = false
+        var writers = 0
     }
 
     private let state = Mutex(State())
+    private let concurrency: Int
     private let write: @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]
 
-    init(write: @escaping @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]) {
+    init(concurrency: Int = 1, write: @escaping @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]) {
+        self.concurrency = concurrency
         self.write = write
     }
 
@@ -479,8 +375,8 @@ final class CheckpointBatcher: Sendable {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let start = state.withLock { state -> Bool in
                 state.pending.append((checkpoint, continuation))
-                guard !state.draining else { return false }
-                state.draining = true
+                guard state.writers < concurrency else { return false }
+                state.writers += 1
                 return true
             }
             // Detached: a caller's cancellation must not stop the writes of others.
@@ -493,7 +389,7 @@ final class CheckpointBatcher: Sendable {
             let batch = state.withLock { state -> [(Checkpoint, CheckedContinuation<Void, any Error>)] in
                 let batch = state.pending
                 state.pending = []
-                if batch.isEmpty { state.draining = false }
+                if batch.isEmpty { state.writers -= 1 }
                 return batch
             }
             guard !batch.isEmpty else { return }

@@ -70,43 +70,31 @@ public final class SQLiteStore: InterlockStore {
         return rows.first?.column("version")?.integer ?? 0
     }
 
-    private static let usageColumns = [
-        "request_id", "ts_ms", "agent_id", "target_kind", "target", "deployment_id", "provider", "upstream_model", "operation",
-        "stream", "input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos", "latency_ms", "attempts", "outcome",
-        "status", "error_code", "run_id",
-    ]
-
     public func appendUsage(_ records: [UsageRecord]) async throws {
-        try await insertRows(table: "usage_ledger", columns: SQLiteStore.usageColumns, records) { record in
-            [
-                .text(record.requestID), .integer(Int(record.timestampMs)), .text(record.agentID), .text(record.targetKind),
-                .text(record.target), record.deploymentID.map(SQLiteData.text) ?? .null, record.provider.map(SQLiteData.text) ?? .null,
-                record.upstreamModel.map(SQLiteData.text) ?? .null, .text(record.operation), .integer(record.stream ? 1 : 0),
-                .integer(record.usage.inputTokens), .integer(record.usage.outputTokens), .integer(record.usage.cachedInputTokens),
-                .integer(Int(record.cost.nanos)), .float(record.latencyMs), .integer(record.attempts), .text(record.outcome.rawValue),
-                .integer(record.status), record.errorCode.map(SQLiteData.text) ?? .null, record.runID.map(SQLiteData.text) ?? .null,
-            ]
-        }
+        try await insertRows(table: "usage_ledger", columns: StoreRecords.usageColumns, records, values: StoreRecords.values)
     }
 
     /// Inserts rows with multi-row `INSERT`s, all or none: SQLite allows 32766 bound
     /// parameters per statement, so a large batch takes several statements, and those run in
     /// one transaction (a retried batch must not leave half of itself behind).
-    private func insertRows<Record>(table: String, columns: [String], _ records: [Record], values: (Record) -> [SQLiteData]) async throws {
+    private func insertRows<Record>(table: String, columns: [String], _ records: [Record], values: (Record) -> [StoreValue]) async throws {
         guard !records.isEmpty else { return }
+        try await transaction { try await insertStatements(table: table, columns: columns, records, values: values) }
+    }
+
+    /// The statements of `insertRows`, inside a transaction the caller holds.
+    private func insertStatements<Record>(table: String, columns: [String], _ records: [Record], values: (Record) -> [StoreValue]) async throws {
         let perStatement = max(1, 30_000 / columns.count)
         let placeholders = "(" + Array(repeating: "?", count: columns.count).joined(separator: ",") + ")"
         let prefix = "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES "
-        try await transaction {
-            var start = 0
-            while start < records.count {
-                let slice = records[start..<min(records.count, start + perStatement)]
-                var binds: [SQLiteData] = []
-                binds.reserveCapacity(slice.count * columns.count)
-                for record in slice { binds += values(record) }
-                _ = try await connection.query(prefix + Array(repeating: placeholders, count: slice.count).joined(separator: ","), binds)
-                start += perStatement
-            }
+        var start = 0
+        while start < records.count {
+            let slice = records[start..<min(records.count, start + perStatement)]
+            var binds: [SQLiteData] = []
+            binds.reserveCapacity(slice.count * columns.count)
+            for record in slice { binds += values(record).map(\.sqlite) }
+            _ = try await connection.query(prefix + Array(repeating: placeholders, count: slice.count).joined(separator: ","), binds)
+            start += perStatement
         }
     }
 
@@ -139,104 +127,42 @@ public final class SQLiteStore: InterlockStore {
                    COALESCE(SUM(output_tokens), 0) AS output, COALESCE(SUM(cached_input_tokens), 0) AS cached
             FROM usage_ledger WHERE agent_id = ? AND ts_ms >= ?
             """, [.text(agentID), .integer(Int(sinceMs))])
-        let row = rows.first
-        return SpendTotals(
-            cost: USD(nanos: Int64(row?.column("cost")?.integer ?? 0)),
-            calls: row?.column("calls")?.integer ?? 0,
-            usage: TokenUsage(
-                inputTokens: row?.column("input")?.integer ?? 0, outputTokens: row?.column("output")?.integer ?? 0,
-                cachedInputTokens: row?.column("cached")?.integer ?? 0))
+        return StoreRecords.spend(rows.first)
     }
 
     public func recentUsage(limit: Int) async throws -> [UsageRecord] {
         let rows = try await connection.query(
-            "SELECT \(SQLiteStore.usageColumns.joined(separator: ",")) FROM usage_ledger ORDER BY id DESC LIMIT ?", [.integer(limit)])
-        return rows.map { row in
-            func text(_ name: String) -> String? { row.column(name)?.string }
-            func int(_ name: String) -> Int { row.column(name)?.integer ?? 0 }
-            return UsageRecord(
-                requestID: text("request_id") ?? "", timestampMs: Int64(int("ts_ms")), agentID: text("agent_id") ?? "",
-                targetKind: text("target_kind") ?? "", target: text("target") ?? "", deploymentID: text("deployment_id"),
-                provider: text("provider"), upstreamModel: text("upstream_model"), operation: text("operation") ?? "",
-                stream: int("stream") != 0,
-                usage: TokenUsage(inputTokens: int("input_tokens"), outputTokens: int("output_tokens"), cachedInputTokens: int("cached_input_tokens")),
-                cost: USD(nanos: Int64(int("cost_nanos"))), latencyMs: row.column("latency_ms")?.double ?? 0, attempts: int("attempts"),
-                outcome: UsageRecord.Outcome(rawValue: text("outcome") ?? "") ?? .error, status: int("status"), errorCode: text("error_code"), runID: text("run_id"))
-        }
+            "SELECT \(StoreRecords.usageColumns.joined(separator: ",")) FROM usage_ledger ORDER BY id DESC LIMIT ?", [.integer(limit)])
+        return rows.map(StoreRecords.usage)
     }
 
-    private static let auditColumns = [
-        "seq", "ts_ms", "node", "action", "agent_id", "user_id", "actors", "run_id", "parent_run_id", "supervisor", "target", "decision",
-        "reason", "args_sha256", "outcome", "status", "cost_nanos", "request_id", "prev_hash", "hash", "result_sha256", "capture",
-    ]
-
-    public func appendAudit(_ records: [AuditRecord]) async throws {
-        func text(_ value: String?) -> SQLiteData { value.map(SQLiteData.text) ?? .null }
-        try await insertRows(table: "audit_log", columns: SQLiteStore.auditColumns, records) { record in
-            [
-                .integer(Int(record.sequence)), .integer(Int(record.timestampMs)), .text(record.node), .text(record.action), text(record.agentID),
-                text(record.userID), .text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string)))), text(record.runID),
-                text(record.parentRunID), text(record.supervisor), text(record.target), .text(record.decision), text(record.reason),
-                text(record.argumentsHash), text(record.outcome), record.status.map { .integer($0) } ?? .null,
-                record.costNanos.map { .integer(Int($0)) } ?? .null, text(record.requestID), .text(record.previousHash), .text(record.hash),
-                text(record.resultHash), text(record.capture),
-            ]
+    public func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String) {
+        var chain = AuditChain()
+        try await transaction {
+            let head = try await connection.query("SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1", []).first
+            chain = AuditChain(lastSequence: head?.int("seq") ?? 0, lastHash: head?.text("hash") ?? AuditRecord.genesisHash)
+            try await insertStatements(table: "audit_log", columns: StoreRecords.auditColumns, records.map { chain.link($0) }, values: StoreRecords.values)
         }
+        return (chain.lastSequence, chain.lastHash)
     }
 
     public func auditHead() async throws -> (sequence: Int64, hash: String)? {
         let rows = try await connection.query("SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1", [])
-        guard let row = rows.first, let sequence = row.column("seq")?.integer, let hash = row.column("hash")?.string else { return nil }
-        return (Int64(sequence), hash)
+        guard let row = rows.first, let sequence = row.int("seq"), let hash = row.text("hash") else { return nil }
+        return (sequence, hash)
     }
 
     public func auditRecords(matching filter: AuditFilter, afterPosition position: Int64, limit: Int) async throws -> AuditPage {
-        var conditions = ["pos > ?"]
-        var binds: [SQLiteData] = [.integer(Int(position))]
-        for (column, value) in [
-            ("agent_id", filter.agentID), ("user_id", filter.userID), ("run_id", filter.runID), ("target", filter.target),
-            ("action", filter.action), ("decision", filter.decision),
-        ] {
-            guard let value else { continue }
-            conditions.append("\(column) = ?")
-            binds.append(.text(value))
-        }
-        if let from = filter.fromMs {
-            conditions.append("ts_ms >= ?")
-            binds.append(.integer(Int(from)))
-        }
-        if let to = filter.toMs {
-            conditions.append("ts_ms < ?")
-            binds.append(.integer(Int(to)))
-        }
-        binds.append(.integer(limit))
+        let (conditions, values) = StoreRecords.auditConditions(filter, afterPosition: position) { _ in "?" }
         let rows = try await connection.query(
-            "SELECT pos, \(SQLiteStore.auditColumns.joined(separator: ",")) FROM audit_log WHERE \(conditions.joined(separator: " AND ")) ORDER BY pos LIMIT ?",
-            binds)
-        var last = position
-        let records = rows.map { row in
-            func text(_ name: String) -> String? { row.column(name)?.string }
-            func int(_ name: String) -> Int? { row.column(name)?.integer }
-            last = Int64(int("pos") ?? Int(last))
-            let actors: [String] =
-                text("actors").flatMap { try? JSONParser.parse(Array($0.utf8)) }?.arrayValue?.compactMap(\.stringValue) ?? []
-            return AuditRecord(
-                sequence: Int64(int("seq") ?? 0), timestampMs: Int64(int("ts_ms") ?? 0), node: text("node") ?? "", action: text("action") ?? "",
-                agentID: text("agent_id"), userID: text("user_id"), actorChain: actors, runID: text("run_id"), parentRunID: text("parent_run_id"),
-                supervisor: text("supervisor"), target: text("target"), decision: text("decision") ?? "", reason: text("reason"),
-                argumentsHash: text("args_sha256"), outcome: text("outcome"), status: int("status"), costNanos: int("cost_nanos").map(Int64.init),
-                requestID: text("request_id"), resultHash: text("result_sha256"), capture: text("capture"), previousHash: text("prev_hash") ?? "",
-                hash: text("hash") ?? "")
-        }
-        return AuditPage(records: records, lastPosition: last)
+            "SELECT pos, \(StoreRecords.auditColumns.joined(separator: ",")) FROM audit_log WHERE \(conditions) ORDER BY pos LIMIT ?",
+            values.map(\.sqlite) + [.integer(limit)])
+        return AuditPage(records: rows.map(StoreRecords.audit), lastPosition: rows.last?.int("pos") ?? position)
     }
 
     public func signingKeys() async throws -> [SigningKeyRecord] {
         let rows = try await connection.query("SELECT kid, private_pem, created_ms, retired_ms FROM signing_keys ORDER BY created_ms DESC, kid", [])
-        return rows.compactMap { row in
-            guard let kid = row.column("kid")?.string, let pem = row.column("private_pem")?.string, let created = row.column("created_ms")?.integer else { return nil }
-            return SigningKeyRecord(kid: kid, privateKeyPEM: pem, createdMs: Int64(created), retiredMs: row.column("retired_ms")?.integer.map(Int64.init))
-        }
+        return rows.compactMap(StoreRecords.signingKey)
     }
 
     public func saveSigningKeys(_ keys: [SigningKeyRecord], deleting kids: [String]) async throws {
@@ -255,23 +181,13 @@ public final class SQLiteStore: InterlockStore {
 
     public func agents() async throws -> [Agent] {
         let rows = try await connection.query("SELECT body FROM agents ORDER BY id", [])
-        return rows.compactMap { row in
-            row.column("body")?.string.flatMap { try? JSONParser.parse(Array($0.utf8)) }.flatMap(Agent.init(stored:))
-        }
+        return rows.compactMap(StoreRecords.agent)
     }
 
     public func apiKeys() async throws -> [APIKeyRecord] {
         let rows = try await connection.query(
-            "SELECT id, agent_id, digest, prefix, source, created_ms, expires_ms, revoked_ms FROM api_keys ORDER BY created_ms, id", [])
-        return rows.compactMap { row in
-            guard let id = row.column("id")?.string, let agentID = row.column("agent_id")?.string, let digest = row.column("digest")?.string,
-                let created = row.column("created_ms")?.integer
-            else { return nil }
-            return APIKeyRecord(
-                id: id, agentID: agentID, digest: digest, prefix: row.column("prefix")?.string ?? "",
-                source: Agent.Source(rawValue: row.column("source")?.string ?? "") ?? .api, createdMs: Int64(created),
-                expiresMs: row.column("expires_ms")?.integer.map(Int64.init), revokedMs: row.column("revoked_ms")?.integer.map(Int64.init))
-        }
+            "SELECT \(StoreRecords.apiKeyColumns.joined(separator: ",")) FROM api_keys ORDER BY created_ms, id", [])
+        return rows.compactMap(StoreRecords.apiKey)
     }
 
     public func saveRegistry(agents: [Agent], keys: [APIKeyRecord]) async throws {
@@ -288,24 +204,15 @@ public final class SQLiteStore: InterlockStore {
                     INSERT INTO api_keys (id, agent_id, digest, prefix, source, created_ms, expires_ms, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (id) DO UPDATE SET expires_ms = excluded.expires_ms, revoked_ms = excluded.revoked_ms
                     """,
-                    [
-                        .text(key.id), .text(key.agentID), .text(key.digest), .text(key.prefix), .text(key.source.rawValue), .integer(Int(key.createdMs)),
-                        key.expiresMs.map { .integer(Int($0)) } ?? .null, key.revokedMs.map { .integer(Int($0)) } ?? .null,
-                    ])
+                    StoreRecords.values(key).map(\.sqlite))
             }
         }
     }
 
     public func toolPins() async throws -> [ToolPin] {
         let rows = try await connection.query(
-            "SELECT name, approved_hash, approved_ms, approved_by, pending_hash, pending_ms FROM tool_pins ORDER BY name", [])
-        return rows.compactMap { row in
-            guard let name = row.column("name")?.string, let hash = row.column("approved_hash")?.string, let approved = row.column("approved_ms")?.integer
-            else { return nil }
-            return ToolPin(
-                name: name, approvedHash: hash, approvedMs: Int64(approved), approvedBy: row.column("approved_by")?.string ?? "",
-                pendingHash: row.column("pending_hash")?.string, pendingMs: row.column("pending_ms")?.integer.map(Int64.init))
-        }
+            "SELECT \(StoreRecords.toolPinColumns.joined(separator: ",")) FROM tool_pins ORDER BY name", [])
+        return rows.compactMap(StoreRecords.toolPin)
     }
 
     public func saveToolPins(_ pins: [ToolPin]) async throws {
@@ -318,10 +225,7 @@ public final class SQLiteStore: InterlockStore {
                     ON CONFLICT (name) DO UPDATE SET approved_hash = excluded.approved_hash, approved_ms = excluded.approved_ms,
                         approved_by = excluded.approved_by, pending_hash = excluded.pending_hash, pending_ms = excluded.pending_ms
                     """,
-                    [
-                        .text(pin.name), .text(pin.approvedHash), .integer(Int(pin.approvedMs)), .text(pin.approvedBy),
-                        pin.pendingHash.map(SQLiteData.text) ?? .null, pin.pendingMs.map { .integer(Int($0)) } ?? .null,
-                    ])
+                    StoreRecords.values(pin).map(\.sqlite))
             }
         }
     }
@@ -332,81 +236,27 @@ public final class SQLiteStore: InterlockStore {
             SELECT COUNT(*) AS calls, COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, COALESCE(SUM(cost_nanos), 0) AS cost
             FROM usage_ledger WHERE run_id = ? AND outcome != 'rejected'
             """, [.text(runID)])
-        let row = rows.first
-        return RunSpend(
-            calls: row?.column("calls")?.integer ?? 0, tokens: row?.column("tokens")?.integer ?? 0,
-            cost: USD(nanos: Int64(row?.column("cost")?.integer ?? 0)))
+        return StoreRecords.runSpend(rows.first)
     }
 
     // MARK: Approvals
 
-    private static let approvalColumns = [
-        "id", "agent_id", "target_kind", "target", "args_sha256", "arguments", "policy", "policy_version", "reason", "request_id", "user_id",
-        "run_id", "created_ms", "expires_ms", "status", "decided_by", "decided_ms", "note", "kind", "step_path", "answer", "answer_schema",
-    ]
-
     public func createApproval(_ approval: ApprovalRecord) async throws {
-        try await insertRows(table: "approvals", columns: SQLiteStore.approvalColumns, [approval]) { record in
-            [
-                .text(record.id), .text(record.agentID), .text(record.targetKind), .text(record.target), .text(record.argumentsHash),
-                .text(record.arguments), .text(record.policy), .text(record.policyVersion), .text(record.reason), .text(record.requestID),
-                record.userID.map(SQLiteData.text) ?? .null, record.runID.map(SQLiteData.text) ?? .null, .integer(Int(record.createdMs)),
-                .integer(Int(record.expiresMs)), .text(record.status.rawValue), record.decidedBy.map(SQLiteData.text) ?? .null,
-                record.decidedMs.map { .integer(Int($0)) } ?? .null, record.note.map(SQLiteData.text) ?? .null, .text(record.kind.rawValue),
-                record.stepPath.map(SQLiteData.text) ?? .null, record.answer.map { .text(JSONWriter.string($0)) } ?? .null,
-                record.answerSchema.map { .text(JSONWriter.string($0)) } ?? .null,
-            ]
-        }
-    }
-
-    private static func approval(_ row: SQLiteRow) -> ApprovalRecord? {
-        func text(_ name: String) -> String? { row.column(name)?.string }
-        func int(_ name: String) -> Int64? { row.column(name)?.integer.map(Int64.init) }
-        guard let id = text("id"), let status = text("status").flatMap(ApprovalRecord.Status.init(rawValue:)) else { return nil }
-        var record = ApprovalRecord(
-            id: id, agentID: text("agent_id") ?? "", targetKind: text("target_kind") ?? "", target: text("target") ?? "",
-            argumentsHash: text("args_sha256") ?? "", arguments: text("arguments") ?? "", policy: text("policy") ?? "",
-            policyVersion: text("policy_version") ?? "", reason: text("reason") ?? "", requestID: text("request_id") ?? "", userID: text("user_id"),
-            runID: text("run_id"), createdMs: int("created_ms") ?? 0, expiresMs: int("expires_ms") ?? 0, status: status, decidedBy: text("decided_by"),
-            decidedMs: int("decided_ms"), note: text("note"))
-        record.kind = text("kind").flatMap(ApprovalRecord.Kind.init(rawValue:)) ?? .policy
-        record.stepPath = text("step_path")
-        record.answer = text("answer").flatMap { try? JSONParser.parse($0) }
-        record.answerSchema = text("answer_schema").flatMap { try? JSONParser.parse($0) }
-        return record
+        try await insertRows(table: "approvals", columns: StoreRecords.approvalColumns, [approval], values: StoreRecords.values)
     }
 
     public func approval(id: String) async throws -> ApprovalRecord? {
         let rows = try await connection.query(
-            "SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals WHERE id = ?", [.text(id)])
-        return rows.first.flatMap(SQLiteStore.approval)
+            "SELECT \(StoreRecords.approvalColumns.joined(separator: ",")) FROM approvals WHERE id = ?", [.text(id)])
+        return rows.first.flatMap(StoreRecords.approval)
     }
 
     public func approvals(status: ApprovalRecord.Status?, agentID: String?, nowMs: Int64, limit: Int) async throws -> [ApprovalRecord] {
-        var conditions: [String] = []
-        var binds: [SQLiteData] = []
-        switch status {
-        case .pending?, .approved?:
-            conditions.append("status = ? AND expires_ms > ?")
-            binds += [.text(status!.rawValue), .integer(Int(nowMs))]
-        case .expired?:
-            conditions.append("status IN ('pending', 'approved') AND expires_ms <= ?")
-            binds.append(.integer(Int(nowMs)))
-        case let other?:
-            conditions.append("status = ?")
-            binds.append(.text(other.rawValue))
-        case nil:
-            break
-        }
-        if let agentID {
-            conditions.append("agent_id = ?")
-            binds.append(.text(agentID))
-        }
-        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let (filter, values) = StoreRecords.approvalConditions(status: status, agentID: agentID, nowMs: nowMs) { _ in "?" }
         let rows = try await connection.query(
-            "SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals \(filter) ORDER BY created_ms DESC LIMIT ?",
-            binds + [.integer(limit)])
-        return rows.compactMap(SQLiteStore.approval)
+            "SELECT \(StoreRecords.approvalColumns.joined(separator: ",")) FROM approvals \(filter) ORDER BY created_ms DESC LIMIT ?",
+            values.map(\.sqlite) + [.integer(limit)])
+        return rows.compactMap(StoreRecords.approval)
     }
 
     public func decideApproval(
@@ -432,7 +282,7 @@ public final class SQLiteStore: InterlockStore {
     public func approval(binding: ApprovalBinding, status: ApprovalRecord.Status, nowMs: Int64) async throws -> ApprovalRecord? {
         let rows = try await connection.query(
             """
-            SELECT \(SQLiteStore.approvalColumns.joined(separator: ",")) FROM approvals
+            SELECT \(StoreRecords.approvalColumns.joined(separator: ",")) FROM approvals
             WHERE agent_id = ? AND target_kind = ? AND target = ? AND args_sha256 = ? AND policy_version = ? AND status = ? AND expires_ms > ?
             ORDER BY created_ms DESC LIMIT 1
             """,
@@ -440,7 +290,7 @@ public final class SQLiteStore: InterlockStore {
                 .text(binding.agentID), .text(binding.targetKind), .text(binding.target), .text(binding.argumentsHash), .text(binding.policyVersion),
                 .text(status.rawValue), .integer(Int(nowMs)),
             ])
-        return rows.first.flatMap(SQLiteStore.approval)
+        return rows.first.flatMap(StoreRecords.approval)
     }
 
     public func restoreApproval(id: String) async throws {
@@ -611,6 +461,23 @@ enum SQLiteMigrations {
         ]),
         workflows,
     ]
+}
+
+extension SQLiteRow: StoreRow {
+    func text(_ column: String) -> String? { self.column(column)?.string }
+    func int(_ column: String) -> Int64? { self.column(column)?.integer.map(Int64.init) }
+    func double(_ column: String) -> Double? { self.column(column)?.double }
+}
+
+extension StoreValue {
+    var sqlite: SQLiteData {
+        switch self {
+        case .text(let value): .text(value)
+        case .int(let value): .integer(Int(value))
+        case .double(let value): .float(value)
+        case .null: .null
+        }
+    }
 }
 
 /// Lets the checkpoint batcher call back into the store it belongs to (set once, at init).

@@ -67,44 +67,60 @@ struct AuditStoreOptions: ParsableArguments {
     @Option(name: .long, help: "A configuration file; its store is used.")
     var config: String?
 
-    func open() async throws -> SQLiteStore {
+    func open() async throws -> any InterlockStore {
         var path = store
+        var configured: StoreSettings?
         if path == nil, let config {
             do {
                 let configuration = try ConfigLoader.load(path: config, environment: ProcessInfo.processInfo.environment)
-                if case .sqlite(let file, _) = configuration.store { path = file }
+                switch configuration.store {
+                case .sqlite(let file, _): path = file
+                case .postgres: configured = configuration.store
+                }
             } catch {
                 printError(error.description)
                 throw ExitCode(2)
             }
         }
-        guard let path else {
-            printError("interlock audit: give --store FILE or --config FILE")
-            throw ExitCode(2)
+        let name: String
+        let store: any InterlockStore
+        if let configured, case .postgres(let settings) = configured {
+            name = "PostgreSQL at \(settings.host):\(settings.port)/\(settings.database)"
+            do {
+                store = try await openStore(configured, node: "audit-cli", logger: Logger(label: "interlock.store"))
+            } catch {
+                printError("interlock audit: \(error)")
+                throw ExitCode(2)
+            }
+        } else {
+            guard let path else {
+                printError("interlock audit: give --store FILE or --config FILE")
+                throw ExitCode(2)
+            }
+            guard FileManager.default.fileExists(atPath: path) else {
+                printError("interlock audit: no store at \(path)")
+                throw ExitCode(2)
+            }
+            name = path
+            // Read only what is there: no migration, so checking an evidence copy never changes it.
+            do {
+                store = try await SQLiteStore.open(path: path)
+            } catch {
+                printError("interlock audit: \(path) is not an Interlock store (\(error))")
+                throw ExitCode(2)
+            }
         }
-        guard FileManager.default.fileExists(atPath: path) else {
-            printError("interlock audit: no store at \(path)")
-            throw ExitCode(2)
-        }
-        // Read only what is there: no migration, so checking an evidence copy never changes it.
-        let store: SQLiteStore
+        let hasAudit: Bool
         do {
-            store = try await SQLiteStore.open(path: path)
-        } catch {
-            printError("interlock audit: \(path) is not an Interlock store (\(error))")
-            throw ExitCode(2)
-        }
-        let version: Int
-        do {
-            version = try await store.schemaVersion()
+            hasAudit = try await store.schemaVersion() >= (configured == nil ? 2 : 1)
         } catch {
             try? await store.close()
-            printError("interlock audit: \(path) is not an Interlock store (\(error))")
+            printError("interlock audit: \(name) is not an Interlock store (\(error))")
             throw ExitCode(2)
         }
-        guard version >= 2 else {
+        guard hasAudit else {
             try? await store.close()
-            printError("interlock audit: \(path) has no audit log (schema version \(version); the audit log arrived in version 2)")
+            printError("interlock audit: \(name) has no audit log yet")
             throw ExitCode(2)
         }
         return store
@@ -222,11 +238,7 @@ struct Serve: AsyncParsableCommand {
             logger.info("OpenTelemetry tracing enabled")
         }
 
-        let store: any InterlockStore
-        switch configuration.store {
-        case .sqlite(let path, let durability):
-            store = try await SQLiteStore.open(path: path, durability: durability, logger: Logger(label: "interlock.store"))
-        }
+        let store = try await openStore(configuration.store, node: configuration.node.id, logger: Logger(label: "interlock.store"))
         try await store.migrate()
 
         let ledger = UsageLedgerWriter(
@@ -265,14 +277,10 @@ struct Serve: AsyncParsableCommand {
             ? nil
             : try await ToolGateway.open(
                 configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))
-        var workflows: WorkflowEngine?
-        if let runStore = store as? any InterlockStore & RunStore {
-            let engine = WorkflowEngine(
-                configuration: configuration, store: runStore, governor: governor, models: gateway, tools: tools, httpClient: httpClient,
-                logger: Logger(label: "interlock.workflows"))
-            try await engine.open()
-            workflows = engine
-        }
+        let workflows = WorkflowEngine(
+            configuration: configuration, store: store, governor: governor, models: gateway, tools: tools, httpClient: httpClient,
+            logger: Logger(label: "interlock.workflows"))
+        try await workflows.open()
         let app = buildApplication(
             InterlockServices(
                 configuration: configuration, gateway: gateway, store: store, ledger: ledger, metrics: registry, loopClient: loopClient,
@@ -286,7 +294,7 @@ struct Serve: AsyncParsableCommand {
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
         // Tool upstreams (stdio processes) stop after the server has drained.
         // Workflow runs stop (checkpointing what finishes) after the server and before the tools.
-        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + (workflows.map { [$0 as any Service] } ?? []) + [app]
+        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + [workflows, app]
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -33,6 +33,42 @@ import Testing
         #expect(overridden.server.port == 7000)
     }
 
+    /// The cluster store: a URL from the environment, decoded; errors that never echo the password.
+    @Test func postgresStoreIsReadFromAURL() throws {
+        let text = valid + """
+
+            store:
+              postgres:
+                url: ${DATABASE_URL}
+                pool_size: 12
+                tls: { mode: verify_full, ca_file: /etc/ca.pem }
+            """
+        let config = try ConfigLoader.parse(
+            text, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "DATABASE_URL": "postgres://app:s%40cret@db.internal:6543/mesh?sslmode=require"])
+        guard case .postgres(let settings) = config.store else {
+            Issue.record("expected a PostgreSQL store, got \(config.store)")
+            return
+        }
+        #expect(settings.host == "db.internal" && settings.port == 6543 && settings.user == "app" && settings.database == "mesh")
+        #expect(settings.password?.reveal() == "s@cret")
+        #expect(settings.poolSize == 12 && settings.tls == .verifyFull && settings.caFile == "/etc/ca.pem", "tls: overrides the URL's sslmode")
+        #expect(config.store.isShared)
+        #expect(throws: ConfigError.self) {
+            try ConfigLoader.parse(text, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "DATABASE_URL": "mysql://u:pw@h/db"])
+        }
+        let bad = Result { () throws(ConfigError) in
+            try ConfigLoader.parse(text, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "DATABASE_URL": "postgres://u:hunter2@h:99999/db"])
+        }
+        guard case .failure(let error) = bad else {
+            Issue.record("a port out of range was accepted")
+            return
+        }
+        #expect(error.description.contains("c.yaml:19:10") && error.description.contains("port"), "\(error.description)")
+        #expect(!error.description.contains("hunter2"), "the password never appears in an error")
+        #expect(PostgresSettings.parse(url: "postgresql://u@[::1]/x").map(\.host) == .success("::1"))
+        #expect(PostgresSettings.parse(url: "postgres://u@h/").map(\.database) == .success("u"), "the database defaults to the user's name")
+    }
+
     @Test func reportsEveryErrorWithLineAndSuggestion() {
         let text = """
             servr:

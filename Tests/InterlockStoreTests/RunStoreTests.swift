@@ -1,22 +1,16 @@
 import InterlockCore
-import InterlockStore
+@testable import InterlockStore
 import Testing
 
 /// The durable half of workflows: histories with fencing, the queue with leases and timers,
 /// signals, the event log. Written against `RunStore`, so the PostgreSQL store runs it too.
 @Suite struct RunStoreTests {
     /// A migrated store with one workflow version, closed afterwards whatever happens.
-    static func withStore(_ body: (SQLiteStore) async throws -> Void) async throws {
-        let store = try await SQLiteStore.open(path: ":memory:")
-        do {
-            try await store.migrate()
+    static func withStore(_ kind: StoreKind, _ body: (any InterlockStore & RunStore) async throws -> Void) async throws {
+        try await TestStores.with(kind) { store in
             try await store.saveWorkflowVersion(WorkflowVersionRecord(hash: "h1", name: "w", source: "workflow: w", origin: "test", createdMs: 1))
             try await body(store)
-        } catch {
-            try? await store.close()
-            throw error
         }
-        try await store.close()
     }
 
     static func newRun(_ id: String, key: String? = nil, priority: Int = 0) -> RunRecord {
@@ -27,8 +21,8 @@ import Testing
         RunUpdate(status: status, budgets: .init(), usage: RunUsage(modelCalls: 1, toolCalls: 2, tokens: 30, cost: USD(nanos: 40)), stepsStarted: 1, updatedMs: now)
     }
 
-    @Test func runsAreCreatedOncePerIdempotencyKeyWithTheirHistory() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func runsAreCreatedOncePerIdempotencyKeyWithTheirHistory(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             let started = RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: ["n": 1], budgets: RunBudgetLimits(maxSteps: 3)))
             let (first, created) = try await store.createRun(Self.newRun("r1", key: "k"), events: [started], readyAtMs: 10)
             #expect(created && first.lastSeq == 1)
@@ -43,8 +37,8 @@ import Testing
         }
     }
 
-    @Test func onlyTheLeaseHolderAppendsAndAnExpiredLeaseMovesOn() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func onlyTheLeaseHolderAppendsAndAnExpiredLeaseMovesOn(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             _ = try await store.createRun(Self.newRun("r1"), events: [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))], readyAtMs: 10)
             #expect(try await store.claimRuns(owner: "n1/a", nowMs: 5, leaseUntilMs: 100, limit: 10).isEmpty, "not due yet")
             #expect(try await store.claimRuns(owner: "n1/a", nowMs: 20, leaseUntilMs: 100, limit: 10) == ["r1"])
@@ -71,8 +65,8 @@ import Testing
         }
     }
 
-    @Test func timersAndWakesMakeRunsDueAndAWakeWhileLeasedIsNotLost() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func timersAndWakesMakeRunsDueAndAWakeWhileLeasedIsNotLost(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             let start = [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))]
             _ = try await store.createRun(Self.newRun("low", priority: 0), events: start, readyAtMs: 10)
             _ = try await store.createRun(Self.newRun("high", priority: 5), events: start, readyAtMs: 10)
@@ -93,8 +87,8 @@ import Testing
         }
     }
 
-    @Test func signalsWakeARunAndAreConsumedWithTheCheckpoint() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func signalsWakeARunAndAreConsumedWithTheCheckpoint(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             _ = try await store.createRun(Self.newRun("r1"), events: [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))], readyAtMs: 10)
             #expect(try await store.claimRuns(owner: "n/a", nowMs: 10, leaseUntilMs: 100, limit: 5) == ["r1"])
             try await store.releaseRun(runID: "r1", owner: "n/a", readyAtMs: nil, finished: false, nowMs: 11)
@@ -113,8 +107,8 @@ import Testing
         }
     }
 
-    @Test func eventsAreDedupedAndWaitingRunsAreIndexed() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func eventsAreDedupedAndWaitingRunsAreIndexed(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             let (first, created) = try await store.publishEvent(EventRecord(id: "e1", type: "invoice.received", payload: ["n": 1], dedupKey: "inv-1", source: "agent:a", timeMs: 5))
             #expect(created && first.seq == 1)
             let (second, createdAgain) = try await store.publishEvent(EventRecord(id: "e2", type: "invoice.received", payload: ["n": 2], dedupKey: "inv-1", source: "agent:a", timeMs: 6))
@@ -143,8 +137,8 @@ import Testing
         }
     }
 
-    @Test func concurrentCheckpointsAreWrittenTogetherAndALostLeaseFailsAlone() async throws {
-        try await Self.withStore { store in
+    @Test(arguments: StoreKind.all) func concurrentCheckpointsAreWrittenTogetherAndALostLeaseFailsAlone(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
             let start = [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))]
             for index in 0..<30 { _ = try await store.createRun(Self.newRun("r\(index)"), events: start, readyAtMs: 10) }
             #expect(try await store.claimRuns(owner: "n/a", nowMs: 10, leaseUntilMs: 100, limit: 29).count == 29)

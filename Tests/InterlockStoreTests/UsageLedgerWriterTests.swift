@@ -23,14 +23,18 @@ final class FlakyStore: InterlockStore {
     }
     let auditFailuresLeft = Mutex(2)
     let auditRows = Mutex<[AuditRecord]>([])
-    func appendAudit(_ records: [AuditRecord]) async throws {
+    func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String) {
         let fail = auditFailuresLeft.withLock { left -> Bool in
             guard left > 0 else { return false }
             left -= 1
             return true
         }
         if fail { throw CancellationError() }
-        auditRows.withLock { $0 += records }
+        return auditRows.withLock { rows in
+            var chain = rows.last.map { AuditChain(lastSequence: $0.sequence, lastHash: $0.hash) } ?? AuditChain()
+            rows += records.map { chain.link($0) }
+            return (chain.lastSequence, chain.lastHash)
+        }
     }
     func auditHead() async throws -> (sequence: Int64, hash: String)? {
         auditRows.withLock { rows in rows.last.map { ($0.sequence, $0.hash) } }
@@ -79,7 +83,7 @@ final class FlakyStore: InterlockStore {
         #expect(store.rows.withLock { $0.map(\.requestID) } == (0..<10).map { "r\($0)" })
     }
 
-    /// A failed audit batch is retried with the same links: the stored chain has no gap and verifies.
+    /// A failed audit batch is retried: the stored chain has no gap and verifies.
     @Test func failedAuditWritesKeepTheChainIntact() async throws {
         let store = FlakyStore()
         let audit = try await AuditLog.open(store: store, node: "n", flushInterval: .milliseconds(5), maxBatch: 3, logger: Logger(label: "test"), wallClockMs: { 7 })

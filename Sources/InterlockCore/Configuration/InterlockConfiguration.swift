@@ -69,6 +69,154 @@ public struct NodeSettings: Sendable {
 
 public enum StoreSettings: Sendable, Equatable {
     case sqlite(path: String, durability: SQLiteDurability = .normal)
+    /// One PostgreSQL shared by every node of a cluster.
+    case postgres(PostgresSettings)
+
+    /// Whether several nodes may share it (limits, budgets and the run queue are then
+    /// counted in the store, not in each node's memory).
+    public var isShared: Bool {
+        if case .postgres = self { return true }
+        return false
+    }
+}
+
+/// `store.postgres`: where the cluster's PostgreSQL is and how a node talks to it.
+public struct PostgresSettings: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var user: String
+    /// From the URL; never logged.
+    public var password: Secret?
+    public var database: String
+    /// Connections this node keeps at most (`pool_size`).
+    public var poolSize: Int = 20
+    /// Longest wait for a new connection, in milliseconds.
+    public var connectTimeoutMs: Int = 10_000
+    /// Server-side limit on one statement, in milliseconds (0: none).
+    public var statementTimeoutMs: Int = 30_000
+    public var tls: PostgresTLSMode = .prefer
+    /// PEM file of the certificate authorities to trust (`tls.ca_file`); nil: the system's.
+    public var caFile: String?
+    /// The schema Interlock's tables live in (created if missing); nil: `public`.
+    public var schema: String?
+
+    public init(host: String, port: Int = 5432, user: String, password: Secret? = nil, database: String) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+    }
+
+    /// Reads `postgres://user:password@host:port/database?sslmode=...` (`postgresql://` too).
+    /// Percent-escapes in the user, password and database are decoded.
+    public static func parse(url: String) -> Result<PostgresSettings, PostgresURLError> {
+        var rest = Substring(url)
+        guard let scheme = rest.range(of: "://"), ["postgres", "postgresql"].contains(rest[..<scheme.lowerBound]) else {
+            return .failure(PostgresURLError("expected postgres://user:password@host:port/database"))
+        }
+        rest = rest[scheme.upperBound...]
+        var query: Substring = ""
+        if let mark = rest.firstIndex(of: "?") {
+            query = rest[rest.index(after: mark)...]
+            rest = rest[..<mark]
+        }
+        var userInfo: Substring = ""
+        if let at = rest.lastIndex(of: "@") {
+            userInfo = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+        }
+        var database: Substring = ""
+        if let slash = rest.firstIndex(of: "/") {
+            database = rest[rest.index(after: slash)...]
+            rest = rest[..<slash]
+        }
+        var host = rest
+        var port = 5432
+        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
+            guard let value = Int(rest[rest.index(after: colon)...]), (1...65_535).contains(value) else {
+                return .failure(PostgresURLError("the port must be a number from 1 to 65535"))
+            }
+            port = value
+            host = rest[..<colon]
+        }
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        guard !host.isEmpty else { return .failure(PostgresURLError("the URL names no host")) }
+        var user = userInfo
+        var password: String?
+        if let colon = userInfo.firstIndex(of: ":") {
+            user = userInfo[..<colon]
+            password = percentDecoded(userInfo[userInfo.index(after: colon)...])
+        }
+        guard !user.isEmpty else { return .failure(PostgresURLError("the URL names no user (postgres://USER@host/database)")) }
+        let name = percentDecoded(database)
+        var settings = PostgresSettings(
+            host: String(host), port: port, user: percentDecoded(user), password: password.map(Secret.init), database: name.isEmpty ? percentDecoded(user) : name)
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            switch parts[0] {
+            case "sslmode":
+                guard let mode = PostgresTLSMode(sslmode: String(parts[1])) else {
+                    return .failure(PostgresURLError("sslmode '\(parts[1])' is not one of disable, allow, prefer, require, verify-ca, verify-full"))
+                }
+                settings.tls = mode
+            case "sslrootcert":
+                settings.caFile = percentDecoded(parts[1])
+            default:
+                return .failure(PostgresURLError("unknown URL parameter '\(parts[0])' (supported: sslmode, sslrootcert)"))
+            }
+        }
+        return .success(settings)
+    }
+
+    /// A name usable unquoted in SQL: lowercase letters, digits and `_`, starting with a letter.
+    public static func isPlainIdentifier(_ name: String) -> Bool {
+        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first), name.utf8.count <= 63 else { return false }
+        return name.utf8.allSatisfy { ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "_") }
+    }
+
+    private static func percentDecoded(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        var utf8 = Array(text.utf8)[...]
+        while let byte = utf8.popFirst() {
+            if byte == UInt8(ascii: "%"), utf8.count >= 2, let value = UInt8(String(decoding: utf8.prefix(2), as: UTF8.self), radix: 16) {
+                bytes.append(value)
+                utf8 = utf8.dropFirst(2)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+public struct PostgresURLError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Whether the connection to PostgreSQL is encrypted and the server's certificate checked
+/// (libpq's `sslmode`, which the URL may carry).
+public enum PostgresTLSMode: String, Sendable, CaseIterable {
+    /// Plain TCP.
+    case disable
+    /// TLS when the server offers it, without checking its certificate (libpq's default).
+    case prefer
+    /// TLS always, certificate not checked.
+    case require
+    /// TLS always; the certificate must chain to a trusted authority and name the host.
+    case verifyFull = "verify_full"
+
+    init?(sslmode: String) {
+        switch sslmode {
+        case "disable": self = .disable
+        case "allow", "prefer": self = .prefer
+        case "require": self = .require
+        case "verify-ca", "verify-full", "verify_full": self = .verifyFull
+        default: return nil
+        }
+    }
 }
 
 /// When a SQLite commit is on disk (`store.sqlite.synchronous`).

@@ -2,7 +2,8 @@ import InterlockCore
 import InterlockStore
 import Testing
 
-@Suite struct SQLiteStoreTests {
+/// The store interface on both stores (what is SQLite-only says so).
+@Suite struct StoreTests {
     func record(_ id: String, agent: String, ts: Int64, nanos: Int64) -> UsageRecord {
         UsageRecord(
             requestID: id, timestampMs: ts, agentID: agent, targetKind: "model", target: "fast", deploymentID: "d1", provider: "mock",
@@ -34,9 +35,8 @@ import Testing
         try await reopened.close()
     }
 
-    @Test func approvalsAreDecidedOnceUsedOnceAndExpire() async throws {
-        let store = try await SQLiteStore.open(path: ":memory:")
-        try await store.migrate()
+    @Test(arguments: StoreKind.all) func approvalsAreDecidedOnceUsedOnceAndExpire(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
         let approval = ApprovalRecord(
             id: "apr_1", agentID: "a", targetKind: "tool", target: "erp.delete_order", argumentsHash: "h1", arguments: #"{"id":7}"#, policy: "deletes",
             policyVersion: "v1", reason: "a human decides", requestID: "r1", createdMs: 1_000, expiresMs: 10_000)
@@ -71,21 +71,46 @@ import Testing
         rejected.outcome = .rejected
         try await store.appendUsage([usage, rejected, record("u3", agent: "a", ts: 3, nanos: 5)])
         #expect(try await store.runSpend(runID: "run-9") == RunSpend(calls: 1, tokens: 15, cost: USD(nanos: 700)))
-        try await store.close()
+        }
     }
 
-    /// A batch too large for one statement is written by several statements in one transaction.
-    @Test func largeBatchesAreWrittenWhole() async throws {
-        let store = try await SQLiteStore.open(path: ":memory:")
-        try await store.migrate()
-        try await store.appendUsage((0..<5_000).map { record("big\($0)", agent: "big", ts: 10, nanos: 1) })
-        #expect(try await store.spend(agentID: "big", sinceMs: 0).calls == 5_000)
-        let records = (0..<5_000).map { index in
-            AuditRecord(sequence: Int64(index + 1), timestampMs: 1, node: "n", action: "a", decision: "allow", previousHash: "p", hash: "h\(index)")
+    /// A batch too large for one statement is written by several statements in one transaction;
+    /// the store links audit records onto its chain.
+    @Test(arguments: StoreKind.all) func largeBatchesAreWrittenWhole(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            try await store.appendUsage((0..<5_000).map { record("big\($0)", agent: "big", ts: 10, nanos: 1) })
+            #expect(try await store.spend(agentID: "big", sinceMs: 0).calls == 5_000)
+            let records = (0..<5_000).map { index in AuditRecord(timestampMs: 1, node: "n", action: "a", target: "t\(index)", decision: "allow") }
+            let head = try await store.appendAudit(Array(records[..<10]))
+            #expect(head.sequence == 10)
+            try await store.appendAudit(Array(records[10...]))
+            let stored = try await store.auditRecords(afterPosition: 0, limit: 10_000).records
+            #expect(stored.map(\.target) == records.map(\.target))
+            #expect(stored.map(\.sequence) == Array(1...5_000))
+            var chain = AuditChain()
+            #expect(chain.verify(stored) == nil, "one chain across both batches")
+            #expect(try await store.auditHead()?.hash == stored.last?.hash)
         }
-        try await store.appendAudit(records)
-        let stored = try await store.auditRecords(afterPosition: 0, limit: 10_000).records
-        #expect(stored.map(\.hash) == records.map(\.hash))
-        try await store.close()
+    }
+
+    /// Usage records read back exactly as written, and spend sums (both stores).
+    @Test(arguments: StoreKind.all) func usageRoundTripsAndSums(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            #expect(try await store.schemaVersion() > 0)
+            let batch = (0..<1_500).map { record("r\($0)", agent: $0 < 1_000 ? "a" : "b", ts: Int64(1_000 + $0), nanos: 100) }
+            try await store.appendUsage(batch)
+            let spend = try await store.spend(agentID: "a", sinceMs: 1_500)
+            #expect(spend.calls == 500 && spend.cost == USD(nanos: 50_000) && spend.usage.cachedInputTokens == 1_000)
+            let recent = try await store.recentUsage(limit: 2)
+            #expect(recent.map(\.requestID) == ["r1499", "r1498"])
+            #expect(recent.first == batch.last)
+            let agent = Agent(id: "bot")
+            try await store.saveRegistry(agents: [agent], keys: [])
+            #expect(try await store.agents().map(\.id) == ["bot"])
+            try await store.saveSigningKeys([SigningKeyRecord(kid: "k1", privateKeyPEM: "pem", createdMs: 3)], deleting: [])
+            #expect(try await store.signingKeys().map(\.kid) == ["k1"])
+            try await store.saveToolPins([ToolPin(name: "erp.x", approvedHash: "h", approvedMs: 1, approvedBy: "o")])
+            #expect(try await store.toolPins().map(\.approvedHash) == ["h"])
+        }
     }
 }

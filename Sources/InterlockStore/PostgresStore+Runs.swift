@@ -1,0 +1,310 @@
+public import InterlockCore
+import PostgresNIO
+
+extension PostgresStore: RunStore {
+    public func saveWorkflowVersion(_ version: WorkflowVersionRecord) async throws {
+        try await rows(
+            "INSERT INTO workflow_versions (hash, name, source, origin, created_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
+            [.text(version.hash), .text(version.name), .text(version.source), .text(version.origin), .int(version.createdMs)])
+    }
+
+    public func workflowVersion(hash: String) async throws -> WorkflowVersionRecord? {
+        try await rows("SELECT hash, name, source, origin, created_ms FROM workflow_versions WHERE hash = $1", [.text(hash)]).first
+            .flatMap(StoreRecords.workflowVersion)
+    }
+
+    public func latestWorkflowVersions(origin: String) async throws -> [WorkflowVersionRecord] {
+        try await rows(
+            """
+            SELECT hash, name, source, origin, created_ms FROM workflow_versions v
+            WHERE origin = $1 AND pos = (SELECT MAX(pos) FROM workflow_versions w WHERE w.name = v.name AND w.origin = v.origin)
+            ORDER BY name
+            """, [.text(origin)]
+        ).compactMap(StoreRecords.workflowVersion)
+    }
+
+    public func createRun(_ run: RunRecord, events: [RunEvent], readyAtMs: Int64) async throws -> (run: RunRecord, created: Bool) {
+        var run = run
+        run.lastSeq = events.last?.seq ?? 0
+        let created = run
+        let existing: RunRecord? = try await transaction { [self] connection in
+            // Two nodes starting the same keyed run: the second waits for the first to commit,
+            // inserts nothing and reads the first's run.
+            let inserted = try await rows(
+                """
+                INSERT INTO runs (\(StoreRecords.runColumns.joined(separator: ","))) VALUES (\(Self.list(StoreRecords.runColumns.count)))
+                ON CONFLICT DO NOTHING RETURNING id
+                """, StoreRecords.values(created), on: connection)
+            if inserted.isEmpty {
+                guard let key = created.idempotencyKey,
+                    let row = try await rows(
+                        "SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs WHERE idempotency_key = $1", [.text(key)], on: connection
+                    ).first
+                else { throw PostgresStoreError.unavailable("run \(created.id) exists already") }
+                return StoreRecords.run(row)
+            }
+            try await insertEvents([(created.id, events)], on: connection)
+            try await rows(
+                "INSERT INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken) VALUES ($1, $2, $3, NULL, NULL, 0)",
+                [.text(created.id), .int(created.priority), .int(readyAtMs)], on: connection)
+            try await notifyRuns("", on: connection)
+            return nil
+        }
+        if let existing { return (existing, false) }
+        return (created, true)
+    }
+
+    /// Tells every node's listener (on commit) that runs became due; `runID` names the run so
+    /// the node executing it can nudge it, empty for any new work.
+    private func notifyRuns(_ runID: String, on connection: PostgresConnection) async throws {
+        try await rows("SELECT pg_notify('\(PostgresSchema.runsChannel)', $1)", [.text(runID)], on: connection)
+    }
+
+    /// Appends events of one or more runs and keeps the waits index (as in the SQLite store).
+    private func insertEvents(_ histories: [(runID: String, events: [RunEvent])], on connection: PostgresConnection) async throws {
+        let waits = StoreRecords.WaitChanges(histories)
+        if !waits.finished.isEmpty {
+            try await rows("DELETE FROM run_waits WHERE run_id IN (\(Self.list(waits.finished.count)))", waits.finished.map(StoreValue.text), on: connection)
+        }
+        for chunk in stride(from: 0, to: waits.settled.count, by: 20_000) {
+            let slice = waits.settled[chunk..<min(waits.settled.count, chunk + 20_000)]
+            try await rows(
+                "DELETE FROM run_waits WHERE (run_id, path) IN (VALUES \(Self.placeholders(rows: slice.count, columns: 2)))",
+                slice.flatMap { [.text($0.runID), .text($0.path)] }, on: connection)
+        }
+        for (runID, path, type) in waits.waiting {
+            try await rows(
+                "INSERT INTO run_waits (run_id, path, event_type) VALUES ($1, $2, $3) ON CONFLICT (run_id, path) DO UPDATE SET event_type = excluded.event_type",
+                [.text(runID), .text(path), .text(type)], on: connection)
+        }
+        let rowsToInsert = histories.flatMap { history in history.events.map { (history.runID, $0) } }
+        try await insertRows(
+            table: "run_events", columns: ["run_id", "seq", "ts_ms", "kind", "path", "data"], rowsToInsert, on: connection
+        ) { StoreRecords.values(runID: $0.0, $0.1) }
+    }
+
+    public func run(id: String) async throws -> RunRecord? {
+        try await rows("SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs WHERE id = $1", [.text(id)]).first.flatMap(StoreRecords.run)
+    }
+
+    public func runs(_ filter: RunFilter) async throws -> [RunRecord] {
+        var conditions: [String] = []
+        var values: [StoreValue] = []
+        for (column, value) in [("status", filter.status?.rawValue), ("workflow", filter.workflow), ("started_by", filter.startedBy)] {
+            guard let value else { continue }
+            values.append(.text(value))
+            conditions.append("\(column) = $\(values.count)")
+        }
+        if let before = filter.beforeID {
+            values.append(.text(before))
+            conditions.append("pos < (SELECT pos FROM runs WHERE id = $\(values.count))")
+        }
+        let clause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        return try await rows(
+            "SELECT \(StoreRecords.runColumns.joined(separator: ",")) FROM runs \(clause) ORDER BY pos DESC LIMIT $\(values.count + 1)",
+            values + [.int(filter.limit)]
+        ).compactMap(StoreRecords.run)
+    }
+
+    public func runEvents(runID: String, afterSeq: Int64) async throws -> [RunEvent] {
+        try await rows("SELECT seq, ts_ms, kind, data FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq", [.text(runID), .int(afterSeq)])
+            .map(StoreRecords.runEvent)
+    }
+
+    /// Ready runs nobody holds (or whose holder's lease ran out), taken with `SKIP LOCKED`:
+    /// nodes claiming at once take different runs and never wait for each other.
+    public func claimRuns(owner: String, nowMs: Int64, leaseUntilMs: Int64, limit: Int) async throws -> [String] {
+        try await rows(
+            """
+            UPDATE run_queue q SET lease_owner = $1, lease_expires_ms = $2, woken = 0
+            FROM (
+                SELECT run_id FROM run_queue
+                WHERE ready_at_ms <= $3 AND (lease_owner IS NULL OR lease_expires_ms < $3)
+                ORDER BY priority DESC, ready_at_ms LIMIT $4
+                FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE q.run_id = due.run_id
+            RETURNING q.run_id
+            """, [.text(owner), .int(leaseUntilMs), .int(nowMs), .int(limit)]
+        ).compactMap { $0.text("run_id") }
+    }
+
+    public func renewLeases(owner: String, runIDs: [String], leaseUntilMs: Int64) async throws -> Set<String> {
+        guard !runIDs.isEmpty else { return [] }
+        let rows = try await rows(
+            "UPDATE run_queue SET lease_expires_ms = $1 WHERE lease_owner = $2 AND run_id IN (\(Self.list(runIDs.count, from: 3))) RETURNING run_id",
+            [.int(leaseUntilMs), .text(owner)] + runIDs.map(StoreValue.text))
+        return Set(rows.compactMap { $0.text("run_id") })
+    }
+
+    public func appendRunEvents(
+        runID: String, owner: String, events: [RunEvent], update: RunUpdate, consumedSignals: [Int64], leaseUntilMs: Int64
+    ) async throws {
+        try await checkpoints.submit(
+            Checkpoint(runID: runID, owner: owner, events: events, update: update, consumedSignals: consumedSignals, leaseUntilMs: leaseUntilMs))
+    }
+
+    /// Writes checkpoints of several runs in one transaction: fencing, the events, the
+    /// summaries and the consumed signals each in one statement. A checkpoint whose lease is
+    /// lost fails alone; if the batch fails, each is written on its own.
+    func write(_ batch: [Checkpoint]) async -> [Result<Void, any Error>] {
+        do {
+            let held: Set<String> = try await transaction { [self] connection in
+                var held: Set<String> = []
+                for owner in Set(batch.map(\.owner)) {
+                    let mine = batch.filter { $0.owner == owner }
+                    let until = mine.map(\.leaseUntilMs).max() ?? 0
+                    let rows = try await rows(
+                        "UPDATE run_queue SET lease_expires_ms = $1 WHERE lease_owner = $2 AND run_id IN (\(Self.list(mine.count, from: 3))) RETURNING run_id",
+                        [.int(until), .text(owner)] + mine.map { .text($0.runID) }, on: connection)
+                    for row in rows { if let id = row.text("run_id") { held.insert(id) } }
+                }
+                let written = batch.filter { held.contains($0.runID) }
+                guard !written.isEmpty else { return held }
+                try await insertEvents(written.map { ($0.runID, $0.events) }, on: connection)
+                let columns = StoreRecords.runUpdateColumns
+                let casts = ["text", "text", "text", "text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint"]
+                try await rows(
+                    """
+                    UPDATE runs SET status = v.status, output = v.output, error = v.error, stop_limit = v.stop_limit, budgets = v.budgets,
+                        usage = v.usage, steps_started = v.steps_started, supervisor = COALESCE(v.supervisor, runs.supervisor),
+                        updated_ms = v.updated_ms, finished_ms = v.finished_ms, last_seq = COALESCE(v.last_seq, runs.last_seq)
+                    FROM (VALUES \(Self.placeholders(rows: written.count, columns: columns.count, casts: casts))) AS v(\(columns.joined(separator: ",")))
+                    WHERE runs.id = v.id
+                    """,
+                    written.flatMap { StoreRecords.updateValues(runID: $0.runID, $0.update, lastSeq: $0.events.last?.seq) }, on: connection)
+                let signals = written.flatMap(\.consumedSignals)
+                if !signals.isEmpty {
+                    try await rows("DELETE FROM run_signals WHERE id IN (\(Self.list(signals.count)))", signals.map(StoreValue.int), on: connection)
+                }
+                return held
+            }
+            return batch.map { held.contains($0.runID) ? .success(()) : .failure(RunLeaseLost(runID: $0.runID)) }
+        } catch {
+            guard batch.count > 1 else { return [.failure(error)] }
+            var results: [Result<Void, any Error>] = []
+            for checkpoint in batch { results.append(contentsOf: await write([checkpoint])) }
+            return results
+        }
+    }
+
+    public func releaseRun(runID: String, owner: String, readyAtMs: Int64?, finished: Bool, nowMs: Int64) async throws {
+        if finished {
+            try await rows("DELETE FROM run_queue WHERE run_id = $1 AND lease_owner = $2", [.text(runID), .text(owner)])
+            return
+        }
+        try await transaction { [self] connection in
+            let released = try await rows(
+                """
+                UPDATE run_queue SET lease_owner = NULL, lease_expires_ms = NULL,
+                    ready_at_ms = CASE WHEN woken = 1 THEN $1 ELSE $2 END, woken = 0
+                WHERE run_id = $3 AND lease_owner = $4 RETURNING ready_at_ms
+                """, [.int(nowMs), .int(readyAtMs), .text(runID), .text(owner)], on: connection)
+            // Due now (a wake came while it was held): another node may take it.
+            if let ready = released.first?.int("ready_at_ms"), ready <= nowMs { try await notifyRuns("", on: connection) }
+        }
+    }
+
+    public func wakeRun(runID: String, atMs: Int64) async throws {
+        try await transaction { [self] connection in
+            try await rows(
+                """
+                UPDATE run_queue SET ready_at_ms = CASE WHEN ready_at_ms IS NULL OR ready_at_ms > $1 THEN $1 ELSE ready_at_ms END, woken = 1
+                WHERE run_id = $2
+                """, [.int(atMs), .text(runID)], on: connection)
+            try await notifyRuns(runID, on: connection)
+        }
+    }
+
+    public func releaseLeases(ownerPrefix: String) async throws {
+        try await rows(
+            "UPDATE run_queue SET lease_owner = NULL, lease_expires_ms = NULL WHERE left(lease_owner, length($1)) = $1", [.text(ownerPrefix)])
+    }
+
+    /// When the next run is due, counting runs whose holder's lease runs out (a node that died).
+    public func nextRunDue() async throws -> Int64? {
+        try await rows(
+            """
+            SELECT MIN(CASE WHEN lease_owner IS NULL THEN ready_at_ms ELSE GREATEST(ready_at_ms, lease_expires_ms + 1) END)::bigint AS due
+            FROM run_queue WHERE ready_at_ms IS NOT NULL
+            """
+        ).first?.int("due")
+    }
+
+    public func addRunSignal(_ signal: RunSignal) async throws {
+        try await transaction { [self] connection in
+            try await rows(
+                "INSERT INTO run_signals (run_id, kind, by, data, created_ms) VALUES ($1, $2, $3, $4, $5)",
+                [.text(signal.runID), .text(signal.kind), .text(signal.by), .json(signal.data), .int(signal.createdMs)], on: connection)
+            try await rows(
+                """
+                UPDATE run_queue SET ready_at_ms = CASE WHEN ready_at_ms IS NULL OR ready_at_ms > $1 THEN $1 ELSE ready_at_ms END, woken = 1
+                WHERE run_id = $2
+                """, [.int(signal.createdMs), .text(signal.runID)], on: connection)
+            // A finished run has left the queue; a retry puts it back.
+            if signal.kind == "retry" {
+                try await rows(
+                    """
+                    INSERT INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken)
+                    SELECT id, priority, $1, NULL, NULL, 1 FROM runs WHERE id = $2
+                    ON CONFLICT (run_id) DO NOTHING
+                    """, [.int(signal.createdMs), .text(signal.runID)], on: connection)
+            }
+            try await notifyRuns(signal.runID, on: connection)
+        }
+    }
+
+    public func runSignals(runID: String) async throws -> [RunSignal] {
+        try await rows("SELECT id, run_id, kind, by, data, created_ms FROM run_signals WHERE run_id = $1 ORDER BY id", [.text(runID)])
+            .map(StoreRecords.signal)
+    }
+
+    /// Events are numbered in commit order (publishers take turns on a lock), so a reader
+    /// that has seen position n never later finds a smaller one.
+    public func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool) {
+        try await transaction { [self] connection in
+            try await rows("SELECT pg_advisory_xact_lock(\(PostgresSchema.eventsLock))", on: connection)
+            if let key = event.dedupKey,
+                let row = try await rows(
+                    "SELECT \(StoreRecords.eventColumns) FROM events WHERE type = $1 AND dedup_key = $2", [.text(event.type), .text(key)], on: connection
+                ).first
+            {
+                return (StoreRecords.event(row), false)
+            }
+            let rows = try await rows(
+                "INSERT INTO events (id, type, payload, dedup_key, source, ts_ms) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                [.text(event.id), .text(event.type), .json(event.payload), .text(event.dedupKey), .text(event.source), .int(event.timeMs)], on: connection)
+            try await self.rows("SELECT pg_notify('\(PostgresSchema.eventsChannel)', '')", on: connection)
+            var stored = event
+            stored.seq = rows.first?.int("seq") ?? 0
+            return (stored, true)
+        }
+    }
+
+    public func events(afterSeq: Int64, type: String?, limit: Int) async throws -> [EventRecord] {
+        if let type {
+            return try await rows(
+                "SELECT \(StoreRecords.eventColumns) FROM events WHERE type = $1 AND seq > $2 ORDER BY seq LIMIT $3", [.text(type), .int(afterSeq), .int(limit)]
+            ).map(StoreRecords.event)
+        }
+        return try await rows("SELECT \(StoreRecords.eventColumns) FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", [.int(afterSeq), .int(limit)])
+            .map(StoreRecords.event)
+    }
+
+    public func lastEventSeq() async throws -> Int64 {
+        try await rows("SELECT COALESCE(MAX(seq), 0)::bigint AS seq FROM events").first?.int("seq") ?? 0
+    }
+
+    public func runsWaiting(eventType: String) async throws -> [String] {
+        try await rows("SELECT DISTINCT run_id FROM run_waits WHERE event_type = $1", [.text(eventType)]).compactMap { $0.text("run_id") }
+    }
+
+    public func cursor(_ name: String) async throws -> Int64 {
+        try await rows("SELECT value FROM cursors WHERE name = $1", [.text(name)]).first?.int("value") ?? 0
+    }
+
+    public func setCursor(_ name: String, to value: Int64) async throws {
+        try await rows(
+            "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value", [.text(name), .int(value)])
+    }
+}
