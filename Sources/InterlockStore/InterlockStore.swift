@@ -131,7 +131,7 @@ public protocol InterlockStore: Sendable {
 }
 
 /// Opens the store a configuration names (not migrated: call `migrate`).
-public func openStore(_ settings: StoreSettings, node: String, logger: Logger) async throws -> any InterlockStore & RunStore {
+public func openStore(_ settings: StoreSettings, node: String, logger: Logger) async throws -> any InterlockStore & RunStore & ClusterStore {
     switch settings {
     case .sqlite(let path, let durability):
         return try await SQLiteStore.open(path: path, durability: durability, logger: logger)

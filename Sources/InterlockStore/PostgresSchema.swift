@@ -14,10 +14,9 @@ enum PostgresSchema {
     static let auditLock: Int64 = 0x1A7E_0002
     static let eventsLock: Int64 = 0x1A7E_0003
 
-    /// `LISTEN` channels: runs became due or were woken (payload: the run id, or empty);
-    /// an event was published.
-    static let runsChannel = "interlock_runs"
-    static let eventsChannel = "interlock_events"
+    /// The `LISTEN` channel. Payloads: `runs` (runs became due), `run:<id>` (that run was
+    /// woken), `events` (an event was published).
+    static let channel = "interlock"
 
     static let migrations: [Migration] = [
         Migration(version: 1, name: "initial", statements: [
@@ -225,6 +224,109 @@ enum PostgresSchema {
             """,
             "CREATE INDEX events_type ON events (type, seq)",
             "CREATE TABLE cursors (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        ]),
+        Migration(version: 2, name: "cluster", statements: [
+            """
+            CREATE TABLE nodes (
+                id TEXT PRIMARY KEY, region TEXT NOT NULL, incarnation TEXT NOT NULL, address TEXT NOT NULL, version TEXT NOT NULL,
+                started_ms BIGINT NOT NULL, heartbeat_ms BIGINT NOT NULL, stopped_ms BIGINT
+            )
+            """,
+            "CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+            // Dollar budgets shared by every node: what is spent and reserved per agent and
+            // period; each reservation is a row until settled (or expired: its node died).
+            """
+            CREATE TABLE budget_counters (
+                agent_id TEXT NOT NULL, period_key TEXT NOT NULL, spent_nanos BIGINT NOT NULL, reserved_nanos BIGINT NOT NULL,
+                PRIMARY KEY (agent_id, period_key)
+            )
+            """,
+            """
+            CREATE TABLE budget_reservations (
+                id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, period_keys TEXT[] NOT NULL, amount_nanos BIGINT NOT NULL, owner TEXT NOT NULL,
+                expires_ms BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX budget_reservations_expiry ON budget_reservations (expires_ms)",
+            // Rate limits shared by every node, as GCRA: the theoretical arrival time per key.
+            "CREATE TABLE rate_counters (key TEXT PRIMARY KEY, tat_us BIGINT NOT NULL)",
+            // One round trip per reservation. Rows are locked in period-key order (here and in
+            // settle), so concurrent calls of one agent queue up and never deadlock.
+            """
+            CREATE FUNCTION interlock_budget_reserve(
+                p_agent TEXT, p_keys TEXT[], p_starts BIGINT[], p_limits BIGINT[], p_amount BIGINT, p_id TEXT, p_owner TEXT, p_expires BIGINT
+            ) RETURNS TABLE (granted BOOLEAN, period_index INT, committed BIGINT) AS $$
+            DECLARE
+                i INT;
+                c BIGINT;
+            BEGIN
+                PERFORM interlock_budget_rows(p_agent, p_keys, p_starts);
+                FOR i IN 1..coalesce(array_length(p_keys, 1), 0) LOOP
+                    SELECT spent_nanos + reserved_nanos INTO c FROM budget_counters WHERE agent_id = p_agent AND period_key = p_keys[i];
+                    IF c + p_amount > p_limits[i] THEN
+                        RETURN QUERY SELECT false, i, c;
+                        RETURN;
+                    END IF;
+                END LOOP;
+                UPDATE budget_counters SET reserved_nanos = reserved_nanos + p_amount WHERE agent_id = p_agent AND period_key = ANY (p_keys);
+                INSERT INTO budget_reservations (id, agent_id, period_keys, amount_nanos, owner, expires_ms)
+                    VALUES (p_id, p_agent, p_keys, p_amount, p_owner, p_expires);
+                RETURN QUERY SELECT true, 0, 0::bigint;
+            END
+            $$ LANGUAGE plpgsql
+            """,
+            // Creates an agent's counters for periods not seen yet (counting what the usage
+            // ledger already holds for them) and locks them all, in key order.
+            """
+            CREATE FUNCTION interlock_budget_rows(p_agent TEXT, p_keys TEXT[], p_starts BIGINT[]) RETURNS VOID AS $$
+            DECLARE
+                i INT;
+            BEGIN
+                FOR i IN 1..coalesce(array_length(p_keys, 1), 0) LOOP
+                    IF NOT EXISTS (SELECT 1 FROM budget_counters WHERE agent_id = p_agent AND period_key = p_keys[i]) THEN
+                        INSERT INTO budget_counters (agent_id, period_key, spent_nanos, reserved_nanos)
+                            SELECT p_agent, p_keys[i], COALESCE(SUM(cost_nanos), 0), 0 FROM usage_ledger WHERE agent_id = p_agent AND ts_ms >= p_starts[i]
+                            ON CONFLICT DO NOTHING;
+                    END IF;
+                END LOOP;
+                PERFORM 1 FROM budget_counters WHERE agent_id = p_agent AND period_key = ANY (p_keys) ORDER BY period_key FOR UPDATE;
+            END
+            $$ LANGUAGE plpgsql
+            """,
+            """
+            CREATE FUNCTION interlock_budget_settle(p_id TEXT, p_agent TEXT, p_keys TEXT[], p_starts BIGINT[], p_actual BIGINT) RETURNS VOID AS $$
+            DECLARE
+                held_keys TEXT[];
+                held BIGINT;
+            BEGIN
+                SELECT period_keys, amount_nanos INTO held_keys, held FROM budget_reservations WHERE id = p_id;
+                PERFORM interlock_budget_rows(p_agent, p_keys || COALESCE(held_keys, ARRAY[]::TEXT[]), p_starts || ARRAY[]::BIGINT[]);
+                IF held IS NOT NULL THEN
+                    DELETE FROM budget_reservations WHERE id = p_id;
+                    UPDATE budget_counters SET reserved_nanos = reserved_nanos - held WHERE agent_id = p_agent AND period_key = ANY (held_keys);
+                END IF;
+                UPDATE budget_counters SET spent_nanos = spent_nanos + p_actual WHERE agent_id = p_agent AND period_key = ANY (p_keys);
+            END
+            $$ LANGUAGE plpgsql
+            """,
+            """
+            CREATE FUNCTION interlock_rate_take(p_key TEXT, p_now BIGINT, p_cost BIGINT, p_burst BIGINT) RETURNS BIGINT AS $$
+            DECLARE
+                t BIGINT;
+                next_t BIGINT;
+            BEGIN
+                INSERT INTO rate_counters (key, tat_us) VALUES (p_key, p_now) ON CONFLICT DO NOTHING;
+                SELECT GREATEST(tat_us, p_now) INTO t FROM rate_counters WHERE key = p_key FOR UPDATE;
+                -- A request larger than the whole burst passes when the limit is idle.
+                next_t := t + LEAST(p_cost, p_burst);
+                IF next_t - p_now > p_burst THEN
+                    RETURN next_t - p_burst - p_now;
+                END IF;
+                UPDATE rate_counters SET tat_us = next_t WHERE key = p_key;
+                RETURN 0;
+            END
+            $$ LANGUAGE plpgsql
+            """,
         ]),
     ]
 }

@@ -47,7 +47,7 @@ extension PostgresStore: RunStore {
             try await rows(
                 "INSERT INTO run_queue (run_id, priority, ready_at_ms, lease_owner, lease_expires_ms, woken) VALUES ($1, $2, $3, NULL, NULL, 0)",
                 [.text(created.id), .int(created.priority), .int(readyAtMs)], on: connection)
-            try await notifyRuns("", on: connection)
+            try await notifyRuns(nil, on: connection)
             return nil
         }
         if let existing { return (existing, false) }
@@ -55,9 +55,9 @@ extension PostgresStore: RunStore {
     }
 
     /// Tells every node's listener (on commit) that runs became due; `runID` names the run so
-    /// the node executing it can nudge it, empty for any new work.
-    private func notifyRuns(_ runID: String, on connection: PostgresConnection) async throws {
-        try await rows("SELECT pg_notify('\(PostgresSchema.runsChannel)', $1)", [.text(runID)], on: connection)
+    /// the node executing it can nudge it, nil for any new work.
+    private func notifyRuns(_ runID: String?, on connection: PostgresConnection) async throws {
+        try await rows("SELECT pg_notify('\(PostgresSchema.channel)', $1)", [.text(runID.map { "run:" + $0 } ?? "runs")], on: connection)
     }
 
     /// Appends events of one or more runs and keeps the waits index (as in the SQLite store).
@@ -201,7 +201,7 @@ extension PostgresStore: RunStore {
                 WHERE run_id = $3 AND lease_owner = $4 RETURNING ready_at_ms
                 """, [.int(nowMs), .int(readyAtMs), .text(runID), .text(owner)], on: connection)
             // Due now (a wake came while it was held): another node may take it.
-            if let ready = released.first?.int("ready_at_ms"), ready <= nowMs { try await notifyRuns("", on: connection) }
+            if let ready = released.first?.int("ready_at_ms"), ready <= nowMs { try await notifyRuns(nil, on: connection) }
         }
     }
 
@@ -274,7 +274,7 @@ extension PostgresStore: RunStore {
             let rows = try await rows(
                 "INSERT INTO events (id, type, payload, dedup_key, source, ts_ms) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
                 [.text(event.id), .text(event.type), .json(event.payload), .text(event.dedupKey), .text(event.source), .int(event.timeMs)], on: connection)
-            try await self.rows("SELECT pg_notify('\(PostgresSchema.eventsChannel)', '')", on: connection)
+            try await self.rows("SELECT pg_notify('\(PostgresSchema.channel)', 'events')", on: connection)
             var stored = event
             stored.seq = rows.first?.int("seq") ?? 0
             return (stored, true)

@@ -2,6 +2,7 @@ public import InterlockCore
 public import Logging
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// The cluster store: one PostgreSQL shared by every node.
 ///
@@ -19,6 +20,15 @@ public final class PostgresStore: InterlockStore {
     let checkpoints: CheckpointBatcher
     /// How long one operation may take, connection wait included.
     let deadline: Duration
+    /// Subscribers to other nodes' notifications, and whether the listener runs.
+    let listeners = Mutex(ListenerState())
+    let listenTask = Mutex<Task<Void, Never>?>(nil)
+
+    struct ListenerState {
+        var continuations: [Int: AsyncStream<StoreNotification>.Continuation] = [:]
+        var next = 0
+        var listening = false
+    }
 
     private init(client: PostgresClient, runner: Task<Void, Never>, settings: PostgresSettings, logger: Logger) {
         self.client = client
@@ -406,6 +416,11 @@ public final class PostgresStore: InterlockStore {
     }
 
     public func close() async throws {
+        if let listener = listenTask.withLock({ $0 }) {
+            listener.cancel()
+            await listener.value
+        }
+        for continuation in listeners.withLock({ Array($0.continuations.values) }) { continuation.finish() }
         runner.cancel()
         await runner.value
     }

@@ -460,6 +460,7 @@ enum SQLiteMigrations {
             "CREATE INDEX usage_ledger_run ON usage_ledger (run_id)",
         ]),
         workflows,
+        cluster,
     ]
 }
 
@@ -484,4 +485,73 @@ extension StoreValue {
 private final class StoreBox: @unchecked Sendable {
     // Written once in the store's initializer before any checkpoint can be submitted, read only after.
     weak var store: SQLiteStore?
+}
+
+extension SQLiteStore: ClusterStore {
+    public func heartbeat(_ node: NodeRecord) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                """
+                INSERT INTO nodes (id, region, incarnation, address, version, started_ms, heartbeat_ms, stopped_ms) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)
+                ON CONFLICT (id) DO UPDATE SET region = excluded.region, incarnation = excluded.incarnation, address = excluded.address,
+                    version = excluded.version, started_ms = excluded.started_ms, heartbeat_ms = excluded.heartbeat_ms, stopped_ms = NULL
+                """, NodeRows.values(node).map(\.sqlite))
+        }
+    }
+
+    public func nodes() async throws -> [NodeRecord] {
+        try await connection.query("SELECT \(NodeRows.columns) FROM nodes ORDER BY started_ms DESC, id", []).map(NodeRows.node)
+    }
+
+    public func markNodeStopped(id: String, incarnation: String, atMs: Int64) async throws {
+        try await transaction {
+            _ = try await connection.query(
+                "UPDATE nodes SET stopped_ms = ? WHERE id = ? AND incarnation = ?", [.integer(Int(atMs)), .text(id), .text(incarnation)])
+        }
+    }
+
+    public func holdLease(_ name: String, owner: String, nowMs: Int64, untilMs: Int64) async throws -> Bool {
+        var held = false
+        try await transaction {
+            let rows = try await connection.query(
+                """
+                INSERT INTO leases (name, owner, expires_ms) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms
+                WHERE leases.owner = excluded.owner OR leases.expires_ms < ?
+                RETURNING owner
+                """, [.text(name), .text(owner), .integer(Int(untilMs)), .integer(Int(nowMs))])
+            held = !rows.isEmpty
+        }
+        return held
+    }
+
+    public func notifications() -> AsyncStream<StoreNotification>? { nil }
+}
+
+extension SQLiteMigrations {
+    static let cluster = Migration(version: 11, name: "cluster", statements: [
+        """
+        CREATE TABLE nodes (
+            id TEXT PRIMARY KEY, region TEXT NOT NULL, incarnation TEXT NOT NULL, address TEXT NOT NULL, version TEXT NOT NULL,
+            started_ms INTEGER NOT NULL, heartbeat_ms INTEGER NOT NULL, stopped_ms INTEGER
+        )
+        """,
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL)",
+    ])
+}
+
+/// The nodes table, as both stores read and write it.
+enum NodeRows {
+    static let columns = "id, region, incarnation, address, version, started_ms, heartbeat_ms, stopped_ms"
+
+    static func values(_ node: NodeRecord) -> [StoreValue] {
+        [.text(node.id), .text(node.region), .text(node.incarnation), .text(node.address), .text(node.version), .int(node.startedMs), .int(node.heartbeatMs)]
+    }
+
+    static func node(_ row: some StoreRow) -> NodeRecord {
+        NodeRecord(
+            id: row.text("id") ?? "", region: row.text("region") ?? "", incarnation: row.text("incarnation") ?? "", address: row.text("address") ?? "",
+            version: row.text("version") ?? "", startedMs: row.int("started_ms") ?? 0, heartbeatMs: row.int("heartbeat_ms") ?? 0,
+            stoppedMs: row.int("stopped_ms"))
+    }
 }
