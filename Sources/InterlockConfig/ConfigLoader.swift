@@ -51,7 +51,7 @@ private struct ConfigDocument {
     let reader: ConfigReader
 
     func read(_ root: ConfigNode) -> InterlockConfiguration? {
-        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy", "guardrails", "workflows"]) else {
+        guard let top = root.mapping(allowed: ["server", "node", "store", "ledger", "audit", "auth", "logging", "gateway", "providers", "models", "agents", "operators", "tools", "mcp", "tool_gateway", "policy", "guardrails", "workflows", "cluster"]) else {
             return nil
         }
         var config = InterlockConfiguration()
@@ -67,6 +67,14 @@ private struct ConfigDocument {
                 config.store = .sqlite(path: path, durability: durability)
             }
             if let postgres = fields["postgres"].flatMap(readPostgres) { config.store = .postgres(postgres) }
+        }
+        if let node = top["cluster"], let fields = node.mapping(allowed: ["heartbeat_interval_ms", "node_timeout_ms", "budget_reservation_ttl_ms"]) {
+            if let value = fields["heartbeat_interval_ms"]?.int(minimum: 100, maximum: 60_000) { config.cluster.heartbeatIntervalMs = value }
+            if let value = fields["node_timeout_ms"]?.int(minimum: 500, maximum: 3_600_000) { config.cluster.nodeTimeoutMs = value }
+            if let value = fields["budget_reservation_ttl_ms"]?.int(minimum: 1_000, maximum: 86_400_000) { config.cluster.budgetReservationTTLMs = value }
+            if config.cluster.nodeTimeoutMs <= config.cluster.heartbeatIntervalMs {
+                (fields["node_timeout_ms"] ?? node).report("node_timeout_ms must be longer than heartbeat_interval_ms (\(config.cluster.heartbeatIntervalMs))")
+            }
         }
         if let node = top["auth"], let fields = node.mapping(allowed: [
             "issuer", "audience", "trust_domain", "token_ttl_s", "leeway_s", "api_key_ttl_s", "api_key_rotation_overlap_s", "public_url",

@@ -291,6 +291,26 @@ public final class AgentRegistry: Sendable {
         }
     }
 
+    /// Reads agents and keys again from the store (another node changed them): new and
+    /// changed ones take effect here; an agent disabled elsewhere is cut off here too.
+    public func reload() async throws {
+        let stored = try await store.agents()
+        let keys = try await store.apiKeys()
+        let cut = try await changes.run { () async throws -> [Entry] in
+            var cut: [Entry] = []
+            for agent in stored {
+                let previous = entry(id: agent.id)?.agent
+                guard previous != agent else { continue }
+                let entry = publish(agent)
+                if agent.disabled, previous.map({ !$0.disabled || $0.tokensValidFromMs != agent.tokensValidFromMs }) ?? false { cut.append(entry) }
+            }
+            let changed = snapshot.withLock { snapshot in keys.filter { snapshot.keysByID[$0.id] != $0 } }
+            if !changed.isEmpty { publish(keys: changed) }
+            return cut
+        }
+        for entry in cut { entry.cutOff.fire() }
+    }
+
     private func existing(_ id: String) throws(GatewayError) -> Agent {
         guard let agent = entry(id: id)?.agent else {
             throw GatewayError(kind: .notFound, code: "agent_not_found", message: "There is no agent '\(id)'.")

@@ -27,12 +27,15 @@ public final class CallGovernor: Sendable {
     private let metrics = CallMetrics()
     /// Budgets of the workflow runs executing on this node, by run id.
     private let runBudgets = Mutex<[String: RunBudget]>([:])
+    /// Agent and deployment limits counted across the cluster (shared store only).
+    public let shared: SharedLimits?
 
     public init(
         registry: AgentRegistry, ledger: UsageLedgerWriter, audit: AuditLog? = nil, tokens: TokenService? = nil, policy: PolicyStage? = nil,
-        guardrails: GuardrailStage? = nil, logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+        guardrails: GuardrailStage? = nil, shared: SharedLimits? = nil, logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
         self.registry = registry
+        self.shared = shared
         self.policy = policy
         self.guardrails = guardrails
         self.audit = audit
@@ -46,7 +49,7 @@ public final class CallGovernor: Sendable {
     /// config's agents, budgets restored from the usage ledger.
     public static func open(
         configuration: InterlockConfiguration, store: any InterlockStore, ledger: UsageLedgerWriter, audit: AuditLog?, tokens: TokenService?,
-        logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+        shared: SharedLimits? = nil, logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
     ) async throws -> CallGovernor {
         let clock = wallClockMs ?? { Int64(Date().timeIntervalSince1970 * 1000) }
         let queue = AdmissionQueuePolicy(maxDepth: configuration.gateway.queueMaxDepth, maxWait: .milliseconds(configuration.gateway.queueMaxWaitMs))
@@ -56,7 +59,8 @@ public final class CallGovernor: Sendable {
             settings: configuration.policy, store: store, audit: audit, region: configuration.node.region, logger: logger, wallClockMs: clock)
         let guardrails = GuardrailStage(engine: try GuardrailEngine(settings: configuration.guardrails), audit: audit, policy: policy)
         let governor = CallGovernor(
-            registry: registry, ledger: ledger, audit: audit, tokens: tokens, policy: policy, guardrails: guardrails, logger: logger, wallClockMs: clock)
+            registry: registry, ledger: ledger, audit: audit, tokens: tokens, policy: policy, guardrails: guardrails, shared: shared, logger: logger,
+            wallClockMs: clock)
         try await governor.restoreBudgets(from: store)
         return governor
     }
@@ -270,6 +274,8 @@ public final class CallGovernor: Sendable {
         fileprivate var reservation: BudgetLedger.Reservation?
         /// What the call reserved of its workflow run's budgets.
         fileprivate var runReservation: RunUsage?
+        /// What the call reserved of the agent's budgets in the shared store (cluster).
+        fileprivate var sharedReservation: SharedLimits.Reservation?
         /// The agent's state the call was admitted against (kept if the agent changes meanwhile).
         fileprivate let entry: AgentRegistry.Entry
         /// The agent's cut-off generation at admission: a stream watches from here.
@@ -335,7 +341,60 @@ public final class CallGovernor: Sendable {
                     retryAfterSeconds: Self.seconds(retryAfter))
             }
         }
+        if let shared {
+            return try await admitShared(shared, call, entry: entry, generation: generation, started: started, queued: queued)
+        }
         return try reserveBudget(call, entry: entry, generation: generation, started: started, queued: queued)
+    }
+
+    /// The cluster half of admission: the agent's limits and budget as every node counts them.
+    private func admitShared(
+        _ shared: SharedLimits, _ call: GovernedCall, entry: AgentRegistry.Entry, generation: UInt64, started: ContinuousClock.Instant, queued: Duration
+    ) async throws(GatewayError) -> Admission {
+        let limits = entry.agent.limits
+        let key = "agent:\(call.agent.id)"
+        if !limits.isUnlimited {
+            let refusal: Duration?
+            do {
+                refusal = try await shared.acquire(key, limits: limits, tokens: call.expectedTokens)
+            } catch {
+                entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while waiting for the agent's rate limit.", status: 499)
+            }
+            if let retryAfter = refusal {
+                entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                recordRejection(call, status: 429, code: "agent_rate_limited")
+                throw GatewayError(
+                    kind: .rateLimit, code: "agent_rate_limited",
+                    message: "Agent '\(call.agent.id)' is over its rate limit across the cluster; retry after \(Self.seconds(retryAfter)) s.",
+                    retryAfterSeconds: Self.seconds(retryAfter))
+            }
+        }
+        let runReservation = try reserveRunBudget(call)
+        var reservation: SharedLimits.Reservation?
+        if let budget = entry.budget {
+            let budgetLimits = budget.withLock { $0.limits }
+            if !budgetLimits.isEmpty {
+                do {
+                    reservation = try await shared.reserve(agentID: call.agent.id, limits: budgetLimits, amount: call.expectedCost)
+                } catch {
+                    entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
+                    shared.reconcile(key, limits: limits, estimatedTokens: call.expectedTokens, actualTokens: 0)
+                    if let runReservation, let runID = call.workflowRunID {
+                        runBudgets.withLock { $0[runID]?.settle(runReservation, actual: .zero) }
+                    }
+                    if error.code == "budget_exceeded" {
+                        recordRejection(call, status: 429, code: "budget_exceeded")
+                        Counter(label: "interlock_budget_rejections_total", dimensions: [("agent", call.agent.id), ("period", "shared")]).increment()
+                    }
+                    throw error
+                }
+            }
+        }
+        var admission = Admission(
+            call: call, startedAt: started, queued: queued, reservation: nil, runReservation: runReservation, entry: entry, cutOffGeneration: generation)
+        admission.sharedReservation = reservation
+        return admission
     }
 
     /// Admission without waiting, for the event-loop path: `nil` (and nothing changed) when the
@@ -344,6 +403,8 @@ public final class CallGovernor: Sendable {
     public func admitImmediately(_ call: GovernedCall) throws(GatewayError) -> Admission? {
         let started = ContinuousClock.now
         let (entry, generation) = try currentEntry(call)
+        // Cluster limits and budgets take a round trip to the store: the waiting path.
+        if shared != nil, !entry.agent.limits.isUnlimited || entry.budget != nil { return nil }
         if let limiter = entry.limiter, !limiter.acquireImmediately(tokens: call.expectedTokens) { return nil }
         return try reserveBudget(call, entry: entry, generation: generation, started: started, queued: .zero)
     }
@@ -421,6 +482,10 @@ public final class CallGovernor: Sendable {
         let now = wallClockMs()
         let entry = admission.entry
         entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
+        if let shared {
+            shared.reconcile("agent:\(call.agent.id)", limits: entry.agent.limits, estimatedTokens: call.expectedTokens, actualTokens: outcome.usage.totalTokens)
+            if let reservation = admission.sharedReservation { shared.settle(reservation, actual: outcome.cost) }
+        }
         if let runReservation = admission.runReservation, let runID = call.workflowRunID {
             // A call refused before it reached its target counts as no call.
             let reached = outcome.outcome != .rejected

@@ -254,6 +254,11 @@ public final class ModelGateway: Sendable {
             return .continueAsync(later)
         }
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
+        // A deployment limited across the cluster is counted in the store: the waiting path.
+        if governor.shared != nil, !first.settings.limits.isUnlimited {
+            first.releaseProbe()
+            return .continueAsync(later)
+        }
         guard first.limiter.acquireImmediately(tokens: expected.totalTokens) else { return .continueAsync(later) }
         var headers = endpoint.headers + upstreamHeaders(admission, span: span)
         if request.stream { headers.append(("accept", "text/event-stream")) }
@@ -295,6 +300,15 @@ public final class ModelGateway: Sendable {
                 sent: attempt.sent))
     }
 
+    /// The tokens a call really used replace its estimate in the deployment's limits (and in
+    /// the cluster's count of them).
+    static func reconcileLimits(_ deployment: DeploymentState, governor: CallGovernor, estimatedTokens: Int, actualTokens: Int) {
+        deployment.limiter.reconcile(estimatedTokens: estimatedTokens, actualTokens: actualTokens)
+        if let shared = governor.shared, !deployment.settings.limits.isUnlimited {
+            shared.reconcile("deployment:\(deployment.settings.id)", limits: deployment.settings.limits, estimatedTokens: estimatedTokens, actualTokens: actualTokens)
+        }
+    }
+
     /// Settles a stream once it ended: cost, limiter, span, usage ledger.
     fileprivate func streamSettlement(
         deployment: DeploymentState, admission: CallGovernor.Admission, span: any Span, attempts: Int
@@ -302,7 +316,7 @@ public final class ModelGateway: Sendable {
         let governor = self.governor
         return { usage, outcome, status, errorCode in
             let cost = deployment.settings.price.cost(of: usage)
-            deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
+            Self.reconcileLimits(deployment, governor: governor, estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
             if span.isRecording {
                 span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
                 span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens
@@ -438,10 +452,29 @@ public final class ModelGateway: Sendable {
                 case .admitted(let queuedFor):
                     waited += queuedFor
                 }
+                if let shared = governor.shared, !deployment.settings.limits.isUnlimited {
+                    let refusal: Duration?
+                    do {
+                        refusal = try await shared.acquire("deployment:\(deployment.settings.id)", limits: deployment.settings.limits, tokens: expected.totalTokens)
+                    } catch {
+                        deployment.releaseProbe()
+                        deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0)
+                        throw GatewayError(kind: .rateLimit, code: "request_cancelled", message: "The request was cancelled while queued.", status: 499)
+                    }
+                    if let retryAfter = refusal {
+                        deployment.releaseProbe()
+                        deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0)
+                        lastError = GatewayError(
+                            kind: .rateLimit, code: "deployment_rate_limited",
+                            message: "'\(request.alias)' is at its rate limit across the cluster; retry after \(CallGovernor.seconds(retryAfter)) s.",
+                            retryAfterSeconds: CallGovernor.seconds(retryAfter))
+                        continue
+                    }
+                }
             }
             // Once a result is returned, its settlement reconciles the tokens; every other exit gives them back.
             var handedOff = false
-            defer { if !handedOff { deployment.limiter.reconcile(estimatedTokens: expected.totalTokens, actualTokens: 0) } }
+            defer { if !handedOff { Self.reconcileLimits(deployment, governor: governor, estimatedTokens: expected.totalTokens, actualTokens: 0) } }
             let timeout = Duration.milliseconds(deployment.settings.timeoutMs ?? settings.upstreamTimeoutMs)
             let upstreamCall = UpstreamCall(
                 endpoint: request.operation == .chat ? deployment.chatEndpoint : deployment.embeddingsEndpoint, provider: deployment.provider, deployment: deployment.settings, operation: request.operation, format: deployment.provider.kind.nativeFormat,
@@ -649,7 +682,7 @@ extension ModelGateway {
         }
         if request.operation == .embeddings { usage.outputTokens = 0 }
         let cost = deployment.settings.price.cost(of: usage)
-        deployment.limiter.reconcile(estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
+        Self.reconcileLimits(deployment, governor: governor, estimatedTokens: admission.call.expectedTokens, actualTokens: usage.totalTokens)
         if span.isRecording {
             span.attributes["gen_ai.usage.input_tokens"] = usage.inputTokens
             span.attributes["gen_ai.usage.output_tokens"] = usage.outputTokens

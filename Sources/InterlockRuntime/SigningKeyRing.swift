@@ -27,6 +27,7 @@ final class SigningKeyRing: Sendable {
     private let seal: SigningKeySeal
     private let settings: AuthSettings
     private let rotating = AsyncSerialGate()
+    private let lastRefreshMs = Atomic<Int64>(0)
 
     private init(records: [SigningKeyRecord], store: any InterlockStore, seal: SigningKeySeal, settings: AuthSettings) {
         self.state = Mutex(State(records: records, publicKeys: [:], collections: [:], activeKid: records.first(where: { $0.retiredMs == nil })?.kid ?? records[0].kid))
@@ -85,6 +86,33 @@ final class SigningKeyRing: Sendable {
             state.publicKeys[record.kid] = jwk
             state.collections[record.kid] = collection
         }
+    }
+
+    /// Reads the keys again from the store (another node rotated, or made its own at a first
+    /// start): new ones are installed, retirements and the signing key follow the store.
+    func refresh(nowMs: Int64) async throws {
+        let records = try await store.signingKeys().filter { !Self.isExpired($0, settings: settings, nowMs: nowMs) }
+        guard !records.isEmpty else { return }
+        let installed = state.withLock { Set($0.collections.keys) }
+        for record in records where !installed.contains(record.kid) { try await install(record) }
+        state.withLock { state in
+            let kept = Set(records.map(\.kid))
+            for kid in state.collections.keys where !kept.contains(kid) {
+                state.collections[kid] = nil
+                state.publicKeys[kid] = nil
+            }
+            state.records = records
+            state.activeKid = records.first(where: { $0.retiredMs == nil })?.kid ?? state.activeKid
+        }
+        lastRefreshMs.store(nowMs, ordering: .relaxed)
+    }
+
+    /// `refresh`, unless the keys were read less than a second ago (a token with an unknown
+    /// `kid` must not make every request read the store).
+    func refreshIfStale(nowMs: Int64) async {
+        guard nowMs - lastRefreshMs.load(ordering: .relaxed) >= 1_000 else { return }
+        lastRefreshMs.store(nowMs, ordering: .relaxed)
+        try? await refresh(nowMs: nowMs)
     }
 
     /// The key `kid` alone, while tokens it signed may still be valid.

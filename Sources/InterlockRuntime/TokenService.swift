@@ -159,7 +159,13 @@ public final class TokenService: Sendable {
             throw Self.refuse("The token's algorithm '\(algorithm)' is not accepted; Interlock signs with ES256.")
         }
         guard let kid = header["kid"]?.stringValue else { throw Self.refuse("The token has no 'kid' header.") }
-        guard let verifier = ring.verifier(kid: kid, nowMs: nowMs) else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
+        var found = ring.verifier(kid: kid, nowMs: nowMs)
+        if found == nil {
+            // Signed by another node with a key this one has not read yet.
+            await ring.refreshIfStale(nowMs: nowMs)
+            found = ring.verifier(kid: kid, nowMs: nowMs)
+        }
+        guard let verifier = found else { throw Self.refuse("The token's key '\(kid)' is not one of Interlock's signing keys.") }
         do {
             _ = try await verifier.verify(token, as: SignatureOnly.self)
         } catch {
@@ -265,6 +271,9 @@ public final class TokenService: Sendable {
 
     /// The signing keys for the admin API (ids and dates, never key material).
     public func signingKeys(nowMs: Int64) -> [JSONValue] { ring.listing(nowMs: nowMs) }
+
+    /// Reads the signing keys again (another node rotated them).
+    public func refreshSigningKeys(nowMs: Int64) async throws { try await ring.refresh(nowMs: nowMs) }
 
     /// Whether a presented credential is a JWT rather than an API key.
     public static func looksLikeJWT(_ credential: String) -> Bool {

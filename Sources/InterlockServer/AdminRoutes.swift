@@ -16,6 +16,9 @@ struct AdminRoutes {
     let modelAliases: Set<String>
     /// The tool registry, when tools are configured.
     let tools: ToolGateway?
+    /// This node's id and when a silent node counts as lost (`/admin/v1/nodes`).
+    let nodeID: String
+    let cluster: ClusterSettings
 
     func addRoutes(to router: Router<InterlockRequestContext>) {
         let admin = router.group("admin/v1")
@@ -25,6 +28,26 @@ struct AdminRoutes {
             try await perform(context, .viewer, "operator.audit.read", target: nil) { try await audit(request, context: context) }
         }
         addAgentRoutes(to: admin)
+        if let members = store as? any ClusterStore {
+            // The nodes sharing this store: up (heartbeats arrive), lost (silent past
+            // cluster.node_timeout_ms) or stopped (shut down cleanly).
+            admin.get("nodes") { _, context in
+                try await perform(context, .viewer, "operator.nodes.list", target: nil) {
+                    let nodes: [NodeRecord]
+                    do {
+                        nodes = try await members.nodes()
+                    } catch {
+                        throw GatewayError(kind: .internal, code: "store_unavailable", message: "Interlock could not read its store; try again.", status: 503)
+                    }
+                    let now = governor.nowMs()
+                    return ModelRoutes.json(
+                        [
+                            "object": "list", "node": .string(nodeID),
+                            "data": .array(nodes.map { $0.json(nowMs: now, timeoutMs: Int64(cluster.nodeTimeoutMs)) }),
+                        ], requestID: context.requestID)
+                }
+            }
+        }
         if let policy = governor.policy { addApprovalRoutes(to: admin, policy: policy) }
         if let tools {
             admin.get("tools") { _, context in

@@ -78,7 +78,8 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
 
     AdminRoutes(
         operators: CredentialDirectory(services.configuration.operators.map { ($0.token.reveal(), $0) }), store: services.store,
-        governor: services.gateway.governor, modelAliases: Set(services.configuration.models.map(\.name)), tools: services.tools
+        governor: services.gateway.governor, modelAliases: Set(services.configuration.models.map(\.name)), tools: services.tools,
+        nodeID: services.configuration.node.id, cluster: services.configuration.cluster
     ).addRoutes(to: router)
 
     ProtectedResourceRoutes(

@@ -58,6 +58,10 @@ public enum StoreNotification: Sendable, Equatable {
     case runs(runID: String?)
     /// An event was published.
     case events
+    /// Agents or API keys changed.
+    case registry
+    /// Token-signing keys changed (a rotation).
+    case signingKeys
     /// The listening connection was (re)established: anything may have been missed.
     case resync
 }

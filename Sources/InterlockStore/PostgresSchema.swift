@@ -15,7 +15,8 @@ enum PostgresSchema {
     static let eventsLock: Int64 = 0x1A7E_0003
 
     /// The `LISTEN` channel. Payloads: `runs` (runs became due), `run:<id>` (that run was
-    /// woken), `events` (an event was published).
+    /// woken), `events` (an event was published), `registry` (agents or keys changed),
+    /// `keys` (signing keys changed).
     static let channel = "interlock"
 
     static let migrations: [Migration] = [

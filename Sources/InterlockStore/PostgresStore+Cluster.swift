@@ -67,6 +67,10 @@ extension PostgresStore: ClusterStore {
                         let payload = notification.payload
                         if payload == "events" {
                             broadcast(.events)
+                        } else if payload == "registry" {
+                            broadcast(.registry)
+                        } else if payload == "keys" {
+                            broadcast(.signingKeys)
                         } else if payload.hasPrefix("run:") {
                             broadcast(.runs(runID: String(payload.dropFirst(4))))
                         } else {

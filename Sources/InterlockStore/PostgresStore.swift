@@ -298,6 +298,7 @@ public final class PostgresStore: InterlockStore {
                     """, [.text(key.kid), .text(key.privateKeyPEM), .int(key.createdMs), .int(key.retiredMs)], on: connection)
             }
             for kid in kids { try await rows("DELETE FROM signing_keys WHERE kid = $1", [.text(kid)], on: connection) }
+            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', 'keys')", on: connection)
         }
     }
 
@@ -324,6 +325,8 @@ public final class PostgresStore: InterlockStore {
                     ON CONFLICT (id) DO UPDATE SET expires_ms = excluded.expires_ms, revoked_ms = excluded.revoked_ms
                     """, StoreRecords.values(key), on: connection)
             }
+            // Other nodes reload: a key revoked here must stop working there too.
+            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', 'registry')", on: connection)
         }
     }
 

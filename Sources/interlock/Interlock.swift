@@ -248,8 +248,26 @@ struct Serve: AsyncParsableCommand {
             store: store, node: configuration.node.id, flushInterval: .milliseconds(configuration.audit.flushIntervalMs),
             maxBatch: configuration.audit.maxBatch, logger: Logger(label: "interlock.audit"), wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
         let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+        // This process's run of the node: workflow leases and shared budget reservations are
+        // held under `<node>/<incarnation>`.
+        var generator = SystemRandomNumberGenerator()
+        let incarnation = String(generator.next(), radix: 36)
+        let leaseOwner = "\(configuration.node.id)/\(incarnation)"
+        let shared: SharedLimits? =
+            configuration.store.isShared
+            ? (store as? any SharedLimitStore).map {
+                SharedLimits(store: $0, owner: leaseOwner, configuration: configuration, logger: Logger(label: "interlock.limits"), wallClockMs: {
+                    Int64(Date().timeIntervalSince1970 * 1000)
+                })
+            } : nil
         let governor = try await CallGovernor.open(
-            configuration: configuration, store: store, ledger: ledger, audit: audit, tokens: tokens, logger: Logger(label: "interlock.pipeline"))
+            configuration: configuration, store: store, ledger: ledger, audit: audit, tokens: tokens, shared: shared, logger: Logger(label: "interlock.pipeline"))
+        let host = self.host ?? configuration.server.host
+        let port = self.port ?? configuration.server.port
+        let membership = NodeMembership(
+            configuration: configuration, store: store, registry: governor.registry, tokens: tokens, incarnation: incarnation, address: "\(host):\(port)",
+            logger: Logger(label: "interlock.cluster"))
+        try await membership.join()
 
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.providers.map(\.maxConnections).max() ?? 64)
@@ -270,8 +288,6 @@ struct Serve: AsyncParsableCommand {
             configuration.server.eventLoopPath
             ? try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton, configuration: .init(configuration.gateway.upstreamPool)) : nil
 
-        let host = self.host ?? configuration.server.host
-        let port = self.port ?? configuration.server.port
         let tools =
             configuration.toolSources.isEmpty
             ? nil
@@ -279,7 +295,7 @@ struct Serve: AsyncParsableCommand {
                 configuration: configuration, governor: governor, client: httpClient, store: store, logger: Logger(label: "interlock.tools"))
         let workflows = WorkflowEngine(
             configuration: configuration, store: store, governor: governor, models: gateway, tools: tools, httpClient: httpClient,
-            logger: Logger(label: "interlock.workflows"))
+            logger: Logger(label: "interlock.workflows"), owner: leaseOwner)
         try await workflows.open()
         let app = buildApplication(
             InterlockServices(
@@ -288,13 +304,17 @@ struct Serve: AsyncParsableCommand {
             host: host, port: port, logger: logger
         ) { boundPort in
             // Tests and scripts read this line to learn the port when 0 was asked for.
+            membership.setAddress("\(host):\(boundPort)")
             print("interlock listening on http://\(host):\(boundPort)")
             flushStandardOutput()
         }
         // Graceful shutdown runs in reverse order: the server drains first, then the ledger writes what is left.
         // Tool upstreams (stdio processes) stop after the server has drained.
         // Workflow runs stop (checkpointing what finishes) after the server and before the tools.
-        services += [ledger, audit.writer] + (tools.map { [$0 as any Service] } ?? []) + [workflows, app]
+        // Membership goes last of the background services (stopped first after the server, it
+        // marks the node stopped while the store is still open); shared limits settle what
+        // the drained requests reserved before the ledger stops.
+        services += [ledger, audit.writer] + (shared.map { [$0 as any Service] } ?? []) + (tools.map { [$0 as any Service] } ?? []) + [workflows, membership, app]
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -25,6 +25,8 @@ public struct InterlockConfiguration: Sendable {
     public var guardrails = GuardrailSettings()
     /// Durable workflows: definitions and how this node's worker runs them (`workflows`).
     public var workflows = WorkflowSettings()
+    /// How nodes sharing a PostgreSQL store keep track of each other (`cluster`).
+    public var cluster = ClusterSettings()
 
     public init(
         server: ServerSettings = .init(), node: NodeSettings = .init(), store: StoreSettings = .sqlite(path: "interlock.sqlite"),
@@ -56,6 +58,20 @@ public struct ServerSettings: Sendable {
     /// Serve non-streamed model calls that need no wait on the event loop that read them
     /// (README, "The event-loop path"). Off sends every call through the async path.
     public var eventLoopPath: Bool = true
+
+    public init() {}
+}
+
+/// `cluster`: membership and shared limits when several nodes share one store.
+public struct ClusterSettings: Sendable {
+    /// How often a node records that it is alive, in milliseconds.
+    public var heartbeatIntervalMs: Int = 2_000
+    /// A node silent this long is listed as lost, in milliseconds. (Its runs move to other
+    /// nodes when their leases run out: `workflows.lease_ms`.)
+    public var nodeTimeoutMs: Int = 10_000
+    /// How long a shared budget reservation lives if its call never settles (the node died
+    /// mid-call), in milliseconds; longer than the longest call.
+    public var budgetReservationTTLMs: Int = 600_000
 
     public init() {}
 }

@@ -17,7 +17,7 @@ import Synchronization
 public final class WorkflowEngine: Service, Sendable {
     public let settings: WorkflowSettings
     public let catalog: WorkflowCatalog
-    let store: any InterlockStore & RunStore
+    let store: any InterlockStore & RunStore & ClusterStore
     let governor: CallGovernor
     let models: ModelGateway
     let tools: ToolGateway?
@@ -42,8 +42,8 @@ public final class WorkflowEngine: Service, Sendable {
     private let backgroundCounter = Atomic<Int>(0)
 
     public init(
-        configuration: InterlockConfiguration, store: any InterlockStore & RunStore, governor: CallGovernor, models: ModelGateway, tools: ToolGateway?,
-        httpClient: HTTPClient, logger: Logger, wallClockMs: (@Sendable () -> Int64)? = nil
+        configuration: InterlockConfiguration, store: any InterlockStore & RunStore & ClusterStore, governor: CallGovernor, models: ModelGateway,
+        tools: ToolGateway?, httpClient: HTTPClient, logger: Logger, owner: String? = nil, wallClockMs: (@Sendable () -> Int64)? = nil
     ) {
         self.settings = configuration.workflows
         self.store = store
@@ -53,7 +53,7 @@ public final class WorkflowEngine: Service, Sendable {
         self.logger = logger
         self.nodeID = configuration.node.id
         var generator = SystemRandomNumberGenerator()
-        self.owner = "\(configuration.node.id)/\(String(generator.next(), radix: 36))"
+        self.owner = owner ?? "\(configuration.node.id)/\(String(generator.next(), radix: 36))"
         let clock = wallClockMs ?? { Int64(Date().timeIntervalSince1970 * 1000) }
         self.wallClockMs = clock
         let references = WorkflowReferences(configuration)
@@ -77,6 +77,9 @@ public final class WorkflowEngine: Service, Sendable {
     public func run() async throws {
         // A restarted node takes its old runs back at once instead of waiting out their leases.
         try await store.releaseLeases(ownerPrefix: nodeID + "/")
+        // Other nodes' wakes (answers, signals, events, new runs) arrive as notifications.
+        let listener = Task { await self.followNotifications() }
+        defer { listener.cancel() }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.dispatchEvents() }
@@ -116,6 +119,27 @@ public final class WorkflowEngine: Service, Sendable {
             self.scheduleWake.signal()
             self.dispatchWake.signal()
             for handle in self.active.withLock({ Array($0.values) }) { handle.nudge() }
+        }
+    }
+
+    /// Nudges a run executing here that another node woke, and wakes the scheduler and the
+    /// event dispatcher when other nodes say there is work.
+    private func followNotifications() async {
+        guard let stream = store.notifications() else { return }
+        for await notification in stream {
+            switch notification {
+            case .runs(let runID):
+                if let runID { active.withLock { $0[runID] }?.nudge() }
+                scheduleWake.signal()
+            case .events:
+                dispatchWake.signal()
+            case .resync:
+                for handle in active.withLock({ Array($0.values) }) { handle.nudge() }
+                scheduleWake.signal()
+                dispatchWake.signal()
+            case .registry, .signingKeys:
+                break
+            }
         }
     }
 
@@ -159,6 +183,12 @@ public final class WorkflowEngine: Service, Sendable {
     private func dispatchEvents() async {
         while !isStopping {
             do {
+                // One dispatcher in the cluster at a time; the others stand by.
+                let now = wallClockMs()
+                guard try await store.holdLease("event_dispatch", owner: owner, nowMs: now, untilMs: now + Int64(settings.leaseMs)) else {
+                    await dispatchWake.wait(upTo: .milliseconds(Int64(settings.pollIntervalMs)))
+                    continue
+                }
                 var cursor = try await store.cursor("event_dispatch")
                 while true {
                     let batch = try await store.events(afterSeq: cursor, type: nil, limit: 200)

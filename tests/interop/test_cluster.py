@@ -1,0 +1,179 @@
+"""Three `interlock serve` nodes on one PostgreSQL (the throwaway server scripts/test starts):
+a node killed with SIGKILL while runs with side effects are in flight, a dollar budget and an
+RPM limit hammered through all three nodes at once."""
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import start_interlock, stop_interlock
+from test_workflows import call, start_tools, stats
+
+POSTGRES = os.environ.get("INTERLOCK_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not POSTGRES, reason="needs INTERLOCK_TEST_POSTGRES_URL (scripts/test starts a PostgreSQL)")
+OPERATOR = "cluster-operator-token-00001"
+
+
+def sql(schema, query):
+    """One value from the cluster's store, read with psql."""
+    output = subprocess.run(
+        ["psql", POSTGRES, "-tAq", "-c", f"SET search_path TO {schema}", "-c", query], capture_output=True, text=True, check=True).stdout
+    return output.strip()
+
+
+class Cluster:
+    def __init__(self, nodes=3, tools_port=None):
+        self.schema = "it_" + uuid.uuid4().hex[:12]
+        self.log = open(f"/tmp/interlock-cluster-{self.schema}.log", "w")
+        self.env = {"DATABASE_URL": POSTGRES, "INTERLOCK_PG_SCHEMA": self.schema}
+        if tools_port:
+            self.env["TOOLS_PORT"] = str(tools_port)
+        self.nodes = {}
+        for index in range(1, nodes + 1):
+            self.start(f"n{index}")
+
+    def start(self, node_id):
+        process, base, _ = start_interlock("cluster.yaml", env=dict(self.env, INTERLOCK_NODE_ID=node_id), stderr=self.log)
+        self.nodes[node_id] = (process, base)
+
+    def base(self, index):
+        bases = [base for process, base in self.nodes.values() if process.poll() is None]
+        return bases[index % len(bases)]
+
+    def stop(self):
+        for process, _ in self.nodes.values():
+            if process.poll() is None:
+                stop_interlock(process)
+        subprocess.run(["psql", POSTGRES, "-qc", f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"], capture_output=True)
+
+
+def post_chat(base, key, content="hello"):
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions", method="POST",
+        data=json.dumps({"model": "fast", "max_tokens": 10, "messages": [{"role": "user", "content": content}]}).encode())
+    request.add_header("authorization", f"Bearer {key}")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_nodes_list_each_other():
+    cluster = Cluster(nodes=3)
+    try:
+        status, body = call("GET", f"{cluster.base(0)}/admin/v1/nodes", OPERATOR)
+        assert status == 200, body
+        assert sorted(node["id"] for node in body["data"]) == ["n1", "n2", "n3"]
+        assert all(node["status"] == "up" for node in body["data"]), body
+    finally:
+        cluster.stop()
+
+
+def test_a_killed_node_s_runs_are_finished_by_the_others_with_no_side_effect_repeated():
+    # Slow enough tools that the runs are still in flight when n2 dies.
+    tools, tools_port = start_tools(delay_ms=150)
+    cluster = Cluster(nodes=3, tools_port=tools_port)
+    runs = 90
+    steps = ["first", "second", "each-1", "each-2"]
+    try:
+        ids = []
+        for n in range(runs):
+            status, run = call("POST", f"{cluster.base(n)}/v1/runs", OPERATOR, {"workflow": "mailing", "input": {"n": n}})
+            assert status == 201, run
+            ids.append(run["id"])
+        # Kill n2 while it holds runs and emails are going out.
+        deadline = time.time() + 60
+        held = []
+        while time.time() < deadline:
+            sent = len(stats(tools_port)["sent"])
+            held = sql(cluster.schema, "SELECT string_agg(run_id, ',') FROM run_queue WHERE lease_owner LIKE 'n2/%'").split(",")
+            held = [run_id for run_id in held if run_id]
+            if sent > 0 and held:
+                break
+            time.sleep(0.05)
+        assert held, "n2 never held a run"
+        killed = cluster.nodes["n2"][0]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        unfinished_at_kill = [run_id for run_id in held if sql(cluster.schema, f"SELECT status FROM runs WHERE id = '{run_id}'") != "completed"]
+        # n1 lists n2 as lost once its heartbeat is older than node_timeout_ms.
+        lost = False
+        for _ in range(50):
+            _, body = call("GET", f"{cluster.base(0)}/admin/v1/nodes", OPERATOR)
+            lost = any(node["id"] == "n2" and node["status"] == "lost" for node in body["data"])
+            if lost:
+                break
+            time.sleep(0.1)
+        assert lost, body
+
+        pending = set(ids)
+        deadline = time.time() + 120
+        while pending and time.time() < deadline:
+            for run_id in list(pending):
+                status, run = call("GET", f"{cluster.base(0)}/v1/runs/{run_id}", OPERATOR)
+                assert status == 200
+                assert run["status"] not in ("failed", "cancelled", "stopped_by_budget"), run
+                if run["status"] == "completed":
+                    pending.discard(run_id)
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} runs did not complete"
+        assert unfinished_at_kill, "every run n2 held had finished before the kill; nothing to recover"
+        # Finished by n1 and n3: n2 is dead, and their histories go on after the kill.
+        for run_id in unfinished_at_kill:
+            assert sql(cluster.schema, f"SELECT status FROM runs WHERE id = '{run_id}'") == "completed"
+        subjects = [email["subject"] for email in stats(tools_port)["sent"]]
+        expected = sorted(f"{n}-{step}" for n in range(runs) for step in steps)
+        assert sorted(subjects) == expected, "every completed step's email was sent exactly once"
+        # The audit chain stays one verifiable chain though three nodes wrote it.
+        nodes_in_audit = sql(cluster.schema, "SELECT string_agg(DISTINCT node, ',') FROM audit_log").split(",")
+        assert {"n1", "n3"} <= set(nodes_in_audit), nodes_in_audit
+    finally:
+        cluster.stop()
+        tools.terminate()
+
+
+def test_a_dollar_budget_holds_across_three_nodes():
+    cluster = Cluster(nodes=3)
+    budget = 100.0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+            results = list(pool.map(lambda index: post_chat(cluster.base(index), "cluster-spender-key-0000001"), range(90)))
+        statuses = [status for status, _ in results]
+        assert statuses.count(200) > 0 and statuses.count(429) > 0, statuses
+        assert all(body["error"]["code"] == "budget_exceeded" for status, body in results if status == 429)
+        # Each call reserves its worst case: the prompt's estimate plus max_tokens, at $1 a token.
+        largest_reservation = 40.0
+        for node, (process, _) in cluster.nodes.items():
+            stop_interlock(process)  # flushes the usage ledger
+        spent = int(sql(cluster.schema, "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_ledger WHERE agent_id = 'spender'")) / 1e9
+        assert spent <= budget + largest_reservation, f"spent ${spent} against a ${budget} budget"
+        assert spent >= budget / 2, f"only ${spent} of ${budget} spent: the budget refused calls it had room for"
+        # Each node alone would have let every node spend the whole budget.
+        assert statuses.count(200) * 5 <= budget + largest_reservation
+    finally:
+        cluster.stop()
+
+
+def test_a_requests_per_minute_limit_holds_across_three_nodes():
+    cluster = Cluster(nodes=3)
+    try:
+        started = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+            results = list(pool.map(lambda index: post_chat(cluster.base(index), "cluster-limited-key-0000001"), range(90)))
+        elapsed = time.time() - started
+        statuses = [status for status, _ in results]
+        allowed = statuses.count(200)
+        # 30 a minute: a burst of 30, then one more every 2 s.
+        assert 30 <= allowed <= 30 + int(elapsed / 2) + 1, f"{allowed} calls passed a 30 rpm limit in {elapsed:.1f} s"
+        refused = [body for status, body in results if status == 429]
+        assert len(refused) == 90 - allowed and all(body["error"]["code"] == "agent_rate_limited" for body in refused), statuses
+    finally:
+        cluster.stop()
