@@ -92,19 +92,18 @@ public final class PostgresStore: InterlockStore {
 
     // MARK: Statements
 
-    /// Runs `body`, failing with `unavailable` when it takes longer than `limit`.
+    /// Runs `body`, failing with `unavailable` when it takes longer than `limit`. The caller
+    /// is answered at the deadline even if `body` does not stop when cancelled (a query on a
+    /// connection the server dropped mid-transaction can stay unanswered): it is cancelled
+    /// and left to end on its own.
     func within<Result: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
-        try await withThrowingTaskGroup(of: Result?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
+        let race = DeadlineRace<Result>()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                race.start(continuation, limit: limit, body)
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let result = first else {
-                throw PostgresStoreError.unavailable("PostgreSQL did not answer within \(limit.components.seconds) s")
-            }
-            return result
+        } onCancel: {
+            race.cancel()
         }
     }
 
@@ -462,8 +461,70 @@ public struct PostgresStoreError: Error, CustomStringConvertible, Sendable {
         if let server = error.serverInfo, let text = server[.message] {
             return "PostgreSQL: \(text) (SQLSTATE \(server[.sqlState] ?? "?"))"
         }
-        if let underlying = error.underlying { return "\(error.code): \(underlying)" }
-        return "\(error.code)"
+        // PSQLError's own description is a placeholder; the code and the cause say what happened.
+        if let underlying = error.underlying, !(underlying is PSQLError) { return "PostgreSQL connection: \(error.code): \(underlying)" }
+        return "PostgreSQL connection: \(error.code)"
+    }
+}
+
+/// The first of an operation's result and its deadline answers the caller; the other is
+/// cancelled.
+private final class DeadlineRace<Result: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<Result, any Error>?
+        var work: Task<Void, Never>?
+        var timer: Task<Void, Never>?
+        var cancelled = false
+    }
+
+    private let state = Mutex(State())
+
+    func start(_ continuation: CheckedContinuation<Result, any Error>, limit: Duration, _ body: @escaping @Sendable () async throws -> Result) {
+        let cancelled = state.withLock { state -> Bool in
+            state.continuation = continuation
+            return state.cancelled
+        }
+        if cancelled {
+            finish(.failure(CancellationError()))
+            return
+        }
+        let work = Task {
+            do {
+                self.finish(.success(try await body()))
+            } catch {
+                self.finish(.failure(error))
+            }
+        }
+        let timer = Task {
+            guard (try? await Task.sleep(for: limit)) != nil else { return }
+            self.finish(.failure(PostgresStoreError.unavailable("PostgreSQL did not answer within \(limit.components.seconds) s")))
+        }
+        let done = state.withLock { state -> Bool in
+            state.work = work
+            state.timer = timer
+            return state.continuation == nil
+        }
+        if done {
+            work.cancel()
+            timer.cancel()
+        }
+    }
+
+    func cancel() {
+        state.withLock { $0.cancelled = true }
+        finish(.failure(CancellationError()))
+    }
+
+    private func finish(_ result: Swift.Result<Result, any Error>) {
+        let (continuation, work, timer) = state.withLock { state in
+            let taken = (state.continuation, state.work, state.timer)
+            state.continuation = nil
+            return taken
+        }
+        guard let continuation else { return }
+        work?.cancel()
+        timer?.cancel()
+        continuation.resume(with: result)
     }
 }
 

@@ -328,8 +328,23 @@ struct Serve: AsyncParsableCommand {
         } catch {
             logger.error("service group failed", metadata: ["error": "\(error)"])
         }
-        await ledger.flush()
-        await audit.writer.flush()
+        // Last writes of what the writers still hold, bounded: with the store gone for good
+        // a node must still stop (and say what it could not write).
+        let finalFlush = Task {
+            await ledger.flush()
+            await audit.writer.flush()
+        }
+        let flushDeadline = Task {
+            try await Task.sleep(for: .milliseconds(configuration.server.shutdownGraceMs))
+            finalFlush.cancel()
+        }
+        await finalFlush.value
+        flushDeadline.cancel()
+        if ledger.backlog > 0 || audit.writer.backlog > 0 {
+            logger.error(
+                "the store could not be reached before shutdown; records not written",
+                metadata: ["interlock.ledger.unwritten": "\(ledger.backlog)", "interlock.audit.unwritten": "\(audit.writer.backlog)"])
+        }
         try? await httpClient.shutdown()
         loopClient?.closeIdleConnections()
         try? await store.close()

@@ -20,18 +20,19 @@ pytestmark = pytest.mark.skipif(not POSTGRES, reason="needs INTERLOCK_TEST_POSTG
 OPERATOR = "cluster-operator-token-00001"
 
 
-def sql(schema, query):
+def sql(schema, query, url=None):
     """One value from the cluster's store, read with psql."""
     output = subprocess.run(
-        ["psql", POSTGRES, "-tAq", "-c", f"SET search_path TO {schema}", "-c", query], capture_output=True, text=True, check=True).stdout
+        ["psql", url or POSTGRES, "-tAq", "-c", f"SET search_path TO {schema}", "-c", query], capture_output=True, text=True, check=True).stdout
     return output.strip()
 
 
 class Cluster:
-    def __init__(self, nodes=3, tools_port=None):
+    def __init__(self, nodes=3, tools_port=None, postgres=None):
         self.schema = "it_" + uuid.uuid4().hex[:12]
+        self.postgres = postgres or POSTGRES
         self.log = open(f"/tmp/interlock-cluster-{self.schema}.log", "w")
-        self.env = {"DATABASE_URL": POSTGRES, "INTERLOCK_PG_SCHEMA": self.schema}
+        self.env = {"DATABASE_URL": self.postgres, "INTERLOCK_PG_SCHEMA": self.schema}
         if tools_port:
             self.env["TOOLS_PORT"] = str(tools_port)
         self.nodes = {}
@@ -50,7 +51,7 @@ class Cluster:
         for process, _ in self.nodes.values():
             if process.poll() is None:
                 stop_interlock(process)
-        subprocess.run(["psql", POSTGRES, "-qc", f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"], capture_output=True)
+        subprocess.run(["psql", self.postgres, "-qc", f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"], capture_output=True)
 
 
 def post_chat(base, key, content="hello"):
@@ -177,3 +178,87 @@ def test_a_requests_per_minute_limit_holds_across_three_nodes():
         assert len(refused) == 90 - allowed and all(body["error"]["code"] == "agent_rate_limited" for body in refused), statuses
     finally:
         cluster.stop()
+
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts")
+
+
+def test_nodes_ride_out_a_postgres_restart_without_losing_acknowledged_work():
+    """PostgreSQL killed (as a crash would) and started again while runs send emails: the
+    nodes keep serving what needs no store, refuse cleanly what does, and carry on once it
+    is back, with no restart; every run completes and every email is sent once."""
+    started = subprocess.run([os.path.join(SCRIPTS, "postgres"), "start"], capture_output=True, text=True, check=True).stdout
+    settings = dict(line.removeprefix("export ").split("=", 1) for line in started.splitlines())
+    url, directory = settings["INTERLOCK_TEST_POSTGRES_URL"], settings["INTERLOCK_TEST_POSTGRES_DIR"]
+    tools, tools_port = start_tools(delay_ms=100)
+    cluster = Cluster(nodes=2, tools_port=tools_port, postgres=url)
+    steps = ["first", "second", "each-1", "each-2"]
+    try:
+        ids = []
+        for n in range(30):
+            status, run = call("POST", f"{cluster.base(n)}/v1/runs", OPERATOR, {"workflow": "mailing", "input": {"n": n}})
+            assert status == 201, run
+            ids.append(run["id"])
+        while not stats(tools_port)["sent"]:
+            time.sleep(0.02)
+        subprocess.run([os.path.join(SCRIPTS, "postgres"), "kill", directory], check=True)
+        # Authentication and routing need no store: a call is served (its ledger row waits).
+        status, body = post_chat(cluster.base(0), "cluster-limited-key-0000001", "during the outage")
+        assert status == 200, body
+        # A budget cannot be checked: refused, cleanly, in the caller's format.
+        begun = time.time()
+        status, body = post_chat(cluster.base(1), "cluster-spender-key-0000001")
+        assert status == 503 and body["error"]["code"] == "budget_unavailable", body
+        assert time.time() - begun < 15
+        subprocess.run([os.path.join(SCRIPTS, "postgres"), "resume", directory], check=True)
+        pending = set(ids)
+        deadline = time.time() + 120
+        while pending and time.time() < deadline:
+            for run_id in list(pending):
+                status, run = call("GET", f"{cluster.base(len(pending))}/v1/runs/{run_id}", OPERATOR)
+                if status == 200:
+                    assert run["status"] not in ("failed", "cancelled", "stopped_by_budget"), run
+                    if run["status"] == "completed":
+                        pending.discard(run_id)
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} runs did not complete after the restart"
+        subjects = sorted(email["subject"] for email in stats(tools_port)["sent"])
+        assert subjects == sorted(f"{n}-{step}" for n in range(30) for step in steps)
+        status, body = post_chat(cluster.base(1), "cluster-spender-key-0000001")
+        assert status == 200, body
+        _, body = call("GET", f"{cluster.base(0)}/admin/v1/nodes", OPERATOR)
+        assert [node["status"] for node in body["data"]] == ["up", "up"], body
+        for process, _ in cluster.nodes.values():
+            stop_interlock(process)
+        # The call served during the outage was recorded once the store was back.
+        assert int(sql(cluster.schema, "SELECT count(*) FROM usage_ledger WHERE agent_id = 'limited'", url)) == 1
+    finally:
+        cluster.stop()
+        tools.terminate()
+        subprocess.run([os.path.join(SCRIPTS, "postgres"), "stop", directory])
+
+
+def test_a_node_whose_store_is_gone_still_stops():
+    """SIGTERM with PostgreSQL gone for good: the node gives its writers the shutdown grace,
+    says what it could not write, and exits instead of retrying forever."""
+    started = subprocess.run([os.path.join(SCRIPTS, "postgres"), "start"], capture_output=True, text=True, check=True).stdout
+    settings = dict(line.removeprefix("export ").split("=", 1) for line in started.splitlines())
+    url, directory = settings["INTERLOCK_TEST_POSTGRES_URL"], settings["INTERLOCK_TEST_POSTGRES_DIR"]
+    cluster = Cluster(nodes=1, postgres=url)
+    try:
+        subprocess.run([os.path.join(SCRIPTS, "postgres"), "kill", directory], check=True)
+        status, body = post_chat(cluster.base(0), "cluster-limited-key-0000001", "its ledger row cannot be written")
+        assert status == 200, body
+        process = cluster.nodes["n1"][0]
+        begun = time.time()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        assert time.time() - begun < 45, "shutdown took too long"
+        cluster.log.flush()
+        with open(cluster.log.name) as log:
+            assert "records not written" in log.read()
+    finally:
+        for process, _ in cluster.nodes.values():
+            if process.poll() is None:
+                process.kill()
+        subprocess.run([os.path.join(SCRIPTS, "postgres"), "stop", directory])
