@@ -153,9 +153,10 @@ def main():
         lines.append(f"| requests measured at {rate} req/s (failed) | {t['count']} ({t['failures']}) | {j['count']} ({j['failures']}) | |")
     table = "\n".join(lines)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
+    name = os.environ.get("BENCH_RESULTS_NAME", "latest")
+    with open(os.path.join(HERE, "results", f"{name}.md"), "w") as f:
         f.write(f"Command: `{command}`\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, machine: {os.cpu_count()} cores\n\n{table}\n")
-    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
+    with open(os.path.join(HERE, "results", f"{name}.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(table)
 

@@ -141,6 +141,57 @@ def test_a_killed_node_s_runs_are_finished_by_the_others_with_no_side_effect_rep
         tools.terminate()
 
 
+def test_answers_and_cancellations_given_on_one_node_reach_the_node_running_the_run():
+    tools, tools_port = start_tools(delay_ms=3000)
+    cluster = Cluster(nodes=3, tools_port=tools_port)
+    try:
+        # A cancel given on another node stops a run while its node is inside a 3 s tool call.
+        status, run = call("POST", f"{cluster.base(0)}/v1/runs", OPERATOR, {"workflow": "mailing", "input": {"n": 1}})
+        assert status == 201, run
+        owner = ""
+        for _ in range(200):
+            owner = sql(cluster.schema, f"SELECT COALESCE(lease_owner, '') FROM run_queue WHERE run_id = '{run['id']}'")
+            if owner and sql(cluster.schema, f"SELECT count(*) FROM run_events WHERE run_id = '{run['id']}' AND kind = 'step_started'") != "0":
+                break
+            time.sleep(0.02)
+        holder = owner.split("/")[0]
+        other = next(base for node, (process, base) in cluster.nodes.items() if node != holder)
+        begun = time.time()
+        status, body = call("POST", f"{other}/v1/runs/{run['id']}/cancel", OPERATOR, {"reason": "changed my mind"})
+        assert status == 202, body
+        while time.time() - begun < 10:
+            status, current = call("GET", f"{other}/v1/runs/{run['id']}", OPERATOR)
+            if current["status"] == "cancelled":
+                break
+            time.sleep(0.05)
+        assert current["status"] == "cancelled", current
+        assert time.time() - begun < 2.5, "the cancel waited for the step instead of reaching its node"
+
+        # An approval given on one node lets the run go on wherever it waits.
+        status, run = call("POST", f"{cluster.base(1)}/v1/runs", OPERATOR, {"workflow": "approved_mail", "input": {"n": 2}})
+        assert status == 201, run
+        approval = None
+        for _ in range(200):
+            _, listing = call("GET", f"{cluster.base(2)}/v1/approvals?status=pending", OPERATOR)
+            approval = next((item for item in listing["data"] if item.get("run") == run["id"]), None)
+            if approval:
+                break
+            time.sleep(0.05)
+        assert approval, listing
+        status, body = call("POST", f"{cluster.base(2)}/v1/approvals/{approval['id']}", OPERATOR, {"decision": "approve", "comment": "ok"})
+        assert status == 200, body
+        for _ in range(200):
+            _, current = call("GET", f"{cluster.base(0)}/v1/runs/{run['id']}", OPERATOR)
+            if current["status"] == "completed":
+                break
+            time.sleep(0.05)
+        assert current["status"] == "completed", current
+        assert [email["subject"] for email in stats(tools_port)["sent"] if email["subject"] == "2-approved"] == ["2-approved"]
+    finally:
+        cluster.stop()
+        tools.terminate()
+
+
 def test_a_dollar_budget_holds_across_three_nodes():
     cluster = Cluster(nodes=3)
     budget = 100.0
