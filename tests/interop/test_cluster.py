@@ -192,6 +192,32 @@ def test_answers_and_cancellations_given_on_one_node_reach_the_node_running_the_
         tools.terminate()
 
 
+def test_events_published_on_any_node_start_each_triggered_run_once():
+    tools, tools_port = start_tools()
+    cluster = Cluster(nodes=3, tools_port=tools_port)
+    try:
+        # 30 orders, each published twice through different nodes with its dedup key.
+        for n in range(30):
+            for attempt in range(2):
+                status, body = call(
+                    "POST", f"{cluster.base(n + attempt)}/v1/events", OPERATOR,
+                    {"type": "order.placed", "payload": {"n": n}, "dedup_key": f"order-{n}"})
+                assert status in (200, 202), body
+        expected = sorted(f"{n}-triggered" for n in range(30))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            sent = sorted(email["subject"] for email in stats(tools_port)["sent"])
+            if len(sent) >= len(expected):
+                break
+            time.sleep(0.1)
+        time.sleep(1)  # a second run per event would have sent by now
+        assert sorted(email["subject"] for email in stats(tools_port)["sent"]) == expected
+        assert sql(cluster.schema, "SELECT count(*) FROM runs WHERE workflow = 'on_order'") == "30"
+    finally:
+        cluster.stop()
+        tools.terminate()
+
+
 def test_a_dollar_budget_holds_across_three_nodes():
     cluster = Cluster(nodes=3)
     budget = 100.0
