@@ -41,7 +41,8 @@ public struct InterlockServices: Sendable {
         self.loopClient = loopClient
         let mcp = configuration.mcp
         self.mcpSessions = MCPSessions(
-            maxSessions: mcp.maxSessions, maxPerAgent: mcp.maxSessionsPerAgent, idleTimeout: .seconds(mcp.sessionIdleTimeoutSeconds))
+            maxSessions: mcp.maxSessions, maxPerAgent: mcp.maxSessionsPerAgent, idleTimeout: .seconds(mcp.sessionIdleTimeoutSeconds),
+            shared: configuration.store.isShared ? store as? any SessionStore & ClusterStore : nil)
     }
 }
 

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import InterlockCore
 import InterlockRuntime
+import InterlockStore
 import NIOCore
 import Synchronization
 
@@ -43,7 +44,7 @@ struct MCPRoutes {
             guard let id = request.headers[HTTPField.Name("mcp-session-id")!] else {
                 return Self.rpcError(nil, Code.invalidRequest, "Missing Mcp-Session-Id.", status: .badRequest, requestID: context.requestID)
             }
-            guard sessions.end(id, agentID: context.caller.agent.id) else {
+            guard await sessions.end(id, agentID: context.caller.agent.id) else {
                 return Self.rpcError(nil, Code.invalidRequest, "Unknown or ended session.", status: .notFound, requestID: context.requestID)
             }
             return Response(status: .noContent)
@@ -92,7 +93,7 @@ struct MCPRoutes {
         }
         if isResponse || object["id"] == nil {
             // A notification (initialized, cancelled, progress) or a response: accepted within a session.
-            if let refusal = sessionRefusal(request, id: nil, context: context) { return refusal }
+            if let refusal = await sessionRefusal(request, id: nil, context: context) { return refusal }
             if object["method"]?.stringValue == "notifications/cancelled", let requestID = object["params"]?["requestId"],
                 let session = request.headers[HTTPField.Name("mcp-session-id")!]
             {
@@ -113,7 +114,12 @@ struct MCPRoutes {
         if method == "initialize" {
             let requested = params["protocolVersion"]?.stringValue ?? ""
             let version = Self.supportedVersions.contains(requested) ? requested : Self.supportedVersions[0]
-            let session = sessions.open(agentID: context.caller.agent.id, version: version)
+            let session: String
+            do {
+                session = try await sessions.open(agentID: context.caller.agent.id, version: version)
+            } catch {
+                return Self.rpcError(id, Code.internalError, error.message, status: .serviceUnavailable, requestID: context.requestID)
+            }
             var response = Self.rpcResult(id, [
                 "protocolVersion": .string(version), "capabilities": ["tools": ["listChanged": false]],
                 "serverInfo": ["name": "interlock", "version": .string(InterlockVersion.current)],
@@ -122,7 +128,7 @@ struct MCPRoutes {
             response.headers[HTTPField.Name("mcp-session-id")!] = session
             return response
         }
-        if let refusal = sessionRefusal(request, id: id, context: context) { return refusal }
+        if let refusal = await sessionRefusal(request, id: id, context: context) { return refusal }
         switch method {
         case "ping":
             return Self.rpcResult(id, .object([:]), requestID: context.requestID)
@@ -136,11 +142,11 @@ struct MCPRoutes {
 
     /// Everything after `initialize` belongs to a live session of the same agent: 400 without
     /// one, 404 for an unknown, ended or foreign one (the client initializes again).
-    private func sessionRefusal(_ request: Request, id: JSONValue?, context: AgentRequestContext) -> Response? {
+    private func sessionRefusal(_ request: Request, id: JSONValue?, context: AgentRequestContext) async -> Response? {
         guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
             return Self.rpcError(id, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
         }
-        guard sessions.touch(sessionID, agentID: context.caller.agent.id) else {
+        guard await sessions.touchOrAdopt(sessionID, agentID: context.caller.agent.id) else {
             return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
         }
         return nil
@@ -307,6 +313,8 @@ final class MCPSessions: Sendable {
         var agentID: String
         var version: String
         var lastUsed: ContinuousClock.Instant
+        /// When the shared store last heard that it is in use.
+        var storedTouch: ContinuousClock.Instant
     }
 
     private let sessions = Mutex<[String: Session]>([:])
@@ -315,17 +323,48 @@ final class MCPSessions: Sendable {
     private let maxSessions: Int
     private let maxPerAgent: Int
     private let idleTimeout: Duration
+    /// In a cluster: sessions every node can find (a client's requests may land anywhere).
+    private let shared: (any SessionStore)?
 
-    init(maxSessions: Int, maxPerAgent: Int, idleTimeout: Duration) {
+    init(maxSessions: Int, maxPerAgent: Int, idleTimeout: Duration, shared: (any SessionStore & ClusterStore)? = nil) {
         self.maxSessions = maxSessions
         self.maxPerAgent = maxPerAgent
         self.idleTimeout = idleTimeout
+        self.shared = shared
+        // A session ended on another node ends here too (the stream ends when the store closes).
+        if let stream = shared?.notifications() {
+            Task { [weak self] in
+                for await notification in stream {
+                    if case .sessionEnded(let id) = notification { self?.forget(id) }
+                }
+            }
+        }
     }
 
-    /// A new session id: 128 random bits, hex.
-    func open(agentID: String, version: String) -> String {
+    private func forget(_ id: String) {
+        _ = sessions.withLock { $0.removeValue(forKey: id) }
+    }
+
+    private static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// A new session id: 128 random bits, hex. In a cluster it is stored before it is
+    /// answered, so the client's next request finds it on any node.
+    func open(agentID: String, version: String) async throws(GatewayError) -> String {
         var generator = SystemRandomNumberGenerator()
         let id = (0..<2).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
+        if let shared {
+            do {
+                try await shared.saveSession(id: id, agentID: agentID, version: version, nowMs: Self.nowMs())
+            } catch {
+                throw GatewayError(kind: .internal, code: "store_unavailable", message: "Interlock could not record the session; try again.", status: 503)
+            }
+        }
+        insert(id, Session(agentID: agentID, version: version, lastUsed: .now, storedTouch: .now))
+        return id
+    }
+
+    private func insert(_ id: String, _ session: Session) {
+        let agentID = session.agentID
         sessions.withLock { sessions in
             let now = ContinuousClock.now
             // An agent's sessions make room among themselves: one agent cannot push out the others'.
@@ -339,24 +378,42 @@ final class MCPSessions: Sendable {
                     sessions[oldest] = nil
                 }
             }
-            sessions[id] = Session(agentID: agentID, version: version, lastUsed: now)
+            sessions[id] = session
         }
-        return id
     }
 
-    /// Whether `id` is a live session of `agentID` (and marks it used).
+    /// Whether `id` is a live session of `agentID` on this node (and marks it used).
     func touch(_ id: String, agentID: String) -> Bool {
-        sessions.withLock { sessions in
-            guard var session = sessions[id], session.agentID == agentID else { return false }
+        let refresh = sessions.withLock { sessions -> Bool? in
+            guard var session = sessions[id], session.agentID == agentID else { return nil }
             let now = ContinuousClock.now
             guard now - session.lastUsed < idleTimeout else {
                 sessions[id] = nil
-                return false
+                return nil
             }
             session.lastUsed = now
+            // The shared store hears of use now and then, not on every request.
+            let refresh = shared != nil && now - session.storedTouch > idleTimeout / 4
+            if refresh { session.storedTouch = now }
             sessions[id] = session
-            return true
+            return refresh
         }
+        guard let refresh else { return false }
+        if refresh, let shared {
+            let now = Self.nowMs()
+            Task { try? await shared.touchSession(id: id, nowMs: now) }
+        }
+        return true
+    }
+
+    /// `touch`, or in a cluster a session another node opened, taken over from the store.
+    func touchOrAdopt(_ id: String, agentID: String) async -> Bool {
+        if touch(id, agentID: agentID) { return true }
+        guard let shared, let stored = try? await shared.session(id: id), stored.agentID == agentID,
+            Self.nowMs() - stored.touchedMs < Int64(idleTimeout.components.seconds) * 1000
+        else { return false }
+        insert(id, Session(agentID: agentID, version: stored.version, lastUsed: .now, storedTouch: .now - idleTimeout))
+        return touch(id, agentID: agentID)
     }
 
     func track(session: String, request: JSONValue, cancel: @escaping @Sendable () -> Void) {
@@ -372,12 +429,11 @@ final class MCPSessions: Sendable {
         calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }?()
     }
 
-    func end(_ id: String, agentID: String) -> Bool {
-        sessions.withLock { sessions in
-            guard sessions[id]?.agentID == agentID else { return false }
-            sessions[id] = nil
-            return true
-        }
+    func end(_ id: String, agentID: String) async -> Bool {
+        guard await touchOrAdopt(id, agentID: agentID) else { return false }
+        sessions.withLock { _ = $0.removeValue(forKey: id) }
+        try? await shared?.deleteSession(id: id)
+        return true
     }
 }
 

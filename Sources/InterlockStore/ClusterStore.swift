@@ -62,6 +62,8 @@ public enum StoreNotification: Sendable, Equatable {
     case registry
     /// Token-signing keys changed (a rotation).
     case signingKeys
+    /// An MCP session was ended (`DELETE /mcp`) on some node.
+    case sessionEnded(id: String)
     /// The listening connection was (re)established: anything may have been missed.
     case resync
 }
@@ -124,4 +126,16 @@ public enum SharedBudgetDecision: Sendable, Equatable {
     case granted
     /// The period (by index in the request) that would pass its limit, and what is spent and reserved there.
     case exhausted(periodIndex: Int, committedNanos: Int64)
+}
+
+/// MCP sessions (`/mcp`) kept in a shared store, so a client whose next request lands on
+/// another node keeps its session. Only a shared store (PostgreSQL) has them.
+public protocol SessionStore: Sendable {
+    func saveSession(id: String, agentID: String, version: String, nowMs: Int64) async throws
+    /// The session's agent, protocol version and when a node last recorded it as used.
+    func session(id: String) async throws -> (agentID: String, version: String, touchedMs: Int64)?
+    func touchSession(id: String, nowMs: Int64) async throws
+    func deleteSession(id: String) async throws
+    /// Removes sessions not used since `touchedBeforeMs`; how many.
+    func deleteSessions(touchedBeforeMs: Int64) async throws -> Int
 }

@@ -329,5 +329,9 @@ enum PostgresSchema {
             $$ LANGUAGE plpgsql
             """,
         ]),
+        Migration(version: 3, name: "mcp_sessions", statements: [
+            "CREATE TABLE mcp_sessions (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, version TEXT NOT NULL, touched_ms BIGINT NOT NULL)",
+            "CREATE INDEX mcp_sessions_touched ON mcp_sessions (touched_ms)",
+        ]),
     ]
 }

@@ -51,6 +51,17 @@ extension PostgresStore: ClusterStore {
         return stream
     }
 
+    private static func notification(_ payload: String) -> StoreNotification {
+        switch payload {
+        case "events": .events
+        case "registry": .registry
+        case "keys": .signingKeys
+        case let run where run.hasPrefix("run:"): .runs(runID: String(run.dropFirst(4)))
+        case let session where session.hasPrefix("session:"): .sessionEnded(id: String(session.dropFirst(8)))
+        default: .runs(runID: nil)
+        }
+    }
+
     private func broadcast(_ notification: StoreNotification) {
         for continuation in listeners.withLock({ Array($0.continuations.values) }) { continuation.yield(notification) }
     }
@@ -60,21 +71,11 @@ extension PostgresStore: ClusterStore {
         while !Task.isCancelled {
             do {
                 try await client.withConnection { connection in
-                    let notifications = try await connection.listen(PostgresSchema.channel)
-                    backoffMs = 100
-                    broadcast(.resync)
-                    for try await notification in notifications {
-                        let payload = notification.payload
-                        if payload == "events" {
-                            broadcast(.events)
-                        } else if payload == "registry" {
-                            broadcast(.registry)
-                        } else if payload == "keys" {
-                            broadcast(.signingKeys)
-                        } else if payload.hasPrefix("run:") {
-                            broadcast(.runs(runID: String(payload.dropFirst(4))))
-                        } else {
-                            broadcast(.runs(runID: nil))
+                    try await connection.listen(on: PostgresSchema.channel) { notifications in
+                        backoffMs = 100
+                        broadcast(.resync)
+                        for try await notification in notifications {
+                            broadcast(Self.notification(notification.payload))
                         }
                     }
                 }
@@ -147,5 +148,35 @@ extension PostgresStore: SharedLimitStore {
 
     public func adjustRate(key: String, deltaMicros: Int64, nowMicros: Int64) async throws {
         try await rows("UPDATE rate_counters SET tat_us = GREATEST(tat_us + $1, $2) WHERE key = $3", [.int(deltaMicros), .int(nowMicros), .text(key)])
+    }
+}
+
+extension PostgresStore: SessionStore {
+    public func saveSession(id: String, agentID: String, version: String, nowMs: Int64) async throws {
+        try await rows(
+            "INSERT INTO mcp_sessions (id, agent_id, version, touched_ms) VALUES ($1, $2, $3, $4)",
+            [.text(id), .text(agentID), .text(version), .int(nowMs)])
+    }
+
+    public func session(id: String) async throws -> (agentID: String, version: String, touchedMs: Int64)? {
+        guard let row = try await rows("SELECT agent_id, version, touched_ms FROM mcp_sessions WHERE id = $1", [.text(id)]).first,
+            let agent = row.text("agent_id"), let version = row.text("version"), let touched = row.int("touched_ms")
+        else { return nil }
+        return (agent, version, touched)
+    }
+
+    public func touchSession(id: String, nowMs: Int64) async throws {
+        try await rows("UPDATE mcp_sessions SET touched_ms = GREATEST(touched_ms, $1) WHERE id = $2", [.int(nowMs), .text(id)])
+    }
+
+    public func deleteSession(id: String) async throws {
+        try await transaction { [self] connection in
+            try await rows("DELETE FROM mcp_sessions WHERE id = $1", [.text(id)], on: connection)
+            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', $1)", [.text("session:" + id)], on: connection)
+        }
+    }
+
+    public func deleteSessions(touchedBeforeMs: Int64) async throws -> Int {
+        try await rows("DELETE FROM mcp_sessions WHERE touched_ms < $1 RETURNING id", [.int(touchedBeforeMs)]).count
     }
 }

@@ -218,6 +218,46 @@ def test_events_published_on_any_node_start_each_triggered_run_once():
         tools.terminate()
 
 
+def mcp_post(base, key, body, session=None):
+    request = urllib.request.Request(f"{base}/mcp", method="POST", data=json.dumps(body).encode())
+    request.add_header("authorization", f"Bearer {key}")
+    request.add_header("content-type", "application/json")
+    request.add_header("accept", "application/json, text/event-stream")
+    if session:
+        request.add_header("mcp-session-id", session)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("mcp-session-id"), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, None, json.loads(error.read() or b"null")
+
+
+def test_an_mcp_session_opened_on_one_node_works_on_the_others():
+    cluster = Cluster(nodes=3)
+    key = "cluster-mailer-key-00000001"
+    try:
+        status, session, body = mcp_post(cluster.base(0), key, {
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}})
+        assert status == 200 and session, body
+        for index in (1, 2, 0):
+            status, _, body = mcp_post(cluster.base(index), key, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session)
+            assert status == 200, body
+            assert [tool["name"] for tool in body["result"]["tools"]] == ["mail.sendEmail"]
+        # Another agent cannot use it; an ended session ends everywhere.
+        status, _, _ = mcp_post(cluster.base(1), "cluster-limited-key-0000001", {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, session)
+        assert status == 404
+        request = urllib.request.Request(f"{cluster.base(2)}/mcp", method="DELETE")
+        request.add_header("authorization", f"Bearer {key}")
+        request.add_header("mcp-session-id", session)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204
+        status, _, _ = mcp_post(cluster.base(0), key, {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, session)
+        assert status == 404, "the node that opened it forgot it too"
+    finally:
+        cluster.stop()
+
+
 def test_a_dollar_budget_holds_across_three_nodes():
     cluster = Cluster(nodes=3)
     budget = 100.0

@@ -19,6 +19,9 @@ public final class NodeMembership: Service, Sendable {
     private let address: Mutex<String>
     private let store: any ClusterStore
     private let shared: (any SharedLimitStore)?
+    /// MCP sessions shared by the cluster, swept when idle past `mcp.session_idle_timeout_s`.
+    private let sessions: (any SessionStore)?
+    private let sessionIdleMs: Int64
     private let settings: ClusterSettings
     private let registry: AgentRegistry
     private let tokens: TokenService?
@@ -37,6 +40,8 @@ public final class NodeMembership: Service, Sendable {
         self.address = Mutex(address)
         self.store = store
         self.shared = configuration.store.isShared ? store as? any SharedLimitStore : nil
+        self.sessions = configuration.store.isShared ? store as? any SessionStore : nil
+        self.sessionIdleMs = Int64(configuration.mcp.sessionIdleTimeoutSeconds) * 1000
         self.settings = configuration.cluster
         self.registry = registry
         self.tokens = tokens
@@ -113,6 +118,7 @@ public final class NodeMembership: Service, Sendable {
                     Counter(label: "interlock_budget_reservations_expired_total").increment(by: freed)
                 }
             }
+            _ = try await sessions?.deleteSessions(touchedBeforeMs: wallClockMs() - sessionIdleMs)
         } catch {
             if Task.isCancelled { return }
             Counter(label: "interlock_heartbeat_failures_total").increment()
@@ -131,7 +137,7 @@ public final class NodeMembership: Service, Sendable {
             case .resync:
                 await reloadRegistry()
                 await reloadSigningKeys()
-            case .runs, .events: break
+            case .runs, .events, .sessionEnded: break
             }
         }
     }

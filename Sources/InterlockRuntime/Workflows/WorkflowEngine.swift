@@ -137,7 +137,7 @@ public final class WorkflowEngine: Service, Sendable {
                 for handle in active.withLock({ Array($0.values) }) { handle.nudge() }
                 scheduleWake.signal()
                 dispatchWake.signal()
-            case .registry, .signingKeys:
+            case .registry, .signingKeys, .sessionEnded:
                 break
             }
         }
