@@ -23,6 +23,9 @@ public final class NodeMembership: Service, Sendable {
     private let sessions: (any SessionStore)?
     private let sessionIdleMs: Int64
     private let settings: ClusterSettings
+    /// Whether other processes may share the store (PostgreSQL): only then can another live
+    /// node use this id. On SQLite a restart after a crash joins at once.
+    private let storeIsShared: Bool
     private let registry: AgentRegistry
     private let tokens: TokenService?
     private let logger: Logger
@@ -43,6 +46,7 @@ public final class NodeMembership: Service, Sendable {
         self.sessions = configuration.store.isShared ? store as? any SessionStore : nil
         self.sessionIdleMs = Int64(configuration.mcp.sessionIdleTimeoutSeconds) * 1000
         self.settings = configuration.cluster
+        self.storeIsShared = configuration.store.isShared
         self.registry = registry
         self.tokens = tokens
         self.logger = logger
@@ -72,7 +76,7 @@ public final class NodeMembership: Service, Sendable {
     /// id (it keeps beating: refuse to start, since both would take each other's runs).
     public func join() async throws {
         let deadline = wallClockMs() + Int64(settings.nodeTimeoutMs + settings.heartbeatIntervalMs)
-        while true {
+        while storeIsShared {
             let now = wallClockMs()
             let live = try await store.nodes().first {
                 $0.id == nodeID && $0.incarnation != incarnation && $0.status(nowMs: now, timeoutMs: Int64(settings.nodeTimeoutMs)) == .up
