@@ -334,17 +334,22 @@ public final class CallGovernor: Sendable {
             case .admitted(let waited):
                 queued = waited
             case .rejected(let retryAfter, let reason):
-                recordRejection(call, status: 429, code: "agent_rate_limited")
-                throw GatewayError(
-                    kind: .rateLimit, code: "agent_rate_limited",
-                    message: "Agent '\(call.agent.id)' is over its \(reason == .tokensPerMinute ? "tokens-per-minute" : "requests-per-minute") limit; retry after \(Self.seconds(retryAfter)) s.",
-                    retryAfterSeconds: Self.seconds(retryAfter))
+                throw rateLimited(call, limit: reason == .tokensPerMinute ? "tokens-per-minute limit" : "requests-per-minute limit", retryAfter: retryAfter)
             }
         }
         if let shared {
             return try await admitShared(shared, call, entry: entry, generation: generation, started: started, queued: queued)
         }
         return try reserveBudget(call, entry: entry, generation: generation, started: started, queued: queued)
+    }
+
+    /// The refusal of a call over the agent's rate limit (recorded and audited), whichever
+    /// count refused it.
+    private func rateLimited(_ call: GovernedCall, limit: String, retryAfter: Duration) -> GatewayError {
+        recordRejection(call, status: 429, code: "agent_rate_limited")
+        return GatewayError(
+            kind: .rateLimit, code: "agent_rate_limited",
+            message: "Agent '\(call.agent.id)' is over its \(limit); retry after \(Self.seconds(retryAfter)) s.", retryAfterSeconds: Self.seconds(retryAfter))
     }
 
     /// The cluster half of admission: the agent's limits and budget as every node counts them.
@@ -363,11 +368,7 @@ public final class CallGovernor: Sendable {
             }
             if let retryAfter = refusal {
                 entry.limiter?.reconcile(estimatedTokens: call.expectedTokens, actualTokens: 0)
-                recordRejection(call, status: 429, code: "agent_rate_limited")
-                throw GatewayError(
-                    kind: .rateLimit, code: "agent_rate_limited",
-                    message: "Agent '\(call.agent.id)' is over its rate limit across the cluster; retry after \(Self.seconds(retryAfter)) s.",
-                    retryAfterSeconds: Self.seconds(retryAfter))
+                throw rateLimited(call, limit: "rate limit across the cluster", retryAfter: retryAfter)
             }
         }
         let runReservation = try reserveRunBudget(call)
@@ -383,8 +384,9 @@ public final class CallGovernor: Sendable {
                     if let runReservation, let runID = call.workflowRunID {
                         runBudgets.withLock { $0[runID]?.settle(runReservation, actual: .zero) }
                     }
+                    // Refused for the budget, or because the budget could not be checked: audited either way.
+                    recordRejection(call, status: error.status, code: error.code)
                     if error.code == "budget_exceeded" {
-                        recordRejection(call, status: 429, code: "budget_exceeded")
                         Counter(label: "interlock_budget_rejections_total", dimensions: [("agent", call.agent.id), ("period", "shared")]).increment()
                     }
                     throw error

@@ -146,7 +146,7 @@ extension PostgresStore: RunStore {
 
     /// Writes checkpoints of several runs in one transaction: fencing, the events, the
     /// summaries and the consumed signals each in one statement. A checkpoint whose lease is
-    /// lost fails alone; if the batch fails, each is written on its own.
+    /// lost fails alone; if the server refuses the batch, each is written on its own.
     func write(_ batch: [Checkpoint]) async -> [Result<Void, any Error>] {
         do {
             let held: Set<String> = try await transaction { [self] connection in
@@ -181,7 +181,11 @@ extension PostgresStore: RunStore {
             }
             return batch.map { held.contains($0.runID) ? .success(()) : .failure(RunLeaseLost(runID: $0.runID)) }
         } catch {
-            guard batch.count > 1 else { return [.failure(error)] }
+            // One checkpoint the server refused must not fail the others: each on its own. A
+            // store that cannot be reached fails them all now (one at a time would take a
+            // deadline each).
+            let refusedByServer = (error as? PostgresStoreError)?.sqlState != nil
+            guard batch.count > 1, refusedByServer else { return batch.map { _ in .failure(error) } }
             var results: [Result<Void, any Error>] = []
             for checkpoint in batch { results.append(contentsOf: await write([checkpoint])) }
             return results

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from conftest import start_interlock, stop_interlock
-from test_workflows import call, start_tools, stats
+from test_workflows import call, start_tools, stats, wait_until_completed
 
 POSTGRES = os.environ.get("INTERLOCK_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not POSTGRES, reason="needs INTERLOCK_TEST_POSTGRES_URL (scripts/test starts a PostgreSQL)")
@@ -115,16 +115,7 @@ def test_a_killed_node_s_runs_are_finished_by_the_others_with_no_side_effect_rep
             time.sleep(0.1)
         assert lost, body
 
-        pending = set(ids)
-        deadline = time.time() + 120
-        while pending and time.time() < deadline:
-            for run_id in list(pending):
-                status, run = call("GET", f"{cluster.base(0)}/v1/runs/{run_id}", OPERATOR)
-                assert status == 200
-                assert run["status"] not in ("failed", "cancelled", "stopped_by_budget"), run
-                if run["status"] == "completed":
-                    pending.discard(run_id)
-            time.sleep(0.2)
+        pending = wait_until_completed(cluster.base(0), OPERATOR, ids)
         assert not pending, f"{len(pending)} runs did not complete"
         assert unfinished_at_kill, "every run n2 held had finished before the kill; nothing to recover"
         # Finished by n1 and n3: n2 is dead, and their histories go on after the kill.
@@ -328,16 +319,7 @@ def test_nodes_ride_out_a_postgres_restart_without_losing_acknowledged_work():
         assert status == 503 and body["error"]["code"] == "budget_unavailable", body
         assert time.time() - begun < 15
         subprocess.run([os.path.join(SCRIPTS, "postgres"), "resume", directory], check=True)
-        pending = set(ids)
-        deadline = time.time() + 120
-        while pending and time.time() < deadline:
-            for run_id in list(pending):
-                status, run = call("GET", f"{cluster.base(len(pending))}/v1/runs/{run_id}", OPERATOR)
-                if status == 200:
-                    assert run["status"] not in ("failed", "cancelled", "stopped_by_budget"), run
-                    if run["status"] == "completed":
-                        pending.discard(run_id)
-            time.sleep(0.2)
+        pending = wait_until_completed(cluster.base, OPERATOR, ids)
         assert not pending, f"{len(pending)} runs did not complete after the restart"
         subjects = sorted(email["subject"] for email in stats(tools_port)["sent"])
         assert subjects == sorted(f"{n}-{step}" for n in range(30) for step in steps)
