@@ -24,8 +24,9 @@ public final class SharedLimits: Service, Sendable {
     private let maxWait: Duration
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
-    /// Settlements on their way to the store, awaited at shutdown.
-    private let pending = Mutex<[Int: Task<Void, Never>]>([:])
+    /// Settlements on their way to the store (with the agent they settle for), awaited at
+    /// shutdown and before the same agent's next reservation on this node.
+    private let pending = Mutex<[Int: (agentID: String?, task: Task<Void, Never>)]>([:])
     private let counter = Atomic<Int>(0)
 
     public init(store: any SharedLimitStore, owner: String, configuration: InterlockConfiguration, logger: Logger, wallClockMs: @escaping @Sendable () -> Int64) {
@@ -39,7 +40,7 @@ public final class SharedLimits: Service, Sendable {
 
     public func run() async throws {
         try? await gracefulShutdown()
-        for task in pending.withLock({ Array($0.values) }) { await task.value }
+        for entry in pending.withLock({ Array($0.values) }) { await entry.task.value }
     }
 
     // MARK: Rate limits
@@ -112,7 +113,10 @@ public final class SharedLimits: Service, Sendable {
     }
 
     /// Reserves the call's worst-case cost against the agent's budgets in every node's view.
+    /// A settlement this node has not written yet is awaited first: a client that waits for
+    /// one call before it sends the next is never refused for a reservation already spent.
     public func reserve(agentID: String, limits: BudgetLedger.Limits, amount: USD) async throws(GatewayError) -> Reservation {
+        for settling in pending.withLock({ $0.values.filter { $0.agentID == agentID }.map(\.task) }) { await settling.value }
         let now = wallClockMs()
         let periods = Self.periods(limits, nowMs: now)
         var generator = SystemRandomNumberGenerator()
@@ -144,7 +148,7 @@ public final class SharedLimits: Service, Sendable {
     /// Replaces the reservation with what the call cost, off the request path.
     public func settle(_ reservation: Reservation, actual: USD) {
         let periods = Self.periods(reservation.limits, nowMs: wallClockMs()).map(\.shared)
-        background {
+        background(agentID: reservation.agentID) {
             try await self.store.settleBudget(reservationID: reservation.id, agentID: reservation.agentID, periods: periods, actualNanos: actual.nanos)
         }
     }
@@ -163,10 +167,10 @@ public final class SharedLimits: Service, Sendable {
     }
 
     /// A store write after the fact, retried a few times, awaited at shutdown.
-    private func background(_ write: @escaping @Sendable () async throws -> Void) {
+    private func background(agentID: String? = nil, _ write: @escaping @Sendable () async throws -> Void) {
         let key = counter.add(1, ordering: .relaxed).newValue
         pending.withLock { tasks in
-            tasks[key] = Task {
+            let task = Task {
                 for attempt in 1...3 {
                     do {
                         try await write()
@@ -181,6 +185,7 @@ public final class SharedLimits: Service, Sendable {
                 }
                 _ = self.pending.withLock { $0.removeValue(forKey: key) }
             }
+            tasks[key] = (agentID, task)
         }
     }
 }
