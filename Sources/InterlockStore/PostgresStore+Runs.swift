@@ -264,24 +264,72 @@ extension PostgresStore: RunStore {
     }
 
     /// Events are numbered in commit order (publishers take turns on a lock), so a reader
-    /// that has seen position n never later finds a smaller one.
+    /// that has seen position n never later finds a smaller one. The lock is held until
+    /// commit, so a node's concurrent publishes share one transaction (`writeEvents`).
     public func publishEvent(_ event: EventRecord) async throws -> (event: EventRecord, created: Bool) {
-        try await transaction { [self] connection in
-            try await rows("SELECT pg_advisory_xact_lock(\(PostgresSchema.eventsLock))", on: connection)
-            if let key = event.dedupKey,
-                let row = try await rows(
-                    "SELECT \(StoreRecords.eventColumns) FROM events WHERE type = $1 AND dedup_key = $2", [.text(event.type), .text(key)], on: connection
-                ).first
-            {
-                return (StoreRecords.event(row), false)
+        try await publishedEvents.submit(event)
+    }
+
+    /// Publishes several events in one transaction, numbered in the order given; an event
+    /// whose `(type, dedup_key)` is already stored (before or earlier in the batch) returns
+    /// the stored one. If the server refuses the batch, each is published on its own.
+    func writeEvents(_ batch: [EventRecord]) async -> [Result<(event: EventRecord, created: Bool), any Error>] {
+        do {
+            let stored: [String: (EventRecord, Bool)] = try await transaction { [self] connection in
+                try await rows("SELECT pg_advisory_xact_lock(\(PostgresSchema.eventsLock))", on: connection)
+                // Under the lock nobody else inserts: an event whose key is stored, or taken
+                // earlier in the batch, is not inserted (sequence numbers stay without gaps).
+                var keys: Set<[String]> = []
+                let candidates = batch.filter { event in event.dedupKey.map { keys.insert([event.type, $0]).inserted } ?? true }
+                let columns = ["ord", "id", "type", "payload", "dedup_key", "source", "ts_ms"]
+                let casts = ["bigint", "text", "text", "text", "text", "text", "bigint"]
+                let inserted = try await rows(
+                    """
+                    INSERT INTO events (id, type, payload, dedup_key, source, ts_ms)
+                    SELECT id, type, payload, dedup_key, source, ts_ms
+                    FROM (VALUES \(Self.placeholders(rows: candidates.count, columns: columns.count, casts: casts))) AS v(\(columns.joined(separator: ",")))
+                    WHERE v.dedup_key IS NULL OR NOT EXISTS (SELECT 1 FROM events e WHERE e.type = v.type AND e.dedup_key = v.dedup_key)
+                    ORDER BY ord
+                    ON CONFLICT (type, dedup_key) DO NOTHING RETURNING id, seq
+                    """,
+                    candidates.enumerated().flatMap { index, event -> [StoreValue] in
+                        [.int(Int64(index)), .text(event.id), .text(event.type), .json(event.payload), .text(event.dedupKey), .text(event.source), .int(event.timeMs)]
+                    }, on: connection)
+                let byID = Dictionary(batch.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+                var result: [String: (EventRecord, Bool)] = [:]
+                for row in inserted {
+                    guard let id = row.text("id"), var event = byID[id] else { continue }
+                    event.seq = row.int("seq") ?? 0
+                    result[id] = (event, true)
+                }
+                // Duplicates: the stored event of the same type and key.
+                let duplicates = batch.filter { result[$0.id] == nil && $0.dedupKey != nil }
+                if !duplicates.isEmpty {
+                    let existing = try await rows(
+                        """
+                        SELECT \(StoreRecords.eventColumns) FROM events
+                        WHERE (type, dedup_key) IN (\(Self.placeholders(rows: duplicates.count, columns: 2)))
+                        """, duplicates.flatMap { [StoreValue.text($0.type), .text($0.dedupKey)] }, on: connection
+                    ).map(StoreRecords.event)
+                    for event in duplicates {
+                        if let match = existing.first(where: { $0.type == event.type && $0.dedupKey == event.dedupKey }) { result[event.id] = (match, false) }
+                    }
+                }
+                if !inserted.isEmpty { try await self.rows("SELECT pg_notify('\(PostgresSchema.channel)', 'events')", on: connection) }
+                return result
             }
-            let rows = try await rows(
-                "INSERT INTO events (id, type, payload, dedup_key, source, ts_ms) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-                [.text(event.id), .text(event.type), .json(event.payload), .text(event.dedupKey), .text(event.source), .int(event.timeMs)], on: connection)
-            try await self.rows("SELECT pg_notify('\(PostgresSchema.channel)', 'events')", on: connection)
-            var stored = event
-            stored.seq = rows.first?.int("seq") ?? 0
-            return (stored, true)
+            return batch.map { event in
+                guard let (record, created) = stored[event.id] else {
+                    return .failure(PostgresStoreError.unexpected("event '\(event.id)' was neither stored nor found"))
+                }
+                return .success((record, created))
+            }
+        } catch {
+            let refusedByServer = (error as? PostgresStoreError)?.sqlState != nil
+            guard batch.count > 1, refusedByServer else { return batch.map { _ in .failure(error) } }
+            var results: [Result<(event: EventRecord, created: Bool), any Error>] = []
+            for event in batch { results.append(contentsOf: await writeEvents([event])) }
+            return results
         }
     }
 

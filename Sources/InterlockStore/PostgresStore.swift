@@ -18,6 +18,9 @@ public final class PostgresStore: InterlockStore {
     let logger: Logger
     /// Workflow checkpoints, written in groups (`PostgresStore+Runs.swift`).
     let checkpoints: CheckpointBatcher
+    /// Published events, written in groups under the events lock (one batch at a time: the
+    /// lock serializes them anyway).
+    let publishedEvents: WriteBatcher<EventRecord, (event: EventRecord, created: Bool)>
     /// How long one operation may take, connection wait included.
     let deadline: Duration
     /// Subscribers to other nodes' notifications, and whether the listener runs.
@@ -40,6 +43,7 @@ public final class PostgresStore: InterlockStore {
         let box = PostgresStoreBox()
         // Several batches may commit at once: PostgreSQL runs them on separate connections.
         self.checkpoints = CheckpointBatcher(concurrency: 4) { batch in await box.store!.write(batch) }
+        self.publishedEvents = WriteBatcher { batch in await box.store!.writeEvents(batch) }
         box.store = self
     }
 
@@ -440,6 +444,11 @@ public struct PostgresStoreError: Error, CustomStringConvertible, Sendable {
     }
 
     static func unavailable(_ message: String) -> PostgresStoreError {
+        PostgresStoreError(sqlState: nil, message: message)
+    }
+
+    /// The server answered, but not as the store expects (a bug, never bad input).
+    static func unexpected(_ message: String) -> PostgresStoreError {
         PostgresStoreError(sqlState: nil, message: message)
     }
 

@@ -352,29 +352,30 @@ struct Checkpoint: Sendable {
     var leaseUntilMs: Int64
 }
 
-/// Group commit for checkpoints: while a batch is being written, the checkpoints that
-/// arrive meanwhile wait and are written together next. Each caller waits for its own
-/// checkpoint's commit. Up to `concurrency` batches are written at once (SQLite: one, its
-/// writes take turns anyway; PostgreSQL: several, on separate connections).
-final class CheckpointBatcher: Sendable {
+/// Group commit: while a batch is being written, the items that arrive meanwhile wait and
+/// are written together next. Each caller waits for its own item's commit. Up to
+/// `concurrency` batches are written at once (SQLite: one, its writes take turns anyway;
+/// PostgreSQL: several, on separate connections). Checkpoints (`CheckpointBatcher`) and, on
+/// PostgreSQL, published events go through one.
+final class WriteBatcher<Item: Sendable, Output: Sendable>: Sendable {
     private struct State {
-        var pending: [(Checkpoint, CheckedContinuation<Void, any Error>)] = []
+        var pending: [(Item, CheckedContinuation<Output, any Error>)] = []
         var writers = 0
     }
 
     private let state = Mutex(State())
     private let concurrency: Int
-    private let write: @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]
+    private let write: @Sendable ([Item]) async -> [Result<Output, any Error>]
 
-    init(concurrency: Int = 1, write: @escaping @Sendable ([Checkpoint]) async -> [Result<Void, any Error>]) {
+    init(concurrency: Int = 1, write: @escaping @Sendable ([Item]) async -> [Result<Output, any Error>]) {
         self.concurrency = concurrency
         self.write = write
     }
 
-    func submit(_ checkpoint: Checkpoint) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+    func submit(_ item: Item) async throws -> Output {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Output, any Error>) in
             let start = state.withLock { state -> Bool in
-                state.pending.append((checkpoint, continuation))
+                state.pending.append((item, continuation))
                 guard state.writers < concurrency else { return false }
                 state.writers += 1
                 return true
@@ -386,7 +387,7 @@ final class CheckpointBatcher: Sendable {
 
     private func drain() async {
         while true {
-            let batch = state.withLock { state -> [(Checkpoint, CheckedContinuation<Void, any Error>)] in
+            let batch = state.withLock { state -> [(Item, CheckedContinuation<Output, any Error>)] in
                 let batch = state.pending
                 state.pending = []
                 if batch.isEmpty { state.writers -= 1 }
@@ -398,6 +399,8 @@ final class CheckpointBatcher: Sendable {
         }
     }
 }
+
+typealias CheckpointBatcher = WriteBatcher<Checkpoint, Void>
 
 extension SQLiteMigrations {
     static let workflows = Migration(version: 10, name: "workflows", statements: [

@@ -137,6 +137,28 @@ import Testing
         }
     }
 
+    @Test(arguments: StoreKind.all) func concurrentPublishesAreDedupedAndNumberedWithoutGaps(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
+            // 20 keys published twice each and 10 events without a key, all at once.
+            let events = (0..<20).flatMap { key in
+                (0..<2).map { copy in EventRecord(id: "k\(key)-\(copy)", type: "t", payload: ["copy": .number(Double(copy))], dedupKey: "key-\(key)", source: "test", timeMs: 1) }
+            } + (0..<10).map { EventRecord(id: "free-\($0)", type: "u", payload: .null, source: "test", timeMs: 1) }
+            let results = try await withThrowingTaskGroup(of: (String, EventRecord, Bool).self) { group in
+                for event in events { group.addTask { let (stored, created) = try await store.publishEvent(event); return (event.id, stored, created) } }
+                return try await group.reduce(into: [String: (EventRecord, Bool)]()) { $0[$1.0] = ($1.1, $1.2) }
+            }
+            #expect(results.values.filter(\.1).count == 30)
+            for key in 0..<20 {
+                let (first, second) = (results["k\(key)-0"]!, results["k\(key)-1"]!)
+                #expect(first.1 != second.1, "exactly one copy of key-\(key) is created")
+                #expect(first.0.id == second.0.id && first.0.seq == second.0.seq)
+            }
+            let stored = try await store.events(afterSeq: 0, type: nil, limit: 100)
+            #expect(stored.map(\.seq) == Array(1...30))
+            #expect(Set(stored.map(\.id)) == Set(results.values.filter(\.1).map(\.0.id)))
+        }
+    }
+
     @Test(arguments: StoreKind.all) func concurrentCheckpointsAreWrittenTogetherAndALostLeaseFailsAlone(kind: StoreKind) async throws {
         try await Self.withStore(kind) { store in
             let start = [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))]
