@@ -14,10 +14,10 @@ enum PostgresSchema {
     static let auditLock: Int64 = 0x1A7E_0002
     static let eventsLock: Int64 = 0x1A7E_0003
 
-    /// The `LISTEN` channel. Payloads: `runs` (runs became due), `run:<id>` (that run was
-    /// woken), `events` (an event was published), `registry` (agents or keys changed),
-    /// `keys` (signing keys changed).
-    static let channel = "interlock"
+    // The `LISTEN` channel is `PostgresStore.channel` (per schema). Payloads: `runs` (runs
+    // became due), `run:<id>` (that run was woken), `events` (an event was published),
+    // `registry` (agents or keys changed), `keys` (signing keys changed), `session:<id>` (an
+    // MCP session ended).
 
     static let migrations: [Migration] = [
         Migration(version: 1, name: "initial", statements: [
@@ -332,6 +332,55 @@ enum PostgresSchema {
         Migration(version: 3, name: "mcp_sessions", statements: [
             "CREATE TABLE mcp_sessions (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, version TEXT NOT NULL, touched_ms BIGINT NOT NULL)",
             "CREATE INDEX mcp_sessions_touched ON mcp_sessions (touched_ms)",
+        ]),
+        // A batch of checkpoints in one statement, its own transaction: one round trip instead
+        // of seven, and PL/pgSQL keeps its statements' plans per connection (planning the
+        // same multi-row statements again and again was a third of the server's CPU). Each
+        // argument is a JSON array of records; the run ids whose lease was held come back,
+        // and only their checkpoints are written (fencing).
+        Migration(version: 4, name: "checkpoint_function", statements: [
+            """
+            CREATE FUNCTION interlock_checkpoint(
+                p_checkpoints JSON, p_events JSON, p_finished JSON, p_settled JSON, p_waiting JSON, p_signals JSON
+            ) RETURNS SETOF TEXT AS $$
+            DECLARE
+                held TEXT[];
+            BEGIN
+                WITH fenced AS (
+                    UPDATE run_queue q SET lease_expires_ms = c.lease_until_ms
+                    FROM json_to_recordset(p_checkpoints) AS c(id TEXT, owner TEXT, lease_until_ms BIGINT)
+                    WHERE q.run_id = c.id AND q.lease_owner = c.owner
+                    RETURNING q.run_id
+                )
+                SELECT COALESCE(array_agg(run_id), ARRAY[]::TEXT[]) INTO held FROM fenced;
+                IF cardinality(held) = 0 THEN
+                    RETURN;
+                END IF;
+                DELETE FROM run_waits WHERE run_id = ANY (held)
+                    AND run_id IN (SELECT f.run_id FROM json_to_recordset(p_finished) AS f(run_id TEXT));
+                DELETE FROM run_waits w USING json_to_recordset(p_settled) AS s(run_id TEXT, path TEXT)
+                    WHERE w.run_id = s.run_id AND w.path = s.path AND s.run_id = ANY (held);
+                INSERT INTO run_waits (run_id, path, event_type)
+                    SELECT x.run_id, x.path, x.event_type FROM json_to_recordset(p_waiting) AS x(run_id TEXT, path TEXT, event_type TEXT)
+                    WHERE x.run_id = ANY (held)
+                    ON CONFLICT (run_id, path) DO UPDATE SET event_type = excluded.event_type;
+                INSERT INTO run_events (run_id, seq, ts_ms, kind, path, data)
+                    SELECT e.run_id, e.seq, e.ts_ms, e.kind, e.path, e.data
+                    FROM json_to_recordset(p_events) AS e(run_id TEXT, seq BIGINT, ts_ms BIGINT, kind TEXT, path TEXT, data TEXT)
+                    WHERE e.run_id = ANY (held);
+                UPDATE runs SET status = v.status, output = v.output, error = v.error, stop_limit = v.stop_limit, budgets = v.budgets,
+                    usage = v.usage, steps_started = v.steps_started, supervisor = COALESCE(v.supervisor, runs.supervisor),
+                    updated_ms = v.updated_ms, finished_ms = v.finished_ms, last_seq = COALESCE(v.last_seq, runs.last_seq)
+                FROM json_to_recordset(p_checkpoints) AS v(
+                    id TEXT, status TEXT, output TEXT, error TEXT, stop_limit TEXT, budgets TEXT, usage TEXT, steps_started BIGINT,
+                    supervisor TEXT, updated_ms BIGINT, finished_ms BIGINT, last_seq BIGINT)
+                WHERE runs.id = v.id AND v.id = ANY (held);
+                DELETE FROM run_signals WHERE id IN (
+                    SELECT s.id FROM json_to_recordset(p_signals) AS s(run_id TEXT, id BIGINT) WHERE s.run_id = ANY (held));
+                RETURN QUERY SELECT unnest(held);
+            END
+            $$ LANGUAGE plpgsql
+            """,
         ]),
     ]
 }

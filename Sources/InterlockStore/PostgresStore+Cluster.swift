@@ -71,7 +71,7 @@ extension PostgresStore: ClusterStore {
         while !Task.isCancelled {
             do {
                 try await client.withConnection { connection in
-                    try await connection.listen(on: PostgresSchema.channel) { notifications in
+                    try await connection.listen(on: channel) { notifications in
                         backoffMs = 100
                         broadcast(.resync)
                         for try await notification in notifications {
@@ -172,7 +172,7 @@ extension PostgresStore: SessionStore {
     public func deleteSession(id: String) async throws {
         try await transaction { [self] connection in
             try await rows("DELETE FROM mcp_sessions WHERE id = $1", [.text(id)], on: connection)
-            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', $1)", [.text("session:" + id)], on: connection)
+            try await rows("SELECT pg_notify('\(channel)', $1)", [.text("session:" + id)], on: connection)
         }
     }
 

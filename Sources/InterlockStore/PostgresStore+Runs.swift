@@ -57,7 +57,7 @@ extension PostgresStore: RunStore {
     /// Tells every node's listener (on commit) that runs became due; `runID` names the run so
     /// the node executing it can nudge it, nil for any new work.
     private func notifyRuns(_ runID: String?, on connection: PostgresConnection) async throws {
-        try await rows("SELECT pg_notify('\(PostgresSchema.channel)', $1)", [.text(runID.map { "run:" + $0 } ?? "runs")], on: connection)
+        try await rows("SELECT pg_notify('\(channel)', $1)", [.text(runID.map { "run:" + $0 } ?? "runs")], on: connection)
     }
 
     /// Appends events of one or more runs and keeps the waits index (as in the SQLite store).
@@ -144,41 +144,29 @@ extension PostgresStore: RunStore {
             Checkpoint(runID: runID, owner: owner, events: events, update: update, consumedSignals: consumedSignals, leaseUntilMs: leaseUntilMs))
     }
 
-    /// Writes checkpoints of several runs in one transaction: fencing, the events, the
-    /// summaries and the consumed signals each in one statement. A checkpoint whose lease is
-    /// lost fails alone; if the server refuses the batch, each is written on its own.
+    /// Writes checkpoints of several runs in one statement (`interlock_checkpoint`, its own
+    /// transaction): fencing, the waits index, the events, the summaries and the consumed
+    /// signals. A checkpoint whose lease is lost fails alone; if the server refuses the
+    /// batch, each is written on its own.
     func write(_ batch: [Checkpoint]) async -> [Result<Void, any Error>] {
         do {
-            let held: Set<String> = try await transaction { [self] connection in
-                var held: Set<String> = []
-                for owner in Set(batch.map(\.owner)) {
-                    let mine = batch.filter { $0.owner == owner }
-                    let until = mine.map(\.leaseUntilMs).max() ?? 0
-                    let rows = try await rows(
-                        "UPDATE run_queue SET lease_expires_ms = $1 WHERE lease_owner = $2 AND run_id IN (\(Self.list(mine.count, from: 3))) RETURNING run_id",
-                        [.int(until), .text(owner)] + mine.map { .text($0.runID) }, on: connection)
-                    for row in rows { if let id = row.text("run_id") { held.insert(id) } }
-                }
-                let written = batch.filter { held.contains($0.runID) }
-                guard !written.isEmpty else { return held }
-                try await insertEvents(written.map { ($0.runID, $0.events) }, on: connection)
-                let columns = StoreRecords.runUpdateColumns
-                let casts = ["text", "text", "text", "text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint"]
-                try await rows(
-                    """
-                    UPDATE runs SET status = v.status, output = v.output, error = v.error, stop_limit = v.stop_limit, budgets = v.budgets,
-                        usage = v.usage, steps_started = v.steps_started, supervisor = COALESCE(v.supervisor, runs.supervisor),
-                        updated_ms = v.updated_ms, finished_ms = v.finished_ms, last_seq = COALESCE(v.last_seq, runs.last_seq)
-                    FROM (VALUES \(Self.placeholders(rows: written.count, columns: columns.count, casts: casts))) AS v(\(columns.joined(separator: ",")))
-                    WHERE runs.id = v.id
-                    """,
-                    written.flatMap { StoreRecords.updateValues(runID: $0.runID, $0.update, lastSeq: $0.events.last?.seq) }, on: connection)
-                let signals = written.flatMap(\.consumedSignals)
-                if !signals.isEmpty {
-                    try await rows("DELETE FROM run_signals WHERE id IN (\(Self.list(signals.count)))", signals.map(StoreValue.int), on: connection)
-                }
-                return held
-            }
+            let waits = StoreRecords.WaitChanges(batch.map { ($0.runID, $0.events) })
+            let arguments: [StoreValue] = [
+                .text(Self.records(
+                    StoreRecords.runUpdateColumns + ["owner", "lease_until_ms"],
+                    batch.map { StoreRecords.updateValues(runID: $0.runID, $0.update, lastSeq: $0.events.last?.seq) + [.text($0.owner), .int($0.leaseUntilMs)] })),
+                .text(Self.records(
+                    ["run_id", "seq", "ts_ms", "kind", "path", "data"],
+                    batch.flatMap { checkpoint in checkpoint.events.map { StoreRecords.values(runID: checkpoint.runID, $0) } })),
+                .text(Self.records(["run_id"], waits.finished.map { [.text($0)] })),
+                .text(Self.records(["run_id", "path"], waits.settled.map { [.text($0.runID), .text($0.path)] })),
+                .text(Self.records(["run_id", "path", "event_type"], waits.waiting.map { [.text($0.runID), .text($0.path), .text($0.type)] })),
+                .text(Self.records(["run_id", "id"], batch.flatMap { checkpoint in checkpoint.consumedSignals.map { [.text(checkpoint.runID), .int($0)] } })),
+            ]
+            let held = Set(
+                try await statement(
+                    "SELECT run_id FROM interlock_checkpoint($1::json, $2::json, $3::json, $4::json, $5::json, $6::json) AS held(run_id)", arguments
+                ).compactMap { $0.text("run_id") })
             return batch.map { held.contains($0.runID) ? .success(()) : .failure(RunLeaseLost(runID: $0.runID)) }
         } catch {
             // One checkpoint the server refused must not fail the others: each on its own. A
@@ -190,6 +178,22 @@ extension PostgresStore: RunStore {
             for checkpoint in batch { results.append(contentsOf: await write([checkpoint])) }
             return results
         }
+    }
+
+    /// Rows as a JSON array of objects (`json_to_recordset`'s argument): one parameter
+    /// whatever the batch's size, so the statement's text never changes.
+    static func records(_ columns: [String], _ rows: [[StoreValue]]) -> String {
+        JSONWriter.string(
+            .array(rows.map { row in
+                .object(JSONObject(zip(columns, row).map { column, value in
+                    switch value {
+                    case .text(let text): (key: column, value: .string(text))
+                    case .int(let int): (key: column, value: .integer(int))
+                    case .double(let double): (key: column, value: .number(double))
+                    case .null: (key: column, value: .null)
+                    }
+                }))
+            }))
     }
 
     public func releaseRun(runID: String, owner: String, readyAtMs: Int64?, finished: Bool, nowMs: Int64) async throws {
@@ -315,7 +319,7 @@ extension PostgresStore: RunStore {
                         if let match = existing.first(where: { $0.type == event.type && $0.dedupKey == event.dedupKey }) { result[event.id] = (match, false) }
                     }
                 }
-                if !inserted.isEmpty { try await self.rows("SELECT pg_notify('\(PostgresSchema.channel)', 'events')", on: connection) }
+                if !inserted.isEmpty { try await self.rows("SELECT pg_notify('\(channel)', 'events')", on: connection) }
                 return result
             }
             return batch.map { event in

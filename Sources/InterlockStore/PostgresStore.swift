@@ -21,6 +21,9 @@ public final class PostgresStore: InterlockStore {
     /// Published events, written in groups under the events lock (one batch at a time: the
     /// lock serializes them anyway).
     let publishedEvents: WriteBatcher<EventRecord, (event: EventRecord, created: Bool)>
+    /// The NOTIFY channel: `interlock`, or `interlock_<schema>` so that deployments (and
+    /// tests) in other schemas of the same database do not wake each other.
+    let channel: String
     /// How long one operation may take, connection wait included.
     let deadline: Duration
     /// Subscribers to other nodes' notifications, and whether the listener runs.
@@ -40,6 +43,8 @@ public final class PostgresStore: InterlockStore {
         self.logger = logger
         let statement = settings.statementTimeoutMs > 0 ? settings.statementTimeoutMs : 600_000
         self.deadline = .milliseconds(settings.connectTimeoutMs + statement + 1_000)
+        // A channel name is at most 63 bytes; two schemas alike in their first 53 share one.
+        self.channel = settings.schema.map { "interlock_" + $0.prefix(53) } ?? "interlock"
         let box = PostgresStoreBox()
         // Several batches may commit at once: PostgreSQL runs them on separate connections.
         self.checkpoints = CheckpointBatcher(concurrency: 4) { batch in await box.store!.write(batch) }
@@ -136,6 +141,20 @@ public final class PostgresStore: InterlockStore {
             return try await within(deadline) { try await client.query(query).collect().map(PGRow.init) }
         } catch let error as PSQLError {
             throw PostgresStoreError(error)
+        }
+    }
+
+    /// One statement that is its own transaction (a function call), run again on a deadlock
+    /// or serialization failure (twice).
+    func statement(_ sql: String, _ values: [StoreValue]) async throws -> [PGRow] {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await rows(sql, values)
+            } catch let error as PostgresStoreError where error.isRetryable && attempt < 3 {
+                continue
+            }
         }
     }
 
@@ -301,7 +320,7 @@ public final class PostgresStore: InterlockStore {
                     """, [.text(key.kid), .text(key.privateKeyPEM), .int(key.createdMs), .int(key.retiredMs)], on: connection)
             }
             for kid in kids { try await rows("DELETE FROM signing_keys WHERE kid = $1", [.text(kid)], on: connection) }
-            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', 'keys')", on: connection)
+            try await rows("SELECT pg_notify('\(channel)', 'keys')", on: connection)
         }
     }
 
@@ -329,7 +348,7 @@ public final class PostgresStore: InterlockStore {
                     """, StoreRecords.values(key), on: connection)
             }
             // Other nodes reload: a key revoked here must stop working there too.
-            try await rows("SELECT pg_notify('\(PostgresSchema.channel)', 'registry')", on: connection)
+            try await rows("SELECT pg_notify('\(channel)', 'registry')", on: connection)
         }
     }
 

@@ -11,8 +11,11 @@
 // script starts `interlock serve` nodes on PostgreSQL with it; then
 // `--postgres URL --schema S --workflow PATH --nodes N` starts the runs in their store and
 // times them (this process executes none), with the floor measured on the same PostgreSQL.
+// `--cpu-pids nodes=PID,PID --cpu-pids postgres=PID` adds where the CPU went while the runs
+// ran: each group's processes and their children, in cores (1.0 = one core busy).
 import AsyncHTTPClient
 import FoundationEssentials
+import Glibc
 import InterlockConfig
 import InterlockCore
 import InterlockProviders
@@ -33,6 +36,7 @@ struct WorkflowBench {
         var schema = "public"
         var workflowFile: String?
         var nodes = 1
+        var cpuGroups: [(name: String, pids: [Int32])] = []
         while let argument = arguments.next() {
             switch argument {
             case "--runs": runs = Int(arguments.next() ?? "") ?? runs
@@ -44,6 +48,10 @@ struct WorkflowBench {
             case "--schema": schema = arguments.next() ?? schema
             case "--workflow": workflowFile = arguments.next()
             case "--nodes": nodes = Int(arguments.next() ?? "") ?? nodes
+            case "--cpu-pids":
+                let spec = (arguments.next() ?? "").split(separator: "=", maxSplits: 1)
+                guard spec.count == 2 else { fatalError("--cpu-pids takes NAME=PID,PID") }
+                cpuGroups.append((String(spec[0]), spec[1].split(separator: ",").compactMap { Int32($0) }))
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -89,8 +97,16 @@ struct WorkflowBench {
         let worker = postgres == nil ? Task { try await engine.run() } : nil
         let definition = engine.catalog.current("bench")!
         // One run alone: the latency of a transition with nothing else going on.
-        let single = try await timeRuns(1, definition: definition, engine: engine, store: store)
-        let many = try await timeRuns(runs, definition: definition, engine: engine, store: store)
+        let singleRun = try await startRuns(1, definition: definition, engine: engine)
+        _ = try await waitForRuns(singleRun, store: store)
+        // From the run's own history (first to last event): no start-up or polling in it.
+        let history = try await store.runEvents(runID: singleRun[0], afterSeq: 0)
+        let single = Double((history.last?.timeMs ?? 0) - (history.first?.timeMs ?? 0)) / 1_000
+        let groups = cpuGroups.map { group in (group.name, group.pids + group.pids.flatMap(CPU.descendants)) }
+        let cpuBefore = groups.map { CPU.seconds($0.1) } + [CPU.seconds([CPU.ownPID])]
+        let manyStart = ContinuousClock.now
+        let many = try await waitForRuns(try await startRuns(runs, definition: definition, engine: engine), store: store, since: manyStart)
+        let cpuAfter = groups.map { CPU.seconds($0.1 + $0.1.flatMap(CPU.descendants)) } + [CPU.seconds([CPU.ownPID])]
         worker?.cancel()
         _ = await worker?.result
         try await store.close()
@@ -99,14 +115,19 @@ struct WorkflowBench {
         let transitions = Double(runs * steps)
         let directMs = directSeconds * 1_000 / Double(directCount)
         let singleMs = single * 1_000 / Double(steps)
-        let result: JSONValue = [
+        var cpu = JSONObject()
+        for (index, name) in (groups.map(\.0) + ["coordinator"]).enumerated() {
+            cpu[name] = .number(((cpuAfter[index] - cpuBefore[index]) / many * 100).rounded() / 100)
+        }
+        var result: JSONObject = [
             "kind": .string(kind), "store": .string(postgres == nil ? "sqlite (synchronous=\(synchronous))" : "postgresql, \(nodes) node(s)"), "runs": .integer(Int64(runs)), "steps_per_run": .integer(Int64(steps)),
             "steps_per_s": .number((transitions / many).rounded()), "run_seconds": .number((many * 1000).rounded() / 1000),
             "transition_ms_alone": .number((singleMs * 1000).rounded() / 1000), "direct_commit_ms": .number((directMs * 1000).rounded() / 1000),
             "direct_commits_per_s": .number((Double(directCount) / directSeconds).rounded()),
             "transition_vs_direct_commit": .number((singleMs / directMs * 100).rounded() / 100),
         ]
-        print(JSONWriter.string(result))
+        if !cpuGroups.isEmpty { result["cpu_cores"] = .object(cpu) }
+        print(JSONWriter.string(.object(result)))
     }
 
     static func seconds(_ duration: Duration) -> Double {
@@ -128,12 +149,16 @@ struct WorkflowBench {
         return workflow
     }
 
-    static func timeRuns(_ count: Int, definition: WorkflowDefinition, engine: WorkflowEngine, store: any RunStore) async throws -> Double {
-        let start = ContinuousClock.now
+    static func startRuns(_ count: Int, definition: WorkflowDefinition, engine: WorkflowEngine) async throws -> [String] {
         var ids: [String] = []
         for _ in 0..<count {
             ids.append(try await engine.start(definition, input: [:], startedBy: "bench", userID: nil, parentRunID: nil, idempotencyKey: nil, budgets: nil).run.id)
         }
+        return ids
+    }
+
+    /// Waits until every run has completed; the seconds since `start` was called.
+    static func waitForRuns(_ ids: [String], store: any RunStore, since start: ContinuousClock.Instant = .now) async throws -> Double {
         var pending = Set(ids)
         while !pending.isEmpty {
             // Against PostgreSQL the listing is a round trip that competes with the nodes: less often.
@@ -142,5 +167,47 @@ struct WorkflowBench {
             if ContinuousClock.now - start > .seconds(600) { fatalError("runs did not finish") }
         }
         return seconds(ContinuousClock.now - start)
+    }
+}
+
+/// CPU time of processes, from /proc (Linux).
+enum CPU {
+    static let ownPID = getpid()
+
+    /// User and system seconds of `pids`, with their children that have exited.
+    static func seconds(_ pids: [Int32]) -> Double {
+        var ticks = 0
+        for pid in pids {
+            guard let fields = statFields(pid) else { continue }
+            // utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat.
+            ticks += [11, 12, 13, 14].compactMap { Int(fields[$0]) }.reduce(0, +)
+        }
+        return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Living descendants of `pid` (PostgreSQL's backends under the postmaster).
+    static func descendants(_ pid: Int32) -> [Int32] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        var parents: [Int32: [Int32]] = [:]
+        for entry in entries {
+            guard let child = Int32(entry), let fields = statFields(child), let parent = Int32(fields[1]) else { continue }
+            parents[parent, default: []].append(child)
+        }
+        var found: [Int32] = []
+        var queue = [pid]
+        while let next = queue.popLast() {
+            for child in parents[next] ?? [] {
+                found.append(child)
+                queue.append(child)
+            }
+        }
+        return found
+    }
+
+    /// The fields of /proc/PID/stat after the command name: [0] is field 3 (state).
+    private static func statFields(_ pid: Int32) -> [Substring]? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        return fields.count > 14 ? fields : nil
     }
 }

@@ -54,9 +54,17 @@ import Testing
             #expect(try await store.runEvents(runID: "r1", afterSeq: 1) == [step], "the fenced-off write left nothing")
             #expect(try await store.renewLeases(owner: "n1/a", runIDs: ["r1"], leaseUntilMs: 500).isEmpty)
             #expect(try await store.renewLeases(owner: "n2/b", runIDs: ["r1"], leaseUntilMs: 500) == ["r1"])
-            try await store.appendRunEvents(runID: "r1", owner: "n2/b", events: [late], update: Self.update(.completed, now: 102), consumedSignals: [], leaseUntilMs: 500)
+            // What a checkpoint carries comes back exactly: escapes, non-ASCII, a NUL, big numbers.
+            let output: JSONValue = ["text": "quote \" backslash \\ tab \t nul \u{0} 🎉 ü", "big": .integer(Int64.max), "half": 0.5, "none": .null]
+            let done = RunEvent(seq: 3, timeMs: 102, kind: .stepCompleted(path: "a", output: output))
+            var finished = Self.update(.completed, now: 102)
+            finished.output = output
+            finished.finishedMs = 102
+            try await store.appendRunEvents(runID: "r1", owner: "n2/b", events: [done], update: finished, consumedSignals: [], leaseUntilMs: 500)
             let run = try await store.run(id: "r1")
             #expect(run?.status == .completed && run?.lastSeq == 3 && run?.usage.cost == USD(nanos: 40))
+            #expect(run?.output == output && run?.finishedMs == 102)
+            #expect(try await store.runEvents(runID: "r1", afterSeq: 2) == [done])
             // A restarted node frees its old leases at once.
             try await store.releaseLeases(ownerPrefix: "n2/")
             #expect(try await store.claimRuns(owner: "n2/c", nowMs: 103, leaseUntilMs: 600, limit: 10) == ["r1"])
