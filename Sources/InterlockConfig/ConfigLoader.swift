@@ -200,7 +200,7 @@ private struct ConfigDocument {
 
     /// `store.postgres`: the URL (`${DATABASE_URL}`), the pool and timeouts, TLS.
     private func readPostgres(_ node: ConfigNode) -> PostgresSettings? {
-        guard let fields = node.mapping(allowed: ["url", "schema", "pool_size", "connect_timeout_ms", "statement_timeout_ms", "tls"]) else { return nil }
+        guard let fields = node.mapping(allowed: ["url", "schema", "pool_size", "checkpoint_writers", "connect_timeout_ms", "statement_timeout_ms", "tls"]) else { return nil }
         guard let urlNode = fields["url"] else {
             node.report("missing 'url' (postgres://user:password@host:5432/database)")
             return nil
@@ -218,6 +218,7 @@ private struct ConfigDocument {
             if PostgresSettings.isPlainIdentifier(schema) { settings.schema = schema } else { node.report("a schema name is 1 to 63 lowercase letters, digits and '_', starting with a letter") }
         }
         if let value = fields["pool_size"]?.int(minimum: 2, maximum: 1_000) { settings.poolSize = value }
+        if let value = fields["checkpoint_writers"]?.int(minimum: 1, maximum: 16) { settings.checkpointWriters = value }
         if let value = fields["connect_timeout_ms"]?.int(minimum: 100, maximum: 600_000) { settings.connectTimeoutMs = value }
         if let value = fields["statement_timeout_ms"]?.int(minimum: 0, maximum: 3_600_000) { settings.statementTimeoutMs = value }
         if let tls = fields["tls"]?.mapping(allowed: ["mode", "ca_file"]) {

@@ -46,8 +46,9 @@ public final class PostgresStore: InterlockStore {
         // A channel name is at most 63 bytes; two schemas alike in their first 53 share one.
         self.channel = settings.schema.map { "interlock_" + $0.prefix(53) } ?? "interlock"
         let box = PostgresStoreBox()
-        // Several batches may commit at once: PostgreSQL runs them on separate connections.
-        self.checkpoints = CheckpointBatcher(concurrency: 4) { batch in await box.store!.write(batch) }
+        // Batches written at once (`checkpoint_writers`, default one: a batch is one round
+        // trip, and more writers split the same checkpoints into more transactions).
+        self.checkpoints = CheckpointBatcher(concurrency: settings.checkpointWriters) { batch in await box.store!.write(batch) }
         self.publishedEvents = WriteBatcher { batch in await box.store!.writeEvents(batch) }
         box.store = self
     }

@@ -102,11 +102,10 @@ struct WorkflowBench {
         // From the run's own history (first to last event): no start-up or polling in it.
         let history = try await store.runEvents(runID: singleRun[0], afterSeq: 0)
         let single = Double((history.last?.timeMs ?? 0) - (history.first?.timeMs ?? 0)) / 1_000
-        let groups = cpuGroups.map { group in (group.name, group.pids + group.pids.flatMap(CPU.descendants)) }
-        let cpuBefore = groups.map { CPU.seconds($0.1) } + [CPU.seconds([CPU.ownPID])]
+        let cpuBefore = cpuGroups.map { CPU.seconds(CPU.withDescendants($0.pids)) } + [CPU.seconds([CPU.ownPID])]
         let manyStart = ContinuousClock.now
         let many = try await waitForRuns(try await startRuns(runs, definition: definition, engine: engine), store: store, since: manyStart)
-        let cpuAfter = groups.map { CPU.seconds($0.1 + $0.1.flatMap(CPU.descendants)) } + [CPU.seconds([CPU.ownPID])]
+        let cpuAfter = cpuGroups.map { CPU.seconds(CPU.withDescendants($0.pids)) } + [CPU.seconds([CPU.ownPID])]
         worker?.cancel()
         _ = await worker?.result
         try await store.close()
@@ -116,7 +115,7 @@ struct WorkflowBench {
         let directMs = directSeconds * 1_000 / Double(directCount)
         let singleMs = single * 1_000 / Double(steps)
         var cpu = JSONObject()
-        for (index, name) in (groups.map(\.0) + ["coordinator"]).enumerated() {
+        for (index, name) in (cpuGroups.map(\.name) + ["coordinator"]).enumerated() {
             cpu[name] = .number(((cpuAfter[index] - cpuBefore[index]) / many * 100).rounded() / 100)
         }
         var result: JSONObject = [
@@ -174,6 +173,13 @@ struct WorkflowBench {
 enum CPU {
     static let ownPID = getpid()
 
+    /// `pids` and their living descendants (PostgreSQL's backends under the postmaster), each
+    /// once. A descendant that exits in between is still counted: its time moves into its
+    /// parent's children's time.
+    static func withDescendants(_ pids: [Int32]) -> [Int32] {
+        Array(Set(pids + pids.flatMap(descendants)))
+    }
+
     /// User and system seconds of `pids`, with their children that have exited.
     static func seconds(_ pids: [Int32]) -> Double {
         var ticks = 0
@@ -185,8 +191,8 @@ enum CPU {
         return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Living descendants of `pid` (PostgreSQL's backends under the postmaster).
-    static func descendants(_ pid: Int32) -> [Int32] {
+    /// Living descendants of `pid`.
+    private static func descendants(_ pid: Int32) -> [Int32] {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
         var parents: [Int32: [Int32]] = [:]
         for entry in entries {

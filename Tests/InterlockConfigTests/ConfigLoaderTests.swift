@@ -41,6 +41,7 @@ import Testing
               postgres:
                 url: ${DATABASE_URL}
                 pool_size: 12
+                checkpoint_writers: 2
                 tls: { mode: verify_full, ca_file: /etc/ca.pem }
             """
         let config = try ConfigLoader.parse(
@@ -51,7 +52,7 @@ import Testing
         }
         #expect(settings.host == "db.internal" && settings.port == 6543 && settings.user == "app" && settings.database == "mesh")
         #expect(settings.password?.reveal() == "s@cret")
-        #expect(settings.poolSize == 12 && settings.tls == .verifyFull && settings.caFile == "/etc/ca.pem", "tls: overrides the URL's sslmode")
+        #expect(settings.poolSize == 12 && settings.checkpointWriters == 2 && settings.tls == .verifyFull && settings.caFile == "/etc/ca.pem", "tls: overrides the URL's sslmode")
         #expect(config.store.isShared)
         #expect(throws: ConfigError.self) {
             try ConfigLoader.parse(text, file: "c.yaml", environment: ["A1_KEY": "0123456789abcdefXYZ", "DATABASE_URL": "mysql://u:pw@h/db"])

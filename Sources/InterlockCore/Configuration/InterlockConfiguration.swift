@@ -106,6 +106,11 @@ public struct PostgresSettings: Sendable, Equatable {
     public var database: String
     /// Connections this node keeps at most (`pool_size`).
     public var poolSize: Int = 20
+    /// Checkpoint batches this node writes at once (`checkpoint_writers`). Checkpoints that
+    /// arrive while a batch is written go in the next one, so one writer already commits
+    /// many runs' steps together; more writers mean smaller batches and more transactions
+    /// for the server (measured in BENCHMARKS.md).
+    public var checkpointWriters: Int = 1
     /// Longest wait for a new connection, in milliseconds.
     public var connectTimeoutMs: Int = 10_000
     /// Server-side limit on one statement, in milliseconds (0: none).
