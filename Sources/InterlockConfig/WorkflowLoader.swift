@@ -254,7 +254,8 @@ private struct WorkflowDocument {
         if inMap { variables += ["item", "index"] }
         func required(_ key: String, _ what: String) -> ConfigNode? {
             if let value = fields[key] { return value }
-            node.report("a \(kind) step needs '\(key)' (\(what))")
+            let article = kind.first.map { "aeiou".contains($0) } == true ? "an" : "a"
+            node.report("\(article) \(kind) step needs '\(key)' (\(what))")
             return nil
         }
         let stepKind: WorkflowStep.Kind

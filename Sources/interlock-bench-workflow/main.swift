@@ -5,7 +5,7 @@
 // direct figure in the same run is the floor of a durable transition: one small write
 // transaction on the same store, back to back.
 //
-//   interlock-bench-workflow [--runs 200] [--steps 20] [--kind branch|emit] [--synchronous normal|full]
+//   interlock-bench-workflow [--runs 200] [--steps 20] [--kind branch|emit|agent] [--synchronous normal|full]
 //
 // Cluster mode (bench/cluster/run): `--emit-workflow PATH` writes the workflow and exits; the
 // script starts `interlock serve` nodes on PostgreSQL with it; then
@@ -71,7 +71,7 @@ struct WorkflowBench {
             logging: { level: error }
             providers: { mock: { type: mock } }
             models: { fast: { deployments: [{ provider: mock, model: m }] } }
-            agents: [{ id: worker, api_key: bench-worker-key-00000001 }]
+            agents: [{ id: worker, api_key: bench-worker-key-00000001, models: [fast] }]
             workflows: { files: [\(workflowPath)], max_active_runs: 256, poll_interval_ms: 1000 }
             """
         let configuration = try ConfigLoader.parse(yaml, file: directory + "/config.yaml", environment: [:])
@@ -140,6 +140,9 @@ struct WorkflowBench {
             switch kind {
             case "emit":
                 workflow += "  - { id: s\(index), kind: emit, event: bench.tick, payload: { n: \(index) } }\n"
+            case "agent":
+                // A model call each (the nodes' mock model answers after its latency): steps that wait.
+                workflow += "  - { id: s\(index), kind: agent, instructions: \"Answer briefly.\", model: fast, prompt: \"step \(index)\" }\n"
             default:
                 let next = index + 1 < steps ? "s\(index + 1)" : "end"
                 workflow += "  - { id: s\(index), kind: branch, cases: [{ if: \"true\", next: \(next) }] }\n"
