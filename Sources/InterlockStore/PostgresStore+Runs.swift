@@ -170,14 +170,24 @@ extension PostgresStore: RunStore {
             return batch.map { held.contains($0.runID) ? .success(()) : .failure(RunLeaseLost(runID: $0.runID)) }
         } catch {
             // One checkpoint the server refused must not fail the others: each on its own. A
-            // store that cannot be reached fails them all now (one at a time would take a
-            // deadline each).
-            let refusedByServer = (error as? PostgresStoreError)?.sqlState != nil
-            guard batch.count > 1, refusedByServer else { return batch.map { _ in .failure(error) } }
+            // store that cannot be reached or is too slow fails them all now (one at a time
+            // would take a deadline each).
+            guard batch.count > 1, Self.refusesOneItem(error) else { return batch.map { _ in .failure(error) } }
             var results: [Result<Void, any Error>] = []
             for checkpoint in batch { results.append(contentsOf: await write([checkpoint])) }
             return results
         }
+    }
+
+    /// An error that one item of a batch can cause (a constraint or a value the server
+    /// refuses: SQLSTATE classes 22 and 23), so the others are worth writing on their own.
+    static func refusesOneItem(_ error: any Error) -> Bool {
+        guard let state = (error as? PostgresStoreError)?.sqlState else { return false }
+        return state.hasPrefix("22") || state.hasPrefix("23")
+    }
+
+    static func dedupBytes(_ type: String, _ key: String) -> [UInt8] {
+        Array(type.utf8) + [0] + Array(key.utf8)
     }
 
     /// Rows as a JSON array of objects (`json_to_recordset`'s argument): one parameter
@@ -278,13 +288,22 @@ extension PostgresStore: RunStore {
     /// whose `(type, dedup_key)` is already stored (before or earlier in the batch) returns
     /// the stored one. If the server refuses the batch, each is published on its own.
     func writeEvents(_ batch: [EventRecord]) async -> [Result<(event: EventRecord, created: Bool), any Error>] {
+        // Seven parameters an event: a very long queue goes in several transactions.
+        if batch.count > 1_000 {
+            var results: [Result<(event: EventRecord, created: Bool), any Error>] = []
+            for start in stride(from: 0, to: batch.count, by: 1_000) {
+                results.append(contentsOf: await writeEvents(Array(batch[start..<min(batch.count, start + 1_000)])))
+            }
+            return results
+        }
         do {
             let stored: [String: (EventRecord, Bool)] = try await transaction { [self] connection in
                 try await rows("SELECT pg_advisory_xact_lock(\(PostgresSchema.eventsLock))", on: connection)
                 // Under the lock nobody else inserts: an event whose key is stored, or taken
-                // earlier in the batch, is not inserted (sequence numbers stay without gaps).
-                var keys: Set<[String]> = []
-                let candidates = batch.filter { event in event.dedupKey.map { keys.insert([event.type, $0]).inserted } ?? true }
+                // earlier in the batch, is not inserted (no number is spent on it). Keys are
+                // compared as PostgreSQL does, byte for byte.
+                var keys: Set<[UInt8]> = []
+                let candidates = batch.filter { event in event.dedupKey.map { keys.insert(Self.dedupBytes(event.type, $0)).inserted } ?? true }
                 let columns = ["ord", "id", "type", "payload", "dedup_key", "source", "ts_ms"]
                 let casts = ["bigint", "text", "text", "text", "text", "text", "bigint"]
                 let inserted = try await rows(
@@ -316,7 +335,10 @@ extension PostgresStore: RunStore {
                         """, duplicates.flatMap { [StoreValue.text($0.type), .text($0.dedupKey)] }, on: connection
                     ).map(StoreRecords.event)
                     for event in duplicates {
-                        if let match = existing.first(where: { $0.type == event.type && $0.dedupKey == event.dedupKey }) { result[event.id] = (match, false) }
+                        let key = event.dedupKey.map { Self.dedupBytes(event.type, $0) }
+                        if let match = existing.first(where: { stored in stored.dedupKey.map { Self.dedupBytes(stored.type, $0) } == key }) {
+                            result[event.id] = (match, false)
+                        }
                     }
                 }
                 if !inserted.isEmpty { try await self.rows("SELECT pg_notify('\(channel)', 'events')", on: connection) }
@@ -329,8 +351,7 @@ extension PostgresStore: RunStore {
                 return .success((record, created))
             }
         } catch {
-            let refusedByServer = (error as? PostgresStoreError)?.sqlState != nil
-            guard batch.count > 1, refusedByServer else { return batch.map { _ in .failure(error) } }
+            guard batch.count > 1, Self.refusesOneItem(error) else { return batch.map { _ in .failure(error) } }
             var results: [Result<(event: EventRecord, created: Bool), any Error>] = []
             for event in batch { results.append(contentsOf: await writeEvents([event])) }
             return results

@@ -44,7 +44,8 @@ public final class PostgresStore: InterlockStore {
         let statement = settings.statementTimeoutMs > 0 ? settings.statementTimeoutMs : 600_000
         self.deadline = .milliseconds(settings.connectTimeoutMs + statement + 1_000)
         // A channel name is at most 63 bytes; two schemas alike in their first 53 share one.
-        self.channel = settings.schema.map { "interlock_" + $0.prefix(53) } ?? "interlock"
+        // `public` is the default schema, named or not.
+        self.channel = settings.schema.flatMap { $0 == "public" ? nil : "interlock_" + $0.prefix(53) } ?? "interlock"
         let box = PostgresStoreBox()
         // Batches written at once (`checkpoint_writers`, default one: a batch is one round
         // trip, and more writers split the same checkpoints into more transactions).

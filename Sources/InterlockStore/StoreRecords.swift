@@ -302,20 +302,39 @@ enum StoreRecords {
         try RunEvent(seq: row.int("seq") ?? 0, timeMs: row.int("ts_ms") ?? 0, name: row.text("kind") ?? "", data: row.json("data") ?? .null)
     }
 
-    /// How a batch of events changes the index of steps waiting for event types.
+    /// How a batch of events changes the index of steps waiting for event types: for each
+    /// step, only its last state in the batch (a step that began waiting and was answered in
+    /// the same batch is settled, and a wait recorded twice is one row).
     struct WaitChanges {
         var waiting: [(runID: String, path: String, type: String)] = []
         var settled: [(runID: String, path: String)] = []
         var finished: [String] = []
 
+        private enum State {
+            case waiting(type: String)
+            case settled
+        }
+
         init(_ histories: [(runID: String, events: [RunEvent])]) {
             for (runID, events) in histories {
+                var latest: [String: State] = [:]
+                var order: [String] = []
+                func record(_ path: String, _ state: State) {
+                    if latest.updateValue(state, forKey: path) == nil { order.append(path) }
+                }
                 for event in events {
                     switch event.kind {
-                    case .stepWaiting(let path, .event(let type, _, _)): waiting.append((runID, path, type))
-                    case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): settled.append((runID, path))
+                    case .stepWaiting(let path, .event(let type, _, _)): record(path, .waiting(type: type))
+                    case .stepCompleted(let path, _), .stepFailed(let path, _, _, _): record(path, .settled)
                     case .cancelled, .runCompleted, .runFailed, .stoppedByBudget: finished.append(runID)
                     default: break
+                    }
+                }
+                for path in order {
+                    switch latest[path] {
+                    case .waiting(let type)?: waiting.append((runID, path, type))
+                    case .settled?: settled.append((runID, path))
+                    case nil: break
                     }
                 }
             }

@@ -48,7 +48,7 @@ private final class SlowSettlingStore: SharedLimitStore {
 @Suite struct SharedLimitsTests {
     @Test func aCallAfterAnotherIsNotRefusedForTheFirstOnesReservation() async throws {
         let configuration = try ConfigLoader.parse("{}", file: "test.yaml", environment: [:])
-        let store = SlowSettlingStore(settleDelay: .milliseconds(200))
+        let store = SlowSettlingStore(settleDelay: .milliseconds(100))
         let limits = SharedLimits(store: store, owner: "node-a/1", configuration: configuration, logger: Logger(label: "test"), wallClockMs: { 1_800_000_000_000 })
         let budget = BudgetLedger.Limits(daily: USD(dollars: 10))
 
@@ -66,11 +66,24 @@ private final class SlowSettlingStore: SharedLimitStore {
         let clock = ContinuousClock()
         let started = clock.now
         _ = try await limits.reserve(agentID: "b", limits: budget, amount: USD(dollars: 1))
-        #expect(clock.now - started < .milliseconds(150))
+        #expect(clock.now - started < .milliseconds(80))
 
         // Over the budget it is still refused, with the budget's error.
         await #expect(throws: GatewayError.self) {
             _ = try await limits.reserve(agentID: "a", limits: budget, amount: USD(dollars: 9))
         }
+
+        // A store that takes longer than the wait bound does not hold the call: it goes on
+        // (here refused, the first reservation still held) after about settleWaitMs.
+        let slow = SharedLimits(
+            store: SlowSettlingStore(settleDelay: .seconds(5)), owner: "node-a/2", configuration: configuration, logger: Logger(label: "test"),
+            wallClockMs: { 1_800_000_000_000 })
+        slow.settle(try await slow.reserve(agentID: "a", limits: budget, amount: USD(dollars: 8)), actual: USD(dollars: 1))
+        let waited = clock.now
+        await #expect(throws: GatewayError.self) {
+            _ = try await slow.reserve(agentID: "a", limits: budget, amount: USD(dollars: 8))
+        }
+        #expect(clock.now - waited < .milliseconds(SharedLimits.settleWaitMs + 1_000))
+        #expect(clock.now - waited >= .milliseconds(SharedLimits.settleWaitMs))
     }
 }

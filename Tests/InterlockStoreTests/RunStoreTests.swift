@@ -145,6 +145,27 @@ import Testing
         }
     }
 
+    @Test(arguments: StoreKind.all) func theWaitsIndexKeepsEachStepsLastStateInACheckpoint(kind: StoreKind) async throws {
+        try await Self.withStore(kind) { store in
+            _ = try await store.createRun(Self.newRun("r1"), events: [RunEvent(seq: 1, timeMs: 10, kind: .runStarted(input: .null, budgets: .init()))], readyAtMs: 10)
+            _ = try await store.claimRuns(owner: "n/a", nowMs: 10, leaseUntilMs: 100, limit: 5)
+            try await store.appendRunEvents(
+                runID: "r1", owner: "n/a",
+                events: [
+                    // Recorded twice in one checkpoint: one row, the last type.
+                    RunEvent(seq: 2, timeMs: 11, kind: .stepWaiting(path: "a", wait: .event(type: "first", afterSeq: 0, deadlineMs: nil))),
+                    RunEvent(seq: 3, timeMs: 11, kind: .stepWaiting(path: "a", wait: .event(type: "second", afterSeq: 0, deadlineMs: nil))),
+                    // Began waiting and was answered in the same checkpoint: no row.
+                    RunEvent(seq: 4, timeMs: 11, kind: .stepWaiting(path: "b", wait: .event(type: "third", afterSeq: 0, deadlineMs: nil))),
+                    RunEvent(seq: 5, timeMs: 11, kind: .stepCompleted(path: "b", output: [:])),
+                ], update: Self.update(.waiting, now: 11), consumedSignals: [], leaseUntilMs: 100)
+            #expect(try await store.runsWaiting(eventType: "first").isEmpty)
+            #expect(try await store.runsWaiting(eventType: "second") == ["r1"])
+            #expect(try await store.runsWaiting(eventType: "third").isEmpty)
+            #expect(try await store.run(id: "r1")?.lastSeq == 5)
+        }
+    }
+
     @Test(arguments: StoreKind.all) func concurrentPublishesAreDedupedAndNumberedWithoutGaps(kind: StoreKind) async throws {
         try await Self.withStore(kind) { store in
             // 20 keys published twice each and 10 events without a key, all at once.

@@ -25,7 +25,7 @@ public final class SharedLimits: Service, Sendable {
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     /// Settlements on their way to the store (with the agent they settle for), awaited at
-    /// shutdown and before the same agent's next reservation on this node.
+    /// shutdown and, briefly, before the same agent's next reservation on this node.
     private let pending = Mutex<[Int: (agentID: String?, task: Task<Void, Never>)]>([:])
     private let counter = Atomic<Int>(0)
 
@@ -113,10 +113,12 @@ public final class SharedLimits: Service, Sendable {
     }
 
     /// Reserves the call's worst-case cost against the agent's budgets in every node's view.
-    /// A settlement this node has not written yet is awaited first: a client that waits for
-    /// one call before it sends the next is never refused for a reservation already spent.
+    /// A settlement for the agent that this node has not written yet is waited for first
+    /// (a store round trip, at most `settleWaitMs`): a client that waits for one call before
+    /// it sends the next, through the same node, is not refused for a reservation already
+    /// spent. A slow or unreachable store does not hold the call longer than that.
     public func reserve(agentID: String, limits: BudgetLedger.Limits, amount: USD) async throws(GatewayError) -> Reservation {
-        for settling in pending.withLock({ $0.values.filter { $0.agentID == agentID }.map(\.task) }) { await settling.value }
+        await awaitSettlements(of: agentID)
         let now = wallClockMs()
         let periods = Self.periods(limits, nowMs: now)
         var generator = SystemRandomNumberGenerator()
@@ -142,6 +144,17 @@ public final class SharedLimits: Service, Sendable {
                 kind: .budget, code: "budget_exceeded",
                 message: "Agent '\(agentID)' has reached its \(period == .day ? "daily" : "monthly") budget of $\(limit) ($\(USD(nanos: committed)) spent or reserved across the cluster; this call may cost up to $\(amount)).",
                 retryAfterSeconds: retry)
+        }
+    }
+
+    /// How long a reservation waits for this node's unwritten settlements of the same agent.
+    public static let settleWaitMs = 250
+
+    private func awaitSettlements(of agentID: String) async {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .milliseconds(Self.settleWaitMs))
+        while pending.withLock({ $0.values.contains { $0.agentID == agentID } }), clock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(1), tolerance: .microseconds(500))
         }
     }
 
