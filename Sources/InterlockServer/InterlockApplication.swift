@@ -42,7 +42,8 @@ public struct InterlockServices: Sendable {
         let mcp = configuration.mcp
         self.mcpSessions = MCPSessions(
             maxSessions: mcp.maxSessions, maxPerAgent: mcp.maxSessionsPerAgent, idleTimeout: .seconds(mcp.sessionIdleTimeoutSeconds),
-            shared: configuration.store.isShared ? store as? any SessionStore & ClusterStore : nil)
+            shared: configuration.store.isShared ? store as? any SessionStore : nil,
+            notifications: configuration.store.isShared ? (store as? any ClusterStore)?.notifications() : nil)
     }
 }
 

@@ -44,8 +44,12 @@ struct MCPRoutes {
             guard let id = request.headers[HTTPField.Name("mcp-session-id")!] else {
                 return Self.rpcError(nil, Code.invalidRequest, "Missing Mcp-Session-Id.", status: .badRequest, requestID: context.requestID)
             }
-            guard await sessions.end(id, agentID: context.caller.agent.id) else {
-                return Self.rpcError(nil, Code.invalidRequest, "Unknown or ended session.", status: .notFound, requestID: context.requestID)
+            do throws(GatewayError) {
+                guard try await sessions.end(id, agentID: context.caller.agent.id) else {
+                    return Self.rpcError(nil, Code.invalidRequest, "Unknown or ended session.", status: .notFound, requestID: context.requestID)
+                }
+            } catch {
+                return Self.rpcError(nil, Code.internalError, error.message, status: .serviceUnavailable, requestID: context.requestID)
             }
             return Response(status: .noContent)
         }
@@ -146,8 +150,13 @@ struct MCPRoutes {
         guard let sessionID = request.headers[HTTPField.Name("mcp-session-id")!] else {
             return Self.rpcError(id, Code.invalidRequest, "Missing Mcp-Session-Id: call 'initialize' first.", status: .badRequest, requestID: context.requestID)
         }
-        guard await sessions.touchOrAdopt(sessionID, agentID: context.caller.agent.id) else {
-            return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
+        do {
+            guard try await sessions.touchOrAdopt(sessionID, agentID: context.caller.agent.id) else {
+                return Self.rpcError(id, Code.invalidRequest, "Unknown or expired session; initialize again.", status: .notFound, requestID: context.requestID)
+            }
+        } catch {
+            // The session may well exist: the client should retry, not initialize again.
+            return Self.rpcError(id, Code.internalError, error.message, status: .serviceUnavailable, requestID: context.requestID)
         }
         return nil
     }
@@ -326,13 +335,17 @@ final class MCPSessions: Sendable {
     /// In a cluster: sessions every node can find (a client's requests may land anywhere).
     private let shared: (any SessionStore)?
 
-    init(maxSessions: Int, maxPerAgent: Int, idleTimeout: Duration, shared: (any SessionStore & ClusterStore)? = nil) {
+    /// `notifications`: the store's, so that a session ended on another node ends here too
+    /// (the stream ends when the store closes).
+    init(
+        maxSessions: Int, maxPerAgent: Int, idleTimeout: Duration, shared: (any SessionStore)? = nil,
+        notifications: AsyncStream<StoreNotification>? = nil
+    ) {
         self.maxSessions = maxSessions
         self.maxPerAgent = maxPerAgent
         self.idleTimeout = idleTimeout
         self.shared = shared
-        // A session ended on another node ends here too (the stream ends when the store closes).
-        if let stream = shared?.notifications() {
+        if let stream = notifications {
             Task { [weak self] in
                 for await notification in stream {
                     if case .sessionEnded(let id) = notification { self?.forget(id) }
@@ -356,7 +369,7 @@ final class MCPSessions: Sendable {
             do {
                 try await shared.saveSession(id: id, agentID: agentID, version: version, nowMs: Self.nowMs())
             } catch {
-                throw GatewayError(kind: .internal, code: "store_unavailable", message: "Interlock could not record the session; try again.", status: 503)
+                throw Self.storeUnavailable
             }
         }
         insert(id, Session(agentID: agentID, version: version, lastUsed: .now, storedTouch: .now))
@@ -406,12 +419,23 @@ final class MCPSessions: Sendable {
         return true
     }
 
+    private static let storeUnavailable = GatewayError(
+        kind: .internal, code: "store_unavailable", message: "Interlock could not reach the sessions' store; try again.", status: 503)
+
     /// `touch`, or in a cluster a session another node opened, taken over from the store.
-    func touchOrAdopt(_ id: String, agentID: String) async -> Bool {
+    /// Throws (503) when the store cannot say: the session may exist.
+    func touchOrAdopt(_ id: String, agentID: String) async throws(GatewayError) -> Bool {
         if touch(id, agentID: agentID) { return true }
-        guard let shared, let stored = try? await shared.session(id: id), stored.agentID == agentID,
-            Self.nowMs() - stored.touchedMs < Int64(idleTimeout.components.seconds) * 1000
-        else { return false }
+        guard let shared else { return false }
+        let stored: (agentID: String, version: String, touchedMs: Int64)?
+        do {
+            stored = try await shared.session(id: id)
+        } catch {
+            throw Self.storeUnavailable
+        }
+        guard let stored, stored.agentID == agentID, Self.nowMs() - stored.touchedMs < Int64(idleTimeout.components.seconds) * 1000 else {
+            return false
+        }
         insert(id, Session(agentID: agentID, version: stored.version, lastUsed: .now, storedTouch: .now - idleTimeout))
         return touch(id, agentID: agentID)
     }
@@ -429,10 +453,18 @@ final class MCPSessions: Sendable {
         calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }?()
     }
 
-    func end(_ id: String, agentID: String) async -> Bool {
-        guard await touchOrAdopt(id, agentID: agentID) else { return false }
+    /// Ends a session of `agentID` everywhere; false when there is none. In a cluster the
+    /// store's row goes first: a session still stored could be taken over by another node.
+    func end(_ id: String, agentID: String) async throws(GatewayError) -> Bool {
+        guard try await touchOrAdopt(id, agentID: agentID) else { return false }
+        if let shared {
+            do {
+                try await shared.deleteSession(id: id)
+            } catch {
+                throw Self.storeUnavailable
+            }
+        }
         sessions.withLock { _ = $0.removeValue(forKey: id) }
-        try? await shared?.deleteSession(id: id)
         return true
     }
 }

@@ -149,11 +149,21 @@ public final class PostgresStore: InterlockStore {
     /// One statement that is its own transaction (a function call), run again on a deadlock
     /// or serialization failure (twice).
     func statement(_ sql: String, _ values: [StoreValue]) async throws -> [PGRow] {
+        try await retryingConflicts { try await self.rows(sql, values) }
+    }
+
+    /// `body`, run again (twice) when PostgreSQL ended it for a deadlock or a serialization
+    /// failure; other errors as they are, the driver's wrapped in `PostgresStoreError`.
+    private func retryingConflicts<Result>(_ body: () async throws -> Result) async throws -> Result {
         var attempt = 0
         while true {
             attempt += 1
             do {
-                return try await rows(sql, values)
+                return try await body()
+            } catch let error as PSQLError {
+                let wrapped = PostgresStoreError(error)
+                if wrapped.isRetryable, attempt < 3 { continue }
+                throw wrapped
             } catch let error as PostgresStoreError where error.isRetryable && attempt < 3 {
                 continue
             }
@@ -163,30 +173,19 @@ public final class PostgresStore: InterlockStore {
     /// `body` as one transaction on one connection: committed, or rolled back and its error
     /// rethrown as it was. A deadlock or serialization failure is retried (twice).
     func transaction<Result: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> Result) async throws -> Result {
-        var attempt = 0
-        while true {
-            attempt += 1
-            do {
-                return try await within(deadline) { [client, logger] in
-                    try await client.withConnection { connection in
-                        try await connection.query("BEGIN", logger: logger)
-                        do {
-                            let result = try await body(connection)
-                            try await connection.query("COMMIT", logger: logger)
-                            return result
-                        } catch {
-                            _ = try? await connection.query("ROLLBACK", logger: logger)
-                            throw error
-                        }
+        try await retryingConflicts {
+            try await self.within(self.deadline) { [client, logger] in
+                try await client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: logger)
+                    do {
+                        let result = try await body(connection)
+                        try await connection.query("COMMIT", logger: logger)
+                        return result
+                    } catch {
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
                     }
                 }
-            } catch let error as PSQLError {
-                let wrapped = PostgresStoreError(error)
-                if wrapped.isRetryable, attempt < 3 { continue }
-                throw wrapped
-            } catch let error as PostgresStoreError {
-                if error.isRetryable, attempt < 3 { continue }
-                throw error
             }
         }
     }

@@ -355,8 +355,8 @@ struct Checkpoint: Sendable {
 /// Group commit: while a batch is being written, the items that arrive meanwhile wait and
 /// are written together next. Each caller waits for its own item's commit. Up to
 /// `concurrency` batches are written at once (SQLite: one, its writes take turns anyway;
-/// PostgreSQL: several, on separate connections). Checkpoints (`CheckpointBatcher`) and, on
-/// PostgreSQL, published events go through one.
+/// PostgreSQL: `checkpoint_writers`, on separate connections). Checkpoints
+/// (`CheckpointBatcher`) and, on PostgreSQL, published events go through one.
 final class WriteBatcher<Item: Sendable, Output: Sendable>: Sendable {
     private struct State {
         var pending: [(Item, CheckedContinuation<Output, any Error>)] = []

@@ -29,7 +29,14 @@ public final class SharedLimits: Service, Sendable {
     private let pending = Mutex<[Int: (agentID: String?, task: Task<Void, Never>)]>([:])
     private let counter = Atomic<Int>(0)
 
-    public init(store: any SharedLimitStore, owner: String, configuration: InterlockConfiguration, logger: Logger, wallClockMs: @escaping @Sendable () -> Int64) {
+    /// How long a reservation waits for this node's unwritten settlements of the same agent.
+    private let settleWait: Duration
+
+    public init(
+        store: any SharedLimitStore, owner: String, configuration: InterlockConfiguration, logger: Logger, wallClockMs: @escaping @Sendable () -> Int64,
+        settleWait: Duration = .milliseconds(250)
+    ) {
+        self.settleWait = settleWait
         self.store = store
         self.owner = owner
         self.reservationTTLMs = Int64(configuration.cluster.budgetReservationTTLMs)
@@ -114,7 +121,7 @@ public final class SharedLimits: Service, Sendable {
 
     /// Reserves the call's worst-case cost against the agent's budgets in every node's view.
     /// A settlement for the agent that this node has not written yet is waited for first
-    /// (a store round trip, at most `settleWaitMs`): a client that waits for one call before
+    /// (a store round trip, at most `settleWait`, 250 ms): a client that waits for one call before
     /// it sends the next, through the same node, is not refused for a reservation already
     /// spent. A slow or unreachable store does not hold the call longer than that.
     public func reserve(agentID: String, limits: BudgetLedger.Limits, amount: USD) async throws(GatewayError) -> Reservation {
@@ -147,12 +154,9 @@ public final class SharedLimits: Service, Sendable {
         }
     }
 
-    /// How long a reservation waits for this node's unwritten settlements of the same agent.
-    public static let settleWaitMs = 250
-
     private func awaitSettlements(of agentID: String) async {
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: .milliseconds(Self.settleWaitMs))
+        let deadline = clock.now.advanced(by: settleWait)
         while pending.withLock({ $0.values.contains { $0.agentID == agentID } }), clock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(1), tolerance: .microseconds(500))
         }
