@@ -55,8 +55,7 @@ extension ToolGateway {
             tool.definition.metadata.idempotent || tool.definition.metadata.sideEffects == .read
         else { return .declined }
         let source = tool.source
-        guard let credential = staticCredentialHeaders(source), source.loopEligible.load(ordering: .relaxed), let upstream = source.mcp.withLock({ $0 }), let session = upstream.currentHTTPSession(),
-            let target = UpstreamTarget(url: session.url)
+        guard let credential = staticCredentialHeaders(source), source.loopEligible.load(ordering: .relaxed), let upstream = source.mcp.withLock({ $0 }), let session = upstream.currentHTTPSession()
         else { return .declined }
         guard source.inFlight.add(1, ordering: .relaxed).newValue <= source.settings.maxConcurrency else {
             source.inFlight.subtract(1, ordering: .relaxed)
@@ -98,7 +97,7 @@ extension ToolGateway {
         if let version = session.version { headers.append(("mcp-protocol-version", version)) }
         headers += credential
         return .send(ToolLoopAttempt(
-            target: target, headers: headers, body: ByteBuffer(bytes: JSONWriter.bytes(message)), timeout: .milliseconds(source.settings.timeoutMs),
+            target: session.target, headers: headers, body: ByteBuffer(bytes: JSONWriter.bytes(message)), timeout: .milliseconds(source.settings.timeoutMs),
             maxResponseBytes: source.settings.maxResponseBytes, tool: tool, remote: remote, admission: admission, span: span, caller: caller,
             arguments: arguments, argumentsBytes: bytes, idempotencyKey: key, trace: trace, upstreamID: upstreamID))
     }

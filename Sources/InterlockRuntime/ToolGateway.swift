@@ -634,14 +634,17 @@ public final class ToolGateway: Service, Sendable {
     /// the agent's).
     func beginSpan(_ name: String, tool: Tool, caller: Caller, traceParent: String?, traceState: String?) -> (any Span, [(String, String)]) {
         let span = startSpan("execute_tool \(name)", ofKind: .client)
-        span.attributes["gen_ai.operation.name"] = "execute_tool"
-        span.attributes["gen_ai.tool.name"] = name
-        span.attributes["gen_ai.tool.type"] = "function"
-        span.attributes["interlock.agent.id"] = caller.agent.id
-        span.attributes["interlock.tools.namespace"] = tool.source.settings.namespace
-        if case .mcp = tool.binding {
-            span.attributes["mcp.method.name"] = "tools/call"
-            if case .stdio? = tool.source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
+        // Setting an attribute builds a dictionary even on a span that records nothing.
+        if span.isRecording {
+            span.attributes["gen_ai.operation.name"] = "execute_tool"
+            span.attributes["gen_ai.tool.name"] = name
+            span.attributes["gen_ai.tool.type"] = "function"
+            span.attributes["interlock.agent.id"] = caller.agent.id
+            span.attributes["interlock.tools.namespace"] = tool.source.settings.namespace
+            if case .mcp = tool.binding {
+                span.attributes["mcp.method.name"] = "tools/call"
+                if case .stdio? = tool.source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
+            }
         }
         var carrier: [String: String] = [:]
         InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())

@@ -215,8 +215,11 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.write(data, promise: promise)
     }
 
+    /// While a call is in flight the connection keeps reading until a later request has
+    /// arrived, then stops (backpressure on a pipelining client). Withholding every read
+    /// would cost two `epoll_ctl` calls per request on an ordinary keep-alive connection.
     func read(context: ChannelHandlerContext) {
-        if case .busy = mode {
+        if case .busy = mode, !held.isEmpty {
             readPending = true
             return
         }

@@ -155,6 +155,14 @@ func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seco
         #expect(ledger.spent(in: .month, epochMs: day + 86_400_000) == USD(dollars: 1))
     }
 
+    @Test func dollarsPrintWithoutTrailingZeros() {
+        let cases: [(Int64, String)] = [
+            (0, "0"), (1, "0.000000001"), (123_000, "0.000123"), (1_000_000_000, "1"), (2_500_000_000, "2.5"),
+            (-2_500_000_000, "-2.5"), (12_345_678_901, "12.345678901"), (100_000_000, "0.1"), (-1, "-0.000000001"),
+        ]
+        for (nanos, text) in cases { #expect(USD(nanos: nanos).description == text) }
+    }
+
     @Test func calendarKeys() {
         #expect(BudgetPeriod.day.key(epochMs: day) == "2026-11-21")
         #expect(BudgetPeriod.month.key(epochMs: day) == "2026-11")

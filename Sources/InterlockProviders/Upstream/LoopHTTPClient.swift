@@ -266,7 +266,12 @@ final class LoopConnectionPool: @unchecked Sendable {
     let loop: any EventLoop
     private let configuration: LoopHTTPClient.Configuration
     private let tls: NIOSSLContext
-    private var idle: [UpstreamTarget: [Idle]] = [:]
+    /// Idle connections per upstream, oldest first. A class, so that taking or returning a
+    /// connection changes the list in place instead of copying it out of the dictionary.
+    private final class IdleList {
+        var connections = CircularBuffer<Idle>()
+    }
+    private var idle: [UpstreamTarget: IdleList] = [:]
 
     init(loop: any EventLoop, configuration: LoopHTTPClient.Configuration, tls: NIOSSLContext) {
         self.loop = loop
@@ -305,8 +310,8 @@ final class LoopConnectionPool: @unchecked Sendable {
 
     private func checkout(_ target: UpstreamTarget) -> Idle? {
         let oldest = NIODeadline.now() - .nanoseconds(configuration.idleTimeout.nanoseconds)
-        while var list = idle[target], let last = list.popLast() {
-            idle[target] = list
+        guard let list = idle[target] else { return nil }
+        while let last = list.connections.popLast() {
             if last.channel.isActive, last.since > oldest { return last }
             last.channel.close(promise: nil)
         }
@@ -317,21 +322,26 @@ final class LoopConnectionPool: @unchecked Sendable {
     func checkin(_ channel: any Channel, handler: UpstreamConnectionHandler, target: UpstreamTarget) {
         let now = NIODeadline.now()
         let oldest = now - .nanoseconds(configuration.idleTimeout.nanoseconds)
-        var list = idle[target] ?? []
-        while let first = list.first, first.since <= oldest || !first.channel.isActive {
-            first.channel.close(promise: nil)
-            list.removeFirst()
+        let list: IdleList
+        if let existing = idle[target] {
+            list = existing
+        } else {
+            list = IdleList()
+            idle[target] = list
         }
-        if list.count < configuration.maxIdlePerHost, channel.isActive {
-            list.append(Idle(channel: channel, handler: handler, since: now))
+        while let first = list.connections.first, first.since <= oldest || !first.channel.isActive {
+            first.channel.close(promise: nil)
+            list.connections.removeFirst()
+        }
+        if list.connections.count < configuration.maxIdlePerHost, channel.isActive {
+            list.connections.append(Idle(channel: channel, handler: handler, since: now))
         } else {
             channel.close(promise: nil)
         }
-        idle[target] = list
     }
 
     func closeIdle() {
-        for list in idle.values { for connection in list { connection.channel.close(promise: nil) } }
+        for list in idle.values { for connection in list.connections { connection.channel.close(promise: nil) } }
         idle = [:]
     }
 

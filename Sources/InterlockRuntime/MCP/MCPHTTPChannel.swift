@@ -12,6 +12,8 @@ import Synchronization
 /// cannot read SSE answers on Linux (docs/MCP-NOTES.md).
 final class MCPHTTPChannel: MCPChannel {
     private let url: String
+    /// `url` parsed for the event-loop client, once (nil: a URL the loop client does not serve).
+    let loopTarget: UpstreamTarget?
     private let client: HTTPClient
     private let maxResponseBytes: Int
     private let session = Mutex<(id: String?, version: String?)>((nil, nil))
@@ -20,6 +22,7 @@ final class MCPHTTPChannel: MCPChannel {
 
     init(url: String, client: HTTPClient, maxResponseBytes: Int) {
         self.url = url
+        self.loopTarget = UpstreamTarget(url: url)
         self.client = client
         self.maxResponseBytes = maxResponseBytes
     }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import InterlockCore
+import InterlockProviders
 import Logging
 import Synchronization
 
@@ -59,10 +60,10 @@ final class MCPUpstream: Sendable {
 
     /// The shared HTTP session, if one is open: what the event-loop path needs to send a
     /// request on it itself.
-    func currentHTTPSession() -> (url: String, id: String?, version: String?)? {
-        guard let channel = channels.withLock({ $0[""]?.channel }) as? MCPHTTPChannel else { return nil }
+    func currentHTTPSession() -> (target: UpstreamTarget, id: String?, version: String?)? {
+        guard let channel = channels.withLock({ $0[""]?.channel }) as? MCPHTTPChannel, let target = channel.loopTarget else { return nil }
         let state = channel.sessionState
-        return (channel.endpoint, state.id, state.version)
+        return (target, state.id, state.version)
     }
 
     /// A request id no other request on this upstream uses.
