@@ -810,8 +810,9 @@ public enum LoopFinish: Sendable {
     case continueAsync(LoopContinuation)
 }
 
-/// A call admitted on an event loop, holding its first deployment.
-public struct LoopAttempt: Sendable {
+/// A call admitted on an event loop, holding its first deployment. A class: it travels
+/// through several enums and closures per call, and copying its fields each time showed.
+public final class LoopAttempt: Sendable {
     public let target: UpstreamTarget
     public let headers: [(String, String)]
     public let body: ByteBuffer
@@ -825,6 +826,25 @@ public struct LoopAttempt: Sendable {
     let admission: CallGovernor.Admission
     let span: any Span
     let sent: ContinuousClock.Instant
+
+    init(
+        target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, timeout: Duration, maxResponseBytes: Int, stream: Bool,
+        request: ModelRequest, chain: [DeploymentState], deployment: DeploymentState, admission: CallGovernor.Admission, span: any Span,
+        sent: ContinuousClock.Instant
+    ) {
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        self.maxResponseBytes = maxResponseBytes
+        self.stream = stream
+        self.request = request
+        self.chain = chain
+        self.deployment = deployment
+        self.admission = admission
+        self.span = span
+        self.sent = sent
+    }
 }
 
 /// An admitted call that the async path finishes.

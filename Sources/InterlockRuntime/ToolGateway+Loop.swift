@@ -6,7 +6,7 @@ import Tracing
 
 /// A tool call the event-loop path sends itself: `tools/call` to a Streamable HTTP MCP
 /// upstream over the upstream's current session, on the loop that read the agent's request.
-public struct ToolLoopAttempt: Sendable {
+public final class ToolLoopAttempt: Sendable {
     public let target: UpstreamTarget
     public let headers: [(String, String)]
     public let body: ByteBuffer
@@ -23,6 +23,28 @@ public struct ToolLoopAttempt: Sendable {
     let trace: [(String, String)]
     /// The JSON-RPC id of the upstream request.
     let upstreamID: JSONValue
+
+    init(
+        target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, timeout: Duration, maxResponseBytes: Int, tool: ToolGateway.Tool,
+        remote: String, admission: CallGovernor.Admission, span: any Span, caller: Caller, arguments: JSONObject, argumentsBytes: [UInt8],
+        idempotencyKey: String, trace: [(String, String)], upstreamID: JSONValue
+    ) {
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        self.maxResponseBytes = maxResponseBytes
+        self.tool = tool
+        self.remote = remote
+        self.admission = admission
+        self.span = span
+        self.caller = caller
+        self.arguments = arguments
+        self.argumentsBytes = argumentsBytes
+        self.idempotencyKey = idempotencyKey
+        self.trace = trace
+        self.upstreamID = upstreamID
+    }
 }
 
 public enum ToolLoopStart: Sendable {

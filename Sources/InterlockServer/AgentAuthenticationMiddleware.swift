@@ -29,8 +29,11 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
     /// The presented key: `Authorization: Bearer KEY`, else `x-api-key: KEY`.
     static func apiKey(authorization: String?, xAPIKey: String?) -> String? {
         if let authorization {
-            let parts = authorization.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { return String(parts[1]).trimmingSpaces() }
+            // `Bearer <key>`, the scheme in any case; read byte by byte (every call asks).
+            let utf8 = authorization.utf8
+            if utf8.count > 7, utf8.starts(with: "bearer ".utf8, by: { $0 | 0x20 == $1 }) {
+                return Substring(utf8.dropFirst(7)).trimmingSpaces()
+            }
         }
         return xAPIKey?.trimmingSpaces()
     }
@@ -38,9 +41,10 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
 
 extension StringProtocol {
     func trimmingSpaces() -> String {
-        var text = Substring(self)
-        while text.first == " " { text.removeFirst() }
-        while text.last == " " { text.removeLast() }
-        return String(text)
+        let utf8 = Substring(self).utf8
+        guard let first = utf8.firstIndex(where: { $0 != UInt8(ascii: " ") }), let last = utf8.lastIndex(where: { $0 != UInt8(ascii: " ") }) else {
+            return ""
+        }
+        return String(Substring(utf8[first...last]))
     }
 }

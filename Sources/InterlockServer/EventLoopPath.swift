@@ -334,10 +334,9 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         var rpc: (id: JSONValue, session: String)?
         switch route {
         case .mcp:
-            let accept = head.headers.first(name: "accept")?.lowercased() ?? ""
             let version = head.headers.first(name: "mcp-protocol-version")
             guard let sessions = path.mcpSessions, head.headers.first(name: "origin") == nil,
-                accept.contains("application/json") || accept.contains("*/*"), version.map(MCPRoutes.supportedVersions.contains) ?? true,
+                MCPRoutes.acceptsJSON(head.headers.first(name: "accept")), version.map(MCPRoutes.supportedVersions.contains) ?? true,
                 let session = head.headers.first(name: "mcp-session-id"), message["jsonrpc"] == "2.0", message["method"] == "tools/call",
                 let id = message["id"], id.stringValue != nil || id.int64Value != nil, case .object(let params)? = message["params"],
                 let tool = params["name"]?.stringValue, params["_meta"]?["progressToken"] == nil,

@@ -55,10 +55,38 @@ struct MCPRoutes {
         }
     }
 
+    /// Whether an `Accept` header takes a JSON answer (`application/json` or `*/*`, any case).
+    /// Compared byte by byte: the event-loop path asks on every tool call.
+    static func acceptsJSON(_ accept: String?) -> Bool {
+        guard let accept else { return false }
+        return containsIgnoringASCIICase(accept, "application/json") || containsIgnoringASCIICase(accept, "*/*")
+    }
+
+    /// `needle` (lowercase ASCII) within `haystack`, ignoring ASCII case.
+    static func containsIgnoringASCIICase(_ haystack: String, _ needle: StaticString) -> Bool {
+        needle.withUTF8Buffer { needle in
+            let count = needle.count
+            var haystack = haystack
+            return haystack.withUTF8 { bytes in
+                guard bytes.count >= count else { return false }
+                for start in 0...(bytes.count - count) {
+                    var index = 0
+                    while index < count {
+                        var byte = bytes[start + index]
+                        if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+                        if byte != needle[index] { break }
+                        index += 1
+                    }
+                    if index == count { return true }
+                }
+                return false
+            }
+        }
+    }
+
     private func post(_ request: Request, context: AgentRequestContext) async throws -> Response {
         var request = request
-        let accept = request.headers[.accept]?.lowercased() ?? ""
-        guard accept.contains("application/json") || accept.contains("*/*") else {
+        guard Self.acceptsJSON(request.headers[.accept]) else {
             return Self.rpcError(nil, Code.invalidRequest, "The Accept header must include application/json (and text/event-stream).", status: .notAcceptable, requestID: context.requestID)
         }
         let body: ByteBuffer
@@ -328,7 +356,12 @@ final class MCPSessions: Sendable {
 
     private let sessions = Mutex<[String: Session]>([:])
     /// Calls in flight, by session and JSON-RPC id: how to cancel each.
-    private let calls = Mutex<[String: @Sendable () -> Void]>([:])
+    private let calls = Mutex<[CallKey: @Sendable () -> Void]>([:])
+
+    private struct CallKey: Hashable {
+        var session: String
+        var request: JSONValue
+    }
     private let maxSessions: Int
     private let maxPerAgent: Int
     private let idleTimeout: Duration
@@ -441,16 +474,16 @@ final class MCPSessions: Sendable {
     }
 
     func track(session: String, request: JSONValue, cancel: @escaping @Sendable () -> Void) {
-        calls.withLock { $0[session + "\n" + JSONWriter.string(request)] = cancel }
+        calls.withLock { $0[CallKey(session: session, request: request)] = cancel }
     }
 
     func untrack(session: String, request: JSONValue) {
-        _ = calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }
+        _ = calls.withLock { $0.removeValue(forKey: CallKey(session: session, request: request)) }
     }
 
     /// Cancels a call of this session (another session's ids are out of reach).
     func cancel(session: String, request: JSONValue) {
-        calls.withLock { $0.removeValue(forKey: session + "\n" + JSONWriter.string(request)) }?()
+        calls.withLock { $0.removeValue(forKey: CallKey(session: session, request: request)) }?()
     }
 
     /// Ends a session of `agentID` everywhere; false when there is none. In a cluster the

@@ -79,9 +79,22 @@ struct ModelRoutes {
         return headers
     }
 
+    /// Milliseconds to three decimals without trailing zeros (`0.25`, `3`), from integer
+    /// thousandths: formatting a `Double` costs more, and this runs on every call.
     static func format3(_ value: Double) -> String {
-        let scaled = (value * 1000).rounded() / 1000
-        return JSONWriter.string(.number(scaled))
+        guard value.isFinite, abs(value) < 1e12 else { return JSONWriter.string(.number((value * 1000).rounded() / 1000)) }
+        let thousandths = Int64((value * 1000).rounded())
+        let whole = String(thousandths.magnitude / 1000)
+        var fraction = thousandths.magnitude % 1000
+        let sign = thousandths < 0 ? "-" : ""
+        guard fraction != 0 else { return sign + whole }
+        var places = 3
+        while fraction % 10 == 0 {
+            fraction /= 10
+            places -= 1
+        }
+        let digits = String(fraction)
+        return sign + whole + "." + String(repeating: "0", count: places - digits.count) + digits
     }
 
     static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, requestID: String) -> Response {

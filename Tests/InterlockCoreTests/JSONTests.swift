@@ -11,6 +11,18 @@ import Testing
         #expect(try JSONParser.parse(JSONWriter.string(value)) == value)
     }
 
+    @Test func escapesWhatJSONRequiresAndCopiesTheRest() throws {
+        let cases: [(String, String)] = [
+            ("", #""""#), ("plain", #""plain""#), ("a\"b", #""a\"b""#), ("back\\slash", #""back\\slash""#),
+            ("line\nbreak\ttab\r", #""line\nbreak\ttab\r""#), ("\u{08}\u{0C}", #""\b\f""#), ("\u{01}x\u{1F}", #""\u0001x\u001f""#),
+            ("grüße €", "\"grüße €\""), ("\"", #""\"""#),
+        ]
+        for (text, json) in cases {
+            #expect(JSONWriter.string(.string(text)) == json)
+            #expect(try JSONParser.parse(json) == .string(text))
+        }
+    }
+
     @Test func rejectsMalformedInputWithOffset() {
         for bad in [#"{"a":}"#, "[1,]", #"{"a" 1}"#, "01", "\"\u{01}\"", "{} x", "nul", "[" + String(repeating: "[", count: 300)] {
             #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(bad) }

@@ -152,7 +152,7 @@ extension ModelRequest {
             throw GatewayError.invalidRequest("The parameter 'model' must be a non-empty string.", param: "model")
         }
         request.alias = alias
-        if operation == .chat, request.member("messages").map({ body[$0.valueRange].filter { $0 > 0x20 } == [0x5B, 0x5D] }) == true {
+        if operation == .chat, request.member("messages").map({ body[$0.valueRange].lazy.filter { $0 > 0x20 }.prefix(2).elementsEqual([0x5B, 0x5D]) }) == true {
             throw GatewayError.invalidRequest("The parameter 'messages' must contain at least one message.", param: "messages")
         }
         request.stream = request.value("stream")?.boolValue ?? false

@@ -1,0 +1,35 @@
+@testable import InterlockServer
+import Testing
+
+/// The header readers and writers every call runs, written byte by byte for speed: they must
+/// read and write exactly what the plain string versions did.
+@Suite struct HeaderParsingTests {
+    @Test func apiKeysComeFromABearerHeaderInAnyCaseOrFromXAPIKey() {
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Bearer key-1", xAPIKey: nil) == "key-1")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "bEARER   key-2  ", xAPIKey: "other") == "key-2")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Bearer    ", xAPIKey: nil) == "")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Bearer ", xAPIKey: " key-3 ") == "key-3")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Basic abc", xAPIKey: "key-4") == "key-4")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Bearerkey", xAPIKey: nil) == nil)
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: "Bearer ключ", xAPIKey: nil) == "ключ")
+        #expect(AgentAuthenticationMiddleware.apiKey(authorization: nil, xAPIKey: nil) == nil)
+    }
+
+    @Test func mcpClientsMustAcceptJSON() {
+        #expect(MCPRoutes.acceptsJSON("application/json, text/event-stream"))
+        #expect(MCPRoutes.acceptsJSON("text/event-stream, Application/JSON"))
+        #expect(MCPRoutes.acceptsJSON("*/*"))
+        #expect(!MCPRoutes.acceptsJSON("text/event-stream"))
+        #expect(!MCPRoutes.acceptsJSON("application/jso"))
+        #expect(!MCPRoutes.acceptsJSON(""))
+        #expect(!MCPRoutes.acceptsJSON(nil))
+    }
+
+    @Test func millisecondsHaveThreeDecimalsAtMost() {
+        let cases: [(Double, String)] = [
+            (0, "0"), (0.0004, "0"), (0.0006, "0.001"), (0.25, "0.25"), (1.2346, "1.235"), (3, "3"), (12.07, "12.07"), (1000.5, "1000.5"),
+            (-0.25, "-0.25"), (0.001, "0.001"), (0.01, "0.01"),
+        ]
+        for (value, text) in cases { #expect(ModelRoutes.format3(value) == text, "\(value)") }
+    }
+}
