@@ -230,7 +230,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func route(_ head: HTTPRequestHead) -> Route? {
         guard head.method == .POST, !head.headers.contains(name: "expect") else { return nil }
-        let uri = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let uri = head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { head.uri[..<$0] } ?? Substring(head.uri)
         switch uri {
         case "/v1/chat/completions": return .model(format: .openAI, operation: .chat)
         case "/v1/embeddings": return .model(format: .openAI, operation: .embeddings)
