@@ -42,6 +42,8 @@ public final class ModelGateway: Sendable {
     private let logger: Logger
     /// `logging.log_prompts`: log each request body (off by default; prompts often hold personal data).
     private let logPrompts: Bool
+    /// Spans and trace headers; no-ops when no tracer is installed.
+    let tracing = CallTracing()
     /// Largest non-streamed upstream answer accepted.
     private let maxResponseBytes = 64 * 1024 * 1024
 
@@ -186,7 +188,7 @@ public final class ModelGateway: Sendable {
                 "interlock.prompt": "\(String(decoding: request.body, as: UTF8.self))",
             ])
         }
-        let span = startSpan("\(request.operation == .chat ? "chat" : "embeddings") \(request.alias)", ofKind: .client)
+        let span = tracing.startSpan("\(request.operation == .chat ? "chat" : "embeddings") \(request.alias)")
         // Setting an attribute builds a dictionary even on a span that records nothing.
         guard span.isRecording else { return span }
         span.attributes["gen_ai.operation.name"] = request.operation == .chat ? "chat" : "embeddings"
@@ -542,12 +544,7 @@ public final class ModelGateway: Sendable {
 
     /// Headers of this request for the upstream: request id and trace context.
     private func upstreamHeaders(_ admission: CallGovernor.Admission, span: any Span) -> [(String, String)] {
-        var headers: [(String, String)] = [("x-request-id", admission.call.requestID)]
-        var carrier: [String: String] = [:]
-        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
-        if let traceParent = carrier["traceparent"] ?? admission.call.traceParent { headers.append(("traceparent", traceParent)) }
-        if let traceState = carrier["tracestate"] ?? admission.call.traceState { headers.append(("tracestate", traceState)) }
-        return headers
+        [("x-request-id", admission.call.requestID)] + tracing.traceHeaders(span, traceParent: admission.call.traceParent, traceState: admission.call.traceState)
     }
 
     /// One try against one deployment. `timing` is called once the upstream answered with
@@ -854,11 +851,4 @@ public struct LoopContinuation: Sendable {
     let admission: CallGovernor.Admission
     let span: any Span
     let resume: Resume?
-}
-
-/// Carries trace context into a string dictionary, then into upstream headers.
-struct DictionaryInjector: Injector {
-    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
-        carrier[key] = value
-    }
 }

@@ -110,6 +110,8 @@ public final class ToolGateway: Service, Sendable {
     let pins: Mutex<[String: ToolPin]>
     private let retry: RetryPolicy
     private let capture: ToolGatewaySettings
+    /// Spans and trace headers; no-ops when no tracer is installed.
+    let tracing = CallTracing()
     private let queue: AdmissionQueuePolicy
     private let logger: Logger
     private let supervisors = Mutex<[Task<Void, Never>]>([])
@@ -633,7 +635,7 @@ public final class ToolGateway: Service, Sendable {
     /// The span of a tool call, and the trace context for its upstream (this span's, else
     /// the agent's).
     func beginSpan(_ name: String, tool: Tool, caller: Caller, traceParent: String?, traceState: String?) -> (any Span, [(String, String)]) {
-        let span = startSpan("execute_tool \(name)", ofKind: .client)
+        let span = tracing.startSpan("execute_tool \(name)")
         // Setting an attribute builds a dictionary even on a span that records nothing.
         if span.isRecording {
             span.attributes["gen_ai.operation.name"] = "execute_tool"
@@ -646,12 +648,7 @@ public final class ToolGateway: Service, Sendable {
                 if case .stdio? = tool.source.settings.mcpTransport { span.attributes["network.transport"] = "pipe" } else { span.attributes["network.transport"] = "tcp" }
             }
         }
-        var carrier: [String: String] = [:]
-        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
-        var trace: [(String, String)] = []
-        if let value = carrier["traceparent"] ?? traceParent { trace.append(("traceparent", value)) }
-        if let value = carrier["tracestate"] ?? traceState { trace.append(("tracestate", value)) }
-        return (span, trace)
+        return (span, tracing.traceHeaders(span, traceParent: traceParent, traceState: traceState))
     }
 
     /// The key the upstream sees: an agent's own key scoped to the agent and the tool (one

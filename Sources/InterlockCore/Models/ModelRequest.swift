@@ -125,7 +125,7 @@ extension ModelRequest {
             case (.openAI, .embeddings): openAIEmbeddingParameters
             case (.anthropic, _): anthropicParameters
             }
-        var seen = Set<String>()
+        var seen = Set<String>(minimumCapacity: members.count)
         for member in members {
             guard seen.insert(member.key).inserted else {
                 throw GatewayError.invalidRequest("The parameter '\(member.key)' appears more than once.", param: member.key)
