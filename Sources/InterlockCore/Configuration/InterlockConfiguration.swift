@@ -250,8 +250,9 @@ public enum SQLiteDurability: String, Sendable, CaseIterable {
 }
 
 public struct LedgerSettings: Sendable {
-    /// Longest a usage record waits in memory before it is written, in milliseconds.
-    public var flushIntervalMs: Int = 200
+    /// Longest a usage record waits in memory before it is written, in milliseconds. Short:
+    /// a long interval makes each flush a long burst of CPU that delays calls behind it.
+    public var flushIntervalMs: Int = 50
     /// Records written in one statement.
     public var maxBatch: Int = 500
 
@@ -300,8 +301,9 @@ public struct AuthSettings: Sendable {
 }
 
 public struct AuditSettings: Sendable {
-    /// Longest an audit record waits in memory before it is written, in milliseconds.
-    public var flushIntervalMs: Int = 200
+    /// Longest an audit record waits in memory before it is written, in milliseconds (see
+    /// `LedgerSettings.flushIntervalMs`).
+    public var flushIntervalMs: Int = 50
     /// Records written in one statement.
     public var maxBatch: Int = 500
 
