@@ -59,29 +59,7 @@ struct MCPRoutes {
     /// Compared byte by byte: the event-loop path asks on every tool call.
     static func acceptsJSON(_ accept: String?) -> Bool {
         guard let accept else { return false }
-        return containsIgnoringASCIICase(accept, "application/json") || containsIgnoringASCIICase(accept, "*/*")
-    }
-
-    /// `needle` (lowercase ASCII) within `haystack`, ignoring ASCII case.
-    static func containsIgnoringASCIICase(_ haystack: String, _ needle: StaticString) -> Bool {
-        needle.withUTF8Buffer { needle in
-            let count = needle.count
-            var haystack = haystack
-            return haystack.withUTF8 { bytes in
-                guard bytes.count >= count else { return false }
-                for start in 0...(bytes.count - count) {
-                    var index = 0
-                    while index < count {
-                        var byte = bytes[start + index]
-                        if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
-                        if byte != needle[index] { break }
-                        index += 1
-                    }
-                    if index == count { return true }
-                }
-                return false
-            }
-        }
+        return ASCIIText.contains(accept, ignoringCase: "application/json") || ASCIIText.contains(accept, ignoringCase: "*/*")
     }
 
     private func post(_ request: Request, context: AgentRequestContext) async throws -> Response {
@@ -208,12 +186,12 @@ struct MCPRoutes {
             parent: params["_meta"]?["traceparent"]?.stringValue ?? request.headers[HTTPField.Name("traceparent")!],
             state: params["_meta"]?["tracestate"]?.stringValue ?? request.headers[HTTPField.Name("tracestate")!]
         )
-        let accept = request.headers[.accept]?.lowercased() ?? ""
+        let acceptsEvents = ASCIIText.contains(request.headers[.accept] ?? "", ignoringCase: "text/event-stream")
         let tools = self.tools
         let sessions = self.sessions
         let caller = context.caller
         let requestID = context.requestID
-        guard let progressToken, accept.contains("text/event-stream") else {
+        guard let progressToken, acceptsEvents else {
             let task = Task {
                 await Self.answer(
                     id: id, name: name, arguments: arguments, key: key, trace: trace, tools: tools, caller: caller, requestID: requestID, onProgress: nil)

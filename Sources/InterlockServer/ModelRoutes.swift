@@ -83,18 +83,7 @@ struct ModelRoutes {
     /// thousandths: formatting a `Double` costs more, and this runs on every call.
     static func format3(_ value: Double) -> String {
         guard value.isFinite, abs(value) < 1e12 else { return JSONWriter.string(.number((value * 1000).rounded() / 1000)) }
-        let thousandths = Int64((value * 1000).rounded())
-        let whole = String(thousandths.magnitude / 1000)
-        var fraction = thousandths.magnitude % 1000
-        let sign = thousandths < 0 ? "-" : ""
-        guard fraction != 0 else { return sign + whole }
-        var places = 3
-        while fraction % 10 == 0 {
-            fraction /= 10
-            places -= 1
-        }
-        let digits = String(fraction)
-        return sign + whole + "." + String(repeating: "0", count: places - digits.count) + digits
+        return ASCIIText.fixedPoint(Int64((value * 1000).rounded()), scale: 3)
     }
 
     static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, requestID: String) -> Response {

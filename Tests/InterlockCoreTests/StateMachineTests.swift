@@ -159,6 +159,7 @@ func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seco
         let cases: [(Int64, String)] = [
             (0, "0"), (1, "0.000000001"), (123_000, "0.000123"), (1_000_000_000, "1"), (2_500_000_000, "2.5"),
             (-2_500_000_000, "-2.5"), (12_345_678_901, "12.345678901"), (100_000_000, "0.1"), (-1, "-0.000000001"),
+            (Int64.min, "-9223372036.854775808"), (Int64.max, "9223372036.854775807"),
         ]
         for (nanos, text) in cases { #expect(USD(nanos: nanos).description == text) }
     }

@@ -215,13 +215,9 @@ public struct AuditChain: Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(64)
         for byte in digest {
-            out.append(hexDigit(byte >> 4))
-            out.append(hexDigit(byte & 0x0F))
+            out.append(ASCIIText.hexDigit(byte >> 4))
+            out.append(ASCIIText.hexDigit(byte & 0x0F))
         }
         return String(decoding: out, as: UTF8.self)
-    }
-
-    private static func hexDigit(_ value: UInt8) -> UInt8 {
-        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
     }
 }

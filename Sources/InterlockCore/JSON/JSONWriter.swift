@@ -52,8 +52,6 @@ public enum JSONWriter {
         return "\(number)"
     }
 
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
     /// A JSON string literal. Runs without anything to escape are copied whole: most
     /// strings (ids, names, hashes) have none.
     public static func writeString(_ string: String, into output: inout [UInt8]) {
@@ -85,8 +83,8 @@ public enum JSONWriter {
         case 0x0C: output.append(UInt8(ascii: "f"))
         default:
             output.append(contentsOf: "u00".utf8)
-            output.append(hexDigits[Int(byte >> 4)])
-            output.append(hexDigits[Int(byte & 0x0F)])
+            output.append(ASCIIText.hexDigit(byte >> 4))
+            output.append(ASCIIText.hexDigit(byte & 0x0F))
         }
     }
 }

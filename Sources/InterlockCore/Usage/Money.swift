@@ -19,28 +19,8 @@ public struct USD: Sendable, Hashable, Comparable, CustomStringConvertible {
 
     /// Dollars with up to nine decimals and no trailing zeros, e.g. `0.000123`.
     public var description: String {
-        // Written byte by byte: it goes into a response header on every call.
-        var digits: [UInt8] = []
-        digits.reserveCapacity(24)
-        if nanos < 0 { digits.append(UInt8(ascii: "-")) }
-        let magnitude = nanos.magnitude
-        digits.append(contentsOf: String(magnitude / 1_000_000_000).utf8)
-        var fraction = magnitude % 1_000_000_000
-        if fraction != 0 {
-            var places = 9
-            while fraction % 10 == 0 {
-                fraction /= 10
-                places -= 1
-            }
-            digits.append(UInt8(ascii: "."))
-            let start = digits.count
-            for _ in 0..<places {
-                digits.append(UInt8(ascii: "0") + UInt8(fraction % 10))
-                fraction /= 10
-            }
-            digits[start...].reverse()
-        }
-        return String(decoding: digits, as: UTF8.self)
+        // Written on bytes: it goes into a response header on every call.
+        ASCIIText.fixedPoint(nanos, scale: 9)
     }
 }
 

@@ -1,0 +1,59 @@
+/// Small text routines for the per-call path, written on bytes: headers and hashes are
+/// ASCII, and the general `String` operations (Foundation's `contains`, `lowercased`,
+/// `Double` formatting) showed in profiles of every call.
+public enum ASCIIText {
+    /// The lowercase hex digit of a value below 16.
+    @inline(__always)
+    public static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
+    }
+
+    /// `units` divided by 10^`scale`, with no trailing zeros in the fraction: `fixedPoint(123_000,
+    /// scale: 9)` is `0.000123`, `fixedPoint(2_500, scale: 3)` is `2.5`, `fixedPoint(3_000, scale: 3)` is `3`.
+    public static func fixedPoint(_ units: Int64, scale: Int) -> String {
+        precondition((0...18).contains(scale), "scale out of range")
+        var divisor: UInt64 = 1
+        for _ in 0..<scale { divisor *= 10 }
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        if units < 0 { out.append(UInt8(ascii: "-")) }
+        out.append(contentsOf: String(units.magnitude / divisor).utf8)
+        var fraction = units.magnitude % divisor
+        if fraction != 0 {
+            var places = scale
+            while fraction % 10 == 0 {
+                fraction /= 10
+                places -= 1
+            }
+            out.append(UInt8(ascii: "."))
+            let start = out.count
+            for _ in 0..<places {
+                out.append(UInt8(ascii: "0") + UInt8(fraction % 10))
+                fraction /= 10
+            }
+            out[start...].reverse()
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Whether `haystack` contains `needle` (lowercase ASCII), ignoring ASCII case.
+    public static func contains(_ haystack: String, ignoringCase needle: StaticString) -> Bool {
+        needle.withUTF8Buffer { needle in
+            var haystack = haystack
+            return haystack.withUTF8 { bytes in
+                guard bytes.count >= needle.count else { return false }
+                for start in 0...(bytes.count - needle.count) {
+                    var index = 0
+                    while index < needle.count {
+                        var byte = bytes[start + index]
+                        if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+                        guard byte == needle[index] else { break }
+                        index += 1
+                    }
+                    if index == needle.count { return true }
+                }
+                return false
+            }
+        }
+    }
+}
