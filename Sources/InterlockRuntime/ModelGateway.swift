@@ -664,11 +664,10 @@ extension ModelGateway {
     ) throws(AttemptFailure) -> ModelResult {
         let (attempts, overhead, queued) = timing
         let native = deployment.provider.kind.nativeFormat
-        let upstreamBytes = Array(buffer.readableBytesView)
-        var usage = UsageReading.fromBody(upstreamBytes, format: native) ?? TokenUsage(inputTokens: request.estimatedInputTokens)
+        var usage = buffer.withUnsafeReadableBytes { UsageReading.fromBody($0, format: native) } ?? TokenUsage(inputTokens: request.estimatedInputTokens)
         var out = buffer
         if native != request.format {
-            guard case .object(let object)? = try? JSONParser.parse(upstreamBytes) else {
+            guard case .object(let object)? = buffer.withUnsafeReadableBytes({ try? JSONParser.parse($0) }) else {
                 throw AttemptFailure.retryable(status: 502, message: "The upstream for '\(request.alias)' sent an answer that is not JSON.", retryAfter: nil)
             }
             let translated: JSONObject =

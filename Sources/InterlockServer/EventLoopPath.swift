@@ -491,7 +491,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         var headers = HTTPHeaders()
         headers.reserveCapacity(pairs.count + 3)
         for (name, value) in pairs { headers.add(name: name, value: value) }
-        if let contentLength { headers.add(name: "content-length", value: String(contentLength)) }
+        if let contentLength { headers.add(name: "content-length", value: ASCIIText.digits(UInt64(contentLength))) }
         headers.add(name: "server", value: "interlock")
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)

@@ -40,6 +40,6 @@ enum RequestIDGenerator {
     private static let counter = Atomic<UInt64>(0)
 
     static func next() -> String {
-        prefix + String(counter.add(1, ordering: .relaxed).newValue, radix: 36)
+        ASCIIText.digits(counter.add(1, ordering: .relaxed).newValue, radix: 36, after: prefix)
     }
 }

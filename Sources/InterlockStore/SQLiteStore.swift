@@ -37,6 +37,9 @@ public final class SQLiteStore: InterlockStore {
             _ = try await connection.query(durability == .full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", [])
             _ = try await connection.query("PRAGMA busy_timeout=5000", [])
             _ = try await connection.query("PRAGMA foreign_keys=ON", [])
+            // A batch `INSERT` inside `BEGIN` keeps a statement journal, which spills to a
+            // temporary file past 64 KiB: one file created and written per ledger or audit batch.
+            _ = try await connection.query("PRAGMA temp_store=MEMORY", [])
         } catch {
             // Not a database (or not a usable one): close before the connection is released.
             try? await connection.close()
@@ -92,7 +95,11 @@ public final class SQLiteStore: InterlockStore {
             let slice = records[start..<min(records.count, start + perStatement)]
             var binds: [SQLiteData] = []
             binds.reserveCapacity(slice.count * columns.count)
-            for record in slice { binds += values(record).map(\.sqlite) }
+            // A plain loop: `map(\.sqlite)` applies a key path per value (a tenth of the writer's
+            // own CPU in perf) and builds a second array per row.
+            for record in slice {
+                for value in values(record) { binds.append(value.sqlite) }
+            }
             _ = try await connection.query(prefix + Array(repeating: placeholders, count: slice.count).joined(separator: ","), binds)
             start += perStatement
         }

@@ -1,3 +1,4 @@
+import InterlockCore
 @testable import InterlockServer
 import Testing
 
@@ -31,5 +32,21 @@ import Testing
             (-0.25, "-0.25"), (0.001, "0.001"), (0.01, "0.01"),
         ]
         for (value, text) in cases { #expect(ModelRoutes.format3(value) == text, "\(value)") }
+    }
+
+    @Test func digitsMatchTheStandardLibrary() {
+        for value: UInt64 in [0, 1, 9, 10, 35, 36, 255, 1000, 123_456_789, UInt64(Int64.max), .max] {
+            for radix: UInt64 in [2, 10, 16, 36] {
+                #expect(ASCIIText.digits(value, radix: radix) == String(value, radix: Int(radix)), "\(value) in \(radix)")
+            }
+            #expect(ASCIIText.digits(value, radix: 36, after: "req_x_") == "req_x_" + String(value, radix: 36))
+        }
+        #expect(ASCIIText.digits(42, after: "ключ-") == "ключ-42")
+        let first = RequestIDGenerator.next()
+        let second = RequestIDGenerator.next()
+        let (head1, counter1) = (first[..<first.lastIndex(of: "_")!], UInt64(first[first.index(after: first.lastIndex(of: "_")!)...], radix: 36))
+        let (head2, counter2) = (second[..<second.lastIndex(of: "_")!], UInt64(second[second.index(after: second.lastIndex(of: "_")!)...], radix: 36))
+        #expect(first.hasPrefix("req_") && head1 == head2)
+        #expect(counter1! < counter2!)
     }
 }

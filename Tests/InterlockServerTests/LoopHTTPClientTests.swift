@@ -19,6 +19,23 @@ import Testing
             headers[HTTPField.Name("x-seen-query")!] = request.uri.query ?? "-"
             return Response(status: .accepted, headers: headers, body: .init(byteBuffer: body))
         }
+        // Four pieces 150 ms apart, or one piece and then silence.
+        router.post("/drip") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
+                for index in 0..<4 {
+                    if index > 0 { try await Task.sleep(for: .milliseconds(150)) }
+                    try await writer.write(ByteBuffer(string: "data: \(index)\n\n"))
+                }
+                try await writer.finish(nil)
+            })
+        }
+        router.post("/stall") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: "data: first\n\n"))
+                try await Task.sleep(for: .seconds(2))
+                try await writer.finish(nil)
+            })
+        }
         router.post("/slow") { _, _ -> Response in
             try await Task.sleep(for: .milliseconds(500))
             return Response(status: .ok)
@@ -26,12 +43,48 @@ import Testing
         return router
     }
 
-    func post(_ client: LoopHTTPClient, _ url: String, body: String = "{}", timeout: Duration = .seconds(5), limit: Int = 1 << 20) async throws -> LoopHTTPResponse {
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
+    func post(
+        _ client: LoopHTTPClient, _ url: String, body: String = "{}", timeout: Duration = .seconds(5), limit: Int = 1 << 20,
+        loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
+    ) async throws -> LoopHTTPResponse {
         let target = try #require(UpstreamTarget(url: url))
         return try await loop.flatSubmit {
             client.post(on: loop, to: target, headers: [("content-type", "application/json")], body: ByteBuffer(string: body), timeout: timeout, maxResponseBytes: limit)
         }.get()
+    }
+
+    /// Streams the answer of `url` and returns what arrived and how it ended.
+    func stream(_ client: LoopHTTPClient, _ url: String, timeout: Duration) async throws -> (body: String, failure: UpstreamFailure?) {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let target = try #require(UpstreamTarget(url: url))
+        let ended = loop.makePromise(of: (String, UpstreamFailure?).self)
+        // The callbacks are set in the callback that receives the head, as the client asks.
+        try await loop.flatSubmit {
+            client.postStreaming(on: loop, to: target, headers: [], body: ByteBuffer(string: "{}"), timeout: timeout).map { stream in
+                let body = NIOLoopBoundBox("", eventLoop: loop)
+                stream.onBody = { body.value += String(buffer: $0) }
+                stream.onEnd = { ended.succeed((body.value, $0)) }
+            }
+        }.get()
+        return try await ended.futureResult.get()
+    }
+
+    @Test func aStreamTimesOutOnlyWhenItFallsSilent() async throws {
+        let client = try LoopHTTPClient(group: MultiThreadedEventLoopGroup.singleton)
+        let app = Application(router: Self.upstream(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { upstream in
+            let base = "http://127.0.0.1:\(upstream.port!)"
+            // 450 ms in all, but no gap as long as the 400 ms timeout.
+            let drip = try await stream(client, base + "/drip", timeout: .milliseconds(400))
+            #expect(drip.failure == nil)
+            #expect(drip.body == "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n")
+            let started = ContinuousClock.now
+            let stall = try await stream(client, base + "/stall", timeout: .milliseconds(300))
+            #expect(stall.failure == .timeout)
+            #expect(stall.body == "data: first\n\n")
+            #expect(started.duration(to: .now) < .milliseconds(1500))
+        }
+        client.closeIdleConnections()
     }
 
     @Test func targetsAreParsedOnce() throws {
@@ -71,6 +124,22 @@ import Testing
 
             await #expect(throws: UpstreamFailure.timeout) {
                 _ = try await post(client, base + "/slow", timeout: .milliseconds(100))
+            }
+            // Deadlines of different lengths in flight on one loop: the later, shorter one still
+            // fails on time, and the earlier, longer one is answered.
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            async let long = post(client, base + "/slow", timeout: .seconds(5), loop: loop)
+            try await Task.sleep(for: .milliseconds(50))
+            let started = ContinuousClock.now
+            await #expect(throws: UpstreamFailure.timeout) {
+                _ = try await post(client, base + "/slow", timeout: .milliseconds(100), loop: loop)
+            }
+            #expect(started.duration(to: .now) < .milliseconds(400))
+            #expect(try await long.status == 200)
+            // After many answered exchanges, a timeout still fires.
+            for index in 0..<20 { _ = try await post(client, base + "/echo", body: "\(index)", loop: loop) }
+            await #expect(throws: UpstreamFailure.timeout) {
+                _ = try await post(client, base + "/slow", timeout: .milliseconds(100), loop: loop)
             }
             await #expect(throws: UpstreamFailure.responseTooLarge) {
                 _ = try await post(client, base + "/echo", body: String(repeating: "x", count: 100), limit: 10)

@@ -112,7 +112,8 @@ public struct AuditRecord: Sendable, Equatable {
             out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
             out.append(UInt8(ascii: "\""))
             name.withUTF8Buffer { out.append(contentsOf: $0) }
-            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+            out.append(UInt8(ascii: "\""))  // byte by byte: an array literal here was allocated per member
+            out.append(UInt8(ascii: ":"))
         }
         func text(_ value: String?) {
             if let value { JSONWriter.writeString(value, into: &out) } else { out.append(contentsOf: "null".utf8) }

@@ -2,10 +2,37 @@
 /// ASCII, and the general `String` operations (Foundation's `contains`, `lowercased`,
 /// `Double` formatting) showed in profiles of every call.
 public enum ASCIIText {
-    /// The lowercase hex digit of a value below 16.
+    /// The lowercase digit of a value below 36 (`0`–`9`, then `a`–`z`): a hex digit below 16.
     @inline(__always)
     public static func hexDigit(_ value: UInt8) -> UInt8 {
         value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
+    }
+
+    /// `prefix` followed by `value` written in `radix` (2 to 36, lowercase digits), built in
+    /// one buffer: `String(_:radix:)` is generic, and request ids and `content-length` values
+    /// are written on every call.
+    public static func digits(_ value: UInt64, radix: UInt64 = 10, after prefix: String = "") -> String {
+        precondition((2...36).contains(radix), "radix out of range")
+        var count = 1
+        var rest = value / radix
+        while rest > 0 {
+            count += 1
+            rest /= radix
+        }
+        var prefix = prefix
+        return prefix.withUTF8 { head in
+            String(unsafeUninitializedCapacity: head.count + count) { buffer in
+                if let source = head.baseAddress { buffer.baseAddress!.initialize(from: source, count: head.count) }
+                var value = value
+                var index = head.count + count
+                repeat {
+                    index -= 1
+                    buffer[index] = hexDigit(UInt8(value % radix))
+                    value /= radix
+                } while value > 0
+                return head.count + count
+            }
+        }
     }
 
     /// `units` divided by 10^`scale`, with no trailing zeros in the fraction: `fixedPoint(123_000,
@@ -17,7 +44,7 @@ public enum ASCIIText {
         var out: [UInt8] = []
         out.reserveCapacity(24)
         if units < 0 { out.append(UInt8(ascii: "-")) }
-        out.append(contentsOf: String(units.magnitude / divisor).utf8)
+        out.append(contentsOf: digits(units.magnitude / divisor).utf8)
         var fraction = units.magnitude % divisor
         if fraction != 0 {
             var places = scale

@@ -25,10 +25,16 @@ public enum UsageReading {
     /// Usage of a complete (non-streamed) response body in its native format. Only the
     /// top-level `usage` member is decoded.
     public static func fromBody(_ body: [UInt8], format: WireFormat) -> TokenUsage? {
+        body.withUnsafeBytes { fromBody($0, format: format) }
+    }
+
+    /// As `fromBody(_:format:)`, reading the bytes where they are (a response buffer), without
+    /// a copy.
+    public static func fromBody(_ body: UnsafeRawBufferPointer, format: WireFormat) -> TokenUsage? {
         guard let members = try? JSONParser.scanObject(body), let span = members.first(where: { $0.key == "usage" }) else {
             return nil
         }
-        let value = try? JSONParser.parse(Array(body[span.valueRange]))
+        let value = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: body[span.valueRange]))
         switch format {
         case .openAI: return openAI(value)
         case .anthropic: return anthropic(value)
