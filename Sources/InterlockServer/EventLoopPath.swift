@@ -55,12 +55,20 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
             var limits = NIOHTTPDecoderLimitConfiguration()
             limits.maxHeaderFieldSize = maxHeaderBytes
             limits.maxHeaderListSize = maxHeaderBytes
-            try pipeline.configureHTTPServerPipeline(
-                withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
-                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
-            try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
             if let path, path.client.serves(channel.eventLoop) {
+                // What `configureHTTPServerPipeline` adds, except that the decoder does not tell
+                // the encoder each request's method: the event-loop handler writes its answers
+                // past the encoder, which would otherwise keep one method per such answer for
+                // good. The handler drops the bodies of answers to HEAD itself.
+                try pipeline.addHandler(HTTPResponseEncoder(configuration: .init()))
+                try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
+                try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
                 try pipeline.addHandler(EventLoopModelHandler(path: path))
+            } else {
+                try pipeline.configureHTTPServerPipeline(
+                    withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
+                    withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+                try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
             }
             try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
@@ -115,6 +123,15 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var active = true
     /// The stream this handler is relaying, if any.
     private var streaming: StreamState?
+    /// The response encoder's context. Whole answers of the handler's own calls are written as
+    /// bytes from there (past the encoder): building `HTTPHeaders` and encoding them again,
+    /// in three writes through the pipeline, was about 4% of a model call.
+    private var rawOutput: ChannelHandlerContext?
+    /// For each request passed to the router whose response head has not gone out yet: whether
+    /// it was a HEAD (or CONNECT), whose response must not carry a body (RFC 9110 §9.3.2).
+    /// NIO's encoder would know this from the decoder; that link is off (see `setup`).
+    private var routerHeadsWithoutBody = CircularBuffer<Bool>()
+    private var droppingRouterBody = false
 
     private final class StreamState {
         let upstream: LoopHTTPStream
@@ -134,6 +151,14 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         self.path = path
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        rawOutput = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        rawOutput = nil
+    }
+
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -151,9 +176,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             if routerResponsesPending == 0, let route = route(head), !Self.declaresLargerBody(head, than: path.maxBodyBytes) {
                 mode = .collecting(head, ByteBuffer(), route)
             } else {
-                routerResponsesPending += 1
                 mode = .forwarding
-                context.fireChannelRead(wrapInboundOut(part))
+                passOn(head, context: context)
             }
         case (.collecting(let head, var body, let route), .body(var chunk)):
             if body.readableBytes + chunk.readableBytes > path.maxBodyBytes {
@@ -211,7 +235,19 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     // MARK: Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { routerResponsesPending = max(0, routerResponsesPending - 1) }
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            // An informational head (1xx but 101) is followed by the real one.
+            if head.status.code >= 200 || head.status.code == 101 { droppingRouterBody = routerHeadsWithoutBody.popFirst() ?? false }
+        case .body where droppingRouterBody:
+            promise?.succeed(())
+            return
+        case .body:
+            break
+        case .end:
+            droppingRouterBody = false
+            routerResponsesPending = max(0, routerResponsesPending - 1)
+        }
         context.write(data, promise: promise)
     }
 
@@ -250,10 +286,16 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         return value > limit
     }
 
+    /// Hands a request head to the router; its response is counted until it ends.
+    private func passOn(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        routerResponsesPending += 1
+        routerHeadsWithoutBody.append(head.method == .HEAD || head.method == .CONNECT)
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
     /// Hands a request to the router, as it arrived.
     private func forward(head: HTTPRequestHead, body: ByteBuffer, end: Bool, context: ChannelHandlerContext) {
-        routerResponsesPending += 1
-        context.fireChannelRead(wrapInboundOut(.head(head)))
+        passOn(head, context: context)
         if body.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(body))) }
         if end { context.fireChannelRead(wrapInboundOut(.end(nil))) }
         releaseQuiesce(context: context)
@@ -476,13 +518,58 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func write(status: HTTPResponseStatus, headers pairs: [(String, String)], body: ByteBuffer, context: ChannelHandlerContext) {
-        guard case .busy(let keepAlive, _) = mode else { return }
+        guard case .busy(let keepAlive, let version) = mode else { return }
         if active {
-            writeHead(status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive, context: context)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            if let rawOutput {
+                // Small bodies go out in the head's buffer: one write, one piece for `writev`.
+                let inline = body.readableBytes <= Self.inlineBodyBytes
+                var out = context.channel.allocator.buffer(capacity: 160 + pairs.count * 48 + (inline ? body.readableBytes : 0))
+                Self.writeHead(into: &out, version: version, status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive)
+                if inline {
+                    out.writeImmutableBuffer(body)
+                } else {
+                    rawOutput.write(NIOAny(IOData.byteBuffer(out)), promise: nil)
+                    out = body
+                }
+                rawOutput.writeAndFlush(NIOAny(IOData.byteBuffer(out)), promise: nil)
+            } else {
+                writeHead(status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive, context: context)
+                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            }
         }
         finishExchange(context: context)
+    }
+
+    /// Bodies up to this size are copied into the buffer of the response head.
+    static let inlineBodyBytes = 16 * 1024
+
+    /// An HTTP/1 response head with a `content-length`, as `HTTPResponseEncoder` writes it for
+    /// the same head (status line, the headers in order, `content-length`, `server`, and
+    /// `connection: close` when the connection ends after it).
+    static func writeHead(
+        into out: inout ByteBuffer, version: HTTPVersion, status: HTTPResponseStatus, headers: [(String, String)], contentLength: Int, keepAlive: Bool
+    ) {
+        if version.major == 1, version.minor == 1 {
+            out.writeStaticString("HTTP/1.1 ")
+        } else if version.major == 1, version.minor == 0 {
+            out.writeStaticString("HTTP/1.0 ")
+        } else {
+            out.writeString("HTTP/\(version.major).\(version.minor) ")
+        }
+        out.writeString(ASCIIText.digits(UInt64(status.code)))
+        out.writeStaticString(" ")
+        out.writeString(status.reasonPhrase)
+        out.writeStaticString("\r\n")
+        for (name, value) in headers {
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
+            out.writeStaticString("\r\n")
+        }
+        out.writeStaticString("content-length: ")
+        out.writeString(ASCIIText.digits(UInt64(contentLength)))
+        out.writeStaticString(keepAlive ? "\r\nserver: interlock\r\n\r\n" : "\r\nserver: interlock\r\nconnection: close\r\n\r\n")
     }
 
     /// `contentLength` nil: a stream, sent chunked.

@@ -194,3 +194,47 @@ def test_pipelined_requests_are_answered_in_order(loop_server):
         else:
             order.append(payload["status"])
     assert order == ["echo: one", "ok", "echo: two", "models", "echo: three", "echo: four", "ok"]
+
+
+def raw_chat(text, version=b"1.1"):
+    body = json.dumps({"model": "plain", "messages": [{"role": "user", "content": text}]}).encode()
+    return (b"POST /v1/chat/completions HTTP/" + version + b"\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def read_until(connection, done, seconds=10):
+    connection.settimeout(0.2)
+    data, deadline = b"", time.time() + seconds
+    while time.time() < deadline and not done(data):
+        try:
+            chunk = connection.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_loop_answers_are_framed_for_http_1_0_and_head_answers_have_no_body(loop_server):
+    host, port = loop_server["base"].removeprefix("http://").split(":")
+    # HTTP/1.0 without keep-alive: the loop's answer says so, and the connection ends after it.
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(raw_chat("old", version=b"1.0"))
+        data = read_until(connection, lambda data: False)
+    head, payload = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.0 200 OK"
+    headers = {name.lower(): value for name, value in (line.split(b": ", 1) for line in lines[1:])}
+    assert headers[b"connection"] == b"close"
+    assert headers[b"x-interlock-path"] == b"event-loop"
+    assert int(headers[b"content-length"]) == len(payload)
+    assert json.loads(payload)["choices"][0]["message"]["content"] == "echo: old"
+    # Answers to HEAD carry no body, so the next answer on the connection follows the head.
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n" + raw_chat("after head"))
+        data = read_until(connection, lambda data: data.count(b"HTTP/1.1 ") >= 3 and data.rstrip().endswith(b"}"))
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 3
+    assert answers[0].endswith(b"\r\n\r\n") and answers[1].endswith(b"\r\n\r\n")
+    assert json.loads(answers[2].split(b"\r\n\r\n", 1)[1])["choices"][0]["message"]["content"] == "echo: after head"
