@@ -9,11 +9,22 @@ public final class AsyncRateLimiter: Sendable {
     private let gate: Mutex<Gate>
     private let clock = ContinuousClock()
     public let name: String
+    /// No per-minute limits: only an upstream's "slow down" can make a caller wait, so until
+    /// the first one every call starts at once without taking the lock.
+    private let unlimited: Bool
+    private let everThrottled = Atomic<Bool>(false)
+    /// A tokens-per-minute limit, the only thing `reconcile` changes.
+    private let limitsTokens: Bool
 
     public init(name: String, limits: RateLimits, queue: AdmissionQueuePolicy) {
         self.name = name
         self.gate = Mutex(Gate(limits: limits, queuePolicy: queue, now: ContinuousClock.now))
+        unlimited = limits.requestsPerMinute == nil && limits.tokensPerMinute == nil
+        limitsTokens = limits.tokensPerMinute != nil
     }
+
+    /// Nothing can hold a call back: no limits, never throttled.
+    private var open: Bool { unlimited && !everThrottled.load(ordering: .acquiring) }
 
     public var queueDepth: Int { gate.withLock { $0.queueDepth } }
 
@@ -34,6 +45,7 @@ public final class AsyncRateLimiter: Sendable {
 
     /// Starts a request only if it needs no wait; otherwise changes nothing.
     public func acquireImmediately(tokens: Int) -> Bool {
+        if open { return true }
         let now = clock.now
         return gate.withLock { $0.admitImmediately(tokens: tokens, now: now) }
     }
@@ -73,6 +85,7 @@ public final class AsyncRateLimiter: Sendable {
     }
 
     public func reconcile(estimatedTokens: Int, actualTokens: Int) {
+        guard limitsTokens else { return }
         let now = clock.now
         gate.withLock { $0.reconcile(estimatedTokens: estimatedTokens, actualTokens: actualTokens, now: now) }
     }
@@ -80,5 +93,6 @@ public final class AsyncRateLimiter: Sendable {
     public func throttle(for duration: Duration) {
         let until = clock.now.advanced(by: duration)
         gate.withLock { $0.throttle(until: until) }
+        everThrottled.store(true, ordering: .releasing)
     }
 }

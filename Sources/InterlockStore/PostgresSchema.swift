@@ -382,5 +382,11 @@ enum PostgresSchema {
             $$ LANGUAGE plpgsql
             """,
         ]),
+        // Most calls belong to no workflow run: an index without their NULLs is one B-tree
+        // insert fewer per call (`run_id = $1` implies `IS NOT NULL`, so lookups still use it).
+        Migration(version: 5, name: "usage_run_partial_index", statements: [
+            "DROP INDEX usage_ledger_run",
+            "CREATE INDEX usage_ledger_run ON usage_ledger (run_id) WHERE run_id IS NOT NULL",
+        ]),
     ]
 }
