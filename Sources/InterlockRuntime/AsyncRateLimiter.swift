@@ -19,7 +19,7 @@ public final class AsyncRateLimiter: Sendable {
     public init(name: String, limits: RateLimits, queue: AdmissionQueuePolicy) {
         self.name = name
         self.gate = Mutex(Gate(limits: limits, queuePolicy: queue, now: ContinuousClock.now))
-        unlimited = limits.requestsPerMinute == nil && limits.tokensPerMinute == nil
+        unlimited = limits.isUnlimited
         limitsTokens = limits.tokensPerMinute != nil
     }
 

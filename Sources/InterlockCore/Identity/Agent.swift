@@ -30,9 +30,13 @@ public struct AgentGrants: Sendable, Equatable {
     /// Whether the grants cover `scope` (a `<kind>:<name>` string), wildcards included.
     public func covers(scope: String) -> Bool {
         guard let colon = scope.firstIndex(of: ":") else { return false }
-        let name = String(scope[scope.index(after: colon)...])
+        return covers(kind: String(scope[..<colon]), name: String(scope[scope.index(after: colon)...]))
+    }
+
+    /// The same for a kind and a name given apart (no scope string built and split per call).
+    public func covers(kind: String, name: String) -> Bool {
         let list: [String]
-        switch scope[..<colon] {
+        switch kind {
         case "model": list = models
         case "tool": list = tools
         case "agent": list = agents

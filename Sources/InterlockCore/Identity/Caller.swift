@@ -37,7 +37,9 @@ public struct Caller: Sendable, Equatable {
     /// Default deny: the agent must be granted `name` of this `kind` and the credential's
     /// scopes, if any, must include it.
     public func permits(kind: String, name: String) -> Bool {
-        permits(scope: "\(kind):\(name)")
+        guard agent.grants.covers(kind: kind, name: name) else { return false }
+        guard let scopes else { return true }
+        return AgentGrants.scopes(scopes, cover: "\(kind):\(name)")
     }
 
     /// The same for a `<kind>:<name>` scope.
