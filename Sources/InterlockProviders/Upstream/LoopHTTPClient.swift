@@ -7,13 +7,15 @@ import NIOSSL
 
 /// Where an HTTP upstream lives, parsed once from a deployment's endpoint URL.
 public struct UpstreamTarget: Sendable, Hashable {
-    public var tls: Bool
-    public var host: String
-    public var port: Int
+    public let tls: Bool
+    public let host: String
+    public let port: Int
     /// Path and query, as sent in the request line.
     public var path: String
     /// The `Host` header: the host, with the port when it is not the scheme's default.
     public var hostHeader: String
+    /// Which kept-alive connections can carry its requests (from `tls`, `host` and `port`).
+    let connection: ConnectionKey
 
     /// `nil` for URLs the loop client does not serve (other schemes, user info in the URL).
     public init?(url: String) {
@@ -29,10 +31,40 @@ public struct UpstreamTarget: Sendable, Hashable {
         path = parsed.query.map { "\(rawPath)?\($0)" } ?? rawPath
         let hostLiteral = host.contains(":") ? "[\(host)]" : host
         hostHeader = port == defaultPort ? hostLiteral : "\(hostLiteral):\(port)"
+        connection = ConnectionKey(tls: tls, host: host, port: port)
     }
 
     var isIPAddress: Bool {
         host.contains(":") || host.allSatisfy { $0.isNumber || $0 == "." }
+    }
+}
+
+/// The connections a target can use: scheme, host and port (the path does not matter). Its
+/// hash is worked out once, so finding the idle connections of a call hashes one integer
+/// instead of the target's strings.
+struct ConnectionKey: Hashable {
+    let tls: Bool
+    let host: String
+    let port: Int
+    private let hashValueOnce: Int
+
+    init(tls: Bool, host: String, port: Int) {
+        self.tls = tls
+        self.host = host
+        self.port = port
+        var hasher = Hasher()
+        hasher.combine(tls)
+        hasher.combine(host)
+        hasher.combine(port)
+        hashValueOnce = hasher.finalize()
+    }
+
+    static func == (lhs: ConnectionKey, rhs: ConnectionKey) -> Bool {
+        lhs.hashValueOnce == rhs.hashValueOnce && lhs.tls == rhs.tls && lhs.port == rhs.port && lhs.host == rhs.host
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(hashValueOnce)
     }
 }
 
@@ -273,7 +305,7 @@ final class LoopConnectionPool: @unchecked Sendable {
     private final class IdleList {
         var connections = CircularBuffer<Idle>()
     }
-    private var idle: [UpstreamTarget: IdleList] = [:]
+    private var idle: [ConnectionKey: IdleList] = [:]
     /// Exchanges in flight (free places are reused), for their deadlines. One timer watches
     /// them all, set for the earliest deadline: a timer per request (scheduled, then cancelled
     /// by a linear search of the loop's timers) cost about 1.5% of a model call.
@@ -356,7 +388,7 @@ final class LoopConnectionPool: @unchecked Sendable {
 
     private func checkout(_ target: UpstreamTarget) -> Idle? {
         let oldest = NIODeadline.now() - .nanoseconds(configuration.idleTimeout.nanoseconds)
-        guard let list = idle[target] else { return nil }
+        guard let list = idle[target.connection] else { return nil }
         while let last = list.connections.popLast() {
             if last.channel.isActive, last.since > oldest { return last }
             last.channel.close(promise: nil)
@@ -369,11 +401,11 @@ final class LoopConnectionPool: @unchecked Sendable {
         let now = NIODeadline.now()
         let oldest = now - .nanoseconds(configuration.idleTimeout.nanoseconds)
         let list: IdleList
-        if let existing = idle[target] {
+        if let existing = idle[target.connection] {
             list = existing
         } else {
             list = IdleList()
-            idle[target] = list
+            idle[target.connection] = list
         }
         while let first = list.connections.first, first.since <= oldest || !first.channel.isActive {
             first.channel.close(promise: nil)
