@@ -162,40 +162,6 @@ def test_budget_refusal_on_the_event_loop_is_an_openai_error(loop_server):
     assert refused.value.response.headers.get("retry-after")
 
 
-def test_pipelined_requests_are_answered_in_order(loop_server):
-    host, port = loop_server["base"].removeprefix("http://").split(":")
-    def chat(text):
-        body = json.dumps({"model": "plain", "messages": [{"role": "user", "content": text}]}).encode()
-        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
-    with socket.create_connection((host, int(port))) as connection:
-        connection.sendall(chat("one") + health + chat("two") + models + chat("three") + chat("four") + health)
-        connection.settimeout(0.2)
-        data, deadline = b"", time.time() + 10
-        while time.time() < deadline and (data.count(b"HTTP/1.1 ") < 7 or not data.rstrip().endswith(b"}")):
-            try:
-                chunk = connection.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                break
-            data += chunk
-    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 ")[1:]]
-    assert len(bodies) == 7
-    order = []
-    for body in bodies:
-        payload = json.loads(body)
-        if "choices" in payload:
-            order.append(payload["choices"][0]["message"]["content"])
-        elif payload.get("object") == "list":
-            order.append("models")
-        else:
-            order.append(payload["status"])
-    assert order == ["echo: one", "ok", "echo: two", "models", "echo: three", "echo: four", "ok"]
-
-
 def raw_chat(text, version=b"1.1"):
     body = json.dumps({"model": "plain", "messages": [{"role": "user", "content": text}]}).encode()
     return (b"POST /v1/chat/completions HTTP/" + version + b"\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
@@ -214,6 +180,28 @@ def read_until(connection, done, seconds=10):
             break
         data += chunk
     return data
+
+
+def test_pipelined_requests_are_answered_in_order(loop_server):
+    host, port = loop_server["base"].removeprefix("http://").split(":")
+    chat = raw_chat
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(chat("one") + health + chat("two") + models + chat("three") + chat("four") + health)
+        data = read_until(connection, lambda data: data.count(b"HTTP/1.1 ") >= 7 and data.rstrip().endswith(b"}"))
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert len(bodies) == 7
+    order = []
+    for body in bodies:
+        payload = json.loads(body)
+        if "choices" in payload:
+            order.append(payload["choices"][0]["message"]["content"])
+        elif payload.get("object") == "list":
+            order.append("models")
+        else:
+            order.append(payload["status"])
+    assert order == ["echo: one", "ok", "echo: two", "models", "echo: three", "echo: four", "ok"]
 
 
 def test_loop_answers_are_framed_for_http_1_0_and_head_answers_have_no_body(loop_server):
