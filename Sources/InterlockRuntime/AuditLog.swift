@@ -43,6 +43,8 @@ public final class AuditLog: Sendable {
 
     /// Hands a record over; `sequence`, `node` (when empty), time (when 0) and the hashes are filled in.
     public func record(_ record: AuditRecord) {
+        // Records of governed calls come complete: hand them over without a copy to change.
+        guard record.node.isEmpty || record.timestampMs == 0 else { return writer.append(record) }
         var record = record
         if record.node.isEmpty { record.node = node }
         if record.timestampMs == 0 { record.timestampMs = wallClockMs() }

@@ -194,7 +194,7 @@ public final class CallGovernor: Sendable {
                 message: "The access token does not carry the scope '\(kind.rawValue):\(target)'.", param: kind == .model ? "model" : nil)
         }
         if audited {
-            auditRefusal(error, action: "\(kind.rawValue).call", caller: caller, target: target, requestID: requestID)
+            auditRefusal(error, action: kind.callAction, caller: caller, target: target, requestID: requestID)
         }
         throw error
     }
@@ -312,7 +312,7 @@ public final class CallGovernor: Sendable {
         do {
             try Self.requireEnabled(current.agent)
         } catch {
-            auditRefusal(error, action: "\(call.targetKind.rawValue).call", caller: call.caller, target: call.target, requestID: call.requestID)
+            auditRefusal(error, action: call.targetKind.callAction, caller: call.caller, target: call.target, requestID: call.requestID)
             throw error
         }
         return (current, generation)
@@ -510,11 +510,14 @@ public final class CallGovernor: Sendable {
             }
         }
         let latency = admission.startedAt.duration(to: .now)
-        audit?.record(AuditRecord(
-            timestampMs: now, node: "", action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, userID: call.caller.user,
-            actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID, supervisor: call.caller.run?.supervisor, target: call.target, decision: "allow", reason: outcome.errorCode, argumentsHash: call.argumentsHash,
-            outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos, requestID: call.requestID,
-            resultHash: outcome.resultHash, capture: outcome.capture))
+        if let audit {
+            audit.record(AuditRecord(
+                timestampMs: now, node: audit.node, action: call.targetKind.callAction, agentID: call.agent.id, userID: call.caller.user,
+                actorChain: call.caller.actorChain, runID: call.caller.run?.id, parentRunID: call.caller.run?.parentID,
+                supervisor: call.caller.run?.supervisor, target: call.target, decision: "allow", reason: outcome.errorCode,
+                argumentsHash: call.argumentsHash, outcome: outcome.outcome.rawValue, status: outcome.status, costNanos: outcome.cost.nanos,
+                requestID: call.requestID, resultHash: outcome.resultHash, capture: outcome.capture))
+        }
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: now, agentID: call.agent.id, targetKind: call.targetKind.rawValue,
             target: call.target, deploymentID: outcome.deploymentID, provider: outcome.provider, upstreamModel: outcome.upstreamModel,
@@ -598,7 +601,7 @@ public final class CallGovernor: Sendable {
     }
 
     private func recordRejection(_ call: GovernedCall, status: Int, code: String) {
-        record(refusal: code, status: status, action: "\(call.targetKind.rawValue).call", agentID: call.agent.id, user: call.caller.user,
+        record(refusal: code, status: status, action: call.targetKind.callAction, agentID: call.agent.id, user: call.caller.user,
             actors: call.caller.actorChain, run: call.caller.run, target: call.target, argumentsHash: call.argumentsHash, requestID: call.requestID)
         ledger.append(UsageRecord(
             requestID: call.requestID, timestampMs: wallClockMs(), agentID: call.agent.id, targetKind: call.targetKind.rawValue,

@@ -5,6 +5,16 @@ public enum TargetKind: String, Sendable {
     case model
     case tool
     case agent
+
+    /// The audit action of a call to this kind of target (`model.call`, …), without building
+    /// the string per call.
+    public var callAction: String {
+        switch self {
+        case .model: "model.call"
+        case .tool: "tool.call"
+        case .agent: "agent.call"
+        }
+    }
 }
 
 /// Who asked, for what, and what it may cost: the value every pipeline stage works on,

@@ -101,7 +101,7 @@ public final class PolicyStage: Sendable {
             let error = GatewayError(
                 kind: .permission, code: "policy_denied", message: "Denied by policy '\(name)': \(decision.reason)",
                 details: ["policy": .string(name), "reason": .string(decision.reason)])
-            record(caller, call, action: "\(call.kind.rawValue).call", decision: "deny", reason: "policy:\(name)", status: 403)
+            record(caller, call, action: call.kind.callAction, decision: "deny", reason: "policy:\(name)", status: 403)
             throw error
         case .requireApproval:
             return try await awaitApproval(caller, call, rule: decision.rule!)
@@ -223,7 +223,7 @@ public final class PolicyStage: Sendable {
             case .approved:
                 return approval.id
             case .rejected:
-                record(caller, call, action: "\(call.kind.rawValue).call", decision: "deny", reason: "approval_rejected:\(approval.id)", status: 403)
+                record(caller, call, action: call.kind.callAction, decision: "deny", reason: "approval_rejected:\(approval.id)", status: 403)
                 throw GatewayError(
                     kind: .permission, code: "approval_rejected",
                     message: "An operator rejected this call (approval \(approval.id))\(approval.note.map { ": \($0)" } ?? ".")",

@@ -503,10 +503,11 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func respond(_ result: ModelResult, dialect: ErrorDialect, requestID: String, servedBy: String, context: ChannelHandlerContext) {
         switch result {
         case .complete(let info, let body):
-            var headers = ModelRoutes.headerPairs(info)
-            headers.append(("content-type", "application/json"))
-            headers.append(("x-interlock-path", servedBy))
-            write(status: .ok, headers: headers, body: body, context: context)
+            write(status: .ok, headerCount: 9, body: body, context: context) { add in
+                ModelRoutes.forEachHeader(info, add)
+                add("content-type", "application/json")
+                add("x-interlock-path", servedBy)
+            }
         case .stream(let info, let stream):
             respond(stream: stream, info: info, context: context)
         }
@@ -518,13 +519,22 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func write(status: HTTPResponseStatus, headers pairs: [(String, String)], body: ByteBuffer, context: ChannelHandlerContext) {
+        write(status: status, headerCount: pairs.count, body: body, context: context) { add in
+            for (name, value) in pairs { add(name, value) }
+        }
+    }
+
+    /// Headers handed over one by one (no array built for them).
+    typealias HeaderList = ((String, String) -> Void) -> Void
+
+    private func write(status: HTTPResponseStatus, headerCount: Int, body: ByteBuffer, context: ChannelHandlerContext, headers: HeaderList) {
         guard case .busy(let keepAlive, let version) = mode else { return }
         if active {
             if let rawOutput {
                 // Small bodies go out in the head's buffer: one write, one piece for `writev`.
                 let inline = body.readableBytes <= Self.inlineBodyBytes
-                var out = context.channel.allocator.buffer(capacity: 160 + pairs.count * 48 + (inline ? body.readableBytes : 0))
-                Self.writeHead(into: &out, version: version, status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive)
+                var out = context.channel.allocator.buffer(capacity: 160 + headerCount * 48 + (inline ? body.readableBytes : 0))
+                Self.writeHead(into: &out, version: version, status: status, headers: headers, contentLength: body.readableBytes, keepAlive: keepAlive)
                 if inline {
                     out.writeImmutableBuffer(body)
                 } else {
@@ -533,6 +543,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
                 rawOutput.writeAndFlush(NIOAny(IOData.byteBuffer(out)), promise: nil)
             } else {
+                var pairs: [(String, String)] = []
+                headers { pairs.append(($0, $1)) }
                 writeHead(status: status, headers: pairs, contentLength: body.readableBytes, keepAlive: keepAlive, context: context)
                 context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
                 context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -548,7 +560,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// the same head (status line, the headers in order, `content-length`, `server`, and
     /// `connection: close` when the connection ends after it).
     static func writeHead(
-        into out: inout ByteBuffer, version: HTTPVersion, status: HTTPResponseStatus, headers: [(String, String)], contentLength: Int, keepAlive: Bool
+        into out: inout ByteBuffer, version: HTTPVersion, status: HTTPResponseStatus, headers: HeaderList, contentLength: Int, keepAlive: Bool
     ) {
         if version.major == 1, version.minor == 1 {
             out.writeStaticString("HTTP/1.1 ")
@@ -561,7 +573,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         out.writeStaticString(" ")
         out.writeString(status.reasonPhrase)
         out.writeStaticString("\r\n")
-        for (name, value) in headers {
+        headers { name, value in
             out.writeString(name)
             out.writeStaticString(": ")
             out.writeString(value)

@@ -70,13 +70,22 @@ struct ModelRoutes {
 
     /// The response headers that say where and how a call was served (both paths send them).
     static func headerPairs(_ info: ModelResponseInfo) -> [(String, String)] {
-        var headers: [(String, String)] = [
-            ("x-request-id", info.requestID), ("x-interlock-deployment", info.deploymentID), ("x-interlock-provider", info.provider),
-            ("x-interlock-attempts", String(info.attempts)), ("x-interlock-overhead-ms", format3(info.overheadMs)),
-        ]
-        if info.queuedMs > 0 { headers.append(("x-interlock-queue-ms", format3(info.queuedMs))) }
-        if let cost = info.cost { headers.append(("x-interlock-cost-usd", cost.description)) }
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(7)
+        forEachHeader(info) { headers.append(($0, $1)) }
         return headers
+    }
+
+    /// The headers of a model answer, in order (the event-loop path writes them straight into
+    /// its response buffer).
+    static func forEachHeader(_ info: ModelResponseInfo, _ add: (String, String) -> Void) {
+        add("x-request-id", info.requestID)
+        add("x-interlock-deployment", info.deploymentID)
+        add("x-interlock-provider", info.provider)
+        add("x-interlock-attempts", String(info.attempts))
+        add("x-interlock-overhead-ms", format3(info.overheadMs))
+        if info.queuedMs > 0 { add("x-interlock-queue-ms", format3(info.queuedMs)) }
+        if let cost = info.cost { add("x-interlock-cost-usd", cost.description) }
     }
 
     /// Milliseconds to three decimals without trailing zeros (`0.25`, `3`), from integer
