@@ -108,17 +108,36 @@ def main():
 
     for url in (chat_direct, chat_through, chat_bare, chat_nio):
         wrk(url, body, 2, 16)  # warm-up
-    results["saturation_direct"], _ = wrk(chat_direct, body, duration, 64)
-    results["saturation_through"], results["saturation_non2xx"] = wrk(chat_through, body, duration, 64)
-    results["saturation_bare"], _ = wrk(chat_bare, body, duration, 64)
-    results["saturation_nio"], _ = wrk(chat_nio, body, duration, 64)
-    results["saturation_jwt"], results["saturation_jwt_non2xx"] = wrk(chat_through, body, duration, 64, token)
+    # BENCH_REPEAT rounds, each measuring every variant in turn; the figures are medians over
+    # the rounds, and each ratio the median of the rounds' own ratios (this machine's speed
+    # drifts between rounds, so a variant is compared with direct from the same round).
+    repeat = max(1, int(os.environ.get("BENCH_REPEAT", "1")))
+    results["repeat"] = repeat
+    targets = {"direct": (chat_direct, KEY), "through": (chat_through, KEY), "bare": (chat_bare, KEY), "nio": (chat_nio, KEY),
+               "jwt": (chat_through, token)}
+    rounds = []
+    for _ in range(repeat):
+        measured = {}
+        for name, (url, credential) in targets.items():
+            measured[name] = wrk(url, body, duration, 64, credential)
+        rounds.append(measured)
+    for name in targets:
+        results[f"saturation_{name}"] = statistics.median(r[name][0] for r in rounds)
+        results[f"saturation_{name}_runs"] = [r[name][0] for r in rounds]
+        results[f"saturation_{name}_ratio"] = statistics.median(r[name][0] / r["direct"][0] for r in rounds)
+    results["saturation_non2xx"] = sum(r["through"][1] for r in rounds)
+    results["saturation_jwt_non2xx"] = sum(r["jwt"][1] for r in rounds)
     for rate in (1000, 3000):
-        results[f"direct_{rate}"] = fixed_rate(chat_direct, body, rate, duration)
-        results[f"through_{rate}"] = fixed_rate(chat_through, body, rate, duration)
-        results[f"bare_{rate}"] = fixed_rate(chat_bare, body, rate, duration)
-        results[f"nio_{rate}"] = fixed_rate(chat_nio, body, rate, duration)
-        results[f"jwt_{rate}"] = fixed_rate(chat_through, body, rate, duration, token)
+        runs = {name: [] for name in targets}
+        for _ in range(repeat):
+            for name, (url, credential) in targets.items():
+                runs[name].append(fixed_rate(url, body, rate, duration, credential))
+        for name, measured in runs.items():
+            results[f"{name}_{rate}"] = {
+                "p50": statistics.median(m["p50"] for m in measured), "p99": statistics.median(m["p99"] for m in measured),
+                "count": sum(m["count"] for m in measured), "failures": sum(m["failures"] for m in measured),
+                "p99_runs": [round(m["p99"], 3) for m in measured],
+            }
     results["ttfb_direct"] = ttfb(sse_direct, stream_body, 200)
     results["ttfb_through"] = ttfb(chat_through, stream_body, 200)
     results["rss_peak_mb"] = rss_mb(pid, "VmHWM")
@@ -129,7 +148,7 @@ def main():
     lines = [
         "| measure | direct (nginx) | through Interlock | Interlock vs direct | bare Hummingbird→AHC proxy | bare vs direct | event-loop proxy prototype | prototype vs direct |",
         "|---|---|---|---|---|---|---|---|",
-        f"| saturation, req/s (wrk, 2 threads, 64 connections, {duration} s) | {results['saturation_direct']:.0f} | {results['saturation_through']:.0f} | {results['saturation_through'] / results['saturation_direct'] * 100:.1f}% | {results['saturation_bare']:.0f} | {results['saturation_bare'] / results['saturation_direct'] * 100:.1f}% | {results['saturation_nio']:.0f} | {results['saturation_nio'] / results['saturation_direct'] * 100:.1f}% |",
+        f"| saturation, req/s (wrk, 2 threads, 64 connections, {duration} s) | {results['saturation_direct']:.0f} | {results['saturation_through']:.0f} | {results['saturation_through_ratio'] * 100:.1f}% | {results['saturation_bare']:.0f} | {results['saturation_bare_ratio'] * 100:.1f}% | {results['saturation_nio']:.0f} | {results['saturation_nio_ratio'] * 100:.1f}% |",
     ]
     for rate in (1000, 3000):
         d, t, b, n = results[f"direct_{rate}"], results[f"through_{rate}"], results[f"bare_{rate}"], results[f"nio_{rate}"]
@@ -144,13 +163,21 @@ def main():
         "",
         "| measure | API key | access token | token vs key |",
         "|---|---|---|---|",
-        f"| saturation, req/s | {results['saturation_through']:.0f} | {results['saturation_jwt']:.0f} | {results['saturation_jwt'] / results['saturation_through'] * 100:.1f}% |",
+        f"| saturation, req/s | {results['saturation_through']:.0f} | {results['saturation_jwt']:.0f} | {statistics.median(a / b for a, b in zip(results['saturation_jwt_runs'], results['saturation_through_runs'])) * 100:.1f}% |",
     ]
     for rate in (1000, 3000):
         t, j = results[f"through_{rate}"], results[f"jwt_{rate}"]
         for p in ("p50", "p99"):
             lines.append(f"| {p} latency at {rate} req/s, ms | {ms(t[p])} | {ms(j[p])} | {j[p] - t[p]:+.3f} |")
         lines.append(f"| requests measured at {rate} req/s (failed) | {t['count']} ({t['failures']}) | {j['count']} ({j['failures']}) | |")
+    if repeat > 1:
+        lines += [
+            "",
+            f"Medians of {repeat} rounds (each round measures every variant in turn; ratios are medians of each round's own ratio). "
+            f"Saturation runs, req/s — direct {results['saturation_direct_runs']}, through {results['saturation_through_runs']}, "
+            f"prototype {results['saturation_nio_runs']}. p99 runs at 3000 req/s, ms — direct {results['direct_3000']['p99_runs']}, "
+            f"through {results['through_3000']['p99_runs']}, prototype {results['nio_3000']['p99_runs']}.",
+        ]
     table = "\n".join(lines)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     name = os.environ.get("BENCH_RESULTS_NAME", "latest")
