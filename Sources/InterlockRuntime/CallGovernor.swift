@@ -184,7 +184,7 @@ public final class CallGovernor: Sendable {
     public func authorize(_ caller: Caller, kind: TargetKind, target: String, audited: Bool = true, requestID: String? = nil) throws(GatewayError) {
         if caller.permits(kind: kind.rawValue, name: target) { return }
         let error: GatewayError
-        if !caller.agent.grants.covers(scope: "\(kind.rawValue):\(target)") {
+        if !caller.agent.grants.covers(kind: kind.rawValue, name: target) {
             error = kind == .model
                 ? GatewayError.modelNotAllowed(target)
                 : GatewayError(kind: .permission, code: "target_not_allowed", message: "This agent is not granted the \(kind.rawValue) '\(target)'.")

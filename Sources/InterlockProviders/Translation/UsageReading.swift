@@ -22,14 +22,8 @@ public enum UsageReading {
         return TokenUsage(inputTokens: input + cacheRead + cacheWrite, outputTokens: output, cachedInputTokens: cacheRead)
     }
 
-    /// Usage of a complete (non-streamed) response body in its native format. Only the
-    /// top-level `usage` member is decoded.
-    public static func fromBody(_ body: [UInt8], format: WireFormat) -> TokenUsage? {
-        body.withUnsafeBytes { fromBody($0, format: format) }
-    }
-
-    /// As `fromBody(_:format:)`, reading the bytes where they are (a response buffer), without
-    /// a copy.
+    /// Usage of a complete (non-streamed) response body in its native format, read where the
+    /// bytes are (the response buffer, no copy). Only the top-level `usage` member is decoded.
     public static func fromBody(_ body: UnsafeRawBufferPointer, format: WireFormat) -> TokenUsage? {
         guard let members = try? JSONParser.scanObject(body), let span = members.first(where: { $0.key == "usage" }) else {
             return nil
