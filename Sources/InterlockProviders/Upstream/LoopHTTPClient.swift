@@ -446,9 +446,10 @@ final class LoopConnectionPool: @unchecked Sendable {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
-                    // Header values are Interlock's own (validated at config load), the request
-                    // id, and trace context that NIO's server parser already checked.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .dropBytes, enableOutboundHeaderValidation: false)
+                    // `send` encodes requests itself (`EncodedRequestWriter`); NIO's response
+                    // decoder still sees each request's head, to know the method it answers.
+                    try channel.pipeline.syncOperations.addHandler(EncodedRequestWriter())
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
                     try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler())
                 }
             }
@@ -475,14 +476,49 @@ final class LoopConnectionPool: @unchecked Sendable {
     private func send(_ exchange: Exchange, on channel: any Channel, handler: UpstreamConnectionHandler) {
         exchange.channel = channel
         handler.begin(exchange, pool: self)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(exchange.headers.count + 3)
-        headers.add(name: "host", value: exchange.target.hostHeader)
-        for (name, value) in exchange.headers { headers.add(name: name, value: value) }
-        headers.add(name: "content-length", value: ASCIIText.digits(UInt64(exchange.body.readableBytes)))
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: exchange.target.path, headers: headers)), promise: nil)
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(exchange.body)), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        // The whole request in one buffer (one `write(2)`), past NIO's request encoder: the
+        // head written first only tells the response decoder the method. Header values are
+        // Interlock's own (validated at config load), the request id, and trace context that
+        // NIO's server parser already checked.
+        let target = exchange.target
+        var size = 64 + target.path.utf8.count + target.hostHeader.utf8.count + exchange.body.readableBytes
+        for (name, value) in exchange.headers { size += name.utf8.count + value.utf8.count + 4 }
+        var request = channel.allocator.buffer(capacity: size)
+        request.writeStaticString("POST ")
+        request.writeString(target.path)
+        request.writeStaticString(" HTTP/1.1\r\nhost: ")
+        request.writeString(target.hostHeader)
+        for (name, value) in exchange.headers {
+            request.writeStaticString("\r\n")
+            request.writeString(name)
+            request.writeStaticString(": ")
+            request.writeString(value)
+        }
+        request.writeStaticString("\r\ncontent-length: ")
+        request.writeString(ASCIIText.digits(UInt64(exchange.body.readableBytes)))
+        request.writeStaticString("\r\n\r\n")
+        request.writeImmutableBuffer(exchange.body)
+        channel.write(HTTPClientRequestPart.head(EncodedRequestWriter.postHead), promise: nil)
+        channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(request)), promise: nil)
+    }
+}
+
+/// Sends requests that `LoopConnectionPool` encoded itself. It sits between the socket (or
+/// TLS) and NIO's response decoder: a request's `.head` passes the decoder, which queues the
+/// method to know how the answer is framed, and stops here; its `.body` is the whole encoded
+/// request and goes to the socket; `.end` is not sent.
+final class EncodedRequestWriter: ChannelOutboundHandler, Sendable {
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = IOData
+
+    /// The head handed to the decoder for every request (Interlock's upstream calls are POSTs).
+    static let postHead = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .body(let request): context.write(wrapOutboundOut(request), promise: promise)
+        case .head, .end: promise?.succeed(())
+        }
     }
 }
 
