@@ -1,4 +1,3 @@
-import DequeModule
 public import InterlockCore
 public import InterlockStore
 public import Logging
@@ -25,8 +24,9 @@ extension BatchedWriter where Record == UsageRecord {
 /// handed over.
 public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     private struct State {
-        /// A deque: taking a batch off the front costs the batch, not the whole backlog.
-        var buffer = Deque<Record>()
+        /// A flush takes the whole buffer by swapping it for an empty one: the records move
+        /// without a copy (a copy retains and releases every string field of every record).
+        var buffer: [Record] = []
         var stopping = false
         var written = 0
     }
@@ -86,16 +86,18 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
 
     private func flushNow() async {
         while true {
-            let batch: [Record] = state.withLock { state in
-                let count = min(maxBatch, state.buffer.count)
-                let batch = Array(state.buffer.prefix(count))
-                state.buffer.removeFirst(count)
-                return batch
-            }
-            guard !batch.isEmpty else { return }
-            guard await write(batch) else {
-                state.withLock { $0.buffer.prepend(contentsOf: batch) }
-                return
+            var taken: [Record] = []
+            state.withLock { swap(&taken, &$0.buffer) }
+            guard !taken.isEmpty else { return }
+            var start = taken.startIndex
+            while start < taken.endIndex {
+                let end = min(taken.endIndex, start + maxBatch)
+                let batch = start == taken.startIndex && end == taken.endIndex ? taken : Array(taken[start..<end])
+                guard await write(batch) else {
+                    state.withLock { $0.buffer.insert(contentsOf: taken[start...], at: 0) }
+                    return
+                }
+                start = end
             }
         }
     }
