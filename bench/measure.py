@@ -36,20 +36,50 @@ def wrk(url, body, duration, connections, credential=KEY):
 
 
 PER_CONNECTION_RPS = 250
+# How requests arrive at a fixed rate: "even" (the default) spreads them evenly in time;
+# "bursts" is h2load's plain pacing, where every connection fires at the same instant.
+ARRIVALS = os.environ.get("BENCH_ARRIVALS", "even")
+
+
+def even_clients(rate):
+    """The number of h2load connections that spreads `rate` req/s evenly in time.
+
+    h2load opens one connection per millisecond (`-r 1 --rate-period 1ms`), and each one then
+    sends at `rate / clients` req/s, so connection i fires at phase i ms modulo the period
+    `1000 * clients / rate` ms. This picks the count near 250 req/s per connection whose
+    phases leave the smallest largest gap: 13 connections for 3,000 req/s fire every
+    0.333 ms, 4 for 1,000 req/s every 1 ms.
+    """
+    best = None
+    for clients in range(max(1, rate // 320), rate // 200 + 2):
+        period = 1000.0 * clients / rate
+        phases = sorted(i % period for i in range(clients))
+        gaps = [b - a for a, b in zip(phases, phases[1:])] + [period - phases[-1] + phases[0]]
+        key = (round(max(gaps), 6), abs(rate / clients - PER_CONNECTION_RPS))
+        if best is None or key < best[0]:
+            best = (key, clients)
+    return best[1]
 
 
 def fixed_rate(url, body, rate, duration, credential=KEY, headers=None):
     """Constant-rate load with h2load over HTTP/1.1; latencies from its per-request log.
 
-    h2load starts every client's timer at once, so its clients fire together: 20 clients at
-    50 req/s each arrive as bursts of 20. Pacing each connection at 250 req/s (4 connections
-    for 1,000 req/s, 12 for 3,000) keeps the bursts small, closer to an even arrival rate.
+    h2load starts every client's `--rps` timer at once when all connections open together:
+    12 connections at 250 req/s arrive as bursts of 12 every 4 ms, which measures a burst
+    of concurrency more than a rate. With BENCH_ARRIVALS=even (the default) the connections
+    open one millisecond apart at a per-connection rate chosen so that their phases spread
+    evenly (`even_clients`); BENCH_ARRIVALS=bursts keeps the synchronized pacing.
     """
     log = tempfile.NamedTemporaryFile(delete=False, suffix=".log").name
-    clients = max(1, rate // PER_CONNECTION_RPS)
-    per_client = PER_CONNECTION_RPS
+    if ARRIVALS == "bursts":
+        clients = max(1, rate // PER_CONNECTION_RPS)
+        pacing = ["-c", str(clients), "--rps", str(PER_CONNECTION_RPS), "-D", str(duration)]
+    else:
+        clients = even_clients(rate)
+        requests = rate * duration // clients * clients
+        pacing = ["-c", str(clients), "-r", "1", "--rate-period", "1ms", "--rps", f"{rate / clients:.6f}", "-n", str(requests)]
     subprocess.run(
-        ["h2load", "--h1", "-c", str(clients), "--rps", str(per_client), "-D", str(duration),
+        ["h2load", "--h1", *pacing,
          "-d", body, "-H", "content-type: application/json",
          *[arg for name, value in (headers or {"authorization": f"Bearer {credential}"}).items() for arg in ("-H", f"{name}: {value}")],
          "--log-file", log, url],
