@@ -229,13 +229,14 @@ private struct ConfigDocument {
     }
 
     private func readServer(_ node: ConfigNode, into server: inout ServerSettings) {
-        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "max_header_bytes", "shutdown_grace_ms", "event_loop_path"]) else { return }
+        guard let fields = node.mapping(allowed: ["host", "port", "max_body_bytes", "max_header_bytes", "shutdown_grace_ms", "event_loop_path", "event_loop_threads"]) else { return }
         if let host = fields["host"]?.nonEmptyString() { server.host = host }
         if let port = fields["port"]?.int(minimum: 0, maximum: 65_535) { server.port = port }
         if let value = fields["max_body_bytes"]?.int(minimum: 1_024) { server.maxBodyBytes = value }
         if let value = fields["max_header_bytes"]?.int(minimum: 4_096, maximum: 1_048_576) { server.maxHeaderBytes = value }
         if let value = fields["shutdown_grace_ms"]?.int(minimum: 0) { server.shutdownGraceMs = value }
         if let value = fields["event_loop_path"]?.bool() { server.eventLoopPath = value }
+        if let value = fields["event_loop_threads"]?.int(minimum: 1, maximum: 1_024) { server.eventLoopThreads = value }
     }
 
     private func readGateway(_ node: ConfigNode, into gateway: inout GatewaySettings) {

@@ -10,6 +10,7 @@ import InterlockServer
 import InterlockStore
 import Logging
 import Metrics
+import NIOCore
 import NIOPosix
 import OTel
 import Prometheus
@@ -215,6 +216,8 @@ struct Serve: AsyncParsableCommand {
             printError(error.description)
             throw ExitCode(1)
         }
+        // Before anything starts NIO's shared event-loop group.
+        if let threads = configuration.server.eventLoopThreads { NIOSingletons.groupLoopCountSuggestion = threads }
         let level = Logger.Level(rawValue: configuration.logging.level) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -33,6 +33,19 @@ import Testing
         #expect(overridden.server.port == 7000)
     }
 
+    @Test func eventLoopThreadsDefaultToOnePerCoreAndAreBounded() throws {
+        let environment = ["A1_KEY": "0123456789abcdefXYZ"]
+        func with(_ threads: String) -> String { valid.replacing("  port: ${PORT:-9090}", with: "  port: ${PORT:-9090}\n  event_loop_threads: \(threads)") }
+        #expect(try ConfigLoader.parse(valid, file: "c.yaml", environment: environment).server.eventLoopThreads == nil)
+        #expect(try ConfigLoader.parse(with("2"), file: "c.yaml", environment: environment).server.eventLoopThreads == 2)
+        let zero = Result { () throws(ConfigError) in try ConfigLoader.parse(with("0"), file: "c.yaml", environment: environment) }
+        guard case .failure(let error) = zero else {
+            Issue.record("event_loop_threads: 0 was accepted")
+            return
+        }
+        #expect(error.description.contains("c.yaml:3:23") && error.description.contains("between 1 and 1024, found 0"), "\(error.description)")
+    }
+
     /// The cluster store: a URL from the environment, decoded; errors that never echo the password.
     @Test func postgresStoreIsReadFromAURL() throws {
         let text = valid + """

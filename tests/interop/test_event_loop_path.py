@@ -2,6 +2,7 @@
 with the real `openai` and `anthropic` clients and raw pipelined HTTP/1.1, against a real HTTP
 upstream started here."""
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -78,7 +79,7 @@ def loop_server():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{upstream.server_address[1]}"
     process, base, db = start_interlock("event_loop.yaml", env={"UPSTREAM_URL": url, "UPSTREAM_KEY": UPSTREAM_KEY})
-    yield {"base": base, "db": db}
+    yield {"base": base, "db": db, "pid": process.pid}
     assert stop_interlock(process) == 0, process.stderr.read()
     upstream.shutdown()
 
@@ -93,6 +94,16 @@ def ledger_row(db, request_id):
             return row
         time.sleep(0.05)
     raise AssertionError(f"no usage row for {request_id}")
+
+
+def test_the_server_runs_the_configured_number_of_event_loops(loop_server):
+    # server.event_loop_threads: 3 in event_loop.yaml; NIO names its loop threads NIO-SGLTN-<group>-#<n>.
+    names = []
+    for task in os.listdir(f"/proc/{loop_server['pid']}/task"):
+        with open(f"/proc/{loop_server['pid']}/task/{task}/comm") as comm:
+            names.append(comm.read().strip())
+    loops = [name for name in names if name.startswith("NIO-SGLTN-") and "TP" not in name]
+    assert len(loops) == 3, names
 
 
 def test_openai_chat_is_served_on_the_event_loop_and_billed(loop_server):

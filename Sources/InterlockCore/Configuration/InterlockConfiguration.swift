@@ -58,6 +58,9 @@ public struct ServerSettings: Sendable {
     /// Serve non-streamed model calls that need no wait on the event loop that read them
     /// (README, "The event-loop path"). Off sends every call through the async path.
     public var eventLoopPath: Bool = true
+    /// Event-loop threads serving connections (and the upstream connections they open);
+    /// nil: one per core.
+    public var eventLoopThreads: Int?
 
     public init() {}
 }
