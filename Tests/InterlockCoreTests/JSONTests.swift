@@ -40,6 +40,22 @@ import Testing
         #expect(spans.map(\.key) == ["model", "messages", "stream"])
         #expect(spans.map(\.kind) == [.string, .array, .bool])
         #expect(String(decoding: body[spans[0].valueRange], as: UTF8.self) == #""fast""#)
+        // Escaped names are decoded; malformed documents and trailing commas are refused.
+        #expect(try JSONParser.scanObject(Array(#"{"a\u0062":1,"c\n":2}"#.utf8)).map(\.key) == ["ab", "c\n"])
+        #expect(try JSONParser.scanObject(Array("{ }".utf8)).isEmpty)
+        for bad in [#"{"a":1,}"#, #"{"a":1 "b":2}"#, #"{"a":1} x"#, "[1]", #"{"a\x":1}"#] {
+            #expect(throws: JSONSyntaxError.self, "\(bad)") { try JSONParser.scanObject(Array(bad.utf8)) }
+        }
+    }
+
+    @Test func memberIsFoundByNameAndTheWholeDocumentValidated() throws {
+        let body = Array(#"{"id":"x","us\u0061ge":{"n":1},"usage":{"n":2},"usages":3}"#.utf8)
+        let found = try body.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) }
+        #expect(found.map { String(decoding: body[$0.valueRange], as: UTF8.self) } == #"{"n":1}"#, "the first member of that name, escapes decoded")
+        #expect(found?.kind == .object)
+        #expect(try body.withUnsafeBytes { try JSONParser.member(named: "use", in: $0) } == nil)
+        let broken = Array(#"{"usage":{"n":1},"rest":[}"#.utf8)
+        #expect(throws: JSONSyntaxError.self) { try broken.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) } }
     }
 }
 

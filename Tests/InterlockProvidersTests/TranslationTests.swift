@@ -64,6 +64,30 @@ import Testing
     }
 }
 
+@Suite struct UsageReadingTests {
+    func usage(_ body: String, _ format: WireFormat) -> TokenUsage? {
+        Array(body.utf8).withUnsafeBytes { UsageReading.fromBody($0, format: format) }
+    }
+
+    @Test func bodyUsageMatchesTheDecodedObject() throws {
+        let openAI = #"{"id":"c","choices":[{"message":{"content":"the \"usage\": {}"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":2}}}"#
+        #expect(usage(openAI, .openAI) == TokenUsage(inputTokens: 12, outputTokens: 5, cachedInputTokens: 4))
+        #expect(usage(openAI, .openAI) == UsageReading.openAI(try JSONParser.parse(openAI)["usage"]))
+        let anthropic = #"{"type":"message","content":[],"usage":{"input_tokens":10,"cache_read_input_tokens":30,"cache_creation_input_tokens":5,"output_tokens":7}}"#
+        #expect(usage(anthropic, .anthropic) == TokenUsage(inputTokens: 45, outputTokens: 7, cachedInputTokens: 30))
+        #expect(usage(anthropic, .anthropic) == UsageReading.anthropic(try JSONParser.parse(anthropic)["usage"]))
+        // Missing counts are 0; a float that is a whole number counts; other types do not.
+        #expect(usage(#"{"usage":{"prompt_tokens":3.0,"completion_tokens":"9"}}"#, .openAI) == TokenUsage(inputTokens: 3, outputTokens: 0, cachedInputTokens: 0))
+    }
+
+    @Test func noUsageWithoutAWellFormedUsageObject() {
+        #expect(usage(#"{"id":"c","choices":[]}"#, .openAI) == nil)
+        #expect(usage(#"{"usage":null}"#, .openAI) == nil)
+        #expect(usage(#"{"usage":{"prompt_tokens":1}"#, .openAI) == nil, "a truncated body")
+        #expect(usage(#"[{"usage":{"prompt_tokens":1}}]"#, .openAI) == nil, "not an object")
+    }
+}
+
 @Suite struct StreamTranscoderTests {
     func openAIChunk(_ delta: String, finish: String = "null") -> ServerSentEvent {
         ServerSentEvent(data: #"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":\#(delta),"finish_reason":\#(finish)}]}"#)

@@ -74,36 +74,94 @@ public struct JSONParser: ~Copyable {
     /// Throws if the document is not well-formed or its top level is not an object.
     public static func scanObject(_ bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> [JSONMemberSpan] {
         var parser = JSONParser(bytes: bytes)
-        parser.skipWhitespace()
-        guard parser.peek() == UInt8(ascii: "{") else {
-            throw parser.error("expected a JSON object")
-        }
-        parser.index += 1
+        try parser.beginObject()
         var spans: [JSONMemberSpan] = []
-        parser.skipWhitespace()
-        if parser.peek() == UInt8(ascii: "}") {
-            parser.index += 1
-        } else {
-            while true {
-                parser.skipWhitespace()
-                guard parser.peek() == UInt8(ascii: "\"") else { throw parser.error("expected a member name") }
-                let memberStart = parser.index
-                let key = try parser.parseString()
-                parser.skipWhitespace()
-                try parser.expect(UInt8(ascii: ":"), "expected ':' after member name")
-                parser.skipWhitespace()
-                let valueStart = parser.index
-                let kind = try parser.skipValue()
-                spans.append(JSONMemberSpan(key: key, valueRange: valueStart..<parser.index, memberRange: memberStart..<parser.index, kind: kind))
-                parser.skipWhitespace()
-                if parser.peek() == UInt8(ascii: ",") { parser.index += 1; continue }
-                try parser.expect(UInt8(ascii: "}"), "expected ',' or '}' in object")
-                break
+        while let member = try parser.nextMember(first: spans.isEmpty) {
+            spans.append(JSONMemberSpan(key: try member.key(in: bytes), valueRange: member.valueRange, memberRange: member.start..<member.valueRange.upperBound, kind: member.kind))
+        }
+        try parser.endDocument()
+        return spans
+    }
+
+    /// The first top-level member called `name`, without decoding the other members' names:
+    /// nil if there is none. Validates the whole document like `scanObject`.
+    public static func member(named name: String, in bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> JSONMemberSpan? {
+        var parser = JSONParser(bytes: bytes)
+        try parser.beginObject()
+        var found: JSONMemberSpan?
+        var first = true
+        while let member = try parser.nextMember(first: first) {
+            first = false
+            if found == nil, try member.hasKey(name, in: bytes) {
+                found = JSONMemberSpan(key: name, valueRange: member.valueRange, memberRange: member.start..<member.valueRange.upperBound, kind: member.kind)
             }
         }
-        parser.skipWhitespace()
-        guard parser.index == bytes.count else { throw parser.error("unexpected data after the JSON value") }
-        return spans
+        try parser.endDocument()
+        return found
+    }
+
+    /// A member found by `nextMember`: where it starts (its name's opening quote), the raw
+    /// bytes of its name (escapes not decoded), and its value.
+    private struct RawMember {
+        var start: Int
+        var rawKey: Range<Int>
+        var valueRange: Range<Int>
+        var kind: JSONKind
+
+        func key(in bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> String {
+            let raw = UnsafeRawBufferPointer(rebasing: bytes[rawKey])
+            if !raw.contains(UInt8(ascii: "\\")) { return String(decoding: raw, as: UTF8.self) }
+            var parser = JSONParser(bytes: bytes)
+            parser.index = start
+            return try parser.parseString()
+        }
+
+        func hasKey(_ name: String, in bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> Bool {
+            let raw = UnsafeRawBufferPointer(rebasing: bytes[rawKey])
+            if !raw.contains(UInt8(ascii: "\\")) { return raw.elementsEqual(name.utf8) }
+            return try key(in: bytes) == name
+        }
+    }
+
+    /// Reads the opening `{` of the top-level object.
+    private mutating func beginObject() throws(JSONSyntaxError) {
+        skipWhitespace()
+        guard peek() == UInt8(ascii: "{") else { throw error("expected a JSON object") }
+        index += 1
+    }
+
+    /// The object's next member, or nil after its closing `}`; `first` for the first call.
+    private mutating func nextMember(first: Bool) throws(JSONSyntaxError) -> RawMember? {
+        skipWhitespace()
+        if first {
+            if peek() == UInt8(ascii: "}") {
+                index += 1
+                return nil
+            }
+        } else {
+            if peek() != UInt8(ascii: ",") {
+                try expect(UInt8(ascii: "}"), "expected ',' or '}' in object")
+                return nil
+            }
+            index += 1
+            skipWhitespace()
+        }
+        guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
+        let start = index
+        try skipString()
+        let rawKey = (start + 1)..<(index - 1)
+        skipWhitespace()
+        try expect(UInt8(ascii: ":"), "expected ':' after member name")
+        skipWhitespace()
+        let valueStart = index
+        let kind = try skipValue()
+        return RawMember(start: start, rawKey: rawKey, valueRange: valueStart..<index, kind: kind)
+    }
+
+    /// Nothing but whitespace may follow the top-level value.
+    private mutating func endDocument() throws(JSONSyntaxError) {
+        skipWhitespace()
+        guard index == bytes.count else { throw error("unexpected data after the JSON value") }
     }
 
     public static func scanObject(_ bytes: [UInt8]) throws(JSONSyntaxError) -> [JSONMemberSpan] {

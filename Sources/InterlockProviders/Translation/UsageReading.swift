@@ -23,15 +23,33 @@ public enum UsageReading {
     }
 
     /// Usage of a complete (non-streamed) response body in its native format, read where the
-    /// bytes are (the response buffer, no copy). Only the top-level `usage` member is decoded.
+    /// bytes are (the response buffer, no copy). Only the top-level `usage` member's counts
+    /// are decoded, found by name without building a `JSONValue`; the same numbers as
+    /// `openAI(_:)` and `anthropic(_:)` read from the decoded object.
     public static func fromBody(_ body: UnsafeRawBufferPointer, format: WireFormat) -> TokenUsage? {
-        guard let members = try? JSONParser.scanObject(body), let span = members.first(where: { $0.key == "usage" }) else {
-            return nil
-        }
-        let value = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: body[span.valueRange]))
+        guard let span = try? JSONParser.member(named: "usage", in: body), span.kind == .object else { return nil }
+        let usage = UnsafeRawBufferPointer(rebasing: body[span.valueRange])
         switch format {
-        case .openAI: return openAI(value)
-        case .anthropic: return anthropic(value)
+        case .openAI:
+            let details = (try? JSONParser.member(named: "prompt_tokens_details", in: usage)).flatMap { span in
+                span.kind == .object ? UnsafeRawBufferPointer(rebasing: usage[span.valueRange]) : nil
+            }
+            return TokenUsage(
+                inputTokens: count("prompt_tokens", in: usage), outputTokens: count("completion_tokens", in: usage),
+                cachedInputTokens: details.map { count("cached_tokens", in: $0) } ?? 0)
+        case .anthropic:
+            let cacheRead = count("cache_read_input_tokens", in: usage)
+            return TokenUsage(
+                inputTokens: count("input_tokens", in: usage) + cacheRead + count("cache_creation_input_tokens", in: usage),
+                outputTokens: count("output_tokens", in: usage), cachedInputTokens: cacheRead)
         }
+    }
+
+    /// An integer member of a usage object; 0 when absent or not an integer.
+    private static func count(_ name: String, in object: UnsafeRawBufferPointer) -> Int {
+        guard let span = try? JSONParser.member(named: name, in: object), span.kind == .number,
+            let value = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: object[span.valueRange]))
+        else { return 0 }
+        return Int(clamping: value.int64Value ?? 0)
     }
 }
