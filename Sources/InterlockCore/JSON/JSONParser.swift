@@ -118,7 +118,10 @@ public struct JSONParser: ~Copyable {
 
         func hasKey(_ name: String, in bytes: UnsafeRawBufferPointer) throws(JSONSyntaxError) -> Bool {
             let raw = UnsafeRawBufferPointer(rebasing: bytes[rawKey])
-            if !raw.contains(UInt8(ascii: "\\")) { return raw.elementsEqual(name.utf8) }
+            if !raw.contains(UInt8(ascii: "\\")) {
+                // Byte buffers on both sides: the comparison runs without String's UTF-8 iterator.
+                return name.utf8.withContiguousStorageIfAvailable { $0.count == raw.count && $0.elementsEqual(raw) } ?? raw.elementsEqual(name.utf8)
+            }
             return try key(in: bytes) == name
         }
     }
