@@ -27,6 +27,8 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
         /// A flush takes the whole buffer by swapping it for an empty one: the records move
         /// without a copy (a copy retains and releases every string field of every record).
         var buffer: [Record] = []
+        /// Records a flush took and has not written yet (they still count as backlog).
+        var inFlight = 0
         var stopping = false
         var written = 0
     }
@@ -51,7 +53,7 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     }
 
     /// Records waiting to be written.
-    public var backlog: Int { state.withLock { $0.buffer.count } }
+    public var backlog: Int { state.withLock { $0.buffer.count + $0.inFlight } }
     /// Records written since start.
     public var writtenCount: Int { state.withLock { $0.written } }
 
@@ -87,14 +89,20 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     private func flushNow() async {
         while true {
             var taken: [Record] = []
-            state.withLock { swap(&taken, &$0.buffer) }
+            state.withLock { state in
+                swap(&taken, &state.buffer)
+                state.inFlight = taken.count
+            }
             guard !taken.isEmpty else { return }
             var start = taken.startIndex
             while start < taken.endIndex {
                 let end = min(taken.endIndex, start + maxBatch)
                 let batch = start == taken.startIndex && end == taken.endIndex ? taken : Array(taken[start..<end])
                 guard await write(batch) else {
-                    state.withLock { $0.buffer.insert(contentsOf: taken[start...], at: 0) }
+                    state.withLock { state in
+                        state.buffer.insert(contentsOf: taken[start...], at: 0)
+                        state.inFlight = 0
+                    }
                     return
                 }
                 start = end
@@ -119,7 +127,10 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
         while true {
             do {
                 try await store(batch)
-                state.withLock { $0.written += batch.count }
+                state.withLock { state in
+                    state.written += batch.count
+                    state.inFlight -= batch.count
+                }
                 return true
             } catch {
                 logger.error("\(name) write failed; retrying", metadata: ["interlock.ledger.batch": "\(batch.count)", "error": "\(error)"])

@@ -83,6 +83,26 @@ final class FlakyStore: InterlockStore {
         #expect(store.rows.withLock { $0.map(\.requestID) } == (0..<10).map { "r\($0)" })
     }
 
+    /// A flush takes the whole buffer; what it has not written yet still counts as backlog (the
+    /// shutdown report of unwritten records reads it), and a cancelled flush puts it back in order.
+    @Test func recordsOfAStuckWriteStillCountAsBacklog() async throws {
+        let store = FlakyStore()
+        store.failuresLeft.withLock { $0 = .max }
+        let writer = UsageLedgerWriter(store: store, flushInterval: .seconds(60), maxBatch: 4, logger: Logger(label: "test"))
+        for index in 0..<10 { writer.append(record(index)) }
+        let flush = Task { await writer.flush() }
+        try await Task.sleep(for: .milliseconds(120))  // the first batch is being retried
+        writer.append(record(10))
+        #expect(writer.backlog == 11)
+        flush.cancel()
+        await flush.value
+        #expect(writer.backlog == 11)
+        store.failuresLeft.withLock { $0 = 0 }
+        await writer.flush()
+        #expect(writer.backlog == 0)
+        #expect(store.rows.withLock { $0.map(\.requestID) } == (0...10).map { "r\($0)" })
+    }
+
     /// A failed audit batch is retried: the stored chain has no gap and verifies.
     @Test func failedAuditWritesKeepTheChainIntact() async throws {
         let store = FlakyStore()
