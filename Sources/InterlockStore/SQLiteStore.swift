@@ -4,21 +4,28 @@ import SQLiteNIO
 
 /// The embedded store: one SQLite file in WAL mode.
 ///
-/// One connection serves writes and reads; sqlite-nio runs each statement on its thread
-/// pool so no event loop blocks on the disk. Writes take turns (`writes`), each one a
-/// transaction, so one caller's rollback can never take another's rows with it.
+/// One connection serves reads and most writes; sqlite-nio runs each statement on its thread
+/// pool so no event loop blocks on the disk. The usage ledger's and audit log's batches, the
+/// writes of every call, go through a second connection with prepared statements
+/// (`SQLiteAppender`). Writes on either take turns (`writes`), each one a transaction, so one
+/// caller's rollback can never take another's rows with it and the two connections never
+/// wait for each other's lock.
 public final class SQLiteStore: InterlockStore {
     let connection: SQLiteConnection
     public let path: String
+    /// The ledger's and audit log's batches, on a second connection with prepared statements
+    /// (file databases only: `:memory:` has no file a second connection could open).
+    private let appender: SQLiteAppender?
     /// Every write runs through here. One connection serves all callers, and an open
     /// transaction would otherwise take in (and roll back) another caller's statements.
     private let writes = AsyncSerialGate()
     /// Workflow checkpoints, written in groups (`SQLiteStore+Runs.swift`).
     let checkpoints: CheckpointBatcher
 
-    private init(connection: SQLiteConnection, path: String) {
+    private init(connection: SQLiteConnection, path: String, appender: SQLiteAppender?) {
         self.connection = connection
         self.path = path
+        self.appender = appender
         // The store is not built yet: the batcher reaches it through a box filled below.
         let box = StoreBox()
         self.checkpoints = CheckpointBatcher { batch in await box.store!.write(batch) }
@@ -29,7 +36,6 @@ public final class SQLiteStore: InterlockStore {
     public static func open(path: String, durability: SQLiteDurability = .normal, logger: Logger = Logger(label: "interlock.store")) async throws -> SQLiteStore {
         let storage: SQLiteConnection.Storage = path == ":memory:" ? .memory : .file(path: path)
         let connection = try await SQLiteConnection.open(storage: storage, logger: logger)
-        let store = SQLiteStore(connection: connection, path: path)
         do {
             if path != ":memory:" {
                 _ = try await connection.query("PRAGMA journal_mode=WAL", [])
@@ -40,12 +46,13 @@ public final class SQLiteStore: InterlockStore {
             // A batch `INSERT` inside `BEGIN` keeps a statement journal, which spills to a
             // temporary file past 64 KiB: one file created and written per ledger or audit batch.
             _ = try await connection.query("PRAGMA temp_store=MEMORY", [])
+            let appender = path == ":memory:" ? nil : try await SQLiteAppender.open(path: path, durability: durability)
+            return SQLiteStore(connection: connection, path: path, appender: appender)
         } catch {
             // Not a database (or not a usable one): close before the connection is released.
             try? await connection.close()
             throw error
         }
-        return store
     }
 
     /// The journal mode SQLite reports (`wal` for file databases).
@@ -74,6 +81,10 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func appendUsage(_ records: [UsageRecord]) async throws {
+        if let appender {
+            guard !records.isEmpty else { return }
+            return try await writes.run { try await appender.appendUsage(records) }
+        }
         try await insertRows(table: "usage_ledger", columns: StoreRecords.usageColumns, records, values: StoreRecords.values)
     }
 
@@ -144,6 +155,7 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String) {
+        if let appender { return try await writes.run { try await appender.appendAudit(records) } }
         var chain = AuditChain()
         try await transaction {
             let head = try await connection.query("SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1", []).first
@@ -322,6 +334,7 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func close() async throws {
+        await writes.run { await appender?.close() }
         try await connection.close()
     }
 }

@@ -4,13 +4,14 @@ import InterlockCore
 import Logging
 import Testing
 
-/// The stores a store test runs against: SQLite always; PostgreSQL when the test script
-/// started one (`INTERLOCK_TEST_POSTGRES_URL`, see `scripts/postgres`). `scripts/test` and CI
-/// always start it, so there both run.
+/// The stores a store test runs against: SQLite always, in memory and in a file (a file
+/// store writes the ledger and audit log through its second connection, `SQLiteAppender`);
+/// PostgreSQL when the test script started one (`INTERLOCK_TEST_POSTGRES_URL`, see
+/// `scripts/postgres`). `scripts/test` and CI always start it, so there all run.
 enum StoreKind: String, Sendable, CustomTestStringConvertible {
-    case sqlite, postgres
+    case sqlite, sqliteFile = "sqlite-file", postgres
 
-    static var all: [StoreKind] { postgresURL == nil ? [.sqlite] : [.sqlite, .postgres] }
+    static var all: [StoreKind] { postgresURL == nil ? [.sqlite, .sqliteFile] : [.sqlite, .sqliteFile, .postgres] }
 
     static var postgresURL: String? {
         ProcessInfo.processInfo.environment["INTERLOCK_TEST_POSTGRES_URL"].flatMap { $0.isEmpty ? nil : $0 }
@@ -38,9 +39,13 @@ enum TestStores {
     ) async throws -> Result {
         let store: any InterlockStore & RunStore
         var schema: String?
+        var file: String?
         switch kind {
         case .sqlite:
             store = try await SQLiteStore.open(path: sqlitePath)
+        case .sqliteFile:
+            file = sqlitePath == ":memory:" ? FileManager.default.temporaryDirectory.appendingPathComponent("interlock-store-\(UInt64.random(in: 0...UInt64.max)).sqlite").path : nil
+            store = try await SQLiteStore.open(path: file ?? sqlitePath)
         case .postgres:
             schema = newSchema()
             store = try await PostgresStore.open(settings: try postgresSettings(schema: schema!), node: "test", logger: Logger(label: "test"))
@@ -48,16 +53,19 @@ enum TestStores {
         do {
             try await store.migrate()
             let result = try await body(store)
-            try await drop(store, schema: schema)
+            try await drop(store, schema: schema, file: file)
             return result
         } catch {
-            try? await drop(store, schema: schema)
+            try? await drop(store, schema: schema, file: file)
             throw error
         }
     }
 
-    private static func drop(_ store: any InterlockStore, schema: String?) async throws {
+    private static func drop(_ store: any InterlockStore, schema: String?, file: String?) async throws {
         if let schema, let postgres = store as? PostgresStore { try await postgres.rows("DROP SCHEMA \(schema) CASCADE") }
         try await store.close()
+        if let file {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: file + suffix) }
+        }
     }
 }

@@ -1,0 +1,195 @@
+import InterlockCore
+import NIOPosix
+import VaporCSQLite
+
+/// The usage ledger's and audit log's batches, written on a connection of their own with
+/// statements prepared once.
+///
+/// sqlite-nio compiles every statement anew and boxes every bound value, so a batch written
+/// through it was one multi-row `INSERT` of up to 30,000 placeholders, parsed and planned on
+/// every flush, plus a thread-pool round trip for each of `BEGIN`, the `INSERT`s and `COMMIT`.
+/// Here a batch is one trip to the pool: `BEGIN IMMEDIATE`, one execution of a prepared
+/// single-row `INSERT` per record, `COMMIT`.
+///
+/// It is the SQLite library sqlite-nio vendors (`VaporCSQLite`), not a second copy, so both
+/// connections share one view of the file's locks. `SQLiteStore` runs these writes inside its
+/// write turn, so the two connections never wait for each other's write lock. Only a file
+/// database can have a second connection; `:memory:` stores write through sqlite-nio.
+final class SQLiteAppender: @unchecked Sendable {
+    // `@unchecked`: the handle and the prepared statements are used only inside
+    // `SQLiteStore`'s write turn, one batch at a time, on a thread-pool thread.
+    private let db: OpaquePointer
+    private let threadPool: NIOThreadPool
+    private var statements: [Statement: OpaquePointer] = [:]
+
+    private enum Statement: Hashable {
+        case begin, commit, rollback, insertUsage, insertAudit, auditHead
+
+        var sql: String {
+            switch self {
+            case .begin: return "BEGIN IMMEDIATE"
+            case .commit: return "COMMIT"
+            case .rollback: return "ROLLBACK"
+            case .insertUsage: return Self.insert(into: "usage_ledger", StoreRecords.usageColumns)
+            case .insertAudit: return Self.insert(into: "audit_log", StoreRecords.auditColumns)
+            case .auditHead: return "SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1"
+            }
+        }
+
+        private static func insert(into table: String, _ columns: [String]) -> String {
+            "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES (\(Array(repeating: "?", count: columns.count).joined(separator: ",")))"
+        }
+    }
+
+    private init(db: OpaquePointer, threadPool: NIOThreadPool) {
+        self.db = db
+        self.threadPool = threadPool
+    }
+
+    /// Opens a second connection to the database file at `path`, with the main connection's
+    /// durability. Statements are prepared on first use (the tables exist after `migrate()`).
+    static func open(path: String, durability: SQLiteDurability, threadPool: NIOThreadPool = .singleton) async throws -> SQLiteAppender {
+        try await threadPool.runIfActive {
+            var handle: OpaquePointer?
+            let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_URI | SQLITE_OPEN_EXRESCODE
+            let opened = sqlite_nio_sqlite3_open_v2(path, &handle, flags, nil)
+            guard opened == SQLITE_OK, let handle else {
+                let error = SQLiteWriteError(code: opened, message: handle.map { String(cString: sqlite_nio_sqlite3_errmsg($0)) } ?? "cannot open \(path)")
+                sqlite_nio_sqlite3_close_v2(handle)
+                throw error
+            }
+            let appender = SQLiteAppender(db: handle, threadPool: threadPool)
+            do {
+                // The main connection set WAL mode on the file; synchronous is per connection.
+                try appender.execute(durability == .full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
+                try appender.execute("PRAGMA temp_store=MEMORY")
+                sqlite_nio_sqlite3_busy_timeout(handle, 5_000)
+            } catch {
+                appender.closeNow()
+                throw error
+            }
+            return appender
+        }
+    }
+
+    /// Appends usage rows in one transaction: all or none.
+    func appendUsage(_ records: [UsageRecord]) async throws {
+        guard !records.isEmpty else { return }
+        try await threadPool.runIfActive {
+            try self.transaction {
+                for record in records { try self.run(.insertUsage, binding: StoreRecords.values(record)) }
+            }
+        }
+    }
+
+    /// Links audit records onto the stored chain's head and appends them in one transaction.
+    func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String) {
+        try await threadPool.runIfActive {
+            try self.transaction {
+                var chain = try self.auditChainHead()
+                for record in records { try self.run(.insertAudit, binding: StoreRecords.values(chain.link(record))) }
+                return (chain.lastSequence, chain.lastHash)
+            }
+        }
+    }
+
+    func close() async {
+        try? await threadPool.runIfActive { self.closeNow() }
+    }
+
+    // MARK: On the pool thread
+
+    private func closeNow() {
+        for statement in statements.values { sqlite_nio_sqlite3_finalize(statement) }
+        statements = [:]
+        sqlite_nio_sqlite3_close_v2(db)
+    }
+
+    private func transaction<T>(_ body: () throws -> T) throws -> T {
+        try run(.begin)
+        do {
+            let result = try body()
+            try run(.commit)
+            return result
+        } catch {
+            // After a failed `COMMIT` (or a failed statement) the transaction may still be
+            // open; a `ROLLBACK` with none open fails harmlessly.
+            try? run(.rollback)
+            throw error
+        }
+    }
+
+    private func auditChainHead() throws -> AuditChain {
+        let statement = try prepared(.auditHead)
+        defer { sqlite_nio_sqlite3_reset(statement) }
+        switch sqlite_nio_sqlite3_step(statement) {
+        case SQLITE_ROW:
+            let hash = sqlite_nio_sqlite3_column_text(statement, 1).map { String(cString: $0) } ?? AuditRecord.genesisHash
+            return AuditChain(lastSequence: sqlite_nio_sqlite3_column_int64(statement, 0), lastHash: hash)
+        case SQLITE_DONE:
+            return AuditChain()
+        case let code:
+            throw failure(code)
+        }
+    }
+
+    /// Binds `values` to the prepared `statement` (all its parameters) and runs it to the end.
+    private func run(_ statement: Statement, binding values: [StoreValue] = []) throws {
+        let handle = try prepared(statement)
+        defer { sqlite_nio_sqlite3_reset(handle) }
+        for (offset, value) in values.enumerated() {
+            let code = bind(value, at: Int32(offset + 1), in: handle)
+            guard code == SQLITE_OK else { throw failure(code) }
+        }
+        let code = sqlite_nio_sqlite3_step(handle)
+        guard code == SQLITE_DONE else { throw failure(code) }
+    }
+
+    private func bind(_ value: StoreValue, at index: Int32, in statement: OpaquePointer) -> Int32 {
+        switch value {
+        case .text(var text):
+            return text.withUTF8 { bytes in
+                // An empty buffer may have no address, and a null pointer would bind NULL.
+                guard let base = bytes.baseAddress else { return sqlite_nio_sqlite3_bind_text(statement, index, "", 0, nil) }
+                return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
+                    sqlite_nio_sqlite3_bind_text64(statement, index, $0, UInt64(bytes.count), transientDestructor, UInt8(SQLITE_UTF8))
+                }
+            }
+        case .int(let number):
+            return sqlite_nio_sqlite3_bind_int64(statement, index, number)
+        case .double(let number):
+            return sqlite_nio_sqlite3_bind_double(statement, index, number)
+        case .null:
+            return sqlite_nio_sqlite3_bind_null(statement, index)
+        }
+    }
+
+    private func prepared(_ statement: Statement) throws -> OpaquePointer {
+        if let handle = statements[statement] { return handle }
+        var handle: OpaquePointer?
+        let code = sqlite_nio_sqlite3_prepare_v3(db, statement.sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &handle, nil)
+        guard code == SQLITE_OK, let handle else { throw failure(code) }
+        statements[statement] = handle
+        return handle
+    }
+
+    private func execute(_ sql: String) throws {
+        let code = sqlite_nio_sqlite3_exec(db, sql, nil, nil, nil)
+        guard code == SQLITE_OK else { throw failure(code) }
+    }
+
+    private func failure(_ code: Int32) -> SQLiteWriteError {
+        SQLiteWriteError(code: code, message: String(cString: sqlite_nio_sqlite3_errmsg(db)))
+    }
+}
+
+/// `SQLITE_TRANSIENT`: SQLite copies the bound bytes before the call returns.
+private let transientDestructor = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A failed statement of the ledger or audit writer, with SQLite's own code and message.
+struct SQLiteWriteError: Error, CustomStringConvertible {
+    var code: Int32
+    var message: String
+
+    var description: String { "SQLite error \(code): \(message)" }
+}

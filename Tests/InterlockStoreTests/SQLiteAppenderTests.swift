@@ -1,0 +1,51 @@
+import InterlockCore
+@testable import InterlockStore
+import Testing
+
+/// The ledger and audit batches of a SQLite store: in a file they go through the second
+/// connection's prepared statements (`SQLiteAppender`), in memory through sqlite-nio. Both
+/// must behave the same.
+@Suite struct SQLiteAppenderTests {
+    static let kinds: [StoreKind] = [.sqlite, .sqliteFile]
+
+    func usage(_ id: String) -> UsageRecord {
+        UsageRecord(
+            requestID: id, timestampMs: 5, agentID: "batch", targetKind: "model", target: "fast", deploymentID: nil, provider: nil,
+            upstreamModel: nil, operation: "chat", stream: true, usage: TokenUsage(inputTokens: 1, outputTokens: 2, cachedInputTokens: 0),
+            cost: USD(nanos: 7), latencyMs: 0.25, attempts: 2, outcome: .success, status: 200, errorCode: "", runID: "run_1")
+    }
+
+    /// A batch with one row SQLite refuses leaves nothing behind, says why, and the next batch
+    /// still lands (the failed transaction was rolled back, not left open).
+    @Test(arguments: kinds) func aRefusedRowTakesItsWholeBatchBackAndTheNextBatchLands(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            let sqlite = try #require(store as? SQLiteStore)
+            _ = try await sqlite.connection.query(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'bad' BEGIN SELECT RAISE(ABORT, 'row refused'); END", [])
+            _ = try await sqlite.connection.query(
+                "CREATE TRIGGER refuse_bad_audit BEFORE INSERT ON audit_log WHEN NEW.target = 'bad' BEGIN SELECT RAISE(ABORT, 'record refused'); END", [])
+            try await store.appendUsage([usage("first")])
+
+            let error = await #expect(throws: (any Error).self) { try await store.appendUsage([usage("ok1"), usage("bad"), usage("ok2")]) }
+            #expect(String(describing: error).contains("row refused"), "\(String(describing: error))")
+            #expect(try await store.spend(agentID: "batch", sinceMs: 0).calls == 1)
+
+            try await store.appendUsage([usage("after")])
+            let stored = try await store.recentUsage(limit: 10)
+            #expect(stored.map(\.requestID) == ["after", "first"])
+            // Every field comes back as written, NULLs and empty text kept apart.
+            #expect(stored.first == usage("after"))
+
+            let audit = { (target: String) in AuditRecord(timestampMs: 1, node: "n", action: "a", target: target, decision: "allow", reason: "") }
+            _ = try await store.appendAudit([audit("one")])
+            await #expect(throws: (any Error).self) { try await store.appendAudit([audit("two"), audit("bad")]) }
+            let head = try await store.appendAudit([audit("three")])
+            #expect(head.sequence == 2, "the refused batch used no sequence numbers")
+            let records = try await store.auditRecords(afterPosition: 0, limit: 10).records
+            #expect(records.map(\.target) == ["one", "three"])
+            #expect(records.first?.reason == "" && records.first?.userID == nil)
+            var chain = AuditChain()
+            #expect(chain.verify(records) == nil)
+        }
+    }
+}
