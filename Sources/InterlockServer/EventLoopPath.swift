@@ -344,9 +344,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             path.client.post(
                 on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout,
                 maxResponseBytes: attempt.maxResponseBytes
-            ).whenComplete { result in
+            ) { answer in
                 let (handler, context) = loopBound.value
-                let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
                 handler.take(gateway.finishOnLoop(attempt, answer), dialect: dialect, requestID: requestID, context: context)
             }
         case .continueAsync(let continuation):
@@ -422,9 +421,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             path.client.post(
                 on: context.eventLoop, to: attempt.target, headers: attempt.headers, body: attempt.body, timeout: attempt.timeout,
                 maxResponseBytes: attempt.maxResponseBytes
-            ).whenComplete { result in
+            ) { answer in
                 let (handler, context) = loopBound.value
-                let answer = result.mapError { ($0 as? UpstreamFailure) ?? .connection("upstream client error") }
                 switch tools.finishOnLoop(attempt, answer) {
                 case .done(let outcome):
                     handler.finishTool(outcome, name: name, rpc: rpc, cancelled: cancelled, requestID: requestID, servedBy: "event-loop", context: context)

@@ -48,9 +48,13 @@ import Testing
         loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
     ) async throws -> LoopHTTPResponse {
         let target = try #require(UpstreamTarget(url: url))
-        return try await loop.flatSubmit {
-            client.post(on: loop, to: target, headers: [("content-type", "application/json")], body: ByteBuffer(string: body), timeout: timeout, maxResponseBytes: limit)
-        }.get()
+        let answer = loop.makePromise(of: LoopHTTPResponse.self)
+        loop.execute {
+            client.post(on: loop, to: target, headers: [("content-type", "application/json")], body: ByteBuffer(string: body), timeout: timeout, maxResponseBytes: limit) {
+                answer.completeWith($0.mapError { $0 as any Error })
+            }
+        }
+        return try await answer.futureResult.get()
     }
 
     /// Streams the answer of `url` and returns what arrived and how it ended.
