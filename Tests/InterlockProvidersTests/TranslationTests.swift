@@ -80,6 +80,16 @@ import Testing
         #expect(usage(#"{"usage":{"prompt_tokens":3.0,"completion_tokens":"9"}}"#, .openAI) == TokenUsage(inputTokens: 3, outputTokens: 0, cachedInputTokens: 0))
     }
 
+    /// Plain digits are read directly; every other number goes through the parser. Both give
+    /// what the decoded-object reader gives.
+    @Test(arguments: ["0", "7", "123456789012345678", "1234567890123456789", "99999999999999999999", "-3", "1e2", "2.5", "12.0"])
+    func countsReadFromTheBytesMatchTheDecodedObject(number: String) throws {
+        let body = #"{"usage":{"prompt_tokens":\#(number),"completion_tokens":1}}"#
+        let read = try #require(usage(body, .openAI))
+        #expect(read == UsageReading.openAI(try JSONParser.parse(body)["usage"]))
+        if number == "123456789012345678" { #expect(read.inputTokens == 123_456_789_012_345_678) }
+    }
+
     @Test func noUsageWithoutAWellFormedUsageObject() {
         #expect(usage(#"{"id":"c","choices":[]}"#, .openAI) == nil)
         #expect(usage(#"{"usage":null}"#, .openAI) == nil)

@@ -47,9 +47,14 @@ public enum UsageReading {
 
     /// An integer member of a usage object; 0 when absent or not an integer.
     private static func count(_ name: String, in object: UnsafeRawBufferPointer) -> Int {
-        guard let span = try? JSONParser.member(named: name, in: object), span.kind == .number,
-            let value = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: object[span.valueRange]))
-        else { return 0 }
+        guard let span = try? JSONParser.member(named: name, in: object), span.kind == .number else { return 0 }
+        let number = UnsafeRawBufferPointer(rebasing: object[span.valueRange])
+        // Counts are plain digits: read them as they are. Anything else (a sign, a fraction,
+        // an exponent, 19 digits or more) goes through the parser.
+        if (1...18).contains(number.count), number.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+            return number.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+        }
+        guard let value = try? JSONParser.parse(number) else { return 0 }
         return Int(clamping: value.int64Value ?? 0)
     }
 }
