@@ -77,7 +77,7 @@ final class SQLiteAppender: @unchecked Sendable {
         guard !records.isEmpty else { return }
         try await threadPool.runIfActive {
             try self.transaction {
-                for record in records { try self.run(.insertUsage, binding: StoreRecords.values(record)) }
+                for record in records { try self.insert(.insertUsage) { StoreRecords.write(record, to: &$0) } }
             }
         }
     }
@@ -87,7 +87,10 @@ final class SQLiteAppender: @unchecked Sendable {
         try await threadPool.runIfActive {
             try self.transaction {
                 var chain = try self.auditChainHead()
-                for record in records { try self.run(.insertAudit, binding: StoreRecords.values(chain.link(record))) }
+                for record in records {
+                    let linked = chain.link(record)
+                    try self.insert(.insertAudit) { StoreRecords.write(linked, to: &$0) }
+                }
                 return (chain.lastSequence, chain.lastHash)
             }
         }
@@ -133,34 +136,63 @@ final class SQLiteAppender: @unchecked Sendable {
         }
     }
 
-    /// Binds `values` to the prepared `statement` (all its parameters) and runs it to the end.
-    private func run(_ statement: Statement, binding values: [StoreValue] = []) throws {
+    /// Runs a statement without parameters to the end.
+    private func run(_ statement: Statement) throws {
         let handle = try prepared(statement)
         defer { sqlite_nio_sqlite3_reset(handle) }
-        for (offset, value) in values.enumerated() {
-            let code = bind(value, at: Int32(offset + 1), in: handle)
-            guard code == SQLITE_OK else { throw failure(code) }
+        let code = sqlite_nio_sqlite3_step(handle)
+        guard code == SQLITE_DONE else { throw failure(code) }
+    }
+
+    /// Runs a prepared `INSERT` with the row `write` gives, bound value by value.
+    private func insert(_ statement: Statement, _ write: (inout Binder) -> Void) throws {
+        let handle = try prepared(statement)
+        defer { sqlite_nio_sqlite3_reset(handle) }
+        var binder = Binder(statement: handle)
+        write(&binder)
+        guard binder.code == SQLITE_OK else { throw failure(binder.code) }
+        let expected = sqlite_nio_sqlite3_bind_parameter_count(handle)
+        guard binder.index - 1 == expected else {
+            throw SQLiteWriteError(code: SQLITE_RANGE, message: "\(binder.index - 1) values for \(expected) columns")
         }
         let code = sqlite_nio_sqlite3_step(handle)
         guard code == SQLITE_DONE else { throw failure(code) }
     }
 
-    private func bind(_ value: StoreValue, at index: Int32, in statement: OpaquePointer) -> Int32 {
-        switch value {
-        case .text(var text):
-            return text.withUTF8 { bytes in
+    /// Binds a row's values to a prepared statement's parameters in order; the first failure
+    /// is kept in `code`.
+    struct Binder: StoreRowWriter {
+        let statement: OpaquePointer
+        var index: Int32 = 1
+        var code = SQLITE_OK
+
+        mutating func text(_ value: String?) {
+            guard var value else { return null() }
+            bound(value.withUTF8 { bytes in
                 // An empty buffer may have no address, and a null pointer would bind NULL.
                 guard let base = bytes.baseAddress else { return sqlite_nio_sqlite3_bind_text(statement, index, "", 0, nil) }
                 return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
                     sqlite_nio_sqlite3_bind_text64(statement, index, $0, UInt64(bytes.count), transientDestructor, UInt8(SQLITE_UTF8))
                 }
-            }
-        case .int(let number):
-            return sqlite_nio_sqlite3_bind_int64(statement, index, number)
-        case .double(let number):
-            return sqlite_nio_sqlite3_bind_double(statement, index, number)
-        case .null:
-            return sqlite_nio_sqlite3_bind_null(statement, index)
+            })
+        }
+
+        mutating func int(_ value: Int64?) {
+            guard let value else { return null() }
+            bound(sqlite_nio_sqlite3_bind_int64(statement, index, value))
+        }
+
+        mutating func double(_ value: Double) {
+            bound(sqlite_nio_sqlite3_bind_double(statement, index, value))
+        }
+
+        private mutating func null() {
+            bound(sqlite_nio_sqlite3_bind_null(statement, index))
+        }
+
+        private mutating func bound(_ result: Int32) {
+            if code == SQLITE_OK { code = result }
+            index += 1
         }
     }
 

@@ -15,6 +15,24 @@ enum StoreValue: Sendable {
     static func json(_ value: JSONValue?) -> StoreValue { value.map { .text(JSONWriter.string($0)) } ?? .null }
 }
 
+/// Takes a record's column values in column order. The ledger and audit records are written
+/// through one, so the SQLite writer can bind each value where it is (no array of boxed
+/// values per row) and the other stores collect them (`StoreValueCollector`): one mapping.
+protocol StoreRowWriter {
+    mutating func text(_ value: String?)
+    mutating func int(_ value: Int64?)
+    mutating func double(_ value: Double)
+}
+
+/// Collects a record's values as `StoreValue`s, for the statements built from arrays.
+struct StoreValueCollector: StoreRowWriter {
+    var values: [StoreValue] = []
+
+    mutating func text(_ value: String?) { values.append(.text(value)) }
+    mutating func int(_ value: Int64?) { values.append(.int(value)) }
+    mutating func double(_ value: Double) { values.append(.double(value)) }
+}
+
 /// A result row as both stores read it, by column name.
 protocol StoreRow {
     func text(_ column: String) -> String?
@@ -38,13 +56,19 @@ enum StoreRecords {
     ]
 
     static func values(_ record: UsageRecord) -> [StoreValue] {
-        [
-            .text(record.requestID), .int(record.timestampMs), .text(record.agentID), .text(record.targetKind), .text(record.target),
-            .text(record.deploymentID), .text(record.provider), .text(record.upstreamModel), .text(record.operation), .int(record.stream ? 1 : 0),
-            .int(record.usage.inputTokens), .int(record.usage.outputTokens), .int(record.usage.cachedInputTokens), .int(record.cost.nanos),
-            .double(record.latencyMs), .int(record.attempts), .text(record.outcome.rawValue), .int(record.status), .text(record.errorCode),
-            .text(record.runID),
-        ]
+        var collector = StoreValueCollector()
+        write(record, to: &collector)
+        return collector.values
+    }
+
+    /// The values of `usageColumns`, in order.
+    static func write(_ record: UsageRecord, to row: inout some StoreRowWriter) {
+        row.text(record.requestID); row.int(record.timestampMs); row.text(record.agentID); row.text(record.targetKind)
+        row.text(record.target); row.text(record.deploymentID); row.text(record.provider); row.text(record.upstreamModel)
+        row.text(record.operation); row.int(record.stream ? 1 : 0); row.int(Int64(record.usage.inputTokens))
+        row.int(Int64(record.usage.outputTokens)); row.int(Int64(record.usage.cachedInputTokens)); row.int(record.cost.nanos)
+        row.double(record.latencyMs); row.int(Int64(record.attempts)); row.text(record.outcome.rawValue); row.int(Int64(record.status))
+        row.text(record.errorCode); row.text(record.runID)
     }
 
     static func usage(_ row: some StoreRow) -> UsageRecord {
@@ -78,13 +102,19 @@ enum StoreRecords {
     ]
 
     static func values(_ record: AuditRecord) -> [StoreValue] {
-        [
-            .int(record.sequence), .int(record.timestampMs), .text(record.node), .text(record.action), .text(record.agentID), .text(record.userID),
-            .text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string)))), .text(record.runID), .text(record.parentRunID),
-            .text(record.supervisor), .text(record.target), .text(record.decision), .text(record.reason), .text(record.argumentsHash),
-            .text(record.outcome), record.status.map { .int($0) } ?? .null, .int(record.costNanos), .text(record.requestID),
-            .text(record.previousHash), .text(record.hash), .text(record.resultHash), .text(record.capture),
-        ]
+        var collector = StoreValueCollector()
+        write(record, to: &collector)
+        return collector.values
+    }
+
+    /// The values of `auditColumns`, in order.
+    static func write(_ record: AuditRecord, to row: inout some StoreRowWriter) {
+        row.int(record.sequence); row.int(record.timestampMs); row.text(record.node); row.text(record.action)
+        row.text(record.agentID); row.text(record.userID); row.text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string))))
+        row.text(record.runID); row.text(record.parentRunID); row.text(record.supervisor); row.text(record.target)
+        row.text(record.decision); row.text(record.reason); row.text(record.argumentsHash); row.text(record.outcome)
+        row.int(record.status.map(Int64.init)); row.int(record.costNanos); row.text(record.requestID); row.text(record.previousHash)
+        row.text(record.hash); row.text(record.resultHash); row.text(record.capture)
     }
 
     static func audit(_ row: some StoreRow) -> AuditRecord {
