@@ -21,6 +21,8 @@ final class SQLiteAppender: @unchecked Sendable {
     private let db: OpaquePointer
     private let threadPool: NIOThreadPool
     private var statements: [Statement: OpaquePointer] = [:]
+    /// Set by `close()`: the handle is gone, and a late batch must fail, not use it.
+    private var closed = false
 
     private enum Statement: Hashable {
         case begin, commit, rollback, insertUsage, insertAudit, auditHead
@@ -103,12 +105,15 @@ final class SQLiteAppender: @unchecked Sendable {
     // MARK: On the pool thread
 
     private func closeNow() {
+        guard !closed else { return }
+        closed = true
         for statement in statements.values { sqlite_nio_sqlite3_finalize(statement) }
         statements = [:]
         sqlite_nio_sqlite3_close_v2(db)
     }
 
     private func transaction<T>(_ body: () throws -> T) throws -> T {
+        guard !closed else { throw SQLiteWriteError(code: SQLITE_MISUSE, message: "the store is closed") }
         try run(.begin)
         do {
             let result = try body()

@@ -1,3 +1,4 @@
+import Foundation
 import InterlockCore
 @testable import InterlockStore
 import Testing
@@ -47,5 +48,18 @@ import Testing
             var chain = AuditChain()
             #expect(chain.verify(records) == nil)
         }
+    }
+
+    /// A batch that reaches a closed file store fails; it does not touch the closed handle.
+    @Test func aBatchAfterCloseFails() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-closed-\(UInt64.random(in: 0...UInt64.max)).sqlite").path
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let store = try await SQLiteStore.open(path: path)
+        try await store.migrate()
+        try await store.appendUsage([usage("before")])
+        try await store.close()
+        let error = await #expect(throws: SQLiteWriteError.self) { try await store.appendUsage([usage("after")]) }
+        #expect(error?.description.contains("closed") == true)
+        await #expect(throws: SQLiteWriteError.self) { try await store.appendAudit([AuditRecord(timestampMs: 1, node: "n", action: "a", decision: "allow")]) }
     }
 }
