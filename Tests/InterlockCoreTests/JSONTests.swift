@@ -70,6 +70,17 @@ import Testing
         #expect(request.expectedUsage(defaultMaxOutputTokens: 1000).outputTokens == 50)
     }
 
+    /// The largest `max_tokens` JSON allows is a valid request: its estimate is capped, so the
+    /// reservation's sums and cost cannot overflow (they trapped before).
+    @Test func aHugeMaxTokensIsCappedInTheEstimate() throws {
+        let body = Array(#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":9223372036854775807}"#.utf8)
+        let request = try ModelRequest.parse(body: body, format: .openAI, operation: .chat)
+        #expect(request.maxOutputTokens == TokenUsage.maximumCount)
+        let expected = request.expectedUsage(defaultMaxOutputTokens: 1000)
+        #expect(expected.totalTokens == TokenUsage.maximumCount + request.estimatedInputTokens)
+        #expect(ModelPrice(inputPerMillion: 1_000, outputPerMillion: 1_000_000).cost(of: expected) == USD(nanos: 1 << 56))
+    }
+
     @Test func namesTheParameterAtFault() {
         func error(_ json: String, format: WireFormat = .openAI) -> GatewayError? {
             do {

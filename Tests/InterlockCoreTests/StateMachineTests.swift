@@ -233,6 +233,12 @@ func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seco
         #expect(USD(dollars: 0.0000033).description == "0.0000033")
         #expect(USD(dollars: 2).description == "2")
     }
+
+    @Test func countsAreCappedAndSumsSaturate() {
+        #expect(TokenUsage.count(nil) == 0 && TokenUsage.count(-5) == 0 && TokenUsage.count(12) == 12)
+        #expect(TokenUsage.count(.max) == TokenUsage.maximumCount)
+        #expect(TokenUsage(inputTokens: .max, outputTokens: 1).totalTokens == .max)
+    }
 }
 
 @Suite struct RetryPolicyTests {

@@ -82,12 +82,23 @@ import Testing
 
     /// Plain digits are read directly; every other number goes through the parser. Both give
     /// what the decoded-object reader gives.
-    @Test(arguments: ["0", "7", "123456789012345678", "1234567890123456789", "99999999999999999999", "-3", "1e2", "2.5", "12.0"])
+    @Test(arguments: ["0", "7", "1099511627775", "123456789012345678", "1234567890123456789", "99999999999999999999", "-3", "1e2", "2.5", "12.0"])
     func countsReadFromTheBytesMatchTheDecodedObject(number: String) throws {
         let body = #"{"usage":{"prompt_tokens":\#(number),"completion_tokens":1}}"#
         let read = try #require(usage(body, .openAI))
         #expect(read == UsageReading.openAI(try JSONParser.parse(body)["usage"]))
-        if number == "123456789012345678" { #expect(read.inputTokens == 123_456_789_012_345_678) }
+        if number == "1099511627775" { #expect(read.inputTokens == 1_099_511_627_775) }
+        if number == "123456789012345678" { #expect(read.inputTokens == TokenUsage.maximumCount) }
+    }
+
+    /// Counts an upstream reports are capped, and negative ones are 0: Anthropic's input is a
+    /// sum of three counts, which trapped on overflow before.
+    @Test func hugeAndNegativeCountsAreCapped() {
+        let huge = #"{"usage":{"input_tokens":9223372036854775807,"cache_read_input_tokens":9223372036854775807,"cache_creation_input_tokens":1,"output_tokens":-4}}"#
+        let read = usage(huge, .anthropic)
+        #expect(read == TokenUsage(inputTokens: 2 * TokenUsage.maximumCount + 1, outputTokens: 0, cachedInputTokens: TokenUsage.maximumCount))
+        #expect(read == UsageReading.anthropic(try? JSONParser.parse(huge)["usage"]))
+        #expect(usage(#"{"usage":{"prompt_tokens":99999999999999999,"completion_tokens":2}}"#, .openAI)?.inputTokens == TokenUsage.maximumCount)
     }
 
     @Test func noUsageWithoutAWellFormedUsageObject() {

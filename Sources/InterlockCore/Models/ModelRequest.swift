@@ -160,7 +160,8 @@ extension ModelRequest {
             throw GatewayError.invalidRequest("Embeddings cannot be streamed.", param: "stream")
         }
         let limit = request.value("max_completion_tokens") ?? request.value("max_tokens")
-        request.maxOutputTokens = limit?.int64Value.map { Int(clamping: $0) }
+        // Passed upstream as the agent sent it; Interlock's own estimate takes it capped.
+        request.maxOutputTokens = limit?.int64Value.map { TokenUsage.count($0) }
         request.clientWantsStreamUsage = request.value("stream_options")?["include_usage"]?.boolValue ?? false
         // English runs about four bytes per token and CJK about three; JSON syntax adds bytes
         // that are not tokens. Three bytes per token over-reserves slightly, which is the safe side.

@@ -40,7 +40,21 @@ public struct TokenUsage: Sendable, Hashable {
 
     public static let zero = TokenUsage()
 
-    public var totalTokens: Int { inputTokens + outputTokens }
+    /// The largest count Interlock takes from an upstream's usage or an agent's `max_tokens`
+    /// (about 1.1 trillion tokens). Counts are capped here where they come in, so their sums,
+    /// reservations and costs cannot overflow whatever a peer sends.
+    public static let maximumCount = 1 << 40
+
+    /// A reported or requested count as Interlock keeps it: 0 when absent or negative, at most
+    /// `maximumCount`.
+    public static func count(_ value: Int64?) -> Int {
+        Int(min(max(value ?? 0, 0), Int64(maximumCount)))
+    }
+
+    public var totalTokens: Int {
+        let (sum, overflow) = inputTokens.addingReportingOverflow(outputTokens)
+        return overflow ? .max : sum
+    }
 }
 
 /// Prices of a deployment in US dollars per million tokens.
@@ -64,6 +78,7 @@ public struct ModelPrice: Sendable, Hashable {
             Double(uncached) * inputPerMillion * 1000
             + Double(usage.cachedInputTokens) * cachedInputPerMillion * 1000
             + Double(usage.outputTokens) * outputPerMillion * 1000
-        return USD(nanos: Int64(nanos.rounded(.up)))
+        // At most 2^56 nano-dollars (about $72 million) a call: sums of many calls still fit.
+        return USD(nanos: Int64(min(nanos.rounded(.up), Double(1 << 56))))
     }
 }

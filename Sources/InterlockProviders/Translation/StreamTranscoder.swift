@@ -139,7 +139,7 @@ public struct StreamTranscoder: Sendable {
     }
 
     private mutating func mergeAnthropicDeltaUsage(_ usage: JSONValue) {
-        if let output = usage["output_tokens"]?.int64Value { partialUsage.outputTokens = Int(clamping: output) }
+        if let output = usage["output_tokens"]?.int64Value { partialUsage.outputTokens = TokenUsage.count(output) }
         if usage["input_tokens"] != nil, let reported = UsageReading.anthropic(usage), reported.inputTokens > 0 {
             partialUsage.inputTokens = reported.inputTokens
             partialUsage.cachedInputTokens = reported.cachedInputTokens

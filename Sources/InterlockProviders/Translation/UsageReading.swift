@@ -5,9 +5,9 @@ public enum UsageReading {
     /// OpenAI `usage` object (chat completions, embeddings, stream usage chunks).
     public static func openAI(_ usage: JSONValue?) -> TokenUsage? {
         guard let usage, case .object = usage else { return nil }
-        let input = Int(clamping: usage["prompt_tokens"]?.int64Value ?? 0)
-        let output = Int(clamping: usage["completion_tokens"]?.int64Value ?? 0)
-        let cached = Int(clamping: usage["prompt_tokens_details"]?["cached_tokens"]?.int64Value ?? 0)
+        let input = TokenUsage.count(usage["prompt_tokens"]?.int64Value)
+        let output = TokenUsage.count(usage["completion_tokens"]?.int64Value)
+        let cached = TokenUsage.count(usage["prompt_tokens_details"]?["cached_tokens"]?.int64Value)
         return TokenUsage(inputTokens: input, outputTokens: output, cachedInputTokens: cached)
     }
 
@@ -15,10 +15,10 @@ public enum UsageReading {
     /// `input_tokens`; Interlock's input count includes them.
     public static func anthropic(_ usage: JSONValue?) -> TokenUsage? {
         guard let usage, case .object = usage else { return nil }
-        let input = Int(clamping: usage["input_tokens"]?.int64Value ?? 0)
-        let cacheRead = Int(clamping: usage["cache_read_input_tokens"]?.int64Value ?? 0)
-        let cacheWrite = Int(clamping: usage["cache_creation_input_tokens"]?.int64Value ?? 0)
-        let output = Int(clamping: usage["output_tokens"]?.int64Value ?? 0)
+        let input = TokenUsage.count(usage["input_tokens"]?.int64Value)
+        let cacheRead = TokenUsage.count(usage["cache_read_input_tokens"]?.int64Value)
+        let cacheWrite = TokenUsage.count(usage["cache_creation_input_tokens"]?.int64Value)
+        let output = TokenUsage.count(usage["output_tokens"]?.int64Value)
         return TokenUsage(inputTokens: input + cacheRead + cacheWrite, outputTokens: output, cachedInputTokens: cacheRead)
     }
 
@@ -45,16 +45,17 @@ public enum UsageReading {
         }
     }
 
-    /// An integer member of a usage object; 0 when absent or not an integer.
+    /// An integer member of a usage object; 0 when absent, negative or not an integer, and
+    /// capped at `TokenUsage.maximumCount`.
     private static func count(_ name: String, in object: UnsafeRawBufferPointer) -> Int {
         guard let span = try? JSONParser.member(named: name, in: object), span.kind == .number else { return 0 }
         let number = UnsafeRawBufferPointer(rebasing: object[span.valueRange])
         // Counts are plain digits: read them as they are. Anything else (a sign, a fraction,
         // an exponent, 19 digits or more) goes through the parser.
         if (1...18).contains(number.count), number.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
-            return number.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+            return TokenUsage.count(Int64(number.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }))
         }
         guard let value = try? JSONParser.parse(number) else { return 0 }
-        return Int(clamping: value.int64Value ?? 0)
+        return TokenUsage.count(value.int64Value)
     }
 }
