@@ -61,11 +61,12 @@ final class SQLiteAppender: @unchecked Sendable {
                 throw error
             }
             let appender = SQLiteAppender(db: handle, threadPool: threadPool)
+            // First: the pragmas below read the schema, which waits for another process's lock.
+            sqlite_nio_sqlite3_busy_timeout(handle, 5_000)
             do {
                 // The main connection set WAL mode on the file; synchronous is per connection.
                 try appender.execute(durability == .full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
                 try appender.execute("PRAGMA temp_store=MEMORY")
-                sqlite_nio_sqlite3_busy_timeout(handle, 5_000)
             } catch {
                 appender.closeNow()
                 throw error
@@ -99,7 +100,11 @@ final class SQLiteAppender: @unchecked Sendable {
     }
 
     func close() async {
-        try? await threadPool.runIfActive { self.closeNow() }
+        do {
+            try await threadPool.runIfActive { self.closeNow() }
+        } catch {
+            closeNow()  // the pool is gone (or the task cancelled): close here rather than leak
+        }
     }
 
     // MARK: On the pool thread
@@ -114,6 +119,8 @@ final class SQLiteAppender: @unchecked Sendable {
 
     private func transaction<T>(_ body: () throws -> T) throws -> T {
         guard !closed else { throw SQLiteWriteError(code: SQLITE_MISUSE, message: "the store is closed") }
+        // A transaction left open by a `ROLLBACK` that failed would make every `BEGIN` fail.
+        if sqlite_nio_sqlite3_get_autocommit(db) == 0 { try run(.rollback) }
         try run(.begin)
         do {
             let result = try body()
@@ -175,7 +182,7 @@ final class SQLiteAppender: @unchecked Sendable {
             guard var value else { return null() }
             bound(value.withUTF8 { bytes in
                 // An empty buffer may have no address, and a null pointer would bind NULL.
-                guard let base = bytes.baseAddress else { return sqlite_nio_sqlite3_bind_text(statement, index, "", 0, nil) }
+                guard let base = bytes.baseAddress else { return sqlite_nio_sqlite3_bind_text(statement, index, "", 0, transientDestructor) }
                 return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
                     sqlite_nio_sqlite3_bind_text64(statement, index, $0, UInt64(bytes.count), transientDestructor, UInt8(SQLITE_UTF8))
                 }

@@ -46,13 +46,22 @@ public final class SQLiteStore: InterlockStore {
             // A batch `INSERT` inside `BEGIN` keeps a statement journal, which spills to a
             // temporary file past 64 KiB: one file created and written per ledger or audit batch.
             _ = try await connection.query("PRAGMA temp_store=MEMORY", [])
-            let appender = path == ":memory:" ? nil : try await SQLiteAppender.open(path: path, durability: durability)
+            let appender = isInMemory(path) ? nil : try await SQLiteAppender.open(path: path, durability: durability)
             return SQLiteStore(connection: connection, path: path, appender: appender)
         } catch {
             // Not a database (or not a usable one): close before the connection is released.
             try? await connection.close()
             throw error
         }
+    }
+
+    /// Whether `path` names a database without a file (`:memory:`, a `file:` URI with
+    /// `mode=memory`, or the empty path of a temporary database): a second connection would
+    /// open another, empty one.
+    static func isInMemory(_ path: String) -> Bool {
+        if path == ":memory:" || path.isEmpty { return true }
+        guard path.hasPrefix("file:") else { return false }
+        return path.hasPrefix("file::memory:") || path.split(separator: "?", maxSplits: 1).dropFirst().first?.split(separator: "&").contains("mode=memory") == true
     }
 
     /// The journal mode SQLite reports (`wal` for file databases).

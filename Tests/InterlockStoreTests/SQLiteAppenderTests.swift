@@ -50,6 +50,15 @@ import Testing
         }
     }
 
+    @Test func databasesWithoutAFileKeepOneConnection() {
+        for path in [":memory:", "", "file::memory:", "file::memory:?cache=shared", "file:ledger?mode=memory&cache=shared"] {
+            #expect(SQLiteStore.isInMemory(path), "\(path)")
+        }
+        for path in ["/var/lib/interlock.sqlite", "file:/var/lib/interlock.sqlite?mode=rwc", "memory.sqlite"] {
+            #expect(!SQLiteStore.isInMemory(path), "\(path)")
+        }
+    }
+
     /// A batch that reaches a closed file store fails; it does not touch the closed handle.
     @Test func aBatchAfterCloseFails() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-closed-\(UInt64.random(in: 0...UInt64.max)).sqlite").path

@@ -133,11 +133,11 @@ public final class LoopHTTPClient: Sendable {
         on loop: any EventLoop, to target: UpstreamTarget, headers: [(String, String)], body: ByteBuffer, timeout: Duration, maxResponseBytes: Int,
         completion: @escaping (Result<LoopHTTPResponse, UpstreamFailure>) -> Void
     ) {
+        loop.preconditionInEventLoop()
         guard let pool = pools[ObjectIdentifier(loop)] else {
             completion(.failure(.connection("event loop without a connection pool")))
             return
         }
-        loop.preconditionInEventLoop()
         let exchange = Exchange(
             onAnswer: completion, headPromise: nil, target: target, headers: headers, body: body, maxResponseBytes: maxResponseBytes)
         pool.start(exchange, timeout: timeout)
