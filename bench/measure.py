@@ -39,6 +39,8 @@ PER_CONNECTION_RPS = 250
 # How requests arrive at a fixed rate: "even" (the default) spreads them evenly in time;
 # "bursts" is h2load's plain pacing, where every connection fires at the same instant.
 ARRIVALS = os.environ.get("BENCH_ARRIVALS", "even")
+if ARRIVALS not in ("even", "bursts"):
+    sys.exit(f"BENCH_ARRIVALS must be 'even' or 'bursts', not {ARRIVALS!r}")
 
 
 def even_clients(rate):

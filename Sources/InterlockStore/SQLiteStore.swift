@@ -90,10 +90,7 @@ public final class SQLiteStore: InterlockStore {
     }
 
     public func appendUsage(_ records: [UsageRecord]) async throws {
-        if let appender {
-            guard !records.isEmpty else { return }
-            return try await writes.run { try await appender.appendUsage(records) }
-        }
+        if let appender { return try await writes.run { try await appender.appendUsage(records) } }
         try await insertRows(table: "usage_ledger", columns: StoreRecords.usageColumns, records, values: StoreRecords.values)
     }
 
