@@ -388,5 +388,10 @@ enum PostgresSchema {
             "DROP INDEX usage_ledger_run",
             "CREATE INDEX usage_ledger_run ON usage_ledger (run_id) WHERE run_id IS NOT NULL",
         ]),
+        // As SQLite's migration 13: indexes no query reads, maintained on every call.
+        Migration(version: 6, name: "drop_unused_call_indexes", statements: [
+            "DROP INDEX IF EXISTS usage_ledger_request",
+            "DROP INDEX IF EXISTS audit_log_seq",
+        ]),
     ]
 }

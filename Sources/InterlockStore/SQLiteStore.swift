@@ -493,6 +493,13 @@ enum SQLiteMigrations {
             "DROP INDEX usage_ledger_run",
             "CREATE INDEX usage_ledger_run ON usage_ledger (run_id) WHERE run_id IS NOT NULL",
         ]),
+        // No query of Interlock's reads the ledger by request id or the audit log by `seq`
+        // (the chain is read in `pos` order), and every call paid a B-tree insert into each.
+        // An operator who looks calls up that way adds the index themselves (README).
+        Migration(version: 13, name: "drop_unused_call_indexes", statements: [
+            "DROP INDEX IF EXISTS usage_ledger_request",
+            "DROP INDEX IF EXISTS audit_log_seq",
+        ]),
     ]
 }
 

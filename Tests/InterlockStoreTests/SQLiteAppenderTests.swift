@@ -16,6 +16,17 @@ import Testing
             cost: USD(nanos: 7), latencyMs: 0.25, attempts: 2, outcome: .success, status: 200, errorCode: "", runID: "run_1")
     }
 
+    /// Every call inserts into each index of the ledger and the audit log, so they carry only
+    /// the indexes Interlock's queries read (budget spend, audit filters, a run's usage).
+    @Test func theCallTablesCarryOnlyTheIndexesQueriesRead() async throws {
+        try await TestStores.with(.sqliteFile) { store in
+            let sqlite = try #require(store as? SQLiteStore)
+            let rows = try await sqlite.connection.query(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('usage_ledger', 'audit_log') AND sql IS NOT NULL ORDER BY name", [])
+            #expect(rows.compactMap { $0.column("name")?.string } == ["audit_log_agent_ts", "audit_log_ts", "usage_ledger_agent_ts", "usage_ledger_run"])
+        }
+    }
+
     /// A batch with one row SQLite refuses leaves nothing behind, says why, and the next batch
     /// still lands (the failed transaction was rolled back, not left open).
     @Test(arguments: kinds) func aRefusedRowTakesItsWholeBatchBackAndTheNextBatchLands(kind: StoreKind) async throws {

@@ -16,7 +16,7 @@ import Testing
         let store = try await SQLiteStore.open(path: path)
         try await store.migrate()
         try await store.migrate()  // idempotent
-        #expect(try await store.schemaVersion() == 12)
+        #expect(try await store.schemaVersion() == 13)
         #expect(try await store.journalMode() == "wal")
         let batch = (0..<1_500).map { record("r\($0)", agent: $0 < 1_000 ? "a" : "b", ts: Int64(1_000 + $0), nanos: 100) }
         try await store.appendUsage(batch)
