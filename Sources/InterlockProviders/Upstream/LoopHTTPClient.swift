@@ -449,9 +449,10 @@ final class LoopConnectionPool: @unchecked Sendable {
                     }
                     // `send` encodes requests itself (`EncodedRequestWriter`); NIO's response
                     // decoder still sees each request's head, to know the method it answers.
-                    try channel.pipeline.syncOperations.addHandler(EncodedRequestWriter())
+                    let writer = EncodedRequestWriter()
+                    try channel.pipeline.syncOperations.addHandler(writer)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler())
+                    try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler(writer: writer))
                 }
             }
             .connect(host: target.host, port: target.port)
@@ -500,20 +501,37 @@ final class LoopConnectionPool: @unchecked Sendable {
         request.writeStaticString("\r\n\r\n")
         request.writeImmutableBuffer(exchange.body)
         channel.write(HTTPClientRequestPart.head(EncodedRequestWriter.postHead), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(request)), promise: nil)
+        handler.writer.send(request)
     }
 }
 
 /// Sends requests that `LoopConnectionPool` encoded itself. It sits between the socket (or
-/// TLS) and NIO's response decoder: a request's `.head` passes the decoder, which queues the
-/// method to know how the answer is framed, and stops here; its `.body` is the whole encoded
-/// request and goes to the socket; `.end` is not sent.
-final class EncodedRequestWriter: ChannelOutboundHandler, Sendable {
+/// TLS) and NIO's response decoder: a request's `.head`, written through the pipeline, passes
+/// the decoder, which queues the method to know how the answer is framed, and stops here;
+/// the whole encoded request is written from here by `send`, so it does not cross the
+/// decoder's write path. Parts written through the pipeline other than `.head` go on to the
+/// socket as they are (`.body`) or are dropped (`.end`).
+final class EncodedRequestWriter: ChannelOutboundHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = IOData
 
     /// The head handed to the decoder for every request (Interlock's upstream calls are POSTs).
     static let postHead = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
+
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Writes and flushes one encoded request towards the socket (on the channel's loop).
+    func send(_ request: ByteBuffer) {
+        context?.writeAndFlush(wrapOutboundOut(.byteBuffer(request)), promise: nil)
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
@@ -527,11 +545,18 @@ final class EncodedRequestWriter: ChannelOutboundHandler, Sendable {
 final class UpstreamConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
+    /// Where this connection's encoded requests are written from.
+    let writer: EncodedRequestWriter
+
     private var exchange: Exchange?
     private weak var pool: LoopConnectionPool?
     private var head: HTTPResponseHead?
     private var body = ByteBuffer()
     private var closing = false
+
+    init(writer: EncodedRequestWriter) {
+        self.writer = writer
+    }
 
     func begin(_ exchange: Exchange, pool: LoopConnectionPool) {
         self.exchange = exchange
