@@ -267,19 +267,37 @@ public final class CallGovernor: Sendable {
     // MARK: Admit
 
     /// A call that passed admission. Settle it exactly once.
-    public struct Admission: Sendable {
-        public var call: GovernedCall
-        public var startedAt: ContinuousClock.Instant
-        public var queued: Duration
-        fileprivate var reservation: BudgetLedger.Reservation?
+    ///
+    /// A class: it is handed from stage to stage and kept by attempts and streams, and a copy
+    /// of the value (the call, its caller and agent, the reservations) retained every string
+    /// and array in it.
+    public final class Admission: Sendable {
+        public let call: GovernedCall
+        public let startedAt: ContinuousClock.Instant
+        public let queued: Duration
+        fileprivate let reservation: BudgetLedger.Reservation?
         /// What the call reserved of its workflow run's budgets.
-        fileprivate var runReservation: RunUsage?
+        fileprivate let runReservation: RunUsage?
         /// What the call reserved of the agent's budgets in the shared store (cluster).
-        fileprivate var sharedReservation: SharedLimits.Reservation?
+        fileprivate let sharedReservation: SharedLimits.Reservation?
         /// The agent's state the call was admitted against (kept if the agent changes meanwhile).
         fileprivate let entry: AgentRegistry.Entry
         /// The agent's cut-off generation at admission: a stream watches from here.
         let cutOffGeneration: UInt64
+
+        fileprivate init(
+            call: GovernedCall, startedAt: ContinuousClock.Instant, queued: Duration, reservation: BudgetLedger.Reservation?,
+            runReservation: RunUsage?, sharedReservation: SharedLimits.Reservation? = nil, entry: AgentRegistry.Entry, cutOffGeneration: UInt64
+        ) {
+            self.call = call
+            self.startedAt = startedAt
+            self.queued = queued
+            self.reservation = reservation
+            self.runReservation = runReservation
+            self.sharedReservation = sharedReservation
+            self.entry = entry
+            self.cutOffGeneration = cutOffGeneration
+        }
 
         /// Calls `handler` when the agent is disabled while this call runs (at once, if it
         /// was disabled since admission). Streams use it to stop.
@@ -393,10 +411,9 @@ public final class CallGovernor: Sendable {
                 }
             }
         }
-        var admission = Admission(
-            call: call, startedAt: started, queued: queued, reservation: nil, runReservation: runReservation, entry: entry, cutOffGeneration: generation)
-        admission.sharedReservation = reservation
-        return admission
+        return Admission(
+            call: call, startedAt: started, queued: queued, reservation: nil, runReservation: runReservation, sharedReservation: reservation,
+            entry: entry, cutOffGeneration: generation)
     }
 
     /// Admission without waiting, for the event-loop path: `nil` (and nothing changed) when the
