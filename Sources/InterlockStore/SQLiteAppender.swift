@@ -9,7 +9,9 @@ import VaporCSQLite
 /// through it was one multi-row `INSERT` of up to 30,000 placeholders, parsed and planned on
 /// every flush, plus a thread-pool round trip for each of `BEGIN`, the `INSERT`s and `COMMIT`.
 /// Here a batch is one trip to the pool: `BEGIN IMMEDIATE`, one execution of a prepared
-/// single-row `INSERT` per record, `COMMIT`.
+/// `INSERT` of `rowsPerStatement` rows per that many records (a single-row one for the rest),
+/// `COMMIT`. Rows in one statement share its start, its cursors and the table's
+/// `AUTOINCREMENT` bookkeeping, and each insert lands next to the one before.
 ///
 /// It is the SQLite library sqlite-nio vendors (`VaporCSQLite`), not a second copy, so both
 /// connections share one view of the file's locks. `SQLiteStore` runs these writes inside its
@@ -24,22 +26,29 @@ final class SQLiteAppender: @unchecked Sendable {
     /// Set by `close()`: the handle is gone, and a late batch must fail, not use it.
     private var closed = false
 
+    /// Rows per execution of the multi-row `INSERT`s (parameters: rows × columns, far below
+    /// SQLite's limit of 32,766).
+    static let rowsPerStatement = 32
+
     private enum Statement: Hashable {
-        case begin, commit, rollback, insertUsage, insertAudit, auditHead
+        case begin, commit, rollback, auditHead
+        /// An `INSERT` of `rows` rows.
+        case insertUsage(rows: Int), insertAudit(rows: Int)
 
         var sql: String {
             switch self {
             case .begin: return "BEGIN IMMEDIATE"
             case .commit: return "COMMIT"
             case .rollback: return "ROLLBACK"
-            case .insertUsage: return Self.insert(into: "usage_ledger", StoreRecords.usageColumns)
-            case .insertAudit: return Self.insert(into: "audit_log", StoreRecords.auditColumns)
+            case .insertUsage(let rows): return Self.insert(rows, into: "usage_ledger", StoreRecords.usageColumns)
+            case .insertAudit(let rows): return Self.insert(rows, into: "audit_log", StoreRecords.auditColumns)
             case .auditHead: return "SELECT seq, hash FROM audit_log ORDER BY pos DESC LIMIT 1"
             }
         }
 
-        private static func insert(into table: String, _ columns: [String]) -> String {
-            "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES (\(Array(repeating: "?", count: columns.count).joined(separator: ",")))"
+        private static func insert(_ rows: Int, into table: String, _ columns: [String]) -> String {
+            let row = "(" + Array(repeating: "?", count: columns.count).joined(separator: ",") + ")"
+            return "INSERT INTO \(table) (\(columns.joined(separator: ","))) VALUES " + Array(repeating: row, count: rows).joined(separator: ",")
         }
     }
 
@@ -80,7 +89,7 @@ final class SQLiteAppender: @unchecked Sendable {
         guard !records.isEmpty else { return }
         try await threadPool.runIfActive {
             try self.transaction {
-                for record in records { try self.insert(.insertUsage) { StoreRecords.write(record, to: &$0) } }
+                try self.insertRows(records, statement: { .insertUsage(rows: $0) }) { record, binder in StoreRecords.write(record, to: &binder) }
             }
         }
     }
@@ -90,9 +99,9 @@ final class SQLiteAppender: @unchecked Sendable {
         try await threadPool.runIfActive {
             try self.transaction {
                 var chain = try self.auditChainHead()
-                for record in records {
-                    let linked = chain.link(record)
-                    try self.insert(.insertAudit) { StoreRecords.write(linked, to: &$0) }
+                // Linked in order as they are bound: the rows of a statement follow each other.
+                try self.insertRows(records, statement: { .insertAudit(rows: $0) }) { record, binder in
+                    StoreRecords.write(chain.link(record), to: &binder)
                 }
                 return (chain.lastSequence, chain.lastHash)
             }
@@ -156,7 +165,22 @@ final class SQLiteAppender: @unchecked Sendable {
         guard code == SQLITE_DONE else { throw failure(code) }
     }
 
-    /// Runs a prepared `INSERT` with the row `write` gives, bound value by value.
+    /// Inserts `records` in order: `rowsPerStatement` at a time through the multi-row
+    /// statement, the rest one by one.
+    private func insertRows<Record>(
+        _ records: [Record], statement: (Int) -> Statement, write: (Record, inout Binder) -> Void
+    ) throws {
+        var start = records.startIndex
+        while start < records.endIndex {
+            let rows = records.endIndex - start >= Self.rowsPerStatement ? Self.rowsPerStatement : 1
+            try insert(statement(rows)) { binder in
+                for record in records[start..<(start + rows)] { write(record, &binder) }
+            }
+            start += rows
+        }
+    }
+
+    /// Runs a prepared `INSERT` with the rows `write` gives, bound value by value.
     private func insert(_ statement: Statement, _ write: (inout Binder) -> Void) throws {
         let handle = try prepared(statement)
         defer { sqlite_nio_sqlite3_reset(handle) }

@@ -27,6 +27,41 @@ import Testing
         }
     }
 
+    /// Batches longer than one multi-row statement (32 rows) come back whole, in order and
+    /// field for field, the rows after the last full statement included; a row refused
+    /// inside a multi-row statement takes its whole batch back.
+    @Test(arguments: kinds) func batchesAcrossMultiRowStatementsKeepEveryRowInOrder(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            let records = (0..<(SQLiteAppender.rowsPerStatement * 2 + 7)).map { index in
+                var record = usage("row\(index)")
+                record.usage = TokenUsage(inputTokens: index, outputTokens: index * 2, cachedInputTokens: index % 3)
+                record.errorCode = index.isMultiple(of: 2) ? nil : "e\(index)"
+                return record
+            }
+            try await store.appendUsage(records)
+            #expect(try await store.recentUsage(limit: 1_000) == records.reversed())
+
+            let sqlite = try #require(store as? SQLiteStore)
+            _ = try await sqlite.connection.query(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'bad' BEGIN SELECT RAISE(ABORT, 'row refused'); END", [])
+            var refused = (0..<SQLiteAppender.rowsPerStatement * 2).map { usage("late\($0)") }
+            refused[SQLiteAppender.rowsPerStatement + 3] = usage("bad")
+            await #expect(throws: (any Error).self) { try await store.appendUsage(refused) }
+            #expect(try await store.recentUsage(limit: 1_000).count == records.count)
+
+            let audit = (0..<(SQLiteAppender.rowsPerStatement + 5)).map { index in
+                AuditRecord(timestampMs: Int64(index), node: "n", action: "a", target: "t\(index)", decision: "allow")
+            }
+            try await store.appendAudit(Array(audit[..<3]))
+            try await store.appendAudit(Array(audit[3...]))
+            let stored = try await store.auditRecords(afterPosition: 0, limit: 1_000).records
+            #expect(stored.map(\.target) == audit.map(\.target))
+            #expect(stored.map(\.sequence) == Array(1...Int64(audit.count)))
+            var chain = AuditChain()
+            #expect(chain.verify(stored) == nil)
+        }
+    }
+
     /// A batch with one row SQLite refuses leaves nothing behind, says why, and the next batch
     /// still lands (the failed transaction was rolled back, not left open).
     @Test(arguments: kinds) func aRefusedRowTakesItsWholeBatchBackAndTheNextBatchLands(kind: StoreKind) async throws {
