@@ -97,4 +97,21 @@ import Testing
         #expect(error("{not json")?.code == "invalid_json")
         #expect(error(#"{"model":"a","model":"b","messages":[1]}"#)?.param == "model")
     }
+
+    /// Repeated and missing parameters are found the same way in short bodies (names compared
+    /// with those before) and in bodies of many members (a set of names).
+    @Test(arguments: [2, 12, 40]) func repeatedAndMissingParametersWhateverTheMemberCount(extra: Int) {
+        let padding = (0..<extra).map { #""x\#($0)":\#($0)"# }.joined(separator: ",")
+        func error(_ members: String) -> GatewayError? {
+            do {
+                _ = try ModelRequest.parse(body: Array("{\(padding),\(members)}".utf8), format: .openAI, operation: .chat)
+                return nil
+            } catch { return error }
+        }
+        #expect(error(#""model":"a","messages":[1]"#) == nil)
+        #expect(error(#""model":"a","messages":[1],"x0":1"#)?.message == "The parameter 'x0' appears more than once.")
+        #expect(error(#""model":"a","messages":[1],"model":"b""#)?.param == "model")
+        #expect(error(#""model":"a""#)?.code == "missing_required_parameter")
+        #expect(error(#""messages":[1]"#)?.param == "model")
+    }
 }

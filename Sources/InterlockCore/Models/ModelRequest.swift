@@ -35,8 +35,12 @@ public struct ModelRequest: Sendable {
 
     /// Decodes one member's value (small values only: the hot path avoids this for large ones).
     public func value(_ key: String) -> JSONValue? {
-        guard let raw = rawValue(key) else { return nil }
-        return try? JSONParser.parse(Array(raw))
+        member(key).flatMap { Self.decode(body, $0.valueRange) }
+    }
+
+    /// Decodes the value at `range` of `body` in place (no copy of its bytes).
+    private static func decode(_ body: [UInt8], _ range: Range<Int>) -> JSONValue? {
+        body.withUnsafeBytes { bytes in try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: bytes[range])) }
     }
 
     /// Decodes the whole body; used when a request must be translated to another format.
@@ -125,16 +129,19 @@ extension ModelRequest {
             case (.openAI, .embeddings): openAIEmbeddingParameters
             case (.anthropic, _): anthropicParameters
             }
-        var seen = Set<String>(minimumCapacity: members.count)
-        for member in members {
-            guard seen.insert(member.key).inserted else {
+        // A request has a dozen members or so: comparing each with those before it costs less
+        // than a set of their names. Many members (a hostile body) take the set.
+        var seen: Set<String>? = members.count > 16 ? Set(minimumCapacity: members.count) : nil
+        for (index, member) in members.enumerated() {
+            let repeated = seen == nil ? members[..<index].contains { $0.key == member.key } : seen?.insert(member.key).inserted == false
+            guard !repeated else {
                 throw GatewayError.invalidRequest("The parameter '\(member.key)' appears more than once.", param: member.key)
             }
             guard let expected = parameters[member.key] else { continue }
             try check(member, expected: expected, body: body)
         }
         func require(_ key: String) throws(GatewayError) {
-            guard seen.contains(key) else {
+            guard seen?.contains(key) ?? members.contains(where: { $0.key == key }) else {
                 throw GatewayError.invalidRequest("Missing required parameter: '\(key)'.", code: "missing_required_parameter", param: key)
             }
         }
@@ -179,7 +186,7 @@ extension ModelRequest {
         case .kinds(let kinds):
             guard kinds.contains(member.kind) else { throw fail(member.kind.name) }
         case .integer(let minimum):
-            guard member.kind == .number, let value = try? JSONParser.parse(Array(body[member.valueRange])),
+            guard member.kind == .number, let value = decode(body, member.valueRange),
                 let integer = value.int64Value
             else { throw fail(member.kind == .number ? "a non-integer number" : member.kind.name) }
             guard integer >= minimum else {
@@ -188,7 +195,7 @@ extension ModelRequest {
                     code: "invalid_parameter", param: member.key)
             }
         case .number(let range):
-            guard member.kind == .number, let value = try? JSONParser.parse(Array(body[member.valueRange])).doubleValue else {
+            guard member.kind == .number, let value = decode(body, member.valueRange)?.doubleValue else {
                 throw fail(member.kind.name)
             }
             guard range.contains(value) else {
