@@ -16,17 +16,6 @@ import Testing
             cost: USD(nanos: 7), latencyMs: 0.25, attempts: 2, outcome: .success, status: 200, errorCode: "", runID: "run_1")
     }
 
-    /// Every call inserts into each index of the ledger and the audit log, so they carry only
-    /// the indexes Interlock's queries read (budget spend, audit filters, a run's usage).
-    @Test func theCallTablesCarryOnlyTheIndexesQueriesRead() async throws {
-        try await TestStores.with(.sqliteFile) { store in
-            let sqlite = try #require(store as? SQLiteStore)
-            let rows = try await sqlite.connection.query(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('usage_ledger', 'audit_log') AND sql IS NOT NULL ORDER BY name", [])
-            #expect(rows.compactMap { $0.column("name")?.string } == ["audit_log_agent_ts", "audit_log_ts", "usage_ledger_agent_ts", "usage_ledger_run"])
-        }
-    }
-
     /// Batches longer than one multi-row statement (32 rows) come back whole, in order and
     /// field for field, the rows after the last full statement included; a row refused
     /// inside a multi-row statement takes its whole batch back.

@@ -1,5 +1,5 @@
 import InterlockCore
-import InterlockStore
+@testable import InterlockStore
 import Testing
 
 /// The store interface on both stores (what is SQLite-only says so).
@@ -90,6 +90,31 @@ import Testing
             var chain = AuditChain()
             #expect(chain.verify(stored) == nil, "one chain across both batches")
             #expect(try await store.auditHead()?.hash == stored.last?.hash)
+        }
+    }
+
+    /// Every call inserts into each index of the ledger and the audit log, so they carry only
+    /// the indexes Interlock's queries read (budget spend, audit filters, a run's usage):
+    /// SQLite's migration 13 and PostgreSQL's 6 dropped the rest.
+    @Test(arguments: StoreKind.all) func theCallTablesCarryOnlyTheIndexesQueriesRead(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            let names: [String]
+            if let sqlite = store as? SQLiteStore {
+                names = try await sqlite.connection.query(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('usage_ledger', 'audit_log') AND sql IS NOT NULL ORDER BY name", []
+                ).compactMap { $0.column("name")?.string }
+            } else {
+                let postgres = try #require(store as? PostgresStore)
+                names = try await postgres.rows(
+                    """
+                    SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN ('usage_ledger', 'audit_log')
+                    AND indexname NOT LIKE '%_pkey' ORDER BY indexname
+                    """
+                ).compactMap { $0.text("indexname") }
+            }
+            // PostgreSQL also indexes the audit log by run (`GET /admin/v1/audit?run=`).
+            let expected = ["audit_log_agent_ts", "audit_log_ts", "usage_ledger_agent_ts", "usage_ledger_run"] + (kind == .postgres ? ["audit_log_run"] : [])
+            #expect(names.sorted() == expected.sorted())
         }
     }
 

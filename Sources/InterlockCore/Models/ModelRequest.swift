@@ -28,11 +28,6 @@ public struct ModelRequest: Sendable {
         members.first { $0.key == key }
     }
 
-    /// The raw bytes of a member's value.
-    public func rawValue(_ key: String) -> ArraySlice<UInt8>? {
-        member(key).map { body[$0.valueRange] }
-    }
-
     /// Decodes one member's value (small values only: the hot path avoids this for large ones).
     public func value(_ key: String) -> JSONValue? {
         member(key).flatMap { Self.decode(body, $0.valueRange) }
@@ -133,7 +128,12 @@ extension ModelRequest {
         // than a set of their names. Many members (a hostile body) take the set.
         var seen: Set<String>? = members.count > 16 ? Set(minimumCapacity: members.count) : nil
         for (index, member) in members.enumerated() {
-            let repeated = seen == nil ? members[..<index].contains { $0.key == member.key } : seen?.insert(member.key).inserted == false
+            let repeated: Bool
+            if seen != nil {
+                repeated = seen?.insert(member.key).inserted == false
+            } else {
+                repeated = members[..<index].contains { $0.key == member.key }
+            }
             guard !repeated else {
                 throw GatewayError.invalidRequest("The parameter '\(member.key)' appears more than once.", param: member.key)
             }
