@@ -171,7 +171,10 @@ public final class AgentRegistry: Sendable {
     /// Looks a presented key up by its SHA-256. The lookup compares digests, not keys: its
     /// timing says nothing about how close a guess was to a stored key.
     public func match(apiKey presented: String, nowMs: Int64) -> KeyMatch {
-        let digest = DigestKey(SHA256.hash(data: Array(presented.utf8)))
+        var presented = presented
+        var hasher = SHA256()
+        presented.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }  // no copy of the key into an array
+        let digest = DigestKey(hasher.finalize())
         return snapshot.withLock { snapshot -> KeyMatch in
             guard let record = snapshot.keysByDigest[digest], let entry = snapshot.entries[record.agentID] else { return .unknown }
             switch record.state(nowMs: nowMs) {

@@ -20,12 +20,18 @@ struct CallTracing: Sendable {
 
     /// The trace headers an upstream gets: `span`'s context, else what the agent sent.
     func traceHeaders(_ span: any Span, traceParent: String?, traceState: String?) -> [(String, String)] {
+        var headers: [(String, String)] = []
+        appendTraceHeaders(span, traceParent: traceParent, traceState: traceState, to: &headers)
+        return headers
+    }
+
+    /// Appends `traceparent` and `tracestate`: the running span's when tracing is on, else the
+    /// agent's own, passed through.
+    func appendTraceHeaders(_ span: any Span, traceParent: String?, traceState: String?, to headers: inout [(String, String)]) {
         var carrier: [String: String] = [:]
         if enabled { InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: DictionaryInjector()) }
-        var headers: [(String, String)] = []
         if let value = carrier["traceparent"] ?? traceParent { headers.append(("traceparent", value)) }
         if let value = carrier["tracestate"] ?? traceState { headers.append(("tracestate", value)) }
-        return headers
     }
 
     private static let untraced: any Span = NoOpTracer.NoOpSpan(context: .topLevel)

@@ -34,8 +34,9 @@ public final class ModelGateway: Sendable {
     public let settings: GatewaySettings
     private let retry: RetryPolicy
     private let aliases: [String: ModelAliasSettings]
-    /// Each alias followed by its fallbacks (breadth first, each once), fixed at start.
-    private let aliasChains: [String: [ModelAliasSettings]]
+    /// Each alias followed by its fallbacks (breadth first, each once), each with the states of
+    /// its enabled deployments, fixed at start.
+    private let aliasChains: [String: [(strategy: RoutingStrategy, deployments: [DeploymentState])]]
     private let deployments: [String: DeploymentState]
     private let httpUpstream: any ModelUpstream
     private let mockUpstream: any ModelUpstream
@@ -71,15 +72,15 @@ public final class ModelGateway: Sendable {
             }
         }
         self.deployments = states
-        var chains: [String: [ModelAliasSettings]] = [:]
+        var chains: [String: [(strategy: RoutingStrategy, deployments: [DeploymentState])]] = [:]
         for alias in configuration.models {
-            var chain: [ModelAliasSettings] = []
+            var chain: [(strategy: RoutingStrategy, deployments: [DeploymentState])] = []
             var visited = Set<String>()
             var queue = [alias.name]
             while !queue.isEmpty {
                 let name = queue.removeFirst()
                 guard visited.insert(name).inserted, let settings = self.aliases[name] else { continue }
-                chain.append(settings)
+                chain.append((settings.strategy, settings.deployments.compactMap { states[$0.id] }))
                 queue += settings.fallbacks
             }
             chains[alias.name] = chain
@@ -136,7 +137,8 @@ public final class ModelGateway: Sendable {
         let chain = candidateChain(for: request.alias)
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
         // Reserve for the most expensive deployment the call could land on.
-        let reserve = chain.map { $0.settings.price.cost(of: expected) }.max() ?? .zero
+        var reserve = USD.zero
+        for deployment in chain { reserve = max(reserve, deployment.settings.price.cost(of: expected)) }
         let call = GovernedCall(
             requestID: requestID, caller: caller, targetKind: .model, target: request.alias, operation: request.operation.rawValue,
             stream: request.stream, expectedTokens: expected.totalTokens, expectedCost: reserve, traceParent: traceParent, traceState: traceState,
@@ -244,26 +246,26 @@ public final class ModelGateway: Sendable {
             return .refused(error)
         }
         let span = begin(request, admission: admission)
-        let later = LoopContinuation(request: request, chain: chain, admission: admission, span: span, resume: nil)
+        // Built only when needed: it copies the request.
+        func later() -> LoopStart { .continueAsync(LoopContinuation(request: request, chain: chain, admission: admission, span: span, resume: nil)) }
         guard let body = try? RequestPreparation.body(for: request, provider: first.provider, deployment: first.settings, defaultMaxTokens: settings.defaultMaxOutputTokens)
-        else { return .continueAsync(later) }
+        else { return later() }
         switch first.acquireBreaker() {
         case .allowed: break
         case .probe:
             first.releaseProbe()
-            return .continueAsync(later)
+            return later()
         case .rejected:
-            return .continueAsync(later)
+            return later()
         }
         let expected = request.expectedUsage(defaultMaxOutputTokens: settings.defaultMaxOutputTokens)
         // A deployment limited across the cluster is counted in the store: the waiting path.
         if governor.shared != nil, !first.settings.limits.isUnlimited {
             first.releaseProbe()
-            return .continueAsync(later)
+            return later()
         }
-        guard first.limiter.acquireImmediately(tokens: expected.totalTokens) else { return .continueAsync(later) }
-        var headers = endpoint.headers + upstreamHeaders(admission, span: span)
-        if request.stream { headers.append(("accept", "text/event-stream")) }
+        guard first.limiter.acquireImmediately(tokens: expected.totalTokens) else { return later() }
+        let headers = upstreamHeaders(admission, span: span, after: endpoint.headers, stream: request.stream)
         return .send(LoopAttempt(
             target: target, headers: headers, body: ByteBuffer(bytes: body),
             timeout: .milliseconds(first.settings.timeoutMs ?? settings.upstreamTimeoutMs), maxResponseBytes: min(maxResponseBytes, self.maxResponseBytes),
@@ -375,8 +377,7 @@ public final class ModelGateway: Sendable {
     private func candidateChain(for alias: String) -> [DeploymentState] {
         var chain: [DeploymentState] = []
         var generator = SystemRandomNumberGenerator()
-        for settings in aliasChains[alias] ?? [] {
-            let states = settings.deployments.compactMap { deployments[$0.id] }
+        for (strategy, states) in aliasChains[alias] ?? [] {
             if states.count == 1 {
                 // Nothing to choose between: skip the ranking.
                 if states[0].wouldAllow() { chain.append(states[0]) }
@@ -387,7 +388,7 @@ public final class ModelGateway: Sendable {
                     id: state.settings.id, tier: state.settings.tier, weight: state.settings.weight, price: state.settings.price,
                     latencyMs: state.latencyMs, available: state.wouldAllow(), hasCapacity: !state.limiter.isThrottled())
             }
-            let ranked = ModelRouter.rank(candidates, strategy: settings.strategy, expected: .zero, using: &generator)
+            let ranked = ModelRouter.rank(candidates, strategy: strategy, expected: .zero, using: &generator)
             chain += ranked.compactMap { deployments[$0] }
         }
         return chain
@@ -543,8 +544,18 @@ public final class ModelGateway: Sendable {
     }
 
     /// Headers of this request for the upstream: request id and trace context.
-    private func upstreamHeaders(_ admission: CallGovernor.Admission, span: any Span) -> [(String, String)] {
-        [("x-request-id", admission.call.requestID)] + tracing.traceHeaders(span, traceParent: admission.call.traceParent, traceState: admission.call.traceState)
+    /// `endpoint` (the provider's own headers) followed by the request id, the trace context
+    /// and, for a stream, `accept`: built in one array (this runs on every call).
+    private func upstreamHeaders(
+        _ admission: CallGovernor.Admission, span: any Span, after endpoint: [(String, String)] = [], stream: Bool = false
+    ) -> [(String, String)] {
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(endpoint.count + 4)
+        headers.append(contentsOf: endpoint)
+        headers.append(("x-request-id", admission.call.requestID))
+        tracing.appendTraceHeaders(span, traceParent: admission.call.traceParent, traceState: admission.call.traceState, to: &headers)
+        if stream { headers.append(("accept", "text/event-stream")) }
+        return headers
     }
 
     /// One try against one deployment. `timing` is called once the upstream answered with

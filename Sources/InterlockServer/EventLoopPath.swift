@@ -132,6 +132,10 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// NIO's encoder would know this from the decoder; that link is off (see `setup`).
     private var routerHeadsWithoutBody = CircularBuffer<Bool>()
     private var droppingRouterBody = false
+    /// Whether a request part went to the router since the last read-complete. Only then do the
+    /// handlers behind this one (Hummingbird's, the async channel's) hear of read-complete:
+    /// a read cycle of this handler's own calls is nothing to them.
+    private var passedSinceReadComplete = false
 
     private final class StreamState {
         let upstream: LoopHTTPStream
@@ -185,6 +189,9 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
                 body.writeBuffer(&chunk)
                 forward(head: head, body: body, end: false, context: context)
                 mode = .forwarding
+            } else if body.readableBytes == 0 {
+                // Most bodies arrive in one piece: keep it as it came, without a copy.
+                mode = .collecting(head, chunk, route)
             } else {
                 mode = .idle  // drop the buffer's second reference before appending
                 body.writeBuffer(&chunk)
@@ -194,10 +201,16 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             start(head: head, body: body, route: route, context: context)
         case (.forwarding, .end):
             mode = .idle
-            context.fireChannelRead(wrapInboundOut(part))
+            pass(part, context: context)
         default:
-            context.fireChannelRead(wrapInboundOut(part))
+            pass(part, context: context)
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        guard passedSinceReadComplete else { return }
+        passedSinceReadComplete = false
+        context.fireChannelReadComplete()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -290,14 +303,20 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func passOn(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         routerResponsesPending += 1
         routerHeadsWithoutBody.append(head.method == .HEAD || head.method == .CONNECT)
-        context.fireChannelRead(wrapInboundOut(.head(head)))
+        pass(.head(head), context: context)
+    }
+
+    /// Hands a request part to the router.
+    private func pass(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        passedSinceReadComplete = true
+        context.fireChannelRead(wrapInboundOut(part))
     }
 
     /// Hands a request to the router, as it arrived.
     private func forward(head: HTTPRequestHead, body: ByteBuffer, end: Bool, context: ChannelHandlerContext) {
         passOn(head, context: context)
-        if body.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(body))) }
-        if end { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+        if body.readableBytes > 0 { pass(.body(body), context: context) }
+        if end { pass(.end(nil), context: context) }
         releaseQuiesce(context: context)
     }
 
@@ -611,7 +630,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             if case .busy = mode { break }
             process(held.removeFirst(), context: context)
         }
-        if replaying { context.fireChannelReadComplete() }
+        if replaying { channelReadComplete(context: context) }
         if readPending {
             if case .busy = mode { return }
             readPending = false

@@ -34,6 +34,29 @@ import Testing
         for (value, text) in cases { #expect(ModelRoutes.format3(value) == text, "\(value)") }
     }
 
+    @Test func fixedPointAndHexMatchTheirPlainDefinitions() {
+        // The plain definition: whole part, then the fraction's digits without trailing zeros.
+        func plain(_ units: Int64, scale: Int) -> String {
+            var divisor: UInt64 = 1
+            for _ in 0..<scale { divisor *= 10 }
+            var fraction = scale == 0 ? "" : String(units.magnitude % divisor)
+            fraction = String(repeating: "0", count: scale - fraction.count) + fraction
+            while fraction.hasSuffix("0") { fraction.removeLast() }
+            return (units < 0 ? "-" : "") + String(units.magnitude / divisor) + (fraction.isEmpty ? "" : "." + fraction)
+        }
+        let values: [Int64] = [0, 1, -1, 9, 10, 100, 123_000, 2_500, 3_000, -2_500, 1_000_000_007, 999_999_999, .max, .min, .min + 1]
+        for value in values {
+            for scale in [0, 1, 3, 9, 18] {
+                #expect(ASCIIText.fixedPoint(value, scale: scale) == plain(value, scale: scale), "\(value) at scale \(scale)")
+            }
+        }
+        let bytes: [UInt8] = [0x00, 0x0f, 0x10, 0x7f, 0x80, 0xab, 0xff]
+        let hex = bytes.withUnsafeBytes(ASCIIText.hex)
+        #expect(hex == bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+        #expect(hex == "000f107f80abff")
+        #expect([UInt8]().withUnsafeBytes(ASCIIText.hex) == "")
+    }
+
     @Test func digitsMatchTheStandardLibrary() {
         for value: UInt64 in [0, 1, 9, 10, 35, 36, 255, 1000, 123_456_789, UInt64(Int64.max), .max] {
             for radix: UInt64 in [2, 10, 16, 36] {

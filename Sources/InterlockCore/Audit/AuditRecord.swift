@@ -212,13 +212,7 @@ public struct AuditChain: Sendable {
         return nil
     }
 
-    static func hex(_ digest: some Sequence<UInt8>) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity(64)
-        for byte in digest {
-            out.append(ASCIIText.hexDigit(byte >> 4))
-            out.append(ASCIIText.hexDigit(byte & 0x0F))
-        }
-        return String(decoding: out, as: UTF8.self)
+    static func hex(_ digest: SHA256.Digest) -> String {
+        digest.withUnsafeBytes(ASCIIText.hex)
     }
 }

@@ -37,30 +37,57 @@ public enum ASCIIText {
 
     /// `units` divided by 10^`scale`, with no trailing zeros in the fraction: `fixedPoint(123_000,
     /// scale: 9)` is `0.000123`, `fixedPoint(2_500, scale: 3)` is `2.5`, `fixedPoint(3_000, scale: 3)` is `3`.
+    /// Written straight into the string's storage (costs and overheads go out on every call).
     public static func fixedPoint(_ units: Int64, scale: Int) -> String {
         precondition((0...18).contains(scale), "scale out of range")
         var divisor: UInt64 = 1
         for _ in 0..<scale { divisor *= 10 }
-        var out: [UInt8] = []
-        out.reserveCapacity(24)
-        if units < 0 { out.append(UInt8(ascii: "-")) }
-        out.append(contentsOf: digits(units.magnitude / divisor).utf8)
+        var whole = units.magnitude / divisor
         var fraction = units.magnitude % divisor
-        if fraction != 0 {
-            var places = scale
-            while fraction % 10 == 0 {
-                fraction /= 10
-                places -= 1
-            }
-            out.append(UInt8(ascii: "."))
-            let start = out.count
-            for _ in 0..<places {
-                out.append(UInt8(ascii: "0") + UInt8(fraction % 10))
-                fraction /= 10
-            }
-            out[start...].reverse()
+        var places = fraction == 0 ? 0 : scale
+        while places > 0, fraction % 10 == 0 {
+            fraction /= 10
+            places -= 1
         }
-        return String(decoding: out, as: UTF8.self)
+        var wholeDigits = 1
+        var rest = whole / 10
+        while rest > 0 {
+            wholeDigits += 1
+            rest /= 10
+        }
+        let sign = units < 0 ? 1 : 0
+        let length = sign + wholeDigits + (places > 0 ? 1 + places : 0)
+        return String(unsafeUninitializedCapacity: length) { buffer in
+            // Right to left: the fraction's digits, the point, the whole part, the sign.
+            var index = length
+            for _ in 0..<places {
+                index -= 1
+                buffer[index] = UInt8(ascii: "0") + UInt8(fraction % 10)
+                fraction /= 10
+            }
+            if places > 0 {
+                index -= 1
+                buffer[index] = UInt8(ascii: ".")
+            }
+            repeat {
+                index -= 1
+                buffer[index] = UInt8(ascii: "0") + UInt8(whole % 10)
+                whole /= 10
+            } while whole > 0
+            if sign == 1 { buffer[0] = UInt8(ascii: "-") }
+            return length
+        }
+    }
+
+    /// Lowercase hex of some bytes (digests), written straight into the string's storage.
+    public static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
+        String(unsafeUninitializedCapacity: bytes.count * 2) { buffer in
+            for (index, byte) in bytes.enumerated() {
+                buffer[2 * index] = hexDigit(byte >> 4)
+                buffer[2 * index + 1] = hexDigit(byte & 0x0F)
+            }
+            return bytes.count * 2
+        }
     }
 
     /// Whether `haystack` contains `needle` (lowercase ASCII), ignoring ASCII case.

@@ -10,14 +10,13 @@ public enum RequestPreparation {
             throw GatewayError(kind: .invalidRequest, code: "operation_not_supported", message: "The model '\(request.alias)' does not support embeddings.", param: "model")
         }
         if native == request.format {
-            var replacements: [String: [UInt8]] = [:]
-            var modelBytes: [UInt8] = []
-            JSONWriter.writeString(deployment.model, into: &modelBytes)
-            replacements["model"] = modelBytes
+            var model: [UInt8] = []
+            model.reserveCapacity(deployment.model.utf8.count + 2)
+            JSONWriter.writeString(deployment.model, into: &model)
             if native == .openAI, request.stream {
-                replacements["stream_options"] = Array(#"{"include_usage":true}"#.utf8)
+                return splice(request, replacing: [("model", model), ("stream_options", Array(#"{"include_usage":true}"#.utf8))])
             }
-            return splice(request, replacing: replacements)
+            return splice(request, replacing: [("model", model)])
         }
         let decoded = try request.decodedBody()
         switch native {
@@ -28,28 +27,31 @@ public enum RequestPreparation {
         }
     }
 
-    /// Rewrites top-level members in place; members not present are appended.
-    static func splice(_ request: ModelRequest, replacing replacements: [String: [UInt8]]) -> [UInt8] {
+    /// Rewrites top-level members in place; members not present are appended (in name order).
+    /// `replacements` are a few distinct names: a list, not a dictionary, on every call's path.
+    static func splice(_ request: ModelRequest, replacing replacements: [(name: String, value: [UInt8])]) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(request.body.count + 64)
         var cursor = 0
-        var pending = replacements
+        var spliced = 0
         for member in request.members {
-            guard let replacement = pending.removeValue(forKey: member.key) else { continue }
+            guard let replacement = replacements.first(where: { $0.name == member.key }) else { continue }
             out += request.body[cursor..<member.valueRange.lowerBound]
-            out += replacement
+            out += replacement.value
             cursor = member.valueRange.upperBound
+            spliced += 1
         }
-        guard !pending.isEmpty else {
+        guard spliced < replacements.count else {
             out += request.body[cursor...]
             return out
         }
         // Insert the remaining members just before the closing brace.
         guard let close = request.body.lastIndex(of: UInt8(ascii: "}")) else { return request.body }
         out += request.body[cursor..<close]
-        for (key, value) in pending.sorted(by: { $0.key < $1.key }) {
+        let present = Set(request.members.lazy.map(\.key))
+        for (name, value) in replacements.sorted(by: { $0.name < $1.name }) where !present.contains(name) {
             if !request.members.isEmpty || out.last != UInt8(ascii: "{") { out.append(UInt8(ascii: ",")) }
-            JSONWriter.writeString(key, into: &out)
+            JSONWriter.writeString(name, into: &out)
             out.append(UInt8(ascii: ":"))
             out += value
         }
