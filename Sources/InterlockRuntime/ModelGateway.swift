@@ -543,9 +543,8 @@ public final class ModelGateway: Sendable {
         throw lastError ?? GatewayError(kind: .upstream, code: "upstream_error", message: "No deployment could serve the request.")
     }
 
-    /// Headers of this request for the upstream: request id and trace context.
-    /// `endpoint` (the provider's own headers) followed by the request id, the trace context
-    /// and, for a stream, `accept`: built in one array (this runs on every call).
+    /// Headers of this request for the upstream: `endpoint` (the provider's own), the request
+    /// id, the trace context and, for a stream, `accept`, built in one array (every call asks).
     private func upstreamHeaders(
         _ admission: CallGovernor.Admission, span: any Span, after endpoint: [(String, String)] = [], stream: Bool = false
     ) -> [(String, String)] {

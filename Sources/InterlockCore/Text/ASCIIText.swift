@@ -13,12 +13,7 @@ public enum ASCIIText {
     /// are written on every call.
     public static func digits(_ value: UInt64, radix: UInt64 = 10, after prefix: String = "") -> String {
         precondition((2...36).contains(radix), "radix out of range")
-        var count = 1
-        var rest = value / radix
-        while rest > 0 {
-            count += 1
-            rest /= radix
-        }
+        let count = digitCount(value, radix: radix)
         var prefix = prefix
         return prefix.withUTF8 { head in
             String(unsafeUninitializedCapacity: head.count + count) { buffer in
@@ -35,6 +30,17 @@ public enum ASCIIText {
         }
     }
 
+    /// How many digits `value` has in `radix`.
+    private static func digitCount(_ value: UInt64, radix: UInt64) -> Int {
+        var count = 1
+        var rest = value / radix
+        while rest > 0 {
+            count += 1
+            rest /= radix
+        }
+        return count
+    }
+
     /// `units` divided by 10^`scale`, with no trailing zeros in the fraction: `fixedPoint(123_000,
     /// scale: 9)` is `0.000123`, `fixedPoint(2_500, scale: 3)` is `2.5`, `fixedPoint(3_000, scale: 3)` is `3`.
     /// Written straight into the string's storage (costs and overheads go out on every call).
@@ -49,12 +55,7 @@ public enum ASCIIText {
             fraction /= 10
             places -= 1
         }
-        var wholeDigits = 1
-        var rest = whole / 10
-        while rest > 0 {
-            wholeDigits += 1
-            rest /= 10
-        }
+        let wholeDigits = digitCount(whole, radix: 10)
         let sign = units < 0 ? 1 : 0
         let length = sign + wholeDigits + (places > 0 ? 1 + places : 0)
         return String(unsafeUninitializedCapacity: length) { buffer in
