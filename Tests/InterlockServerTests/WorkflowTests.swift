@@ -378,6 +378,48 @@ import Testing
         }
     }
 
+    /// A signal that lands while the execution is giving its run back makes the run due at
+    /// once; the scheduler may claim it before the ending execution is off its list. Such a
+    /// claim must still be executed, not held unused until the lease runs out (30 s here).
+    @Test func runsClaimedWhileTheirExecutionEndsAreExecuted() async throws {
+        try await FakeWeatherAPI.serve { _, port, specPath in
+            let napper = """
+                workflow: napper
+                agent: runner
+                steps:
+                  - { id: nap, kind: sleep, duration_ms: 400 }
+                """
+            let harness = try await Harness.make(
+                try Self.config(port: port, specPath: specPath, workflows: [napper]).replacing(
+                    "workflows: [alerting, checker, looping, sloppy]", with: "workflows: [napper]"))
+            try await harness.withWorkerClosing {
+                try await Application(router: harness.router).test(.router) { client in
+                    for _ in 0..<10 {
+                        var ids: [String] = []
+                        for _ in 0..<6 {
+                            let id = try await start(client, #"{"workflow":"napper"}"#)
+                            ids.append(id)
+                            try await client.execute(uri: "/v1/runs/\(id)/pause", method: .post, headers: auth(Self.operatorToken)) { response in
+                                #expect(response.status == .accepted)
+                            }
+                        }
+                        for id in ids {
+                            let paused = try await waitFor(client, id, timeout: .seconds(5)) { $0["status"] == "paused" }
+                            #expect(paused["status"] == "paused")
+                            try await client.execute(uri: "/v1/runs/\(id)/resume", method: .post, headers: auth(Self.operatorToken)) { response in
+                                #expect(response.status == .accepted)
+                            }
+                        }
+                        for id in ids {
+                            let done = try await waitFor(client, id, timeout: .seconds(5)) { $0["status"] == "completed" }
+                            #expect(done["status"] == "completed")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     static let eventFlows = [
         """
         workflow: heatwatch

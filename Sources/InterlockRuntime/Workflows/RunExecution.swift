@@ -74,9 +74,21 @@ final class RunExecution: Sendable {
         return logger
     }
 
-    func run() async {
+    /// Executes the run until it waits, ends or is lost. `confirmingLease`: the run was
+    /// claimed while an execution of it was ending here; that claim may have been the one
+    /// the ending execution gave up (it outlived its lease), so it goes on only if the
+    /// lease is still this node's.
+    func run(confirmingLease: Bool = false) async {
         var iterator = messages.makeAsyncIterator()
         do {
+            if confirmingLease {
+                let now = engine.wallClockMs()
+                let held = try await engine.store.renewLeases(owner: engine.owner, runIDs: [runID], leaseUntilMs: now + Int64(engine.settings.leaseMs))
+                guard held.contains(runID) else {
+                    await finish(&iterator)
+                    return
+                }
+            }
             try await execute(&iterator)
             await finish(&iterator)
         } catch let lost as RunLeaseLost {

@@ -34,7 +34,12 @@ public final class WorkflowEngine: Service, Sendable {
     /// Wakes the event dispatcher (an event was published).
     let dispatchWake = WakeSignal()
     /// Runs executing here, by id, to nudge them when something they wait for happens.
-    private let active = Mutex<[String: RunExecution.Handle]>([:])
+    private struct ActiveRuns {
+        var handles: [String: RunExecution.Handle] = [:]
+        /// Runs the scheduler claimed while they were listed here.
+        var claimedAgain: Set<String> = []
+    }
+    private let active = Mutex<ActiveRuns>(ActiveRuns())
     private let stopping = Atomic<Bool>(false)
     /// Short store writes started from synchronous callbacks (waking a run), awaited before
     /// `run` returns so none outlives the engine.
@@ -85,7 +90,7 @@ public final class WorkflowEngine: Service, Sendable {
                 group.addTask { await self.dispatchEvents() }
                 group.addTask { await self.renewLeases() }
                 while !self.isStopping {
-                    let free = self.settings.maxActiveRuns - self.active.withLock { $0.count }
+                    let free = self.settings.maxActiveRuns - self.active.withLock { $0.handles.count }
                     if free > 0 {
                         let now = self.wallClockMs()
                         let claimed: [String]
@@ -95,16 +100,20 @@ public final class WorkflowEngine: Service, Sendable {
                             if !self.isStopping { self.logger.error("claiming runs failed", metadata: ["error": "\(error)"]) }
                             claimed = []
                         }
-                        // A run still executing here whose lease ran out (a paused process) is
-                        // claimed back by this node, not started a second time.
-                        for runID in claimed where self.active.withLock({ $0[runID] == nil }) {
+                        for runID in claimed {
                             let execution = RunExecution(engine: self, runID: runID)
-                            self.active.withLock { $0[runID] = execution.handle }
-                            group.addTask {
-                                await execution.run()
-                                self.active.withLock { _ = $0.removeValue(forKey: runID) }
-                                self.scheduleWake.signal()
+                            // A run still executing here is not started a second time: its lease
+                            // ran out (a paused process) or it was given back a moment ago. The
+                            // execution looks again when it ends (`execute`).
+                            let isNew = self.active.withLock { active in
+                                guard active.handles[runID] == nil else {
+                                    active.claimedAgain.insert(runID)
+                                    return false
+                                }
+                                active.handles[runID] = execution.handle
+                                return true
                             }
+                            if isNew { group.addTask { await self.execute(execution) } }
                         }
                         if claimed.count == free { continue }
                     }
@@ -118,8 +127,34 @@ public final class WorkflowEngine: Service, Sendable {
             self.stopping.store(true, ordering: .relaxed)
             self.scheduleWake.signal()
             self.dispatchWake.signal()
-            for handle in self.active.withLock({ Array($0.values) }) { handle.nudge() }
+            for handle in self.active.withLock({ Array($0.handles.values) }) { handle.nudge() }
         }
+    }
+
+    /// Executes a claimed run, and again while the scheduler claimed it during an execution's
+    /// end: the execution had given the run back (a step's result or a signal made it due at
+    /// once) but was still listed here, so the claim started nothing. Without a second look
+    /// the run would wait out the lease this node now holds.
+    private func execute(_ first: RunExecution) async {
+        var execution = first
+        var claimedAgain = false
+        while true {
+            await execution.run(confirmingLease: claimedAgain)
+            let runID = execution.runID
+            let next: RunExecution? = active.withLock { active in
+                guard active.claimedAgain.remove(runID) != nil else {
+                    active.handles[runID] = nil
+                    return nil
+                }
+                let next = RunExecution(engine: self, runID: runID)
+                active.handles[runID] = next.handle
+                return next
+            }
+            guard let next else { break }
+            execution = next
+            claimedAgain = true
+        }
+        scheduleWake.signal()
     }
 
     /// Nudges a run executing here that another node woke, and wakes the scheduler and the
@@ -129,12 +164,12 @@ public final class WorkflowEngine: Service, Sendable {
         for await notification in stream {
             switch notification {
             case .runs(let runID):
-                if let runID { active.withLock { $0[runID] }?.nudge() }
+                if let runID { active.withLock { $0.handles[runID] }?.nudge() }
                 scheduleWake.signal()
             case .events:
                 dispatchWake.signal()
             case .resync:
-                for handle in active.withLock({ Array($0.values) }) { handle.nudge() }
+                for handle in active.withLock({ Array($0.handles.values) }) { handle.nudge() }
                 scheduleWake.signal()
                 dispatchWake.signal()
             case .registry, .signingKeys, .sessionEnded:
@@ -146,13 +181,13 @@ public final class WorkflowEngine: Service, Sendable {
     /// Keeps the leases of the runs executing here alive; a run whose lease was lost stops.
     private func renewLeases() async {
         let interval = max(100, settings.leaseMs / 3)
-        while !(isStopping && active.withLock({ $0.isEmpty })), !Task.isCancelled {
+        while !(isStopping && active.withLock({ $0.handles.isEmpty })), !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(interval))
-            let ids = active.withLock { Array($0.keys) }
+            let ids = active.withLock { Array($0.handles.keys) }
             guard !ids.isEmpty else { continue }
             do {
                 let held = try await store.renewLeases(owner: owner, runIDs: ids, leaseUntilMs: wallClockMs() + Int64(settings.leaseMs))
-                for id in ids where !held.contains(id) { active.withLock { $0[id] }?.leaseLost() }
+                for id in ids where !held.contains(id) { active.withLock { $0.handles[id] }?.leaseLost() }
             } catch {
                 logger.warning("renewing run leases failed", metadata: ["error": "\(error)"])
             }
@@ -162,7 +197,7 @@ public final class WorkflowEngine: Service, Sendable {
     /// Wakes a run executing here, and makes it due now in the store: an execution about to
     /// give the run back (it had just seen nothing to do) would otherwise miss the wake.
     func nudge(_ runID: String) {
-        active.withLock { $0[runID] }?.nudge()
+        active.withLock { $0.handles[runID] }?.nudge()
         let now = wallClockMs()
         let key = backgroundCounter.add(1, ordering: .relaxed).newValue
         // Made under the lock, so the task's own removal (which takes it) comes after.
