@@ -281,7 +281,7 @@ import Testing
         workflow: napper
         agent: runner
         steps:
-          - { id: nap, kind: sleep, duration_ms: 300 }
+          - { id: nap, kind: sleep, duration_ms: 1500 }
           - { id: after, kind: tool, tool: weather.getForecast, arguments: { city: Nap } }
         """,
         """
@@ -381,22 +381,24 @@ import Testing
     /// A signal that lands while the execution is giving its run back makes the run due at
     /// once; the scheduler may claim it before the ending execution is off its list. Such a
     /// claim must still be executed, not held unused until the lease runs out (30 s here).
+    /// The nap is long so that a loaded machine still pauses each run before it wakes. A
+    /// stress test: with two busy loops beside it, it failed two runs of three before the fix.
     @Test func runsClaimedWhileTheirExecutionEndsAreExecuted() async throws {
         try await FakeWeatherAPI.serve { _, port, specPath in
             let napper = """
                 workflow: napper
                 agent: runner
                 steps:
-                  - { id: nap, kind: sleep, duration_ms: 400 }
+                  - { id: nap, kind: sleep, duration_ms: 2500 }
                 """
             let harness = try await Harness.make(
                 try Self.config(port: port, specPath: specPath, workflows: [napper]).replacing(
                     "workflows: [alerting, checker, looping, sloppy]", with: "workflows: [napper]"))
             try await harness.withWorkerClosing {
                 try await Application(router: harness.router).test(.router) { client in
-                    for _ in 0..<10 {
+                    for _ in 0..<5 {
                         var ids: [String] = []
-                        for _ in 0..<6 {
+                        for _ in 0..<8 {
                             let id = try await start(client, #"{"workflow":"napper"}"#)
                             ids.append(id)
                             try await client.execute(uri: "/v1/runs/\(id)/pause", method: .post, headers: auth(Self.operatorToken)) { response in
