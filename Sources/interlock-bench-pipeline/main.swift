@@ -50,11 +50,11 @@ let answer = LoopHTTPResponse(
     status: 200, headers: answerHeaders, body: ByteBuffer(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/chat.json")))))
 let key = "bench-agent-key-0000000001"
 
-func measure(_ name: String, _ body: () throws -> Void) rethrows -> Double {
+func measure(_ name: String, count: Int = calls, _ body: () throws -> Void) rethrows -> Double {
     let clock = ContinuousClock()
     let start = clock.now
-    for _ in 0..<calls { try body() }
-    let micros = start.duration(to: clock.now).milliseconds * 1000 / Double(calls)
+    for _ in 0..<count { try body() }
+    let micros = start.duration(to: clock.now).milliseconds * 1000 / Double(count)
     print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%8.2f", micros)) µs/call")
     return micros
 }
@@ -75,6 +75,16 @@ let agent = try governor.authenticate(apiKey: key)
 let parsed = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat)
 _ = try measure("authenticate (API key: SHA-256, lookup)") { _ = try governor.authenticate(apiKey: key) }
 _ = try measure("parse request (JSON scan, parameter checks)") { _ = try ModelRequest.parse(body: requestBody, format: .openAI, operation: .chat) }
+// A long prompt (64 KiB of prose in one message, as agents with long contexts send) and a
+// long answer (16 KiB) whose usage comes last: the JSON scans grow with them.
+let sentence = #"The agent read the ticket, said \"on it\", and opened the runbook.\n"#
+let longPrompt = String(repeating: sentence, count: 65_536 / sentence.utf8.count)
+let longRequest = Array(#"{"model":"bench","messages":[{"role":"system","content":"You help."},{"role":"user","content":"\#(longPrompt)"}],"max_tokens":64}"#.utf8)
+let longAnswer = Array(
+    #"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"\#(longPrompt.prefix(16_384))"},"finish_reason":"stop"}],"usage":{"prompt_tokens":16000,"completion_tokens":4000,"total_tokens":20000}}"#
+        .utf8)
+_ = try measure("parse request, 64 KiB prompt", count: max(1, calls / 50)) { _ = try ModelRequest.parse(body: longRequest, format: .openAI, operation: .chat) }
+_ = try measure("find usage in a 16 KiB answer", count: max(1, calls / 20)) { _ = try longAnswer.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) } }
 var index = 0
 let total = try measure("whole call: authenticate … finishOnLoop") {
     index += 1

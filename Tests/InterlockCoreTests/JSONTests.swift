@@ -57,6 +57,39 @@ import Testing
         let broken = Array(#"{"usage":{"n":1},"rest":[}"#.utf8)
         #expect(throws: JSONSyntaxError.self) { try broken.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) } }
     }
+
+    /// Strings are read eight bytes at a time until a word holds a quote, a backslash or a
+    /// control character: every such byte, at every offset around the word boundaries, is
+    /// still found, whether the string is decoded (`parse`) or skipped (`member(named:)`).
+    @Test func stringsAreReadTheSameWhereverTheirSpecialBytesFall() throws {
+        let specials: [(json: String, decoded: String?)] = [
+            (#"\""#, "\""), (#"\\"#, "\\"), (#"\n"#, "\n"), (#"\u00e9"#, "é"), ("é", "é"), ("\u{7f}", "\u{7f}"),
+            // Neighbours of the bytes sought, which must read as plain.
+            (" ", " "), ("!", "!"), ("#", "#"), ("[", "["), ("]", "]"), ("\u{80}", "\u{80}"),
+            ("\u{1f}", nil), ("\t", nil), ("\u{0}", nil),
+        ]
+        for length in 0..<26 {
+            for offset in 0...length {
+                for special in specials {
+                    let before = String(repeating: "a", count: offset)
+                    let after = String(repeating: "b", count: length - offset)
+                    let text = "\"" + before + special.json + after + "\""
+                    let document = Array(#"{"s":\#(text),"n":[1, " "]}"#.utf8)
+                    if let decoded = special.decoded {
+                        #expect(try JSONParser.parse(text) == .string(before + decoded + after), "\(text.debugDescription)")
+                        let member = try document.withUnsafeBytes { try JSONParser.member(named: "n", in: $0) }
+                        #expect(member.map { String(decoding: document[$0.valueRange], as: UTF8.self) } == #"[1, " "]"#, "\(text.debugDescription)")
+                    } else {
+                        #expect(throws: JSONSyntaxError.self, "\(text.debugDescription)") { try JSONParser.parse(text) }
+                        #expect(throws: JSONSyntaxError.self, "\(text.debugDescription)") { try document.withUnsafeBytes { try JSONParser.member(named: "n", in: $0) } }
+                    }
+                }
+            }
+            // Unterminated, the quote missing at every length.
+            let open = "\"" + String(repeating: "a", count: length)
+            #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(open) }
+        }
+    }
 }
 
 @Suite struct ModelRequestTests {

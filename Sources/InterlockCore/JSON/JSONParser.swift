@@ -346,7 +346,9 @@ public struct JSONParser: ~Copyable {
 
     private mutating func skipString() throws(JSONSyntaxError) {
         index += 1  // opening quote
-        while index < bytes.count {
+        while true {
+            skipPlainBytes()
+            guard index < bytes.count else { break }
             let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "\""):
@@ -377,6 +379,40 @@ public struct JSONParser: ~Copyable {
         throw error("unterminated string")
     }
 
+    /// Moves past the bytes of a string that need no attention: all but a quote, a backslash
+    /// and control characters. Eight at a time while a whole word has none of them (most of a
+    /// prompt), then byte by byte to the first that does.
+    @inline(__always)
+    private mutating func skipPlainBytes() {
+        let count = bytes.count
+        while index &+ 8 <= count {
+            let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+            if Self.hasSpecialByte(word) { break }
+            index &+= 8
+        }
+        while index < count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 { return }
+            index &+= 1
+        }
+    }
+
+    /// Whether any of a word's eight bytes is a quote, a backslash or below 0x20. The classic
+    /// zero-byte test (`(x - 0x01…) & ~x & 0x80…`) on the word XORed with each byte sought, and
+    /// its "less than" form for control characters: it may also flag a byte above one that
+    /// matched (a borrow), never miss one, so a flagged word is read byte by byte.
+    @inline(__always)
+    static func hasSpecialByte(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let quotes = word ^ (ones &* 0x22)
+        let backslashes = word ^ (ones &* 0x5C)
+        let zeroQuote = (quotes &- ones) & ~quotes
+        let zeroBackslash = (backslashes &- ones) & ~backslashes
+        let control = (word &- ones &* 0x20) & ~word
+        return (zeroQuote | zeroBackslash | control) & highs != 0
+    }
+
     private static func hexValue(_ byte: UInt8) -> UInt32? {
         switch byte {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(byte - UInt8(ascii: "0"))
@@ -401,15 +437,11 @@ public struct JSONParser: ~Copyable {
         index += 1  // opening quote
         let start = index
         // Fast path: no escapes.
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") {
-                let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
-                index += 1
-                return String(decoding: slice, as: UTF8.self)
-            }
-            if byte == UInt8(ascii: "\\") || byte < 0x20 { break }
+        skipPlainBytes()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
             index += 1
+            return String(decoding: slice, as: UTF8.self)
         }
         var scalars: [UInt8] = Array(UnsafeRawBufferPointer(rebasing: bytes[start..<index]))
         while index < bytes.count {
