@@ -85,6 +85,17 @@ let longAnswer = Array(
         .utf8)
 _ = try measure("parse request, 64 KiB prompt", count: max(1, calls / 50)) { _ = try ModelRequest.parse(body: longRequest, format: .openAI, operation: .chat) }
 _ = try measure("find usage in a 16 KiB answer", count: max(1, calls / 20)) { _ = try longAnswer.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) } }
+// A stream's events as the relay reads them: the bench stream, in 4 KiB reads, repeated to 64 KiB.
+let streamBytes = Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/stream.sse")))
+var streamReads: [ByteBuffer] = []
+var streamText: [UInt8] = []
+while streamText.count < 65_536 { streamText += streamBytes }
+for start in stride(from: 0, to: streamText.count, by: 4096) { streamReads.append(ByteBuffer(bytes: streamText[start..<min(start + 4096, streamText.count)])) }
+var streamEvents = 0
+_ = measure("read SSE events from a 64 KiB stream", count: max(1, calls / 50)) {
+    var parser = ServerSentEventParser()
+    for read in streamReads { streamEvents &+= parser.consume(read.readableBytesView).count }
+}
 var index = 0
 let total = try measure("whole call: authenticate … finishOnLoop") {
     index += 1

@@ -23,6 +23,27 @@ import Testing
         }
     }
 
+    /// Contiguous chunks are read a line run at a time; other sequences byte by byte. Both
+    /// read every line ending (LF, CRLF, CR) the same, wherever a chunk ends.
+    @Test func contiguousAndByteByByteReadingAgree() {
+        let stream = "data: a\rdata: b\r\r: note\r\nevent: e\r\ndata: \(String(repeating: "x", count: 300))\n\nid: 7\ndata: c\r\n\r\ndata: tail"
+        let bytes = Array(stream.utf8)
+        for split in 0...bytes.count {
+            var contiguous = ServerSentEventParser()
+            var generic = ServerSentEventParser()
+            var fast = contiguous.consume(bytes[..<split]) + contiguous.consume(bytes[split...])
+            var slow = generic.consume(bytes[..<split].lazy.map { $0 }) + generic.consume(bytes[split...].lazy.map { $0 })
+            fast += contiguous.finish().map { [$0] } ?? []
+            slow += generic.finish().map { [$0] } ?? []
+            #expect(fast == slow, "split at \(split)")
+            #expect(fast == [
+                ServerSentEvent(data: "a\nb"), ServerSentEvent(event: "e", data: String(repeating: "x", count: 300)), ServerSentEvent(data: "c"),
+                ServerSentEvent(data: "tail"),
+            ], "split at \(split)")
+            #expect(contiguous.lastEventID == "7")
+        }
+    }
+
     @Test func finishDeliversAnEventWithoutItsBlankLine() {
         var parser = ServerSentEventParser()
         #expect(parser.consume(Array("data: tail".utf8)).isEmpty)

@@ -47,6 +47,7 @@ public struct ServerSentEventParser: Sendable {
     public init() {}
 
     public mutating func consume(_ bytes: some Sequence<UInt8>) -> [ServerSentEvent] {
+        if let events = bytes.withContiguousStorageIfAvailable({ consume(contiguous: $0) }) { return events }
         var events: [ServerSentEvent] = []
         for byte in bytes {
             if byte == 0x0A, lastWasCR {
@@ -59,6 +60,30 @@ public struct ServerSentEventParser: Sendable {
             } else {
                 line.append(byte)
             }
+        }
+        return events
+    }
+
+    /// The same over contiguous bytes: the run up to the next line end is appended at once,
+    /// not byte by byte (a stream's events are mostly long `data:` lines).
+    private mutating func consume(contiguous bytes: UnsafeBufferPointer<UInt8>) -> [ServerSentEvent] {
+        var events: [ServerSentEvent] = []
+        var index = 0
+        let count = bytes.count
+        while index < count {
+            let byte = bytes[index]
+            if byte == 0x0A || byte == 0x0D {
+                let skipped = byte == 0x0A && lastWasCR
+                lastWasCR = byte == 0x0D
+                index += 1
+                if !skipped, let event = endLine() { events.append(event) }
+                continue
+            }
+            lastWasCR = false
+            var end = index + 1
+            while end < count, bytes[end] != 0x0A, bytes[end] != 0x0D { end += 1 }
+            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[index..<end]))
+            index = end
         }
         return events
     }
