@@ -96,6 +96,14 @@ _ = measure("read SSE events from a 64 KiB stream", count: max(1, calls / 50)) {
     var parser = ServerSentEventParser()
     for read in streamReads { streamEvents &+= parser.consume(read.readableBytesView).count }
 }
+var relayed = 0
+_ = measure("relay them (OpenAI pass-through, usage)", count: max(1, calls / 50)) {
+    var parser = ServerSentEventParser()
+    var transcoder = StreamTranscoder(from: .openAI, to: .openAI, alias: "bench", clientWantsUsage: false, created: 0, requestID: "r")
+    for read in streamReads {
+        for event in parser.consume(read.readableBytesView) { relayed &+= transcoder.transcode(event).count }
+    }
+}
 var index = 0
 let total = try measure("whole call: authenticate … finishOnLoop") {
     index += 1

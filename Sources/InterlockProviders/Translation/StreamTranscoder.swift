@@ -92,7 +92,7 @@ public struct StreamTranscoder: Sendable {
         guard data.count > marker.count else { return false }
         var index = 0
         while index + marker.count <= data.count {
-            if data[index] == marker[0], Array(data[index..<(index + marker.count)]) == marker {
+            if data[index] == marker[0], data[index..<(index + marker.count)].elementsEqual(marker) {
                 var cursor = index + marker.count
                 while cursor < data.count, data[cursor] == 0x20 || data[cursor] == UInt8(ascii: ":") { cursor += 1 }
                 if cursor < data.count, data[cursor] == UInt8(ascii: "{") { return true }
