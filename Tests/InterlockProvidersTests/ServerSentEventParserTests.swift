@@ -55,6 +55,11 @@ import Testing
         let event = ServerSentEvent(event: "content_block_delta", data: #"{"x":"y"}"#)
         var parser = ServerSentEventParser()
         #expect(parser.consume(event.encoded()) == [event])
+        // Data with line breaks goes out as one `data:` line each and comes back whole.
+        let lines = ServerSentEvent(data: "one\n\ntwo\n")
+        #expect(String(decoding: lines.encoded(), as: UTF8.self) == "data: one\ndata: \ndata: two\ndata: \n\n")
+        #expect(parser.consume(lines.encoded() + ServerSentEvent(data: "").encoded()) == [lines, ServerSentEvent(data: "")])
+        #expect(ServerSentEvent(data: "[DONE]").isDone && !ServerSentEvent(data: "[DONE] ").isDone)
     }
 
     @Test func remembersTheLastEventIDAndRetryForResuming() {

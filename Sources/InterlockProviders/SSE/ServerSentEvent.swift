@@ -12,22 +12,30 @@ public struct ServerSentEvent: Sendable, Equatable {
         self.init(event: event, data: Array(data.utf8))
     }
 
-    /// The event as it goes on the wire.
+    /// The event as it goes on the wire. Each line of the data is a `data:` field of its own
+    /// (a reader joins them with a line feed), so data with line breaks arrives whole.
     public func encoded() -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(data.count + 32)
+        out.reserveCapacity(data.count + (event?.utf8.count ?? 0) + 16)
         if let event {
-            out.append(contentsOf: Array("event: ".utf8))
-            out.append(contentsOf: Array(event.utf8))
+            out.append(contentsOf: "event: ".utf8)
+            out.append(contentsOf: event.utf8)
             out.append(0x0A)
         }
-        out.append(contentsOf: Array("data: ".utf8))
-        out.append(contentsOf: data)
-        out.append(contentsOf: [0x0A, 0x0A])
+        var start = data.startIndex
+        while true {
+            let end = data[start...].firstIndex(of: 0x0A) ?? data.endIndex
+            out.append(contentsOf: "data: ".utf8)
+            out.append(contentsOf: data[start..<end])
+            out.append(0x0A)
+            guard end < data.endIndex else { break }
+            start = end + 1
+        }
+        out.append(0x0A)
         return out
     }
 
-    public var isDone: Bool { data == Array("[DONE]".utf8) }
+    public var isDone: Bool { data.elementsEqual("[DONE]".utf8) }
 }
 
 /// Splits a byte stream into Server-Sent Events as chunks arrive, whatever the chunk
@@ -99,22 +107,20 @@ public struct ServerSentEventParser: Sendable {
         if line.isEmpty { return dispatch() }
         if line.first == UInt8(ascii: ":") { return nil }
         let colon = line.firstIndex(of: UInt8(ascii: ":"))
-        let field = colon.map { Array(line[..<$0]) } ?? line
-        var value = colon.map { Array(line[($0 + 1)...]) } ?? []
-        if value.first == 0x20 { value.removeFirst() }
-        switch String(decoding: field, as: UTF8.self) {
-        case "data":
+        let field = line[..<(colon ?? line.endIndex)]
+        var valueStart = colon.map { $0 + 1 } ?? line.endIndex
+        if valueStart < line.endIndex, line[valueStart] == 0x20 { valueStart += 1 }
+        let value = line[valueStart...]
+        if field.elementsEqual("data".utf8) {
             if hasData { data.append(0x0A) }
             data.append(contentsOf: value)
             hasData = true
-        case "event":
+        } else if field.elementsEqual("event".utf8) {
             event = String(decoding: value, as: UTF8.self)
-        case "id" where !value.contains(0):
+        } else if field.elementsEqual("id".utf8), !value.contains(0) {
             lastEventID = String(decoding: value, as: UTF8.self)
-        case "retry" where !value.isEmpty && value.allSatisfy({ (0x30...0x39).contains($0) }):
+        } else if field.elementsEqual("retry".utf8), !value.isEmpty, value.allSatisfy({ (0x30...0x39).contains($0) }) {
             retryMs = Int(String(decoding: value, as: UTF8.self))
-        default:
-            break
         }
         return nil
     }
