@@ -84,6 +84,9 @@ let longAnswer = Array(
     #"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"\#(longPrompt.prefix(16_384))"},"finish_reason":"stop"}],"usage":{"prompt_tokens":16000,"completion_tokens":4000,"total_tokens":20000}}"#
         .utf8)
 _ = try measure("parse request, 64 KiB prompt", count: max(1, calls / 50)) { _ = try ModelRequest.parse(body: longRequest, format: .openAI, operation: .chat) }
+let longValue = JSONValue.object(["role": "user", "content": .string(longPrompt)])
+var written = 0
+_ = measure("write a 64 KiB message as JSON", count: max(1, calls / 50)) { written &+= JSONWriter.bytes(longValue).count }
 _ = try measure("find usage in a 16 KiB answer", count: max(1, calls / 20)) { _ = try longAnswer.withUnsafeBytes { try JSONParser.member(named: "usage", in: $0) } }
 // A stream's events as the relay reads them: the bench stream, in 4 KiB reads, repeated to 64 KiB.
 let streamBytes = Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/stream.sse")))

@@ -85,6 +85,14 @@ import Testing
                     }
                 }
             }
+            // Written back, the same string at every offset: escaped where JSON requires.
+            for special in ["\"", "\\", "\n", "\u{1f}", "é", "\u{7f}", " "] {
+                let plain = String(repeating: "a", count: length) + special + String(repeating: "b", count: 25 - length)
+                let written = JSONWriter.string(.string(plain))
+                #expect(try JSONParser.parse(written) == .string(plain), "\(plain.debugDescription)")
+                #expect(!written.utf8.dropFirst().dropLast().contains { $0 < 0x20 }, "no raw control character")
+                #expect(written.utf8.count == plain.utf8.count + 2 + (special == "\u{1f}" ? 5 : ["\"", "\\", "\n"].contains(special) ? 1 : 0))
+            }
             // Unterminated, the quote missing at every length.
             let open = "\"" + String(repeating: "a", count: length)
             #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(open) }

@@ -59,12 +59,22 @@ public enum JSONWriter {
         var string = string
         string.withUTF8 { bytes in
             var run = 0
-            for index in bytes.indices {
+            var index = 0
+            let count = bytes.count
+            while index < count {
+                // Whole words without a byte to escape are passed over (most of any text).
+                if index &+ 8 <= count,
+                    !JSONParser.hasSpecialByte(UInt64(littleEndian: UnsafeRawPointer(bytes.baseAddress!).loadUnaligned(fromByteOffset: index, as: UInt64.self)))
+                {
+                    index &+= 8
+                    continue
+                }
                 let byte = bytes[index]
+                index &+= 1
                 guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
-                output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<index]))
+                output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<(index - 1)]))
                 writeEscaped(byte, into: &output)
-                run = index + 1
+                run = index
             }
             output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...]))
         }
