@@ -5,7 +5,7 @@ public import InterlockRuntime
 public import Logging
 public import NIOCore
 import NIOHTTP1
-public import NIOHTTPTypes
+import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import Synchronization
 
@@ -36,7 +36,7 @@ public struct EventLoopPath: Sendable {
 /// HTTP/1 codec: it answers the model calls it can finish on the loop and passes every other
 /// request, untouched, to the router.
 public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
-    public typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+    public typealias Value = InterlockChildChannel
 
     public let responder: HTTPChannelHandler.Responder
     let path: EventLoopPath?
@@ -55,30 +55,48 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
             var limits = NIOHTTPDecoderLimitConfiguration()
             limits.maxHeaderFieldSize = maxHeaderBytes
             limits.maxHeaderListSize = maxHeaderBytes
-            if let path, path.client.serves(channel.eventLoop) {
-                // What `configureHTTPServerPipeline` adds, except that the decoder does not tell
-                // the encoder each request's method: the event-loop handler writes its answers
-                // past the encoder, which would otherwise keep one method per such answer for
-                // good. The handler drops the bodies of answers to HEAD itself.
-                try pipeline.addHandler(HTTPResponseEncoder(configuration: .init()))
-                try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
-                try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
-                try pipeline.addHandler(EventLoopModelHandler(path: path))
-            } else {
+            /// The router's end of the pipeline: Hummingbird's codec and connection state, and
+            /// the async channel its request loop reads.
+            func addRouterHandlers() throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
+                try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+            }
+            guard let path, path.client.serves(channel.eventLoop) else {
                 try pipeline.configureHTTPServerPipeline(
                     withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
                     withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
                 try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
+                return InterlockChildChannel(channel: channel, router: channel.eventLoop.makeSucceededFuture(try addRouterHandlers()))
             }
-            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
-            return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+            // What `configureHTTPServerPipeline` adds, except that the decoder does not tell
+            // the encoder each request's method: the event-loop handler writes its answers
+            // past the encoder, which would otherwise keep one method per such answer for
+            // good. The handler drops the bodies of answers to HEAD itself.
+            try pipeline.addHandler(HTTPResponseEncoder(configuration: .init()))
+            try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
+            try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
+            // The router's handlers are added when the first request goes to the router: a
+            // connection that only makes model calls never builds the async channel (its
+            // generic machinery cost about 70 µs of CPU per connection, a quarter of a call).
+            let router = channel.eventLoop.makePromise(of: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?.self)
+            try pipeline.addHandler(EventLoopModelHandler(path: path, router: router, addRouterHandlers: addRouterHandlers))
+            return InterlockChildChannel(channel: channel, router: router.futureResult)
         }
     }
 
     public func handle(value: Value, logger: Logger) async {
-        await handleHTTP(asyncChannel: value, logger: logger)
+        // Nil: the connection closed without a request for the router.
+        guard let asyncChannel = try? await value.router.get() else { return }
+        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
     }
+}
+
+/// A connection as the server's accept loop holds it: the channel, and the async channel of
+/// the router once a request needs it (nil if the connection closes first).
+public struct InterlockChildChannel: ServerChildChannelValue {
+    public let channel: any Channel
+    let router: EventLoopFuture<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?>
 }
 
 /// Serves model calls on the event loop that read them: authenticate, parse,
@@ -151,8 +169,40 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    init(path: EventLoopPath) {
+    /// Completed with the router's async channel when the first request goes to the router,
+    /// with nil when the connection ends before.
+    private let router: EventLoopPromise<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?>
+    private var addRouterHandlers: (() throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)?
+
+    init(
+        path: EventLoopPath, router: EventLoopPromise<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?>,
+        addRouterHandlers: @escaping () throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+    ) {
         self.path = path
+        self.router = router
+        self.addRouterHandlers = addRouterHandlers
+    }
+
+    /// Whether the router's handlers are in the pipeline behind this one.
+    private var routerAttached: Bool { addRouterHandlers == nil }
+
+    /// Adds the router's handlers before the first part goes to them.
+    private func attachRouter(context: ChannelHandlerContext) {
+        guard let add = addRouterHandlers else { return }
+        addRouterHandlers = nil
+        do {
+            router.succeed(try add())
+        } catch {
+            router.succeed(nil)
+            context.close(promise: nil)
+        }
+    }
+
+    /// The connection ended without a request for the router: its task in the server ends.
+    private func detachRouter() {
+        guard addRouterHandlers != nil else { return }
+        addRouterHandlers = nil
+        router.succeed(nil)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -161,6 +211,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         rawOutput = nil
+        detachRouter()
     }
 
     // MARK: Inbound
@@ -215,6 +266,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         active = false
+        detachRouter()
         if let streaming {
             // The agent hung up mid-stream: stop the upstream, bill what was delivered.
             self.streaming = nil
@@ -239,7 +291,11 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
                 quiescePending = true
                 return
             case .idle, .forwarding:
-                break
+                // Without the router's handlers nobody else would close the idle connection.
+                if !routerAttached {
+                    context.close(promise: nil)
+                    return
+                }
             }
         }
         context.fireUserInboundEventTriggered(event)
@@ -308,6 +364,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// Hands a request part to the router.
     private func pass(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        attachRouter(context: context)
         passedSinceReadComplete = true
         context.fireChannelRead(wrapInboundOut(part))
     }
@@ -764,6 +821,10 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func releaseQuiesce(context: ChannelHandlerContext) {
         guard quiescePending else { return }
         quiescePending = false
+        guard routerAttached else {
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
     }
 }
