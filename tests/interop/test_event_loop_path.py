@@ -3,6 +3,7 @@ with the real `openai` and `anthropic` clients and raw pipelined HTTP/1.1, again
 upstream started here."""
 import json
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -237,3 +238,32 @@ def test_loop_answers_are_framed_for_http_1_0_and_head_answers_have_no_body(loop
     assert len(answers) == 3
     assert answers[0].endswith(b"\r\n\r\n") and answers[1].endswith(b"\r\n\r\n")
     assert json.loads(answers[2].split(b"\r\n\r\n", 1)[1])["choices"][0]["message"]["content"] == "echo: after head"
+
+
+def test_connections_that_never_reached_the_router_close_on_sigterm():
+    """A connection whose requests were all served on the loop never gets the router's
+    handlers (they are added with its first router request); on SIGTERM the loop handler
+    itself closes it when idle, and one that sent nothing, so shutdown does not wait for
+    the clients to hang up."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{upstream.server_address[1]}"
+    process, base, _ = start_interlock("event_loop.yaml", env={"UPSTREAM_URL": url, "UPSTREAM_KEY": UPSTREAM_KEY})
+    try:
+        host, port = base.removeprefix("http://").split(":")
+        served = socket.create_connection((host, int(port)))
+        served.sendall(raw_chat("only the loop"))
+        data = read_until(served, lambda data: data.rstrip().endswith(b"}"))
+        assert b"x-interlock-path: event-loop" in data
+        silent = socket.create_connection((host, int(port)))
+        time.sleep(0.2)
+        signalled = time.time()
+        process.send_signal(signal.SIGTERM)
+        for connection in (served, silent):
+            assert read_until(connection, lambda data: False, seconds=5) == b""
+            assert time.time() - signalled < 5, "the idle connection was not closed"
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        upstream.shutdown()
