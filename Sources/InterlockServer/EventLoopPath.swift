@@ -80,7 +80,12 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
             // connection that only makes model calls never builds the async channel (its
             // generic machinery cost about 70 µs of CPU per connection, a quarter of a call).
             let router = channel.eventLoop.makePromise(of: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?.self)
-            try pipeline.addHandler(EventLoopModelHandler(path: path, router: router, addRouterHandlers: addRouterHandlers))
+            do {
+                try pipeline.addHandler(EventLoopModelHandler(path: path, router: router, addRouterHandlers: addRouterHandlers))
+            } catch {
+                router.fail(error)
+                throw error
+            }
             return InterlockChildChannel(channel: channel, router: router.futureResult)
         }
     }
@@ -169,10 +174,18 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
+    /// The router's part of the pipeline: not built yet (how to build it), built, or never
+    /// to be (the connection ended first).
+    private enum RouterHandlers {
+        case absent(() throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case attached
+        case gone
+    }
+
     /// Completed with the router's async channel when the first request goes to the router,
     /// with nil when the connection ends before.
     private let router: EventLoopPromise<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?>
-    private var addRouterHandlers: (() throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)?
+    private var routerHandlers: RouterHandlers
 
     init(
         path: EventLoopPath, router: EventLoopPromise<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>?>,
@@ -180,19 +193,24 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     ) {
         self.path = path
         self.router = router
-        self.addRouterHandlers = addRouterHandlers
+        self.routerHandlers = .absent(addRouterHandlers)
     }
 
-    /// Whether the router's handlers are in the pipeline behind this one.
-    private var routerAttached: Bool { addRouterHandlers == nil }
+    /// Whether nobody behind this handler would close an idle connection on graceful shutdown.
+    private var routerAbsent: Bool {
+        if case .absent = routerHandlers { return true }
+        return false
+    }
 
     /// Adds the router's handlers before the first part goes to them.
     private func attachRouter(context: ChannelHandlerContext) {
-        guard let add = addRouterHandlers else { return }
-        addRouterHandlers = nil
+        guard case .absent(let add) = routerHandlers else { return }
         do {
-            router.succeed(try add())
+            let asyncChannel = try add()
+            routerHandlers = .attached
+            router.succeed(asyncChannel)
         } catch {
+            routerHandlers = .gone
             router.succeed(nil)
             context.close(promise: nil)
         }
@@ -200,8 +218,8 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The connection ended without a request for the router: its task in the server ends.
     private func detachRouter() {
-        guard addRouterHandlers != nil else { return }
-        addRouterHandlers = nil
+        guard case .absent = routerHandlers else { return }
+        routerHandlers = .gone
         router.succeed(nil)
     }
 
@@ -292,7 +310,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
                 return
             case .idle, .forwarding:
                 // Without the router's handlers nobody else would close the idle connection.
-                if !routerAttached {
+                if routerAbsent {
                     context.close(promise: nil)
                     return
                 }
@@ -821,7 +839,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func releaseQuiesce(context: ChannelHandlerContext) {
         guard quiescePending else { return }
         quiescePending = false
-        guard routerAttached else {
+        if routerAbsent {
             context.close(promise: nil)
             return
         }
