@@ -23,9 +23,9 @@ import Testing
         }
     }
 
-    /// Contiguous chunks are read a line run at a time; other sequences byte by byte. Both
-    /// read every line ending (LF, CRLF, CR) the same, wherever a chunk ends.
-    @Test func contiguousAndByteByByteReadingAgree() {
+    /// Chunks are read a line run at a time, in place when contiguous and copied when not:
+    /// every line ending (LF, CRLF, CR) reads the same, wherever a chunk ends.
+    @Test func chunksReadInPlaceOrCopiedGiveTheSameEvents() {
         let stream = "data: a\rdata: b\r\r: note\r\nevent: e\r\ndata: \(String(repeating: "x", count: 300))\n\nid: 7\ndata: c\r\n\r\ndata: tail"
         let bytes = Array(stream.utf8)
         for split in 0...bytes.count {

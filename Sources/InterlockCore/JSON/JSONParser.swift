@@ -379,22 +379,31 @@ public struct JSONParser: ~Copyable {
         throw error("unterminated string")
     }
 
-    /// Moves past the bytes of a string that need no attention: all but a quote, a backslash
-    /// and control characters. Eight at a time while a whole word has none of them (most of a
-    /// prompt), then byte by byte to the first that does.
+    /// Moves past the bytes of a string that need no attention (`firstSpecialByte`).
     @inline(__always)
     private mutating func skipPlainBytes() {
+        index = Self.firstSpecialByte(in: bytes, from: index)
+    }
+
+    /// Where the first quote, backslash or control character at or after `start` is
+    /// (`bytes.count` if none): eight bytes at a time while a whole word has none of them (most
+    /// of a prompt), then byte by byte. The parser skips strings with it, the writer finds what
+    /// to escape.
+    @inline(__always)
+    static func firstSpecialByte(in bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
+        var index = start
         let count = bytes.count
         while index &+ 8 <= count {
             let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
-            if Self.hasSpecialByte(word) { break }
+            if hasSpecialByte(word) { break }
             index &+= 8
         }
         while index < count {
             let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 { return }
+            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 { return index }
             index &+= 1
         }
+        return count
     }
 
     /// Whether any of a word's eight bytes is a quote, a backslash or below 0x20. The classic
@@ -402,7 +411,7 @@ public struct JSONParser: ~Copyable {
     /// its "less than" form for control characters: it may also flag a byte above one that
     /// matched (a borrow), never miss one, so a flagged word is read byte by byte.
     @inline(__always)
-    static func hasSpecialByte(_ word: UInt64) -> Bool {
+    private static func hasSpecialByte(_ word: UInt64) -> Bool {
         let ones: UInt64 = 0x0101_0101_0101_0101
         let highs: UInt64 = 0x8080_8080_8080_8080
         let quotes = word ^ (ones &* 0x22)

@@ -58,25 +58,15 @@ public enum JSONWriter {
         output.append(UInt8(ascii: "\""))
         var string = string
         string.withUTF8 { bytes in
+            let raw = UnsafeRawBufferPointer(bytes)
             var run = 0
-            var index = 0
-            let count = bytes.count
-            while index < count {
-                // Whole words without a byte to escape are passed over (most of any text).
-                if index &+ 8 <= count,
-                    !JSONParser.hasSpecialByte(UInt64(littleEndian: UnsafeRawPointer(bytes.baseAddress!).loadUnaligned(fromByteOffset: index, as: UInt64.self)))
-                {
-                    index &+= 8
-                    continue
-                }
-                let byte = bytes[index]
-                index &+= 1
-                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
-                output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<(index - 1)]))
-                writeEscaped(byte, into: &output)
-                run = index
+            while true {
+                let special = JSONParser.firstSpecialByte(in: raw, from: run)
+                output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<special]))
+                guard special < bytes.count else { break }
+                writeEscaped(bytes[special], into: &output)
+                run = special + 1
             }
-            output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...]))
         }
         output.append(UInt8(ascii: "\""))
     }

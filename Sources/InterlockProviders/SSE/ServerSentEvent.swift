@@ -54,26 +54,16 @@ public struct ServerSentEventParser: Sendable {
 
     public init() {}
 
+    /// The events completed by `bytes`. Contiguous bytes (a `ByteBufferView`, an array) are
+    /// read in place; other sequences are copied first.
     public mutating func consume(_ bytes: some Sequence<UInt8>) -> [ServerSentEvent] {
         if let events = bytes.withContiguousStorageIfAvailable({ consume(contiguous: $0) }) { return events }
-        var events: [ServerSentEvent] = []
-        for byte in bytes {
-            if byte == 0x0A, lastWasCR {
-                lastWasCR = false
-                continue
-            }
-            lastWasCR = byte == 0x0D
-            if byte == 0x0A || byte == 0x0D {
-                if let event = endLine() { events.append(event) }
-            } else {
-                line.append(byte)
-            }
-        }
-        return events
+        return Array(bytes).withUnsafeBufferPointer { consume(contiguous: $0) }
     }
 
-    /// The same over contiguous bytes: the run up to the next line end is appended at once,
-    /// not byte by byte (a stream's events are mostly long `data:` lines).
+    /// The run up to the next line end is appended at once, not byte by byte (a stream's
+    /// events are mostly long `data:` lines: walking a `ByteBufferView` a byte at a time cost
+    /// about 90 ns a byte).
     private mutating func consume(contiguous bytes: UnsafeBufferPointer<UInt8>) -> [ServerSentEvent] {
         var events: [ServerSentEvent] = []
         var index = 0

@@ -101,19 +101,19 @@ public final class WorkflowEngine: Service, Sendable {
                             claimed = []
                         }
                         for runID in claimed {
-                            let execution = RunExecution(engine: self, runID: runID)
                             // A run still executing here is not started a second time: its lease
                             // ran out (a paused process) or it was given back a moment ago. The
                             // execution looks again when it ends (`execute`).
-                            let isNew = self.active.withLock { active in
+                            let execution: RunExecution? = self.active.withLock { active in
                                 guard active.handles[runID] == nil else {
                                     active.claimedAgain.insert(runID)
-                                    return false
+                                    return nil
                                 }
+                                let execution = RunExecution(engine: self, runID: runID)
                                 active.handles[runID] = execution.handle
-                                return true
+                                return execution
                             }
-                            if isNew { group.addTask { await self.execute(execution) } }
+                            if let execution { group.addTask { await self.execute(execution) } }
                         }
                         if claimed.count == free { continue }
                     }
