@@ -240,7 +240,10 @@ private struct ConfigDocument {
     }
 
     private func readGateway(_ node: ConfigNode, into gateway: inout GatewaySettings) {
-        guard let fields = node.mapping(allowed: ["queue", "retries", "upstream_timeout_ms", "default_max_output_tokens", "breaker", "upstream_pool"]) else { return }
+        guard let fields = node.mapping(allowed: [
+            "queue", "retries", "upstream_timeout_ms", "default_max_output_tokens", "max_response_bytes", "max_stream_event_bytes", "breaker",
+            "upstream_pool",
+        ]) else { return }
         if let pool = fields["upstream_pool"]?.mapping(allowed: ["max_idle_per_host", "idle_timeout_ms", "connect_timeout_ms"]) {
             if let value = pool["max_idle_per_host"]?.int(minimum: 0) { gateway.upstreamPool.maxIdlePerHost = value }
             if let value = pool["idle_timeout_ms"]?.int(minimum: 1) { gateway.upstreamPool.idleTimeoutMs = value }
@@ -257,6 +260,8 @@ private struct ConfigDocument {
         }
         if let value = fields["upstream_timeout_ms"]?.int(minimum: 1) { gateway.upstreamTimeoutMs = value }
         if let value = fields["default_max_output_tokens"]?.int(minimum: 1) { gateway.defaultMaxOutputTokens = value }
+        if let value = fields["max_response_bytes"]?.int(minimum: 1_024) { gateway.maxResponseBytes = value }
+        if let value = fields["max_stream_event_bytes"]?.int(minimum: 1_024) { gateway.maxStreamEventBytes = value }
         if let node = fields["breaker"] { gateway.breaker = readBreaker(node, defaults: gateway.breaker) }
     }
 

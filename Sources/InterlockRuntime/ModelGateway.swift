@@ -45,8 +45,8 @@ public final class ModelGateway: Sendable {
     private let logPrompts: Bool
     /// Spans and trace headers; no-ops when no tracer is installed.
     let tracing = CallTracing()
-    /// Largest non-streamed upstream answer accepted.
-    private let maxResponseBytes = 64 * 1024 * 1024
+    /// Largest non-streamed upstream answer accepted (`gateway.max_response_bytes`).
+    private var maxResponseBytes: Int { settings.maxResponseBytes }
 
     public init(configuration: InterlockConfiguration, governor: CallGovernor, httpUpstream: any ModelUpstream, mockUpstream: any ModelUpstream, logger: Logger) {
         self.governor = governor
@@ -290,18 +290,23 @@ public final class ModelGateway: Sendable {
             requestID: admission.call.requestID, deploymentID: deployment.settings.id, provider: deployment.provider.id, attempts: 1,
             overheadMs: max(0, (admission.startedAt.duration(to: .now) - upstreamTime).milliseconds), queuedMs: 0, cost: nil)
         return LoopStreamSession(
-            info: info, transcoder: transcoder, estimatedInputTokens: request.estimatedInputTokens, admission: admission,
+            info: info, transcoder: transcoder, maxEventBytes: settings.maxStreamEventBytes, estimatedInputTokens: request.estimatedInputTokens,
+            admission: admission,
             settle: streamSettlement(deployment: deployment, admission: admission, span: attempt.span, attempts: 1))
     }
 
     /// A loop stream that broke off before its first event: retry it on the async path.
     public func streamFailedOnLoop(_ attempt: LoopAttempt, _ session: LoopStreamSession) -> LoopContinuation {
         session.abandon()
+        let message = session.overflowed
+            ? Self.eventTooLarge(attempt.request.alias, settings) : "The upstream stream for '\(attempt.request.alias)' ended without any event."
         return LoopContinuation(
             request: attempt.request, chain: attempt.chain, admission: attempt.admission, span: attempt.span,
-            resume: Resume(
-                failure: .retryable(status: 502, message: "The upstream stream for '\(attempt.request.alias)' ended without any event.", retryAfter: nil),
-                sent: attempt.sent))
+            resume: Resume(failure: .retryable(status: 502, message: message, retryAfter: nil), sent: attempt.sent))
+    }
+
+    static func eventTooLarge(_ alias: String, _ settings: GatewaySettings) -> String {
+        "The upstream stream for '\(alias)' sent an event of more than \(settings.maxStreamEventBytes) bytes (gateway.max_stream_event_bytes)."
     }
 
     /// The tokens a call really used replace its estimate in the deployment's limits (and in
@@ -598,7 +603,7 @@ public final class ModelGateway: Sendable {
         // Streaming: read until the first event arrives before committing to this deployment,
         // so a stream that fails before its first byte can still be retried elsewhere.
         var iterator = response.body.makeIterator()
-        var parser = ServerSentEventParser()
+        var parser = ServerSentEventParser(maxEventBytes: settings.maxStreamEventBytes)
         var transcoder = StreamTranscoder(
             from: native, to: request.format, alias: request.alias, clientWantsUsage: request.clientWantsStreamUsage, created: created,
             requestID: admission.call.requestID)
@@ -620,6 +625,9 @@ public final class ModelGateway: Sendable {
             guard let chunk else { ended = true; break }
             for event in parser.consume(chunk.readableBytesView) {
                 for passed in ModelStream.guarded(event, &streamGuard) { first += transcoder.transcode(passed) }
+            }
+            if parser.overflowed, first.isEmpty {
+                throw AttemptFailure.retryable(status: 502, message: Self.eventTooLarge(request.alias, settings), retryAfter: nil)
             }
         }
         if first.isEmpty, streamGuard?.blocked == nil {
@@ -732,15 +740,19 @@ struct Resume: Sendable {
 /// when the formats differ), settled exactly once however it ends. Loop-bound.
 public final class LoopStreamSession: @unchecked Sendable {
     public let info: ModelResponseInfo
-    private var parser = ServerSentEventParser()
+    private var parser: ServerSentEventParser
     private var transcoder: StreamTranscoder
     private let estimatedInputTokens: Int
     private let admission: CallGovernor.Admission
     private let settle: StreamSettlement
     private var settled = false
 
-    init(info: ModelResponseInfo, transcoder: StreamTranscoder, estimatedInputTokens: Int, admission: CallGovernor.Admission, settle: @escaping StreamSettlement) {
+    init(
+        info: ModelResponseInfo, transcoder: StreamTranscoder, maxEventBytes: Int, estimatedInputTokens: Int, admission: CallGovernor.Admission,
+        settle: @escaping StreamSettlement
+    ) {
         self.info = info
+        self.parser = ServerSentEventParser(maxEventBytes: maxEventBytes)
         self.transcoder = transcoder
         self.estimatedInputTokens = estimatedInputTokens
         self.admission = admission
@@ -759,6 +771,10 @@ public final class LoopStreamSession: @unchecked Sendable {
         admission.watchCutOff(handler)
     }
 
+    /// An upstream event outgrew `gateway.max_stream_event_bytes`: stop reading the upstream
+    /// and end the stream as broken off.
+    public var overflowed: Bool { parser.overflowed }
+
     /// The agent's bytes for one piece of the upstream body (empty until an event completes).
     public func consume(_ chunk: ByteBuffer) -> [UInt8] {
         var out: [UInt8] = []
@@ -770,7 +786,9 @@ public final class LoopStreamSession: @unchecked Sendable {
     public func finish(completed: Bool) -> [UInt8] {
         var tail: [UInt8] = []
         if let event = parser.finish() { tail += transcoder.transcode(event) }
-        tail += transcoder.finish(completed: completed)
+        tail += parser.overflowed
+            ? transcoder.finish(completed: false, interruption: .eventTooLarge(limitBytes: parser.maxEventBytes))
+            : transcoder.finish(completed: completed)
         return tail
     }
 
@@ -791,7 +809,7 @@ public final class LoopStreamSession: @unchecked Sendable {
         guard !settled else { return }
         settled = true
         let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
-        settle(usage, outcome, agentGone ? 499 : 200, nil)
+        settle(usage, outcome, agentGone ? 499 : 200, parser.overflowed ? StreamInterruption.eventTooLargeCode : nil)
     }
 
     /// Handed to the async path before anything reached the agent: nothing to settle here.

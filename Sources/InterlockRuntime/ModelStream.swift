@@ -88,7 +88,7 @@ public final class ModelStream: @unchecked Sendable {
         } catch {
             agentGone = true
         }
-        while !agentGone, !upstreamEnded, !blocked {
+        while !agentGone, !upstreamEnded, !blocked, !parser.overflowed {
             let chunk: ByteBuffer?
             do {
                 switch try await pull() {
@@ -122,6 +122,8 @@ public final class ModelStream: @unchecked Sendable {
                 agentGone = true
             }
         }
+        // An event outgrew `gateway.max_stream_event_bytes`: the rest is not read.
+        if parser.overflowed { upstreamBroke = true }
         if !agentGone, blocked, let hit = streamGuard?.blocked {
             let tail = transcoder.finish(completed: false, interruption: Self.guardrailInterruption(hit))
             do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
@@ -139,7 +141,11 @@ public final class ModelStream: @unchecked Sendable {
                 blocked = true
                 tail += transcoder.finish(completed: false, interruption: Self.guardrailInterruption(hit))
             }
-            if !blocked { tail += transcoder.finish(completed: !upstreamBroke) }
+            if !blocked {
+                tail += parser.overflowed
+                    ? transcoder.finish(completed: false, interruption: .eventTooLarge(limitBytes: parser.maxEventBytes))
+                    : transcoder.finish(completed: !upstreamBroke)
+            }
             if !tail.isEmpty {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
@@ -148,7 +154,8 @@ public final class ModelStream: @unchecked Sendable {
             transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke || cutOff || blocked, agentGone: agentGone)
         if let hits = streamGuard?.hits, !hits.isEmpty { recordHits(hits) }
         settled = true
-        settle(usage, outcome, agentGone ? 499 : (blocked ? 403 : 200), cutOff ? "agent_disabled" : (blocked ? "guardrail_blocked" : nil))
+        let errorCode = cutOff ? "agent_disabled" : blocked ? "guardrail_blocked" : parser.overflowed ? StreamInterruption.eventTooLargeCode : nil
+        settle(usage, outcome, agentGone ? 499 : (blocked ? 403 : 200), errorCode)
     }
 
     static func guardrailInterruption(_ hit: GuardrailHit) -> StreamInterruption {

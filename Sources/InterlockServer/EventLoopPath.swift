@@ -753,20 +753,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard case .busy(let keepAlive, _) = mode else { return }
         let state = StreamState(upstream: upstream, session: session)
         streaming = state
-        upstream.onBody = { [unowned self] chunk in
-            let bytes = session.consume(chunk)
-            guard !bytes.isEmpty, active else { return }
-            if !state.committed {
-                state.committed = true
-                var headers = ModelRoutes.headerPairs(session.info)
-                headers += [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-interlock-path", "event-loop")]
-                writeHead(status: .ok, headers: headers, contentLength: nil, keepAlive: keepAlive, context: context)
-            }
-            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: bytes)))), promise: nil)
-            // The agent reads slower than the upstream writes: stop reading the upstream.
-            if !context.channel.isWritable { upstream.pause() }
-        }
-        upstream.onEnd = { [unowned self] failure in
+        let ended: (UpstreamFailure?) -> Void = { [unowned self] failure in
             state.cutOffWatch?.cancel()
             guard state.committed else {
                 // Ended before its first event: nothing reached the agent, the async path retries.
@@ -781,6 +768,26 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
             session.end(upstreamBroke: failure != nil, agentGone: !active)
             finishExchange(context: context)
+        }
+        upstream.onEnd = ended
+        upstream.onBody = { [unowned self] chunk in
+            let bytes = session.consume(chunk)
+            if !bytes.isEmpty, active {
+                if !state.committed {
+                    state.committed = true
+                    var headers = ModelRoutes.headerPairs(session.info)
+                    headers += [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-interlock-path", "event-loop")]
+                    writeHead(status: .ok, headers: headers, contentLength: nil, keepAlive: keepAlive, context: context)
+                }
+                context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: bytes)))), promise: nil)
+                // The agent reads slower than the upstream writes: stop reading the upstream.
+                if !context.channel.isWritable { upstream.pause() }
+            }
+            // An event outgrew `gateway.max_stream_event_bytes`: nothing more is read.
+            if session.overflowed {
+                upstream.cancel()
+                ended(.responseTooLarge)
+            }
         }
         let loopBound = NIOLoopBound((self, context, state), eventLoop: context.eventLoop)
         state.cutOffWatch = session.watchCutOff {

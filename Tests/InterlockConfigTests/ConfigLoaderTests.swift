@@ -46,6 +46,22 @@ import Testing
         #expect(error.description.contains("c.yaml:3:23") && error.description.contains("between 1 and 1024, found 0"), "\(error.description)")
     }
 
+    /// The upstream answer bounds: defaults, set, and too small with file and line.
+    @Test func upstreamAnswerBoundsHaveDefaultsAndAMinimum() throws {
+        let environment = ["A1_KEY": "0123456789abcdefXYZ"]
+        let defaults = try ConfigLoader.parse(valid, file: "c.yaml", environment: environment).gateway
+        #expect(defaults.maxResponseBytes == 64 * 1024 * 1024 && defaults.maxStreamEventBytes == 8 * 1024 * 1024)
+        func with(_ gateway: String) -> String { valid + "\ngateway: { \(gateway) }" }
+        let set = try ConfigLoader.parse(with("max_response_bytes: 2048, max_stream_event_bytes: 4096"), file: "c.yaml", environment: environment).gateway
+        #expect(set.maxResponseBytes == 2048 && set.maxStreamEventBytes == 4096)
+        let small = Result { () throws(ConfigError) in try ConfigLoader.parse(with("max_stream_event_bytes: 10"), file: "c.yaml", environment: environment) }
+        guard case .failure(let error) = small else {
+            Issue.record("max_stream_event_bytes: 10 was accepted")
+            return
+        }
+        #expect(error.description.contains("c.yaml:17:36: gateway.max_stream_event_bytes: must be at least 1024, found 10"), "\(error.description)")
+    }
+
     /// The cluster store: a URL from the environment, decoded; errors that never echo the password.
     @Test func postgresStoreIsReadFromAURL() throws {
         let text = valid + """

@@ -70,4 +70,35 @@ import Testing
         _ = parser.consume(Array("id: e2\ndata: y\n\n".utf8))
         #expect(parser.lastEventID == "e2")
     }
+
+    /// An event is held until its blank line, so it is bounded: a line, or the data lines of
+    /// one event together, past `maxEventBytes` stop the parser; events before it are kept.
+    @Test func anEventPastItsBoundStopsTheParser() {
+        let limit = 64
+        // Exactly at the bound (the line "data: " plus 58 bytes) is accepted, wherever chunks end.
+        let fits = "data: " + String(repeating: "a", count: limit - 6) + "\n\n"
+        for split in 0...fits.utf8.count {
+            var parser = ServerSentEventParser(maxEventBytes: limit)
+            let bytes = Array(fits.utf8)
+            let events = parser.consume(bytes[..<split]) + parser.consume(bytes[split...])
+            #expect(events == [ServerSentEvent(data: String(repeating: "a", count: limit - 6))], "split at \(split)")
+            #expect(!parser.overflowed)
+        }
+        // A line that never ends: the event before it arrives, then nothing more.
+        var endless = ServerSentEventParser(maxEventBytes: limit)
+        #expect(endless.consume(Array("data: first\n\ndata: ".utf8)) == [ServerSentEvent(data: "first")])
+        for _ in 0..<10 { #expect(endless.consume(Array(repeating: UInt8(ascii: "x"), count: 20)).isEmpty) }
+        #expect(endless.overflowed)
+        #expect(endless.consume(Array("\n\ndata: later\n\n".utf8)).isEmpty)
+        #expect(endless.finish() == nil)
+        // Short lines that add up: the data of one event counts as a whole.
+        var many = ServerSentEventParser(maxEventBytes: limit)
+        let lines = String(repeating: "data: 0123456789\n", count: 10)
+        #expect(many.consume(Array(lines.utf8)).isEmpty)
+        #expect(many.overflowed)
+        // Without a bound (the default) the same input is one event.
+        var unbounded = ServerSentEventParser()
+        #expect(unbounded.consume(Array((lines + "\n").utf8)).count == 1)
+        #expect(!unbounded.overflowed)
+    }
 }

@@ -12,6 +12,8 @@ import Testing
 final class ScriptedUpstream: Sendable {
     let calls = Mutex<[String: Int]>([:])
     let lastTraceParent = Mutex<String?>(nil)
+    /// Streams that Interlock closed while the upstream was still writing, by model.
+    let cut = Mutex<[String: Int]>([:])
 
     func count(_ model: String) -> Int { calls.withLock { $0[model, default: 0] } }
 
@@ -47,6 +49,21 @@ final class ScriptedUpstream: Sendable {
                     try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                     try await writer.finish(nil)
                 })
+            case "endless-stream":
+                // One event, then an event that never ends: written until Interlock hangs up.
+                return Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
+                    do {
+                        try await writer.write(ByteBuffer(string: #"data: {"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"first "},"finish_reason":null}]}"# + "\n\ndata: "))
+                        for _ in 0..<2_000 {
+                            try await writer.write(ByteBuffer(repeating: UInt8(ascii: "x"), count: 1_024))
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                        try await writer.finish(nil)
+                    } catch {
+                        self.cut.withLock { $0[model, default: 0] += 1 }
+                        throw error
+                    }
+                })
             default:
                 return Self.completion("served by \(model)")
             }
@@ -61,6 +78,7 @@ final class ScriptedUpstream: Sendable {
         gateway:
           retries: { max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 1000 }
           breaker: { consecutive_failures: 2, open_ms: 60000 }
+          max_stream_event_bytes: 4096
         providers:
           up:
             type: openai
@@ -79,6 +97,8 @@ final class ScriptedUpstream: Sendable {
             deployments: [{ provider: up, model: slow-stream, price: { input_per_mtok: 1, output_per_mtok: 1 } }]
           plain:
             deployments: [{ provider: up, model: plain }]
+          endless:
+            deployments: [{ provider: up, model: endless-stream }]
         agents:
           - id: a
             api_key: test-key-aaaaaaaaaaaa
@@ -170,6 +190,43 @@ final class ScriptedUpstream: Sendable {
                 #expect(billed.status == 499)
                 #expect(billed.usage.outputTokens > 0 && billed.usage.outputTokens < 40)
                 #expect(billed.cost > .zero)
+            }
+            try await harness.close()
+        }
+    }
+
+    /// An upstream event past `gateway.max_stream_event_bytes` ends the agent's stream with an
+    /// error event (the async path's relay), closes the upstream, and bills what was delivered.
+    @Test func aStreamEventPastItsBoundEndsTheStream() async throws {
+        let upstream = ScriptedUpstream()
+        let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await upstreamApp.test(.live) { upstreamClient in
+            let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
+            let app = harness.application()
+            let services = harness.services
+            try await app.test(.live) { client in
+                var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
+                request.method = .POST
+                request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
+                request.body = .bytes(chat("endless", "go", extra: #","stream":true"#))
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                #expect(response.status == .ok)
+                let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+                #expect(body.contains(#""content":"first ""#))
+                #expect(body.contains(#""code":"upstream_event_too_large""#) && body.contains("more than 4096 bytes"), "\(body)")
+                #expect(!body.contains("[DONE]") && !body.contains("xxxx"))
+                var record: UsageRecord?
+                for _ in 0..<100 {
+                    await services.ledger.flush()
+                    record = try await services.store.recentUsage(limit: 5).first { $0.target == "endless" }
+                    if record != nil { break }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let billed = try #require(record)
+                #expect(billed.outcome == .partial && billed.status == 200 && billed.errorCode == "upstream_event_too_large")
+                #expect(billed.usage.outputTokens == 1)
+                for _ in 0..<100 where upstream.cut.withLock({ $0["endless-stream"] }) == nil { try await Task.sleep(for: .milliseconds(50)) }
+                #expect(upstream.cut.withLock { $0["endless-stream"] } == 1)
             }
             try await harness.close()
         }

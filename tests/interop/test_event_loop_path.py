@@ -33,6 +33,9 @@ class Upstream(BaseHTTPRequestHandler):
         if model in ("flaky", "flaky-stream") and Upstream.calls[model] == 1:
             self.answer(500, {"error": {"message": "try again"}})
             return
+        if model.startswith("endless"):
+            self.endless(model)
+            return
         if body.get("stream"):
             self.stream(model, "echo: " + body["messages"][-1]["content"])
             return
@@ -61,6 +64,31 @@ class Upstream(BaseHTTPRequestHandler):
         done = b"data: [DONE]\n\n"
         self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
         self.wfile.flush()
+
+    cut = {}
+
+    def endless(self, model):
+        """A stream whose event never ends (after two good ones for `endless-later`): it
+        writes until Interlock closes the connection, and notes that it did."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        def chunk(data):
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        try:
+            if model == "endless-later":
+                base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model}
+                for word in ("one", "two"):
+                    chunk(f"data: {json.dumps(dict(base, choices=[{'index': 0, 'delta': {'content': word + ' '}}]))}\n\n".encode())
+            chunk(b"data: ")
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                chunk(b"x" * 1024)
+                time.sleep(0.005)
+        except OSError:
+            Upstream.cut[model] = Upstream.cut.get(model, 0) + 1
 
     def answer(self, status, payload):
         data = json.dumps(payload).encode()
@@ -155,6 +183,51 @@ def test_a_stream_whose_first_attempt_fails_is_retried_on_the_async_path(loop_se
         text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
     assert text == "echo: second try "
     assert Upstream.calls["flaky-stream"] == 2
+
+
+def test_a_stream_event_past_its_bound_ends_the_stream_and_is_billed_as_partial(loop_server):
+    # gateway.max_stream_event_bytes: 4096; after two events the upstream sends one that never ends.
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    text = ""
+    with client.chat.completions.with_streaming_response.create(
+        model="endless-later", messages=[{"role": "user", "content": "go"}], stream=True
+    ) as response:
+        assert response.headers["x-interlock-path"] == "event-loop"
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError) as stopped:
+            for chunk in response.parse():
+                text += "".join(choice.delta.content or "" for choice in chunk.choices)
+    assert text == "one two "
+    assert "more than 4096 bytes" in stopped.value.message
+    status, attempts, input_tokens, output_tokens, cost_nanos, outcome = ledger_row(loop_server["db"], request_id)
+    # Billed for what was delivered: the prompt estimate and one token per delivered fragment.
+    assert (status, outcome, output_tokens) == (200, "partial", 2)
+    with sqlite3.connect(loop_server["db"]) as connection:
+        assert connection.execute("select error_code from usage_ledger where request_id = ?", (request_id,)).fetchone() == ("upstream_event_too_large",)
+    # Interlock closed the upstream instead of reading on.
+    for _ in range(100):
+        if Upstream.cut.get("endless-later"):
+            break
+        time.sleep(0.05)
+    assert Upstream.cut.get("endless-later") == 1
+
+
+def test_a_first_stream_event_past_its_bound_is_retried_then_refused(loop_server):
+    client = openai.OpenAI(base_url=loop_server["base"] + "/v1", api_key=KEY, max_retries=0)
+    started = time.time()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="endless-first", messages=[{"role": "user", "content": "go"}], stream=True)
+    # Nothing reached the agent, so both attempts (the loop's and the async path's) were made,
+    # each cut off at the bound rather than after the upstream's ten seconds.
+    assert refused.value.status_code == 502
+    assert "max_stream_event_bytes" in refused.value.message
+    assert Upstream.calls["endless-first"] == 2
+    assert time.time() - started < 5
+    for _ in range(100):
+        if Upstream.cut.get("endless-first") == 2:
+            break
+        time.sleep(0.05)
+    assert Upstream.cut.get("endless-first") == 2
 
 
 def test_anthropic_client_is_translated_on_the_event_loop(loop_server):

@@ -334,6 +334,10 @@ public struct GatewaySettings: Sendable {
     public var upstreamTimeoutMs: Int = 120_000
     /// Output tokens assumed for budget and TPM reservations when a request sets no `max_tokens`.
     public var defaultMaxOutputTokens: Int = 4_096
+    /// Largest answer body read from a model upstream (not streamed), in bytes.
+    public var maxResponseBytes: Int = 64 * 1024 * 1024
+    /// Largest single Server-Sent Event read from a streaming model upstream, in bytes.
+    public var maxStreamEventBytes: Int = 8 * 1024 * 1024
     public var breaker = BreakerSettings()
     public var upstreamPool = UpstreamPoolSettings()
 

@@ -40,7 +40,16 @@ public struct ServerSentEvent: Sendable, Equatable {
 
 /// Splits a byte stream into Server-Sent Events as chunks arrive, whatever the chunk
 /// boundaries. Lines may end in LF, CRLF or CR; comment lines and unknown fields are ignored.
+///
+/// An event is held in memory until its blank line arrives, so its size is bounded: once the
+/// line being read and the event's data together exceed `maxEventBytes`, the parser drops
+/// them, sets `overflowed` and reads nothing more (an upstream that never ends a line must
+/// not grow Interlock's memory without limit).
 public struct ServerSentEventParser: Sendable {
+    /// The most bytes an event may hold before its end (its current line and data together).
+    public let maxEventBytes: Int
+    /// An event outgrew `maxEventBytes`; the rest of the stream is ignored.
+    public private(set) var overflowed = false
     private var line: [UInt8] = []
     private var event: String?
     private var data: [UInt8] = []
@@ -52,7 +61,9 @@ public struct ServerSentEventParser: Sendable {
     /// The last `retry:` (milliseconds to wait before reconnecting).
     public private(set) var retryMs: Int?
 
-    public init() {}
+    public init(maxEventBytes: Int = .max) {
+        self.maxEventBytes = maxEventBytes
+    }
 
     /// The events completed by `bytes`. Contiguous bytes (a `ByteBufferView`, an array) are
     /// read in place; other sequences are copied first.
@@ -68,7 +79,7 @@ public struct ServerSentEventParser: Sendable {
         var events: [ServerSentEvent] = []
         var index = 0
         let count = bytes.count
-        while index < count {
+        while index < count, !overflowed {
             let byte = bytes[index]
             if byte == 0x0A || byte == 0x0D {
                 let skipped = byte == 0x0A && lastWasCR
@@ -80,14 +91,28 @@ public struct ServerSentEventParser: Sendable {
             lastWasCR = false
             var end = index + 1
             while end < count, bytes[end] != 0x0A, bytes[end] != 0x0D { end += 1 }
+            guard end - index <= maxEventBytes - line.count - data.count else {
+                overflow()
+                break
+            }
             line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[index..<end]))
             index = end
         }
         return events
     }
 
-    /// Ends the stream: an event without its final blank line is still delivered.
+    private mutating func overflow() {
+        overflowed = true
+        line = []
+        data = []
+        event = nil
+        hasData = false
+    }
+
+    /// Ends the stream: an event without its final blank line is still delivered (unless the
+    /// parser overflowed).
     public mutating func finish() -> ServerSentEvent? {
+        guard !overflowed else { return nil }
         if !line.isEmpty { _ = endLine() }
         return dispatch()
     }

@@ -324,6 +324,15 @@ public struct StreamInterruption: Sendable {
     public static let upstreamBroke = StreamInterruption(
         type: "api_error", code: "upstream_stream_interrupted", message: "The upstream stream ended before it was complete.")
 
+    public static let eventTooLargeCode = "upstream_event_too_large"
+
+    /// An upstream event outgrew the gateway's bound (`gateway.max_stream_event_bytes`).
+    public static func eventTooLarge(limitBytes: Int) -> StreamInterruption {
+        StreamInterruption(
+            type: "api_error", code: eventTooLargeCode,
+            message: "The upstream sent an event of more than \(limitBytes) bytes; the stream was stopped.")
+    }
+
     public static func agentDisabled(_ agentID: String) -> StreamInterruption {
         StreamInterruption(type: "authentication_error", code: "agent_disabled", message: "Agent '\(agentID)' was disabled; the stream was stopped.")
     }
