@@ -62,9 +62,16 @@ private struct ConfigDocument {
         }
         if let node = top["store"], let fields = node.mapping(allowed: ["sqlite", "postgres"]) {
             if fields["sqlite"] != nil, fields["postgres"] != nil { node.report("give one of 'sqlite' and 'postgres', not both") }
-            if let sqlite = fields["sqlite"]?.mapping(allowed: ["path", "synchronous"]), let path = sqlite["path"]?.nonEmptyString() {
+            if let sqlite = fields["sqlite"]?.mapping(allowed: ["path", "synchronous", "batch_writer"]), let path = sqlite["path"]?.nonEmptyString() {
                 let durability = sqlite["synchronous"]?.oneOf(SQLiteDurability.self, SQLiteDurability.allCases) ?? .normal
-                config.store = .sqlite(path: path, durability: durability)
+                var batchWriter = SQLiteBatchWriterSettings()
+                if let writer = sqlite["batch_writer"]?.mapping(allowed: ["priority", "boost_after_ms"]) {
+                    if let value = writer["priority"]?.oneOf(SQLiteBatchWriterSettings.Priority.self, SQLiteBatchWriterSettings.Priority.allCases) {
+                        batchWriter.priority = value
+                    }
+                    if let value = writer["boost_after_ms"]?.int(minimum: 1, maximum: 10_000) { batchWriter.boostAfterMs = value }
+                }
+                config.store = .sqlite(path: path, durability: durability, batchWriter: batchWriter)
             }
             if let postgres = fields["postgres"].flatMap(readPostgres) { config.store = .postgres(postgres) }
         }

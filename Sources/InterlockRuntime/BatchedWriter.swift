@@ -83,10 +83,14 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     /// Writes everything buffered now (used by tests and by shutdown). A batch that cannot be
     /// written because the task was cancelled goes back to the front of the buffer.
     public func flush() async {
-        await flushing.run { await self.flushNow() }
+        await flushing.run { await self.flushNow(untilEmpty: true) }
     }
 
-    private func flushNow() async {
+    /// Writes what is buffered. `untilEmpty`: also what arrives meanwhile. The periodic
+    /// flush leaves that for its next turn: records that came in during a write would
+    /// otherwise go in a small batch of their own right away, and every batch pays for its
+    /// transaction (about three commits per turn instead of one, at 3,000 calls/s).
+    private func flushNow(untilEmpty: Bool) async {
         while true {
             var taken: [Record] = []
             state.withLock { state in
@@ -107,13 +111,14 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
                 }
                 start = end
             }
+            if !untilEmpty { return }
         }
     }
 
     private func loop() async {
         while true {
             try? await Task.sleep(for: flushInterval)
-            await flush()
+            await flushing.run { await self.flushNow(untilEmpty: false) }
             if state.withLock({ $0.stopping }) || Task.isCancelled {
                 await flush()
                 return

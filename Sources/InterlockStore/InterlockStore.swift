@@ -133,8 +133,8 @@ public protocol InterlockStore: Sendable {
 /// Opens the store a configuration names (not migrated: call `migrate`).
 public func openStore(_ settings: StoreSettings, node: String, logger: Logger) async throws -> any InterlockStore & RunStore & ClusterStore {
     switch settings {
-    case .sqlite(let path, let durability):
-        return try await SQLiteStore.open(path: path, durability: durability, logger: logger)
+    case .sqlite(let path, let durability, let batchWriter):
+        return try await SQLiteStore.open(path: path, durability: durability, batchWriter: batchWriter, logger: logger)
     case .postgres(let postgres):
         return try await PostgresStore.open(settings: postgres, node: node, logger: logger)
     }

@@ -1,5 +1,7 @@
 import InterlockCore
+import Logging
 import NIOPosix
+import Synchronization
 import VaporCSQLite
 
 /// The usage ledger's and audit log's batches, written on a connection of their own with
@@ -21,7 +23,12 @@ final class SQLiteAppender: @unchecked Sendable {
     // `@unchecked`: the handle and the prepared statements are used only inside
     // `SQLiteStore`'s write turn, one batch at a time, on a thread-pool thread.
     private let db: OpaquePointer
+    /// A thread of the appender's own, so its priority can be its own (`BackgroundPriority`).
     private let threadPool: NIOThreadPool
+    /// Nil: batches run at the normal priority.
+    let priority: BackgroundPriority?
+    /// Set by `close()` once the thread is being shut down.
+    private let poolClosed = Atomic(false)
     private var statements: [Statement: OpaquePointer] = [:]
     /// Set by `close()`: the handle is gone, and a late batch must fail, not use it.
     private var closed = false
@@ -52,14 +59,34 @@ final class SQLiteAppender: @unchecked Sendable {
         }
     }
 
-    private init(db: OpaquePointer, threadPool: NIOThreadPool) {
+    private init(db: OpaquePointer, threadPool: NIOThreadPool, priority: BackgroundPriority?) {
         self.db = db
         self.threadPool = threadPool
+        self.priority = priority
     }
 
     /// Opens a second connection to the database file at `path`, with the main connection's
-    /// durability. Statements are prepared on first use (the tables exist after `migrate()`).
-    static func open(path: String, durability: SQLiteDurability, threadPool: NIOThreadPool = .singleton) async throws -> SQLiteAppender {
+    /// durability, on a thread of its own. Statements are prepared on first use (the tables
+    /// exist after `migrate()`).
+    static func open(
+        path: String, durability: SQLiteDurability, batchWriter: SQLiteBatchWriterSettings = .init(), logger: Logger
+    ) async throws -> SQLiteAppender {
+        let threadPool = NIOThreadPool(numberOfThreads: 1)
+        threadPool.start()
+        let priority = await BackgroundPriority.make(batchWriter)
+        if batchWriter.priority == .idle, priority == nil {
+            logger.notice(
+                "store.sqlite.batch_writer.priority is idle, but this process may not raise a thread out of SCHED_IDLE (that needs CAP_SYS_NICE or RLIMIT_NICE of 20): ledger and audit batches run at normal priority")
+        }
+        do {
+            return try await open(path: path, durability: durability, threadPool: threadPool, priority: priority)
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+    }
+
+    private static func open(path: String, durability: SQLiteDurability, threadPool: NIOThreadPool, priority: BackgroundPriority?) async throws -> SQLiteAppender {
         try await threadPool.runIfActive {
             var handle: OpaquePointer?
             let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_URI | SQLITE_OPEN_EXRESCODE
@@ -69,7 +96,7 @@ final class SQLiteAppender: @unchecked Sendable {
                 sqlite_nio_sqlite3_close_v2(handle)
                 throw error
             }
-            let appender = SQLiteAppender(db: handle, threadPool: threadPool)
+            let appender = SQLiteAppender(db: handle, threadPool: threadPool, priority: priority)
             // First: the pragmas below read the schema, which waits for another process's lock.
             sqlite_nio_sqlite3_busy_timeout(handle, 5_000)
             do {
@@ -87,7 +114,7 @@ final class SQLiteAppender: @unchecked Sendable {
     /// Appends usage rows in one transaction: all or none.
     func appendUsage(_ records: [UsageRecord]) async throws {
         guard !records.isEmpty else { return }
-        try await threadPool.runIfActive {
+        try await onWriterThread {
             try self.transaction {
                 try self.insertRows(records, statement: { .insertUsage(rows: $0) }) { record, binder in StoreRecords.write(record, to: &binder) }
             }
@@ -96,7 +123,7 @@ final class SQLiteAppender: @unchecked Sendable {
 
     /// Links audit records onto the stored chain's head and appends them in one transaction.
     func appendAudit(_ records: [AuditRecord]) async throws -> (sequence: Int64, hash: String) {
-        try await threadPool.runIfActive {
+        try await onWriterThread {
             try self.transaction {
                 var chain = try self.auditChainHead()
                 // Linked in order as they are bound: the rows of a statement follow each other.
@@ -114,6 +141,16 @@ final class SQLiteAppender: @unchecked Sendable {
         } catch {
             closeNow()  // the pool is gone (or the task cancelled): close here rather than leak
         }
+        poolClosed.store(true, ordering: .releasing)
+        try? await threadPool.shutdownGracefully()
+    }
+
+    /// A batch on the appender's thread, at its priority.
+    private func onWriterThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        // The thread is gone with the store: say so rather than what the pool would say.
+        guard !poolClosed.load(ordering: .acquiring) else { throw SQLiteWriteError(code: SQLITE_MISUSE, message: "the store is closed") }
+        if let priority { return try await priority.run(on: threadPool, body) }
+        return try await threadPool.runIfActive(body)
     }
 
     // MARK: On the pool thread

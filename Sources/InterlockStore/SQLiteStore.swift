@@ -15,7 +15,7 @@ public final class SQLiteStore: InterlockStore {
     public let path: String
     /// The ledger's and audit log's batches, on a second connection with prepared statements
     /// (file databases only: `:memory:` has no file a second connection could open).
-    private let appender: SQLiteAppender?
+    let appender: SQLiteAppender?
     /// Every write runs through here. One connection serves all callers, and an open
     /// transaction would otherwise take in (and roll back) another caller's statements.
     private let writes = AsyncSerialGate()
@@ -33,7 +33,10 @@ public final class SQLiteStore: InterlockStore {
     }
 
     /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory one.
-    public static func open(path: String, durability: SQLiteDurability = .normal, logger: Logger = Logger(label: "interlock.store")) async throws -> SQLiteStore {
+    public static func open(
+        path: String, durability: SQLiteDurability = .normal, batchWriter: SQLiteBatchWriterSettings = .init(),
+        logger: Logger = Logger(label: "interlock.store")
+    ) async throws -> SQLiteStore {
         let storage: SQLiteConnection.Storage = path == ":memory:" ? .memory : .file(path: path)
         let connection = try await SQLiteConnection.open(storage: storage, logger: logger)
         do {
@@ -46,7 +49,7 @@ public final class SQLiteStore: InterlockStore {
             // A batch `INSERT` inside `BEGIN` keeps a statement journal, which spills to a
             // temporary file past 64 KiB: one file created and written per ledger or audit batch.
             _ = try await connection.query("PRAGMA temp_store=MEMORY", [])
-            let appender = isInMemory(path) ? nil : try await SQLiteAppender.open(path: path, durability: durability)
+            let appender = isInMemory(path) ? nil : try await SQLiteAppender.open(path: path, durability: durability, batchWriter: batchWriter, logger: logger)
             return SQLiteStore(connection: connection, path: path, appender: appender)
         } catch {
             // Not a database (or not a usable one): close before the connection is released.

@@ -27,6 +27,15 @@ ahcConfiguration.tracing.tracer = nil
 ahcConfiguration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
 let ahc = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: ahcConfiguration)
 let upstreamURL = "http://127.0.0.1:\(upstreamPort)\(upstreamPath)"
+/// `BENCH_SPIN_US`: CPU burnt on the event loop per request before it is forwarded, to see
+/// how added per-call work moves throughput and latency (BENCHMARKS.md, fifteenth session).
+let spinNanoseconds = (getenv("BENCH_SPIN_US").flatMap { Int(String(cString: $0)) } ?? 0) * 1_000
+
+func spin() {
+    guard spinNanoseconds > 0 else { return }
+    let start = NIODeadline.now()
+    while (NIODeadline.now() - start).nanoseconds < Int64(spinNanoseconds) {}
+}
 
 /// Idle upstream connections of one event loop. Touched only on that loop.
 final class UpstreamPool {
@@ -74,6 +83,7 @@ final class ProxyHandler: ChannelInboundHandler {
         case .body(var part):
             if body == nil { body = part } else { body!.writeBuffer(&part) }
         case .end:
+            spin()
             if useAHC { forwardWithAHC(context: context) } else { forward(context: context) }
         }
     }

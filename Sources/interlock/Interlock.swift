@@ -75,7 +75,7 @@ struct AuditStoreOptions: ParsableArguments {
             do {
                 let configuration = try ConfigLoader.load(path: config, environment: ProcessInfo.processInfo.environment)
                 switch configuration.store {
-                case .sqlite(let file, _): path = file
+                case .sqlite(let file, _, _): path = file
                 case .postgres: configured = configuration.store
                 }
             } catch {

@@ -106,4 +106,50 @@ import Testing
         #expect(error?.description.contains("closed") == true)
         await #expect(throws: SQLiteWriteError.self) { try await store.appendAudit([AuditRecord(timestampMs: 1, node: "n", action: "a", decision: "allow")]) }
     }
+
+    /// Linux's scheduling policy of one of this process's threads (field 41 of its `stat`).
+    static func policy(ofThread id: pid_t) throws -> Int {
+        let stat = try String(contentsOfFile: "/proc/self/task/\(id)/stat", encoding: .utf8)
+        let fields = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")
+        return Int(fields[41 - 3])!  // fields after the name start at field 3
+    }
+
+    /// Batches run on their own thread at `SCHED_IDLE` (5); one that outlasts `boost_after_ms`
+    /// is raised to the normal policy (0), and the next one starts idle again. With
+    /// `priority: normal` the thread never leaves the normal policy.
+    @Test func batchesRunAtIdlePriorityAndALongBatchIsRaised() async throws {
+        #if os(Linux)
+        guard await BackgroundPriority.probe() else { return }  // no CAP_SYS_NICE: runs at normal, tested below
+        for (priority, boostMs) in [(SQLiteBatchWriterSettings.Priority.idle, 1), (.normal, 1)] {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-priority-\(UInt64.random(in: 0...UInt64.max)).sqlite").path
+            defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+            let store = try await SQLiteStore.open(path: path, batchWriter: SQLiteBatchWriterSettings(priority: priority, boostAfterMs: boostMs))
+            try await store.migrate()
+            guard priority == .idle else {
+                #expect(store.appender?.priority == nil)
+                try await store.close()
+                continue
+            }
+            let writer = try #require(store.appender?.priority)
+            try await store.appendUsage([usage("small")])
+            let thread = try #require(writer.threadID)
+            // 20,000 rows take far longer than 1 ms.
+            try await store.appendUsage((0..<20_000).map { usage("big\($0)") })
+            #expect(try Self.policy(ofThread: thread) == 0, "a batch past boost_after_ms runs at the normal policy")
+            try await store.close()
+        }
+        // A batch well inside its boost time leaves the thread idle.
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-priority-\(UInt64.random(in: 0...UInt64.max)).sqlite").path
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let store = try await SQLiteStore.open(path: path, batchWriter: SQLiteBatchWriterSettings(priority: .idle, boostAfterMs: 10_000))
+        try await store.migrate()
+        try await store.appendUsage([usage("one")])
+        let thread = try #require(store.appender?.priority?.threadID)
+        #expect(try Self.policy(ofThread: thread) == 5)
+        _ = try await store.appendAudit([AuditRecord(timestampMs: 1, node: "n", action: "a", decision: "allow")])
+        #expect(try Self.policy(ofThread: thread) == 5)
+        #expect(try await store.recentUsage(limit: 5).map(\.requestID) == ["one"])
+        try await store.close()
+        #endif
+    }
 }

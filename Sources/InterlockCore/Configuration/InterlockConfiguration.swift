@@ -87,7 +87,7 @@ public struct NodeSettings: Sendable {
 }
 
 public enum StoreSettings: Sendable, Equatable {
-    case sqlite(path: String, durability: SQLiteDurability = .normal)
+    case sqlite(path: String, durability: SQLiteDurability = .normal, batchWriter: SQLiteBatchWriterSettings = .init())
     /// One PostgreSQL shared by every node of a cluster.
     case postgres(PostgresSettings)
 
@@ -244,6 +244,26 @@ public enum PostgresTLSMode: String, Sendable, CaseIterable {
 }
 
 /// When a SQLite commit is on disk (`store.sqlite.synchronous`).
+/// `store.sqlite.batch_writer`: how the usage ledger's and audit log's batches share the
+/// CPU with calls.
+public struct SQLiteBatchWriterSettings: Sendable, Equatable {
+    public enum Priority: String, Sendable, CaseIterable {
+        /// Linux `SCHED_IDLE`: a batch runs only on an otherwise idle core (raised to normal
+        /// after `boostAfterMs`). Needs `CAP_SYS_NICE` or `RLIMIT_NICE` ≥ 20, else normal.
+        case idle
+        case normal
+    }
+
+    public var priority: Priority = .idle
+    /// A batch still running at idle priority after this long is raised to normal, in milliseconds.
+    public var boostAfterMs: Int = 20
+
+    public init(priority: Priority = .idle, boostAfterMs: Int = 20) {
+        self.priority = priority
+        self.boostAfterMs = boostAfterMs
+    }
+}
+
 public enum SQLiteDurability: String, Sendable, CaseIterable {
     /// WAL with `synchronous=NORMAL`: a commit survives the process being killed (the OS has
     /// it); a power cut may lose the last commits, never corrupt the file.

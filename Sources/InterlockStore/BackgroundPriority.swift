@@ -1,0 +1,119 @@
+import InterlockCore
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs the ledger's and audit log's batches on one thread of their own at Linux's
+/// `SCHED_IDLE` policy, so that they never keep a call's thread off a core.
+///
+/// On a busy two-core machine a batch (a few milliseconds of SQLite work every flush) held a
+/// core while the event loops, the upstream and the clients queued for the other, and the
+/// slowest calls waited for it. A `SCHED_IDLE` thread runs only on an otherwise idle core and
+/// gives it up the moment another thread wakes. Such a thread can starve while it holds the
+/// database's write lock, though, so a batch still running after `boostAfterMs` is raised to
+/// the normal policy, and the next batch starts idle again: other writes wait at most that
+/// long for a starved batch, and the batches keep up when the cores are saturated.
+///
+/// Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or `RLIMIT_NICE` of at least 20 (`ulimit -e`).
+/// Without either, a batch could never be raised, so the thread stays at the normal policy
+/// (`probe` finds out once, on a throwaway thread).
+final class BackgroundPriority: Sendable {
+    private struct State {
+        /// The batch thread's id once it has run a batch: boosts go to it.
+        var thread: pid_t?
+        /// The latest batch, and the latest one that was raised.
+        var batch = 0
+        var boosted = -1
+    }
+
+    private let boostAfter: TimeAmount
+    /// Policy changes happen under this lock, so a boost and the start of its batch cannot
+    /// cross (a batch boosted before its thread picked it up does not lower the thread).
+    private let state = Mutex(State())
+    private let timerLoop: any EventLoop
+
+    /// The batch thread's kernel id, once it has run a batch.
+    var threadID: pid_t? { state.withLock { $0.thread } }
+
+    private init(boostAfterMs: Int, timerLoop: any EventLoop) {
+        self.boostAfter = .milliseconds(Int64(boostAfterMs))
+        self.timerLoop = timerLoop
+    }
+
+    /// The helper for `settings`, or nil when batches run at the normal policy: configured
+    /// so, or this process may not raise a thread back out of `SCHED_IDLE`.
+    static func make(_ settings: SQLiteBatchWriterSettings) async -> BackgroundPriority? {
+        guard settings.priority == .idle, await probe() else { return nil }
+        return BackgroundPriority(boostAfterMs: settings.boostAfterMs, timerLoop: MultiThreadedEventLoopGroup.singleton.any())
+    }
+
+    /// Whether a thread of this process can enter `SCHED_IDLE` and leave it again.
+    static func probe() async -> Bool {
+        #if os(Linux)
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        defer { pool.shutdownGracefully { _ in } }
+        return (try? await pool.runIfActive { setPolicy(schedIdle, of: 0) && setPolicy(SCHED_OTHER, of: 0) }) ?? false
+        #else
+        return false
+        #endif
+    }
+
+    /// Runs `body` on `pool` (a single thread, one batch at a time) at idle priority, raised
+    /// to normal if it takes longer than `boostAfterMs`.
+    func run<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let batch = state.withLock { state in
+            state.batch += 1
+            return state.batch
+        }
+        let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch) }
+        defer { boost.cancel() }
+        return try await pool.runIfActive {
+            self.lowerCurrentThread(for: batch)
+            return try body()
+        }
+    }
+
+    private func lowerCurrentThread(for batch: Int) {
+        #if os(Linux)
+        state.withLock { state in
+            if state.thread == nil { state.thread = Self.currentThreadID() }
+            if state.boosted != batch { _ = Self.setPolicy(Self.schedIdle, of: 0) }
+        }
+        #endif
+    }
+
+    private func raise(_ batch: Int) {
+        #if os(Linux)
+        state.withLock { state in
+            state.boosted = batch
+            if let thread = state.thread { _ = Self.setPolicy(SCHED_OTHER, of: thread) }
+        }
+        #endif
+    }
+
+    #if os(Linux)
+    /// Glibc declares `SCHED_IDLE` and `gettid` only for `_GNU_SOURCE`, which Swift's Glibc
+    /// module does not define; the policy's value is part of Linux's ABI.
+    private static let schedIdle: Int32 = 5
+
+    /// The calling thread's kernel id, from `/proc/thread-self` (a link to `<pid>/task/<tid>`).
+    private static func currentThreadID() -> pid_t? {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let count = readlink("/proc/thread-self", &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        let link = String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return link.split(separator: "/").last.flatMap { pid_t($0) }
+    }
+
+    /// `sched_setscheduler` for one thread (0: the calling one).
+    private static func setPolicy(_ policy: Int32, of thread: pid_t) -> Bool {
+        var parameters = sched_param(sched_priority: 0)
+        return sched_setscheduler(thread, policy, &parameters) == 0
+    }
+    #endif
+}
