@@ -62,6 +62,21 @@ import Testing
         #expect(error.description.contains("c.yaml:17:36: gateway.max_stream_event_bytes: must be at least 1024, found 10"), "\(error.description)")
     }
 
+    /// `store.sqlite.batch_writer`: idle by default, set, and a wrong priority named with its line.
+    @Test func sqliteBatchWriterPriorityIsReadAndChecked() throws {
+        let environment = ["A1_KEY": "0123456789abcdefXYZ"]
+        #expect(try ConfigLoader.parse(valid, file: "c.yaml", environment: environment).store == .sqlite(path: "interlock.sqlite"))
+        func with(_ writer: String) -> String { valid + "\nstore:\n  sqlite:\n    path: /tmp/x.sqlite\n    batch_writer: { \(writer) }" }
+        let set = try ConfigLoader.parse(with("priority: normal, boost_after_ms: 50"), file: "c.yaml", environment: environment)
+        #expect(set.store == .sqlite(path: "/tmp/x.sqlite", batchWriter: SQLiteBatchWriterSettings(priority: .normal, boostAfterMs: 50)))
+        let wrong = Result { () throws(ConfigError) in try ConfigLoader.parse(with("priority: low"), file: "c.yaml", environment: environment) }
+        guard case .failure(let error) = wrong else {
+            Issue.record("priority: low was accepted")
+            return
+        }
+        #expect(error.description.contains("c.yaml:20:") && error.description.contains("store.sqlite.batch_writer.priority") && error.description.contains("idle"), "\(error.description)")
+    }
+
     /// The cluster store: a URL from the environment, decoded; errors that never echo the password.
     @Test func postgresStoreIsReadFromAURL() throws {
         let text = valid + """
