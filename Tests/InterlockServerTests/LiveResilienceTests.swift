@@ -106,129 +106,116 @@ final class ScriptedUpstream: Sendable {
         """
     }
 
-    @Test func retryAfterBreakerFallbackAndTraceContext() async throws {
+    /// The scripted upstream and Interlock in front of it, both live: `body` gets the upstream,
+    /// Interlock's services and a client of it.
+    func withGateway(_ body: @escaping @Sendable (ScriptedUpstream, InterlockServices, any TestClientProtocol) async throws -> Void) async throws {
         let upstream = ScriptedUpstream()
         let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await upstreamApp.test(.live) { upstreamClient in
             let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
-            let app = harness.application()
             let services = harness.services
-            try await app.test(.live) { client in
-                // 429 with retry-after-ms: the retry waits that long, then succeeds.
-                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("limited")) { response in
-                    #expect(response.status == .ok)
-                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "2")
-                    // First attempt on the event loop, the retry on the async path.
-                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop,async")
-                    let queued = Double(response.headers[HTTPField.Name("x-interlock-queue-ms")!] ?? "0") ?? 0
-                    #expect(queued >= 140)
-                }
-                // A deployment that keeps failing: two attempts, breaker opens, fallback alias answers.
-                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
-                    #expect(response.status == .ok)
-                    #expect(response.headers[HTTPField.Name("x-interlock-deployment")!] == "backup-deployment")
-                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "3")
-                }
-                #expect(upstream.count("down") == 2)
-                #expect(services.gateway.deploymentState("down-deployment")?.breakerState == "open")
-                // With the breaker open the broken deployment is not called at all.
-                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
-                    #expect(response.status == .ok)
-                    #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "1")
-                }
-                #expect(upstream.count("down") == 2)
-                // The agent's W3C trace context reaches the upstream.
-                let traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                var headers = auth("test-key-aaaaaaaaaaaa")
-                headers[HTTPField.Name("traceparent")!] = traceParent
-                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat("plain")) { response in
-                    #expect(response.status == .ok)
-                    #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
-                }
-                #expect(upstream.lastTraceParent.withLock { $0 } == traceParent)
-            }
+            try await harness.application().test(.live) { client in try await body(upstream, services, client) }
             try await harness.close()
+        }
+    }
+
+    /// The ledger row of the call to `target`, once the ledger has written it.
+    func billed(_ target: String, in services: InterlockServices) async throws -> UsageRecord {
+        var record: UsageRecord?
+        for _ in 0..<100 {
+            await services.ledger.flush()
+            record = try await services.store.recentUsage(limit: 5).first { $0.target == target }
+            if record != nil { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return try #require(record)
+    }
+
+    @Test func retryAfterBreakerFallbackAndTraceContext() async throws {
+        try await withGateway { upstream, services, client in
+            // 429 with retry-after-ms: the retry waits that long, then succeeds.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("limited")) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "2")
+                // First attempt on the event loop, the retry on the async path.
+                #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop,async")
+                let queued = Double(response.headers[HTTPField.Name("x-interlock-queue-ms")!] ?? "0") ?? 0
+                #expect(queued >= 140)
+            }
+            // A deployment that keeps failing: two attempts, breaker opens, fallback alias answers.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("x-interlock-deployment")!] == "backup-deployment")
+                #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "3")
+            }
+            #expect(upstream.count("down") == 2)
+            #expect(services.gateway.deploymentState("down-deployment")?.breakerState == "open")
+            // With the breaker open the broken deployment is not called at all.
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat("flaky")) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("x-interlock-attempts")!] == "1")
+            }
+            #expect(upstream.count("down") == 2)
+            // The agent's W3C trace context reaches the upstream.
+            let traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            var headers = auth("test-key-aaaaaaaaaaaa")
+            headers[HTTPField.Name("traceparent")!] = traceParent
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: headers, body: chat("plain")) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[HTTPField.Name("x-interlock-path")!] == "event-loop")
+            }
+            #expect(upstream.lastTraceParent.withLock { $0 } == traceParent)
         }
     }
 
     /// The agent hangs up mid-stream: Interlock stops reading the upstream and bills what was delivered.
     @Test func agentDisconnectMidStreamIsBilledAsPartial() async throws {
-        let upstream = ScriptedUpstream()
-        let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstreamApp.test(.live) { upstreamClient in
-            let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
-            let app = harness.application()
-            let services = harness.services
-            try await app.test(.live) { client in
-                let url = "http://127.0.0.1:\(client.port!)/v1/chat/completions"
-                let received = try await withThrowingTaskGroup(of: Int.self) { group in
-                    group.addTask {
-                        var request = HTTPClientRequest(url: url)
-                        request.method = .POST
-                        request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
-                        request.body = .bytes(chat("slow", "go", extra: #","stream":true"#))
-                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-                        var bytes = 0
-                        for try await chunk in response.body {
-                            bytes += chunk.readableBytes
-                            if bytes > 400 { break }  // hang up after a few events
-                        }
-                        return bytes
+        try await withGateway { _, services, client in
+            let url = "http://127.0.0.1:\(client.port!)/v1/chat/completions"
+            let received = try await withThrowingTaskGroup(of: Int.self) { group in
+                group.addTask {
+                    var request = HTTPClientRequest(url: url)
+                    request.method = .POST
+                    request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
+                    request.body = .bytes(chat("slow", "go", extra: #","stream":true"#))
+                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                    var bytes = 0
+                    for try await chunk in response.body {
+                        bytes += chunk.readableBytes
+                        if bytes > 400 { break }  // hang up after a few events
                     }
-                    return try await group.next()!
+                    return bytes
                 }
-                #expect(received > 400)
-                var record: UsageRecord?
-                for _ in 0..<100 {
-                    await services.ledger.flush()
-                    record = try await services.store.recentUsage(limit: 5).first { $0.target == "slow" }
-                    if record != nil { break }
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-                let billed = try #require(record)
-                #expect(billed.outcome == .partial)
-                #expect(billed.status == 499)
-                #expect(billed.usage.outputTokens > 0 && billed.usage.outputTokens < 40)
-                #expect(billed.cost > .zero)
+                return try await group.next()!
             }
-            try await harness.close()
+            #expect(received > 400)
+            let billed = try await billed("slow", in: services)
+            #expect(billed.outcome == .partial)
+            #expect(billed.status == 499)
+            #expect(billed.usage.outputTokens > 0 && billed.usage.outputTokens < 40)
+            #expect(billed.cost > .zero)
         }
     }
 
     /// An upstream event past `gateway.max_stream_event_bytes` ends the agent's stream with an
     /// error event (the async path's relay), closes the upstream, and bills what was delivered.
     @Test func aStreamEventPastItsBoundEndsTheStream() async throws {
-        let upstream = ScriptedUpstream()
-        let upstreamApp = Application(router: upstream.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await upstreamApp.test(.live) { upstreamClient in
-            let harness = try await Harness.make(config(base: "http://127.0.0.1:\(upstreamClient.port!)"))
-            let app = harness.application()
-            let services = harness.services
-            try await app.test(.live) { client in
-                var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
-                request.method = .POST
-                request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
-                request.body = .bytes(chat("endless", "go", extra: #","stream":true"#))
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-                #expect(response.status == .ok)
-                let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
-                #expect(body.contains(#""content":"first ""#))
-                #expect(body.contains(#""code":"upstream_event_too_large""#) && body.contains("more than 4096 bytes"), "\(body)")
-                #expect(!body.contains("[DONE]") && !body.contains("xxxx"))
-                var record: UsageRecord?
-                for _ in 0..<100 {
-                    await services.ledger.flush()
-                    record = try await services.store.recentUsage(limit: 5).first { $0.target == "endless" }
-                    if record != nil { break }
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-                let billed = try #require(record)
-                #expect(billed.outcome == .partial && billed.status == 200 && billed.errorCode == "upstream_event_too_large")
-                #expect(billed.usage.outputTokens == 1)
-                for _ in 0..<100 where upstream.cut.withLock({ $0["endless-stream"] }) == nil { try await Task.sleep(for: .milliseconds(50)) }
-                #expect(upstream.cut.withLock { $0["endless-stream"] } == 1)
-            }
-            try await harness.close()
+        try await withGateway { upstream, services, client in
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
+            request.method = .POST
+            request.headers.add(name: "authorization", value: "Bearer test-key-aaaaaaaaaaaa")
+            request.body = .bytes(chat("endless", "go", extra: #","stream":true"#))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            #expect(response.status == .ok)
+            let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            #expect(body.contains(#""content":"first ""#))
+            #expect(body.contains(#""code":"upstream_event_too_large""#) && body.contains("more than 4096 bytes"), "\(body)")
+            #expect(!body.contains("[DONE]") && !body.contains("xxxx"))
+            let billed = try await billed("endless", in: services)
+            #expect(billed.outcome == .partial && billed.status == 200 && billed.errorCode == "upstream_event_too_large")
+            #expect(billed.usage.outputTokens == 1)
+            for _ in 0..<100 where upstream.cut.withLock({ $0["endless-stream"] }) == nil { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(upstream.cut.withLock { $0["endless-stream"] } == 1)
         }
     }
 }
