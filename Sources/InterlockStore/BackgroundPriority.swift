@@ -22,22 +22,22 @@ import Glibc
 /// Without either, a batch could never be raised, so the thread stays at the normal policy
 /// (`probe` finds out once, on a throwaway thread).
 final class BackgroundPriority: Sendable {
-    private struct State {
-        /// The batch thread's id once it has run a batch: boosts go to it.
-        var thread: pid_t?
-        /// The latest batch, and the latest one that was raised.
-        var batch = 0
-        var boosted = -1
-    }
-
     private let boostAfter: TimeAmount
-    /// Policy changes happen under this lock, so a boost and the start of its batch cannot
-    /// cross (a batch boosted before its thread picked it up does not lower the thread).
-    private let state = Mutex(State())
+    // Atomics, not a lock: the batch thread could be preempted while holding a lock (it is
+    // at idle priority; the policy change itself is a preemption point), and a boost on an
+    // event loop would then wait for it, for as long as the cores stay busy.
+    /// The batch thread's kernel id (0 until it has run a batch): boosts go to it.
+    private let thread = Atomic<Int32>(0)
+    /// The latest batch, and the latest one that was raised.
+    private let batches = Atomic<Int>(0)
+    private let boosted = Atomic<Int>(-1)
     private let timerLoop: any EventLoop
 
     /// The batch thread's kernel id, once it has run a batch.
-    var threadID: pid_t? { state.withLock { $0.thread } }
+    var threadID: pid_t? {
+        let id = thread.load(ordering: .sequentiallyConsistent)
+        return id == 0 ? nil : pid_t(id)
+    }
 
     private init(boostAfterMs: Int, timerLoop: any EventLoop) {
         self.boostAfter = .milliseconds(Int64(boostAfterMs))
@@ -66,10 +66,7 @@ final class BackgroundPriority: Sendable {
     /// Runs `body` on `pool` (a single thread, one batch at a time) at idle priority, raised
     /// to normal if it takes longer than `boostAfterMs`.
     func run<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        let batch = state.withLock { state in
-            state.batch += 1
-            return state.batch
-        }
+        let batch = batches.add(1, ordering: .sequentiallyConsistent).newValue
         let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch) }
         defer { boost.cancel() }
         return try await pool.runIfActive {
@@ -78,21 +75,24 @@ final class BackgroundPriority: Sendable {
         }
     }
 
+    /// A boost may come before the thread lowers itself, or between its check and its
+    /// lowering: the second check catches the latter (the booster stores first, then raises).
     private func lowerCurrentThread(for batch: Int) {
         #if os(Linux)
-        state.withLock { state in
-            if state.thread == nil { state.thread = Self.currentThreadID() }
-            if state.boosted != batch { _ = Self.setPolicy(Self.schedIdle, of: 0) }
+        if thread.load(ordering: .sequentiallyConsistent) == 0, let id = Self.currentThreadID() {
+            thread.store(Int32(id), ordering: .sequentiallyConsistent)
         }
+        guard boosted.load(ordering: .sequentiallyConsistent) != batch else { return }
+        _ = Self.setPolicy(Self.schedIdle, of: 0)
+        if boosted.load(ordering: .sequentiallyConsistent) == batch { _ = Self.setPolicy(SCHED_OTHER, of: 0) }
         #endif
     }
 
     private func raise(_ batch: Int) {
         #if os(Linux)
-        state.withLock { state in
-            state.boosted = batch
-            if let thread = state.thread { _ = Self.setPolicy(SCHED_OTHER, of: thread) }
-        }
+        boosted.store(batch, ordering: .sequentiallyConsistent)
+        let id = thread.load(ordering: .sequentiallyConsistent)
+        if id != 0 { _ = Self.setPolicy(SCHED_OTHER, of: pid_t(id)) }
         #endif
     }
 
