@@ -786,9 +786,7 @@ public final class LoopStreamSession: @unchecked Sendable {
     public func finish(completed: Bool) -> [UInt8] {
         var tail: [UInt8] = []
         if let event = parser.finish() { tail += transcoder.transcode(event) }
-        tail += parser.overflowed
-            ? transcoder.finish(completed: false, interruption: .eventTooLarge(limitBytes: parser.maxEventBytes))
-            : transcoder.finish(completed: completed)
+        tail += ModelStream.ending(&transcoder, parser, completed: completed)
         return tail
     }
 
@@ -809,7 +807,7 @@ public final class LoopStreamSession: @unchecked Sendable {
         guard !settled else { return }
         settled = true
         let (usage, outcome) = ModelStream.outcome(transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke, agentGone: agentGone)
-        settle(usage, outcome, agentGone ? 499 : 200, parser.overflowed ? StreamInterruption.eventTooLargeCode : nil)
+        settle(usage, outcome, agentGone ? 499 : 200, ModelStream.errorCode(parser))
     }
 
     /// Handed to the async path before anything reached the agent: nothing to settle here.

@@ -141,11 +141,7 @@ public final class ModelStream: @unchecked Sendable {
                 blocked = true
                 tail += transcoder.finish(completed: false, interruption: Self.guardrailInterruption(hit))
             }
-            if !blocked {
-                tail += parser.overflowed
-                    ? transcoder.finish(completed: false, interruption: .eventTooLarge(limitBytes: parser.maxEventBytes))
-                    : transcoder.finish(completed: !upstreamBroke)
-            }
+            if !blocked { tail += Self.ending(&transcoder, parser, completed: !upstreamBroke) }
             if !tail.isEmpty {
                 do { try await write(ByteBuffer(bytes: tail)) } catch { agentGone = true }
             }
@@ -154,8 +150,21 @@ public final class ModelStream: @unchecked Sendable {
             transcoder: transcoder, estimatedInputTokens: estimatedInputTokens, upstreamBroke: upstreamBroke || cutOff || blocked, agentGone: agentGone)
         if let hits = streamGuard?.hits, !hits.isEmpty { recordHits(hits) }
         settled = true
-        let errorCode = cutOff ? "agent_disabled" : blocked ? "guardrail_blocked" : parser.overflowed ? StreamInterruption.eventTooLargeCode : nil
+        let errorCode = cutOff ? "agent_disabled" : blocked ? "guardrail_blocked" : Self.errorCode(parser)
         settle(usage, outcome, agentGone ? 499 : (blocked ? 403 : 200), errorCode)
+    }
+
+    /// The agent's last bytes when the upstream ended (`completed`) or broke off, or when one
+    /// of its events outgrew `gateway.max_stream_event_bytes`. Both relays end this way.
+    static func ending(_ transcoder: inout StreamTranscoder, _ parser: ServerSentEventParser, completed: Bool) -> [UInt8] {
+        parser.overflowed
+            ? transcoder.finish(completed: false, interruption: .eventTooLarge(limitBytes: parser.maxEventBytes))
+            : transcoder.finish(completed: completed)
+    }
+
+    /// The ledger's error code for a stream the parser stopped, if it did.
+    static func errorCode(_ parser: ServerSentEventParser) -> String? {
+        parser.overflowed ? StreamInterruption.eventTooLargeCode : nil
     }
 
     static func guardrailInterruption(_ hit: GuardrailHit) -> StreamInterruption {

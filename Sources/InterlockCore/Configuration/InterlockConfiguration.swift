@@ -243,7 +243,6 @@ public enum PostgresTLSMode: String, Sendable, CaseIterable {
     }
 }
 
-/// When a SQLite commit is on disk (`store.sqlite.synchronous`).
 /// `store.sqlite.batch_writer`: how the usage ledger's and audit log's batches share the
 /// CPU with calls.
 public struct SQLiteBatchWriterSettings: Sendable, Equatable {
@@ -264,6 +263,7 @@ public struct SQLiteBatchWriterSettings: Sendable, Equatable {
     }
 }
 
+/// When a SQLite commit is on disk (`store.sqlite.synchronous`).
 public enum SQLiteDurability: String, Sendable, CaseIterable {
     /// WAL with `synchronous=NORMAL`: a commit survives the process being killed (the OS has
     /// it); a power cut may lose the last commits, never corrupt the file.
