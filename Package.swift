@@ -246,6 +246,7 @@ let package = Package(
                 "InterlockServer", "InterlockConfig", "InterlockCore", "InterlockProviders", "InterlockRuntime", "InterlockStore",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ],

@@ -85,8 +85,9 @@ public struct LoopHTTPResponse: Sendable {
 
 /// An HTTP/1.1 client whose connections belong to event loops: a request is sent and its
 /// answer read on the loop that asked, over a keep-alive connection owned by that loop, so the
-/// event-loop fast path never leaves its thread. HTTP parsing and TLS are NIO's (NIOHTTP1,
-/// NIOSSL); this type only pools connections and matches one request to one answer.
+/// event-loop fast path never leaves its thread. TLS is NIO's (NIOSSL); answers are read by
+/// `PlainResponseDecoder`, which leaves every answer that is not plain HTTP/1.1 to NIO's
+/// decoder. This type pools connections and matches one request to one answer.
 ///
 /// Calls that must wait (retries, fallbacks, queue waits) go through AsyncHTTPClient instead.
 public final class LoopHTTPClient: Sendable {
@@ -447,12 +448,13 @@ final class LoopConnectionPool: @unchecked Sendable {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
-                    // `send` encodes requests itself (`EncodedRequestWriter`); NIO's response
-                    // decoder still sees each request's head, to know the method it answers.
+                    // `send` encodes requests itself (`EncodedRequestWriter`). Answers are read
+                    // by `PlainResponseDecoder`, or by NIO's decoder once it handed over.
                     let writer = EncodedRequestWriter()
+                    let handler = UpstreamConnectionHandler(writer: writer)
                     try channel.pipeline.syncOperations.addHandler(writer)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler(writer: writer))
+                    try channel.pipeline.syncOperations.addHandler(handler.decoder)
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
             .connect(host: target.host, port: target.port)
@@ -500,7 +502,8 @@ final class LoopConnectionPool: @unchecked Sendable {
         request.writeString(ASCIIText.digits(UInt64(exchange.body.readableBytes)))
         request.writeStaticString("\r\n\r\n")
         request.writeImmutableBuffer(exchange.body)
-        channel.write(HTTPClientRequestPart.head(EncodedRequestWriter.postHead), promise: nil)
+        // NIO's decoder, once it reads the connection, learns each request's method from its head.
+        if handler.decoder.handedOver { channel.write(HTTPClientRequestPart.head(EncodedRequestWriter.postHead), promise: nil) }
         handler.writer.send(request)
     }
 }
@@ -547,6 +550,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
 
     /// Where this connection's encoded requests are written from.
     let writer: EncodedRequestWriter
+    /// Reads the answers (and hands the connection to NIO's decoder when one is not plain).
+    private(set) var decoder: PlainResponseDecoder!
 
     private var exchange: Exchange?
     private weak var pool: LoopConnectionPool?
@@ -556,6 +561,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
 
     init(writer: EncodedRequestWriter) {
         self.writer = writer
+        decoder = PlainResponseDecoder { [weak self] in self?.exchange != nil }
     }
 
     func begin(_ exchange: Exchange, pool: LoopConnectionPool) {
@@ -581,7 +587,12 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
-            body.writeBuffer(&part)
+            if body.readableBytes == 0 {
+                // Most answers arrive in one piece: keep it as it came, without a copy.
+                body = part
+            } else {
+                body.writeBuffer(&part)
+            }
         case .end:
             self.exchange = nil
             guard let head else { return }
