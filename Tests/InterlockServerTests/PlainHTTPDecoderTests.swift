@@ -22,7 +22,7 @@ import Testing
         #expect(request.method == .POST)
         #expect(request.uri == "/v1/chat/completions?x=1")
         #expect(request.version == .http1_1)
-        #expect(request.headers.first(name: "authorization") == "Bearer k")
+        #expect(request.headers.first(name: "authorization") == "Bearer k ")
         #expect(request.headers.first(name: "x-empty") == "")
         #expect(request.headers.count == 4)
         #expect(request.isKeepAlive)
@@ -110,6 +110,8 @@ import Testing
         "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
         // Plain, then chunked: NIO reads from the second request on.
         "POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nokPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 1\r\n\r\nz",
+        // Whitespace around and inside values, an empty value, a leading-zero length.
+        "POST /x HTTP/1.1\r\nA:\t v \t\r\nB:\r\nC: x \t y\r\nContent-Length: 002\r\n\r\nokPOST /y HTTP/1.1\r\nConnection: close\r\n\r\n",
         // HTTP/1.0 first.
         "POST /a HTTP/1.0\r\nContent-Length: 2\r\n\r\nokPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
         // Malformed after a plain one: NIO refuses it.
@@ -126,6 +128,46 @@ import Testing
             let parts = try Self.requestParts(bytes, split: split, plain: true)
             #expect(parts.parts == expected.parts, "split at \(split)")
             #expect(parts.failed == expected.failed, "split at \(split)")
+        }
+    }
+
+    /// Seeded mutations of plain requests and answers (bytes flipped, inserted, dropped,
+    /// among them the ones that matter to framing): every one reads as NIO reads it.
+    @Test func mutationsReadAsNIOReadsThem() throws {
+        let requests = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a:1\r\nAuthorization: Bearer k\r\nContent-Length: 4\r\n\r\nbodyGET /b HTTP/1.1\r\n\r\n".utf8)
+        let answers = Array("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\nbody".utf8)
+        let alphabet = Array("\r\n \t:0123456789-,;aZ/\u{0}\u{7F}\u{80}".utf8)
+        var random = SeededRandom(seed: 0x1A7E_10C4)
+        var compared = (requests: 0, answers: 0, plain: 0)
+        for round in 0..<3000 {
+            let answer = round % 3 == 2
+            var bytes = answer ? answers : requests
+            for _ in 0..<(1 + Int(random.next() % 4)) {
+                let at = Int(random.next() % UInt64(bytes.count))
+                let byte = alphabet[Int(random.next() % UInt64(alphabet.count))]
+                switch random.next() % 3 {
+                case 0: bytes[at] = byte
+                case 1: bytes.insert(byte, at: at)
+                default: bytes.remove(at: at)
+                }
+            }
+            let expected = answer ? try Self.responseParts(bytes, split: nil, plain: false) : try Self.requestParts(bytes, split: nil, plain: false)
+            let got = answer ? try Self.responseParts(bytes, split: nil, plain: true) : try Self.requestParts(bytes, split: nil, plain: true)
+            #expect(got.parts == expected.parts, "\(String(decoding: bytes, as: UTF8.self).debugDescription)")
+            #expect(got.failed == expected.failed, "\(String(decoding: bytes, as: UTF8.self).debugDescription)")
+            if answer { compared.answers += 1 } else { compared.requests += 1 }
+            if !expected.failed { compared.plain += 1 }
+        }
+        // The mutations reach both outcomes: read, and refused.
+        #expect(compared.plain > 100 && compared.plain < 2900)
+    }
+
+    struct SeededRandom {
+        var state: UInt64
+        init(seed: UInt64) { state = seed }
+        mutating func next() -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return state >> 33
         }
     }
 

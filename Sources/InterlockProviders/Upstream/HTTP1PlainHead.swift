@@ -49,7 +49,8 @@ public struct HTTP1PlainHead: Sendable {
     }
 
     public var responseHead: HTTPResponseHead {
-        HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: Int(second) ?? 0, reasonPhrase: third), headers: headers)
+        // The status's own reason phrase, not the wire's, as NIO's decoder gives it.
+        HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: Int(second) ?? 0), headers: headers)
     }
 
     private init(first: String, second: String, third: String, headers: HTTPHeaders, contentLength: Int?) {
@@ -64,84 +65,42 @@ public struct HTTP1PlainHead: Sendable {
     private static let lf = UInt8(ascii: "\n")
     private static let space = UInt8(ascii: " ")
     private static let tab = UInt8(ascii: "\t")
+    private static let commonMethods: [StaticString] = ["GET", "PUT", "POST", "HEAD", "PATCH", "DELETE", "OPTIONS"]
     /// `HTTP/1.1`, the only version read here.
     private static let versionLength = 8
 
     private static func scan(_ bytes: UnsafeRawBufferPointer, maxBytes: Int, request: Bool) -> Scan {
-        // The end of the head, checking on the way that every line ends with CRLF: a bare LF
-        // would otherwise leave the scan waiting for a blank line that never comes.
-        let limit = min(bytes.count, maxBytes)
-        var end = -1
-        var index = 0
-        while index < limit {
-            if bytes[index] == lf {
-                guard index > 0, bytes[index - 1] == cr else { return .other }
-                if index >= 3, bytes[index - 2] == lf {
-                    end = index + 1
-                    break
-                }
-            }
-            index += 1
-        }
-        guard end > 0 else { return bytes.count >= maxBytes ? .other : .incomplete }
-
-        // Start line.
-        guard let lineEnd = lineEnd(bytes, from: 0), lineEnd > 0 else { return .other }
-        let first: Range<Int>
-        let second: Range<Int>
-        let third: Range<Int>
-        if request {
-            var cursor = 0
-            while cursor < lineEnd, isToken(bytes[cursor]) { cursor += 1 }
-            guard cursor > 0, cursor < lineEnd, bytes[cursor] == space, isCommonMethod(bytes, 0..<cursor) else { return .other }
-            first = 0..<cursor
-            cursor += 1
-            let targetStart = cursor
-            while cursor < lineEnd, bytes[cursor] > space, bytes[cursor] < 0x7F { cursor += 1 }
-            guard cursor > targetStart, cursor < lineEnd, bytes[cursor] == space else { return .other }
-            second = targetStart..<cursor
-            cursor += 1
-            guard lineEnd - cursor == versionLength, matches(bytes, cursor..<lineEnd, "HTTP/1.1") else { return .other }
-            third = cursor..<lineEnd
-        } else {
-            let codeStart = versionLength + 1
-            guard lineEnd >= codeStart + 4, matches(bytes, 0..<versionLength, "HTTP/1.1"), bytes[versionLength] == space,
-                (codeStart..<codeStart + 3).allSatisfy({ isDigit(bytes[$0]) }), bytes[codeStart + 3] == space
-            else { return .other }
-            // 1xx, 204 and 304 have no body whatever their headers say.
-            let code = (codeStart..<codeStart + 3).reduce(0) { $0 * 10 + Int(bytes[$1] - UInt8(ascii: "0")) }
-            guard code >= 200, code != 204, code != 304 else { return .other }
-            first = 0..<versionLength
-            second = codeStart..<codeStart + 3
-            var cursor = codeStart + 4
-            while cursor < lineEnd, bytes[cursor] == tab || (bytes[cursor] >= space && bytes[cursor] < 0x7F) { cursor += 1 }
-            guard cursor == lineEnd else { return .other }
-            third = codeStart + 4..<lineEnd
-        }
-
-        // Header lines, up to the blank line.
+        // Line by line. A line not ended yet must be a possible start of a plain line: input
+        // NIO would refuse at once is handed to it at once, not waited on.
+        var lineStart = 0
+        var startLine: (Range<Int>, Range<Int>, Range<Int>)?
         var pairs: [(String, String)] = []
-        pairs.reserveCapacity(12)
         var contentLength: Int?
-        var lineStart = lineEnd + 2
-        while lineStart < end - 2 {
-            guard let stop = Self.lineEnd(bytes, from: lineStart) else { return .other }
-            var cursor = lineStart
-            while cursor < stop, isToken(bytes[cursor]) { cursor += 1 }
-            // No name (an obsolete line folding starts with whitespace), or no colon right after it.
-            guard cursor > lineStart, cursor < stop, bytes[cursor] == UInt8(ascii: ":") else { return .other }
-            let name = lineStart..<cursor
-            cursor += 1
-            while cursor < stop, bytes[cursor] == space || bytes[cursor] == tab { cursor += 1 }
-            let valueStart = cursor
-            var valueEnd = cursor
-            while cursor < stop {
-                let byte = bytes[cursor]
-                guard byte == tab || (byte >= space && byte < 0x7F) else { return .other }
-                cursor += 1
-                if byte != space, byte != tab { valueEnd = cursor }
+        while true {
+            let line = Self.line(bytes, from: lineStart)
+            let stop: Int
+            switch line {
+            case .invalid:
+                return .other
+            case .partial:
+                // Up to a CR that may be followed by its LF.
+                let tail = lineStart..<(bytes.last == cr ? bytes.count - 1 : bytes.count)
+                let plausible = startLine == nil ? (request ? requestLine(bytes, tail, complete: false) : statusLine(bytes, tail, complete: false)) != nil
+                    : headerLine(bytes, tail, complete: false) != nil
+                return plausible && bytes.count < maxBytes ? .incomplete : .other
+            case .ended(let at):
+                stop = at
             }
-            let value = valueStart..<valueEnd
+            guard stop + 2 <= maxBytes else { return .other }
+            let range = lineStart..<stop
+            lineStart = stop + 2
+            guard startLine != nil else {
+                guard let parts = request ? requestLine(bytes, range, complete: true) : statusLine(bytes, range, complete: true) else { return .other }
+                startLine = parts
+                continue
+            }
+            if range.isEmpty { break }
+            guard let (name, value) = headerLine(bytes, range, complete: true) else { return .other }
             if equalsLowercased(bytes, name, "content-length") {
                 guard contentLength == nil, let length = decimal(bytes, value) else { return .other }
                 contentLength = length
@@ -151,45 +110,121 @@ public struct HTTP1PlainHead: Sendable {
                 return .other
             }
             pairs.append((string(bytes, name), string(bytes, value)))
-            lineStart = stop + 2
         }
+        guard let (first, second, third) = startLine else { return .other }
         // Without a length, a response's body runs until the connection closes.
         if !request, contentLength == nil { return .other }
         let head = HTTP1PlainHead(
             first: string(bytes, first), second: string(bytes, second), third: string(bytes, third), headers: HTTPHeaders(pairs),
             contentLength: contentLength)
-        return .head(head, length: end)
+        return .head(head, length: lineStart)
     }
 
-    /// The methods read here; NIO's parser knows (or refuses) any other.
-    private static func isCommonMethod(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
-        switch range.count {
-        case 3: return matches(bytes, range, "GET") || matches(bytes, range, "PUT")
-        case 4: return matches(bytes, range, "POST") || matches(bytes, range, "HEAD")
-        case 5: return matches(bytes, range, "PATCH")
-        case 6: return matches(bytes, range, "DELETE")
-        case 7: return matches(bytes, range, "OPTIONS")
-        default: return false
+    private enum Line {
+        /// The index of the line's CR.
+        case ended(Int)
+        /// No CRLF yet.
+        case partial
+        /// A bare LF, or a CR followed by anything but LF.
+        case invalid
+    }
+
+    private static func line(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Line {
+        var index = start
+        while index < bytes.count {
+            switch bytes[index] {
+            case cr:
+                guard index + 1 < bytes.count else { return .partial }
+                return bytes[index + 1] == lf ? .ended(index) : .invalid
+            case lf:
+                return .invalid
+            default:
+                index += 1
+            }
         }
+        return .partial
+    }
+
+    /// `method SP origin-form SP HTTP/1.1`, or (`complete` false) a start of one.
+    private static func requestLine(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, complete: Bool) -> (Range<Int>, Range<Int>, Range<Int>)? {
+        var cursor = range.lowerBound
+        while cursor < range.upperBound, isToken(bytes[cursor]) { cursor += 1 }
+        let method = range.lowerBound..<cursor
+        guard cursor < range.upperBound else { return !complete && isCommonMethod(bytes, method, prefix: true) ? (method, cursor..<cursor, cursor..<cursor) : nil }
+        guard bytes[cursor] == space, isCommonMethod(bytes, method, prefix: false) else { return nil }
+        cursor += 1
+        // Origin form only (`/path?query`); absolute form, `*` and the rest are NIO's.
+        let targetStart = cursor
+        guard cursor < range.upperBound else { return complete ? nil : (method, cursor..<cursor, cursor..<cursor) }
+        guard bytes[cursor] == UInt8(ascii: "/") else { return nil }
+        while cursor < range.upperBound, bytes[cursor] > space, bytes[cursor] < 0x7F { cursor += 1 }
+        let target = targetStart..<cursor
+        guard cursor < range.upperBound else { return complete ? nil : (method, target, cursor..<cursor) }
+        guard bytes[cursor] == space else { return nil }
+        let version = cursor + 1..<range.upperBound
+        if complete {
+            guard matches(bytes, version, "HTTP/1.1") else { return nil }
+        } else {
+            guard version.count <= versionLength, matches(bytes, version, prefixOf: "HTTP/1.1") else { return nil }
+        }
+        return (method, target, version)
+    }
+
+    /// `HTTP/1.1 SP 3DIGIT SP reason` (a final answer that may have a body), or a start of one.
+    private static func statusLine(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, complete: Bool) -> (Range<Int>, Range<Int>, Range<Int>)? {
+        let prefix = range.lowerBound..<min(range.upperBound, range.lowerBound + versionLength + 5)
+        let expected: StaticString = "HTTP/1.1 DDD "
+        for index in prefix {
+            let want = expected.utf8Start[index - range.lowerBound]
+            guard want == UInt8(ascii: "D") ? isDigit(bytes[index]) : bytes[index] == want else { return nil }
+        }
+        let codeStart = range.lowerBound + versionLength + 1
+        guard prefix.count == versionLength + 5 else { return complete ? nil : (prefix, prefix, prefix) }
+        // 1xx, 204 and 304 have no body whatever their headers say.
+        let code = (codeStart..<codeStart + 3).reduce(0) { $0 * 10 + Int(bytes[$1] - UInt8(ascii: "0")) }
+        guard code >= 200, code != 204, code != 304 else { return nil }
+        var cursor = prefix.upperBound
+        while cursor < range.upperBound, bytes[cursor] == tab || (bytes[cursor] >= space && bytes[cursor] < 0x7F) { cursor += 1 }
+        guard cursor == range.upperBound else { return nil }
+        return (range.lowerBound..<range.lowerBound + versionLength, codeStart..<codeStart + 3, prefix.upperBound..<range.upperBound)
+    }
+
+    /// `name: value` (the value without its leading whitespace), or a start of one.
+    private static func headerLine(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, complete: Bool) -> (Range<Int>, Range<Int>)? {
+        var cursor = range.lowerBound
+        while cursor < range.upperBound, isToken(bytes[cursor]) { cursor += 1 }
+        let name = range.lowerBound..<cursor
+        guard cursor < range.upperBound else { return complete ? nil : (name, cursor..<cursor) }
+        // No name (an obsolete line folding starts with whitespace), or no colon right after it.
+        guard !name.isEmpty, bytes[cursor] == UInt8(ascii: ":") else { return nil }
+        cursor += 1
+        while cursor < range.upperBound, bytes[cursor] == space || bytes[cursor] == tab { cursor += 1 }
+        let valueStart = cursor
+        while cursor < range.upperBound {
+            let byte = bytes[cursor]
+            guard byte == tab || (byte >= space && byte < 0x7F) else { return nil }
+            cursor += 1
+        }
+        // Trailing whitespace stays, as NIO's parser leaves it.
+        return (name, valueStart..<range.upperBound)
+    }
+
+    /// The methods read here (`prefix`: or a start of one); NIO's parser knows (or refuses) any other.
+    private static func isCommonMethod(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, prefix: Bool) -> Bool {
+        commonMethods.contains { prefix ? matches(bytes, range, prefixOf: $0) : matches(bytes, range, $0) }
     }
 
     private static func matches(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ expected: StaticString) -> Bool {
-        guard range.count == expected.utf8CodeUnitCount else { return false }
+        range.count == expected.utf8CodeUnitCount && matches(bytes, range, prefixOf: expected)
+    }
+
+    /// Whether the bytes in `range` are the start of `expected`.
+    private static func matches(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, prefixOf expected: StaticString) -> Bool {
+        guard range.count <= expected.utf8CodeUnitCount else { return false }
         let start = expected.utf8Start
         for offset in 0..<range.count where bytes[range.lowerBound + offset] != start[offset] { return false }
         return true
     }
-
-    /// The index of the CR of the line starting at `start` (lines were checked to end in CRLF).
-    private static func lineEnd(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
-        var index = start
-        while index + 1 < bytes.count {
-            if bytes[index] == cr { return bytes[index + 1] == lf ? index : nil }
-            index += 1
-        }
-        return nil
-    }
-
 
     /// ASCII case-insensitive comparison with a lowercase name.
     private static func equalsLowercased(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ name: StaticString) -> Bool {
