@@ -1,10 +1,16 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+/// Release builds of Interlock's own modules leave out the run-time exclusivity checks (7% of
+/// the CPU of a model call); debug builds, which run the tests, keep them. Set
+/// `INTERLOCK_EXCLUSIVITY_CHECKS=1` when building to keep them in release too. See
+/// docs/ENGINEERING-NOTES.md, "Performance notes".
+let keepExclusivityChecks = Context.environment["INTERLOCK_EXCLUSIVITY_CHECKS"] == "1"
+
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
-]
+] + (keepExclusivityChecks ? [] : [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))])
 
 let package = Package(
     name: "interlock",
