@@ -12,18 +12,9 @@ final class PlainRequestDecoder: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
 
-    private enum State {
-        case head
-        case body(remaining: Int)
-        /// NIO's decoder reads the connection; bytes pass through.
-        case handedOver
-    }
-
     private let limits: NIOHTTPDecoderLimitConfiguration
     private let maxHeadBytes: Int
-    private var state = State.head
-    /// Bytes read and not parsed yet.
-    private var pending = ByteBuffer()
+    private var framing = PlainMessageFraming()
     private var decoding = false
 
     init(limits: NIOHTTPDecoderLimitConfiguration, maxHeadBytes: Int) {
@@ -32,56 +23,28 @@ final class PlainRequestDecoder: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .handedOver = state {
+        guard !framing.handedOver else {
             context.fireChannelRead(data)
             return
         }
         var buffer = unwrapInboundIn(data)
-        if pending.readableBytes == 0 {
-            pending = buffer
-        } else {
-            pending.writeBuffer(&buffer)
-        }
+        framing.append(&buffer)
         // A request handed on can lead to another read: the loop below takes its bytes.
         guard !decoding else { return }
         decoding = true
         defer { decoding = false }
-        decode(context: context)
-    }
-
-    private func decode(context: ChannelHandlerContext) {
-        while pending.readableBytes > 0 {
-            switch state {
-            case .head:
-                switch HTTP1PlainHead.request(pending, maxBytes: maxHeadBytes) {
-                case .incomplete:
-                    return
-                case .other:
-                    handOver(context: context)
-                    return
-                case .head(let head, let length):
-                    pending.moveReaderIndex(forwardBy: length)
-                    let remaining = head.contentLength ?? 0
-                    state = remaining == 0 ? .head : .body(remaining: remaining)
-                    context.fireChannelRead(wrapInboundOut(.head(head.requestHead)))
-                    if remaining == 0 { context.fireChannelRead(wrapInboundOut(.end(nil))) }
-                }
-            case .body(let remaining):
-                let count = min(remaining, pending.readableBytes)
-                let part = pending.readSlice(length: count)!
-                state = count == remaining ? .head : .body(remaining: remaining - count)
-                context.fireChannelRead(wrapInboundOut(.body(part)))
-                if count == remaining { context.fireChannelRead(wrapInboundOut(.end(nil))) }
-            case .handedOver:
-                return
+        let maxHeadBytes = self.maxHeadBytes
+        while let event = framing.next(scan: { HTTP1PlainHead.request($0, maxBytes: maxHeadBytes) }) {
+            switch event {
+            case .head(let head): context.fireChannelRead(wrapInboundOut(.head(head.requestHead)))
+            case .body(let part): context.fireChannelRead(wrapInboundOut(.body(part)))
+            case .end: context.fireChannelRead(wrapInboundOut(.end(nil)))
+            case .handOver(let bytes): handOver(bytes, context: context)
             }
         }
-        // Nothing left over: let go of the read's buffer.
-        pending = ByteBuffer()
     }
 
-    private func handOver(context: ChannelHandlerContext) {
-        state = .handedOver
+    private func handOver(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits))
         do {
             try context.pipeline.syncOperations.addHandler(decoder, position: .after(self))
@@ -89,8 +52,6 @@ final class PlainRequestDecoder: ChannelInboundHandler, RemovableChannelHandler 
             context.close(promise: nil)
             return
         }
-        let bytes = pending
-        pending = ByteBuffer()
         context.fireChannelRead(NIOAny(bytes))
     }
 }

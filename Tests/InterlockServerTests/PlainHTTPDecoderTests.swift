@@ -121,14 +121,7 @@ import Testing
 
     @Test(arguments: requestStreams)
     func requestsReadAsNIOReadsThem(_ text: String) throws {
-        let bytes = Array(text.utf8)
-        let expected = try Self.requestParts(bytes, split: nil, plain: false)
-        #expect(!expected.parts.isEmpty)
-        for split in 0...bytes.count {
-            let parts = try Self.requestParts(bytes, split: split, plain: true)
-            #expect(parts.parts == expected.parts, "split at \(split)")
-            #expect(parts.failed == expected.failed, "split at \(split)")
-        }
+        try Self.expectSameAtEverySplit(Array(text.utf8), answers: false)
     }
 
     /// Seeded mutations of plain requests and answers (bytes flipped, inserted, dropped,
@@ -151,8 +144,8 @@ import Testing
                 default: bytes.remove(at: at)
                 }
             }
-            let expected = answer ? try Self.responseParts(bytes, split: nil, plain: false) : try Self.requestParts(bytes, split: nil, plain: false)
-            let got = answer ? try Self.responseParts(bytes, split: nil, plain: true) : try Self.requestParts(bytes, split: nil, plain: true)
+            let expected = try Self.parts(bytes, split: nil, plain: false, answers: answer)
+            let got = try Self.parts(bytes, split: nil, plain: true, answers: answer)
             #expect(got.parts == expected.parts, "\(String(decoding: bytes, as: UTF8.self).debugDescription)")
             #expect(got.failed == expected.failed, "\(String(decoding: bytes, as: UTF8.self).debugDescription)")
             if answer { compared.answers += 1 } else { compared.requests += 1 }
@@ -183,14 +176,7 @@ import Testing
 
     @Test(arguments: responseStreams)
     func answersReadAsNIOReadsThem(_ text: String) throws {
-        let bytes = Array(text.utf8)
-        let expected = try Self.responseParts(bytes, split: nil, plain: false)
-        #expect(!expected.parts.isEmpty || expected.failed)
-        for split in 0...bytes.count {
-            let parts = try Self.responseParts(bytes, split: split, plain: true)
-            #expect(parts.parts == expected.parts, "split at \(split)")
-            #expect(parts.failed == expected.failed, "split at \(split)")
-        }
+        try Self.expectSameAtEverySplit(Array(text.utf8), answers: true)
     }
 
     /// A plain answer, then one NIO must read: its decoder is told the method of the request
@@ -219,6 +205,21 @@ import Testing
     struct Outcome {
         var parts: [String]
         var failed: Bool
+    }
+
+    /// Both readers, the input whole and then split at every byte: the same parts, or the same refusal.
+    static func expectSameAtEverySplit(_ bytes: [UInt8], answers: Bool) throws {
+        let expected = try parts(bytes, split: nil, plain: false, answers: answers)
+        #expect(!expected.parts.isEmpty || expected.failed)
+        for split in 0...bytes.count {
+            let got = try parts(bytes, split: split, plain: true, answers: answers)
+            #expect(got.parts == expected.parts, "split at \(split)")
+            #expect(got.failed == expected.failed, "split at \(split)")
+        }
+    }
+
+    static func parts(_ bytes: [UInt8], split: Int?, plain: Bool, answers: Bool) throws -> Outcome {
+        answers ? try responseParts(bytes, split: split, plain: plain) : try requestParts(bytes, split: split, plain: plain)
     }
 
     static func requestParts(_ bytes: [UInt8], split: Int?, plain: Bool) throws -> Outcome {
