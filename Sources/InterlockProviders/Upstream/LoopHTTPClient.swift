@@ -509,11 +509,12 @@ final class LoopConnectionPool: @unchecked Sendable {
 }
 
 /// Sends requests that `LoopConnectionPool` encoded itself. It sits between the socket (or
-/// TLS) and NIO's response decoder: a request's `.head`, written through the pipeline, passes
-/// the decoder, which queues the method to know how the answer is framed, and stops here;
-/// the whole encoded request is written from here by `send`, so it does not cross the
-/// decoder's write path. Parts written through the pipeline other than `.head` go on to the
-/// socket as they are (`.body`) or are dropped (`.end`).
+/// TLS) and the answers' decoders. Once NIO's response decoder reads the connection (see
+/// `PlainResponseDecoder`), each request's `.head` is written through the pipeline: it passes
+/// that decoder, which queues the method to know how the answer is framed, and stops here.
+/// The whole encoded request is written from here by `send`, so it does not cross the
+/// decoders. Parts written through the pipeline other than `.head` go on to the socket as
+/// they are (`.body`) or are dropped (`.end`).
 final class EncodedRequestWriter: ChannelOutboundHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = IOData
