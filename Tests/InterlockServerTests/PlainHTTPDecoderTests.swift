@@ -179,6 +179,26 @@ import Testing
         try Self.expectSameAtEverySplit(Array(text.utf8), answers: true)
     }
 
+    /// A head that arrives a few bytes at a time is handed to NIO's decoder after a few looks
+    /// (each look reads it from its start); one in two pieces is read here. Both read the same.
+    @Test func aHeadTrickledInGoesToNIOAfterAFewLooks() throws {
+        let bytes = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok".utf8)
+        let expected = try Self.requestParts(bytes, split: nil, plain: false)
+        for (pieces, handedOver) in [(bytes.count, true), (2, false)] {
+            let channel = EmbeddedChannel()
+            let collector = Collector<HTTPServerRequestPart>()
+            try channel.pipeline.syncOperations.addHandlers([PlainRequestDecoder(limits: .init(), maxHeadBytes: 8192), collector])
+            let size = (bytes.count + pieces - 1) / pieces
+            for start in stride(from: 0, to: bytes.count, by: size) {
+                try channel.writeInbound(ByteBuffer(bytes: bytes[start..<min(bytes.count, start + size)]))
+            }
+            #expect(Self.joiningBodies(collector.parts.map(\.kind)) == expected.parts, "\(pieces) pieces")
+            let nio = try? channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            #expect((nio != nil) == handedOver, "\(pieces) pieces")
+            _ = try channel.finish()
+        }
+    }
+
     /// A plain answer, then one NIO must read: its decoder is told the method of the request
     /// in flight, so the second answer reads as it would have.
     @Test func aConnectionHandedOverKeepsReadingAnswers() throws {

@@ -23,6 +23,12 @@ public struct PlainMessageFraming: Sendable {
 
     private var state = State.head
     private var pending = ByteBuffer()
+    /// Times the current head was found unfinished. Each look reads it from its start, so a
+    /// head arriving a few bytes at a time (a slow or hostile peer) would cost time quadratic
+    /// in its size: past `maxUnfinishedLooks` it goes to NIO's decoder, which reads on from
+    /// where it is.
+    private var unfinishedLooks = 0
+    static let maxUnfinishedLooks = 3
 
     public init() {}
 
@@ -56,13 +62,15 @@ public struct PlainMessageFraming: Sendable {
                 return nil
             }
             switch scan(pending) {
-            case .incomplete:
+            case .incomplete where unfinishedLooks < Self.maxUnfinishedLooks:
+                unfinishedLooks += 1
                 return nil
-            case .other:
+            case .incomplete, .other:
                 state = .handedOver
                 defer { pending = ByteBuffer() }
                 return .handOver(pending)
             case .head(let head, let length):
+                unfinishedLooks = 0
                 pending.moveReaderIndex(forwardBy: length)
                 let remaining = head.contentLength ?? 0
                 state = remaining == 0 ? .end : .body(remaining: remaining)
