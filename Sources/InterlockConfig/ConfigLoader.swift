@@ -274,10 +274,7 @@ private struct ConfigDocument {
 
     /// RFC 9110 `token`.
     static func isHeaderName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.allSatisfy { byte in
-            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
-                || "!#$%&'*+-.^_`|~".utf8.contains(byte)
-        }
+        !name.isEmpty && name.utf8.allSatisfy(ASCIIText.isHTTPToken)
     }
 
     /// RFC 9110 field value: visible characters, spaces and tabs; no CR, LF, NUL or other controls.

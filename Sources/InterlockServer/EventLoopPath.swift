@@ -73,9 +73,9 @@ public struct InterlockHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
             // the encoder each request's method: the event-loop handler writes its answers
             // past the encoder, which would otherwise keep one method per such answer for
             // good. The handler drops the bodies of answers to HEAD itself. Plain requests are
-            // read by `PlainRequestDecoder`, which hands anything else to NIO's decoder.
+            // read by `PlainHTTPDecoder`, which hands anything else to NIO's decoder.
             try pipeline.addHandler(HTTPResponseEncoder(configuration: .init()))
-            try pipeline.addHandler(PlainRequestDecoder(limits: limits, maxHeadBytes: maxHeaderBytes))
+            try pipeline.addHandler(PlainHTTPDecoder.requests(limits: limits, maxHeadBytes: maxHeaderBytes))
             try pipeline.addHandler(HTTPProtocolErrorResponder(maxHeaderBytes: maxHeaderBytes))
             // The router's handlers are added when the first request goes to the router: a
             // connection that only makes model calls never builds the async channel (its

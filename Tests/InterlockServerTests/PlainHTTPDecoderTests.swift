@@ -187,7 +187,7 @@ import Testing
         for (pieces, handedOver) in [(bytes.count, true), (2, false)] {
             let channel = EmbeddedChannel()
             let collector = Collector<HTTPServerRequestPart>()
-            try channel.pipeline.syncOperations.addHandlers([PlainRequestDecoder(limits: .init(), maxHeadBytes: 8192), collector])
+            try channel.pipeline.syncOperations.addHandlers([PlainHTTPDecoder.requests(limits: .init(), maxHeadBytes: 8192), collector])
             let size = (bytes.count + pieces - 1) / pieces
             for start in stride(from: 0, to: bytes.count, by: size) {
                 try channel.writeInbound(ByteBuffer(bytes: bytes[start..<min(bytes.count, start + size)]))
@@ -206,7 +206,7 @@ import Testing
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
         let channel = EmbeddedChannel()
         let collector = Collector<HTTPClientResponsePart>()
-        let decoder = PlainResponseDecoder { true }
+        let decoder = PlainHTTPDecoder.answers { true }
         try channel.pipeline.syncOperations.addHandlers([decoder, collector])
         try channel.writeInbound(ByteBuffer(string: plain))
         #expect(!decoder.handedOver)
@@ -247,7 +247,7 @@ import Testing
         let collector = Collector<HTTPServerRequestPart>()
         let limits = NIOHTTPDecoderLimitConfiguration()
         if plain {
-            try channel.pipeline.syncOperations.addHandlers([PlainRequestDecoder(limits: limits, maxHeadBytes: 8192), collector])
+            try channel.pipeline.syncOperations.addHandlers([PlainHTTPDecoder.requests(limits: limits, maxHeadBytes: 8192), collector])
         } else {
             try channel.pipeline.syncOperations.addHandlers([
                 ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)), collector,
@@ -260,7 +260,7 @@ import Testing
         let channel = EmbeddedChannel()
         let collector = Collector<HTTPClientResponsePart>()
         if plain {
-            try channel.pipeline.syncOperations.addHandlers([PlainResponseDecoder { true }, collector])
+            try channel.pipeline.syncOperations.addHandlers([PlainHTTPDecoder.answers { true }, collector])
         } else {
             try channel.pipeline.syncOperations.addHandlers([ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)), collector])
             try channel.writeOutbound(HTTPClientRequestPart.head(EncodedRequestWriter.postHead))

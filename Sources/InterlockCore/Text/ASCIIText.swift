@@ -2,6 +2,20 @@
 /// ASCII, and the general `String` operations (Foundation's `contains`, `lowercased`,
 /// `Double` formatting) showed in profiles of every call.
 public enum ASCIIText {
+    /// RFC 9110 §5.6.2 `tchar`: a byte of an HTTP token (method, header name).
+    @inlinable
+    public static func isHTTPToken(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"),
+            UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"),
+            UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
     /// The lowercase digit of a value below 36 (`0`–`9`, then `a`–`z`): a hex digit below 16.
     @inline(__always)
     public static func hexDigit(_ value: UInt8) -> UInt8 {

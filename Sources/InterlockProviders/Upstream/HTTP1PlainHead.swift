@@ -1,3 +1,4 @@
+import InterlockCore
 public import NIOCore
 public import NIOHTTP1
 
@@ -10,9 +11,9 @@ public import NIOHTTP1
 /// are tokens, values of visible ASCII, at most one `Content-Length`, no `Transfer-Encoding`.
 ///
 /// Anything else is `.other`, and the connection is handed to NIO's decoder from that message
-/// on (`PlainRequestDecoder`, `PlainResponseDecoder`): NIO stays the parser of record for every
-/// message this type does not fully understand, including every malformed one, so the two
-/// can never disagree about where a message ends.
+/// on (`PlainHTTPDecoder`): NIO stays the parser of record for every message this type does
+/// not fully understand, including every malformed one, so the two can never disagree about
+/// where a message ends.
 public struct HTTP1PlainHead: Sendable {
     /// What the start of a buffer holds.
     public enum Scan: Sendable {
@@ -24,10 +25,11 @@ public struct HTTP1PlainHead: Sendable {
         case other
     }
 
-    /// Request line: method, request-target, version. Status line: version, code, reason.
-    public let first: String
-    public let second: String
-    public let third: String
+    /// A request's method and target (empty for an answer).
+    public let method: String
+    public let uri: String
+    /// An answer's status code (0 for a request).
+    public let statusCode: Int
     public let headers: HTTPHeaders
     /// `Content-Length`, if the message had one.
     public let contentLength: Int?
@@ -45,18 +47,18 @@ public struct HTTP1PlainHead: Sendable {
     }
 
     public var requestHead: HTTPRequestHead {
-        HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: first), uri: second, headers: headers)
+        HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: uri, headers: headers)
     }
 
     public var responseHead: HTTPResponseHead {
         // The status's own reason phrase, not the wire's, as NIO's decoder gives it.
-        HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: Int(second) ?? 0), headers: headers)
+        HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: statusCode), headers: headers)
     }
 
-    private init(first: String, second: String, third: String, headers: HTTPHeaders, contentLength: Int?) {
-        self.first = first
-        self.second = second
-        self.third = third
+    private init(method: String, uri: String, statusCode: Int, headers: HTTPHeaders, contentLength: Int?) {
+        self.method = method
+        self.uri = uri
+        self.statusCode = statusCode
         self.headers = headers
         self.contentLength = contentLength
     }
@@ -111,12 +113,13 @@ public struct HTTP1PlainHead: Sendable {
             }
             pairs.append((string(bytes, name), string(bytes, value)))
         }
-        guard let (first, second, third) = startLine else { return .other }
+        guard let (first, second, _) = startLine else { return .other }
         // Without a length, a response's body runs until the connection closes.
         if !request, contentLength == nil { return .other }
-        let head = HTTP1PlainHead(
-            first: string(bytes, first), second: string(bytes, second), third: string(bytes, third), headers: HTTPHeaders(pairs),
-            contentLength: contentLength)
+        let head =
+            request
+            ? HTTP1PlainHead(method: string(bytes, first), uri: string(bytes, second), statusCode: 0, headers: HTTPHeaders(pairs), contentLength: contentLength)
+            : HTTP1PlainHead(method: "", uri: "", statusCode: decimal(bytes, second) ?? 0, headers: HTTPHeaders(pairs), contentLength: contentLength)
         return .head(head, length: lineStart)
     }
 
@@ -148,7 +151,7 @@ public struct HTTP1PlainHead: Sendable {
     /// `method SP origin-form SP HTTP/1.1`, or (`complete` false) a start of one.
     private static func requestLine(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, complete: Bool) -> (Range<Int>, Range<Int>, Range<Int>)? {
         var cursor = range.lowerBound
-        while cursor < range.upperBound, isToken(bytes[cursor]) { cursor += 1 }
+        while cursor < range.upperBound, ASCIIText.isHTTPToken(bytes[cursor]) { cursor += 1 }
         let method = range.lowerBound..<cursor
         guard cursor < range.upperBound else { return !complete && isCommonMethod(bytes, method, prefix: true) ? (method, cursor..<cursor, cursor..<cursor) : nil }
         guard bytes[cursor] == space, isCommonMethod(bytes, method, prefix: false) else { return nil }
@@ -192,7 +195,7 @@ public struct HTTP1PlainHead: Sendable {
     /// `name: value` (the value without its leading whitespace), or a start of one.
     private static func headerLine(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, complete: Bool) -> (Range<Int>, Range<Int>)? {
         var cursor = range.lowerBound
-        while cursor < range.upperBound, isToken(bytes[cursor]) { cursor += 1 }
+        while cursor < range.upperBound, ASCIIText.isHTTPToken(bytes[cursor]) { cursor += 1 }
         let name = range.lowerBound..<cursor
         guard cursor < range.upperBound else { return complete ? nil : (name, cursor..<cursor) }
         // No name (an obsolete line folding starts with whitespace), or no colon right after it.
@@ -255,19 +258,5 @@ public struct HTTP1PlainHead: Sendable {
 
     private static func isDigit(_ byte: UInt8) -> Bool {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
-    }
-
-    /// RFC 9110 §5.6.2 `tchar`.
-    private static func isToken(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"),
-            UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"),
-            UInt8(ascii: "~"):
-            return true
-        default:
-            return false
-        }
     }
 }

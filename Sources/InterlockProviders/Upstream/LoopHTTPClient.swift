@@ -86,7 +86,7 @@ public struct LoopHTTPResponse: Sendable {
 /// An HTTP/1.1 client whose connections belong to event loops: a request is sent and its
 /// answer read on the loop that asked, over a keep-alive connection owned by that loop, so the
 /// event-loop fast path never leaves its thread. TLS is NIO's (NIOSSL); answers are read by
-/// `PlainResponseDecoder`, which leaves every answer that is not plain HTTP/1.1 to NIO's
+/// `PlainHTTPDecoder`, which leaves every answer that is not plain HTTP/1.1 to NIO's
 /// decoder. This type pools connections and matches one request to one answer.
 ///
 /// Calls that must wait (retries, fallbacks, queue waits) go through AsyncHTTPClient instead.
@@ -449,7 +449,7 @@ final class LoopConnectionPool: @unchecked Sendable {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
                     // `send` encodes requests itself (`EncodedRequestWriter`). Answers are read
-                    // by `PlainResponseDecoder`, or by NIO's decoder once it handed over.
+                    // by `PlainHTTPDecoder`, or by NIO's decoder once it handed over.
                     let writer = EncodedRequestWriter()
                     let handler = UpstreamConnectionHandler(writer: writer)
                     try channel.pipeline.syncOperations.addHandler(writer)
@@ -510,7 +510,7 @@ final class LoopConnectionPool: @unchecked Sendable {
 
 /// Sends requests that `LoopConnectionPool` encoded itself. It sits between the socket (or
 /// TLS) and the answers' decoders. Once NIO's response decoder reads the connection (see
-/// `PlainResponseDecoder`), each request's `.head` is written through the pipeline: it passes
+/// `PlainHTTPDecoder`), each request's `.head` is written through the pipeline: it passes
 /// that decoder, which queues the method to know how the answer is framed, and stops here.
 /// The whole encoded request is written from here by `send`, so it does not cross the
 /// decoders. Parts written through the pipeline other than `.head` go on to the socket as
@@ -552,7 +552,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     /// Where this connection's encoded requests are written from.
     let writer: EncodedRequestWriter
     /// Reads the answers (and hands the connection to NIO's decoder when one is not plain).
-    private(set) var decoder: PlainResponseDecoder!
+    private(set) var decoder: PlainHTTPDecoder!
 
     private var exchange: Exchange?
     private weak var pool: LoopConnectionPool?
@@ -562,7 +562,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
 
     init(writer: EncodedRequestWriter) {
         self.writer = writer
-        decoder = PlainResponseDecoder { [weak self] in self?.exchange != nil }
+        decoder = PlainHTTPDecoder.answers { [weak self] in self?.exchange != nil }
     }
 
     func begin(_ exchange: Exchange, pool: LoopConnectionPool) {

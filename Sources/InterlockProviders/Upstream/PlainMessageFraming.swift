@@ -1,8 +1,7 @@
 public import NIOCore
 
-/// Where a connection read by a plain decoder (`PlainRequestDecoder`, `PlainResponseDecoder`)
-/// stands: the bytes read and not parsed yet, and the place in the current message. Messages
-/// are framed by `Content-Length` only (`HTTP1PlainHead` refuses any other framing), so a
+/// Where a connection read by `PlainHTTPDecoder` stands: the bytes read and not parsed yet,
+/// and the place in the current message. Messages are framed by `Content-Length` only (`HTTP1PlainHead` refuses any other framing), so a
 /// message is a head, then that many body bytes, then its end.
 public struct PlainMessageFraming: Sendable {
     public enum Event: Sendable {
