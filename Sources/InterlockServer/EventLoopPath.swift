@@ -425,7 +425,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
             request, caller: caller, requestID: requestID, traceParent: head.headers.first(name: "traceparent"),
             traceState: head.headers.first(name: "tracestate"), maxResponseBytes: Int.max)
         let dialect: ErrorDialect = format == .anthropic ? .anthropic : .openAI
-        mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
+        mode = .busy(keepAlive: head.persistsConnection, version: head.version)
         switch decision {
         case .declined:
             mode = .idle
@@ -495,7 +495,7 @@ final class EventLoopModelHandler: ChannelDuplexHandler, RemovableChannelHandler
         let start = tools.startOnLoop(
             name, arguments: JSONWriter.bytes(arguments), caller: caller, requestID: requestID, idempotencyKey: idempotencyKey,
             traceParent: traceParent, traceState: traceState)
-        mode = .busy(keepAlive: head.isKeepAlive, version: head.version)
+        mode = .busy(keepAlive: head.persistsConnection, version: head.version)
         switch start {
         case .declined:
             mode = .idle

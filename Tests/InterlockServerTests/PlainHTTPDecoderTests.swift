@@ -42,6 +42,23 @@ import Testing
         #expect(!response.isKeepAlive)
     }
 
+    @Test func persistsConnectionAgreesWithIsKeepAlive() {
+        let headerSets: [[(String, String)]] = [
+            [], [("Host", "a")], [("Connection", "close")], [("CONNECTION", "Keep-Alive")], [("connection", "upgrade, close")],
+            [("Connection", "keep-alive"), ("Connection", "close")], [("Connection", "")], [("Connectio", "close")],
+        ]
+        for version in [HTTPVersion.http1_1, .http1_0] {
+            for pairs in headerSets {
+                let request = HTTPRequestHead(version: version, method: .POST, uri: "/", headers: HTTPHeaders(pairs))
+                let response = HTTPResponseHead(version: version, status: .ok, headers: HTTPHeaders(pairs))
+                #expect(request.persistsConnection == request.isKeepAlive, "\(version) \(pairs)")
+                #expect(response.persistsConnection == response.isKeepAlive, "\(version) \(pairs)")
+            }
+        }
+        #expect(!HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["connection": "close"]).persistsConnection)
+        #expect(!HTTPResponseHead(version: .http1_0, status: .ok).persistsConnection)
+    }
+
     @Test func everyPrefixOfAHeadIsIncomplete() {
         let text = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
         let bytes = Array(text.utf8)

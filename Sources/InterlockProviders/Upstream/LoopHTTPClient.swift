@@ -577,7 +577,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
-            closing = !head.isKeepAlive
+            closing = !head.persistsConnection
             if exchange.isStreaming { exchange.deliverHead(head, channel: context.channel) }
         case .body(let part) where exchange.isStreaming:
             exchange.deliverBody(part)
