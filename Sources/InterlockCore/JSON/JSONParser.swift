@@ -100,6 +100,29 @@ public struct JSONParser: ~Copyable {
         return found
     }
 
+    /// Calls `visit` with each top-level member of the object in `bytes`, in order: the bytes of
+    /// its name (escapes decoded), its value's byte range and kind. One pass where looking up
+    /// several names with `member(named:)` takes one per name. Validates the whole document like
+    /// `scanObject`; if it throws, members before the fault have been visited already.
+    public static func forEachMember(
+        in bytes: UnsafeRawBufferPointer, _ visit: (_ name: UnsafeRawBufferPointer, _ value: Range<Int>, _ kind: JSONKind) -> Void
+    ) throws(JSONSyntaxError) {
+        var parser = JSONParser(bytes: bytes)
+        try parser.beginObject()
+        var first = true
+        while let member = try parser.nextMember(first: first) {
+            first = false
+            let raw = UnsafeRawBufferPointer(rebasing: bytes[member.rawKey])
+            if raw.contains(UInt8(ascii: "\\")) {
+                var name = try member.key(in: bytes)
+                name.withUTF8 { visit(UnsafeRawBufferPointer($0), member.valueRange, member.kind) }
+            } else {
+                visit(raw, member.valueRange, member.kind)
+            }
+        }
+        try parser.endDocument()
+    }
+
     /// A member found by `nextMember`: where it starts (its name's opening quote), the raw
     /// bytes of its name (escapes not decoded), and its value.
     private struct RawMember {
