@@ -28,14 +28,22 @@ struct AgentAuthenticationMiddleware: RouterMiddleware {
 
     /// The presented key: `Authorization: Bearer KEY`, else `x-api-key: KEY`.
     static func apiKey(authorization: String?, xAPIKey: String?) -> String? {
-        if let authorization {
-            // `Bearer <key>`, the scheme in any case; read byte by byte (every call asks).
-            let utf8 = authorization.utf8
-            if utf8.count > 7, utf8.starts(with: "bearer ".utf8, by: { $0 | 0x20 == $1 }) {
-                return Substring(utf8.dropFirst(7)).trimmingSpaces()
-            }
-        }
+        // `Bearer <key>`, the scheme in any case; read from the bytes (every call asks).
+        if var authorization, let key = authorization.withUTF8(bearerKey) { return key }
         return xAPIKey?.trimmingSpaces()
+    }
+
+    /// The key of `Bearer <key>` (spaces around it dropped), or nil for another scheme.
+    private static func bearerKey(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        let scheme: StaticString = "bearer "
+        let schemeCount = scheme.utf8CodeUnitCount
+        guard bytes.count > schemeCount else { return nil }
+        for index in 0..<schemeCount where bytes[index] | 0x20 != scheme.utf8Start[index] { return nil }
+        var start = schemeCount
+        var end = bytes.count
+        while start < end, bytes[start] == UInt8(ascii: " ") { start += 1 }
+        while end > start, bytes[end - 1] == UInt8(ascii: " ") { end -= 1 }
+        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
     }
 }
 
