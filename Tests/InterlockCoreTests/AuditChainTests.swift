@@ -61,8 +61,18 @@ import Testing
         records[5].runID = "run-1"
         records[5].parentRunID = "run-0"
         records[5].supervisor = "bob"
+        records[6].resultHash = String(repeating: "a", count: 64)
+        records[6].capture = #"{"args":{"q":"x"}}"#
         for record in records {
             #expect(record.canonicalBytes() == CanonicalJSON.bytes(record.json(includingHash: false)))
+        }
+        // Integers at the edges of the plain-digit form.
+        for cost: Int64 in [0, 9, 10, 99, 100, 1_000_000_007, 1 << 53, (1 << 53) + 1, -5, Int64.max, Int64.min] {
+            var record = records[1]
+            record.costNanos = cost
+            record.sequence = cost
+            record.timestampMs = cost
+            #expect(record.canonicalBytes() == CanonicalJSON.bytes(record.json(includingHash: false)), "\(cost)")
         }
     }
 
