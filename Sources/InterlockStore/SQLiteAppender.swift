@@ -32,6 +32,12 @@ final class SQLiteAppender: @unchecked Sendable {
     private var statements: [Statement: OpaquePointer] = [:]
     /// Set by `close()`: the handle is gone, and a late batch must fail, not use it.
     private var closed = false
+    /// Where the texts of one execution of an `INSERT` are copied and bound from, so SQLite
+    /// does not allocate and copy each one itself (`SQLITE_STATIC`; a text that no longer fits
+    /// is bound the usual way). Each execution starts at its beginning; its bindings are
+    /// cleared after the step, before the room is written again.
+    private let textRoom = UnsafeMutableRawBufferPointer.allocate(byteCount: SQLiteAppender.textRoomBytes, alignment: 8)
+    static let textRoomBytes = 64 * 1024
 
     /// Rows per execution of the multi-row `INSERT`s (parameters: rows × columns, far below
     /// SQLite's limit of 32,766).
@@ -63,6 +69,10 @@ final class SQLiteAppender: @unchecked Sendable {
         self.db = db
         self.threadPool = threadPool
         self.priority = priority
+    }
+
+    deinit {
+        textRoom.deallocate()
     }
 
     /// Opens a second connection to the database file at `path`, with the main connection's
@@ -220,8 +230,11 @@ final class SQLiteAppender: @unchecked Sendable {
     /// Runs a prepared `INSERT` with the rows `write` gives, bound value by value.
     private func insert(_ statement: Statement, _ write: (inout Binder) -> Void) throws {
         let handle = try prepared(statement)
-        defer { sqlite_nio_sqlite3_reset(handle) }
-        var binder = Binder(statement: handle)
+        defer {
+            sqlite_nio_sqlite3_reset(handle)
+            sqlite_nio_sqlite3_clear_bindings(handle)  // none may point into the room once it is reused
+        }
+        var binder = Binder(statement: handle, room: textRoom)
         write(&binder)
         guard binder.code == SQLITE_OK else { throw failure(binder.code) }
         let expected = sqlite_nio_sqlite3_bind_parameter_count(handle)
@@ -236,18 +249,29 @@ final class SQLiteAppender: @unchecked Sendable {
     /// is kept in `code`.
     struct Binder: StoreRowWriter {
         let statement: OpaquePointer
+        /// Texts are copied here and bound in place (`SQLiteAppender.textRoom`).
+        let room: UnsafeMutableRawBufferPointer
+        var roomUsed = 0
         var index: Int32 = 1
         var code = SQLITE_OK
 
         mutating func text(_ value: String?) {
             guard var value else { return null() }
-            bound(value.withUTF8 { bytes in
+            let result = value.withUTF8 { bytes in
                 // An empty buffer may have no address, and a null pointer would bind NULL.
                 guard let base = bytes.baseAddress else { return sqlite_nio_sqlite3_bind_text(statement, index, "", 0, transientDestructor) }
+                if bytes.count <= room.count - roomUsed, let roomBase = room.baseAddress {
+                    let copy = roomBase + roomUsed
+                    copy.copyMemory(from: base, byteCount: bytes.count)
+                    roomUsed += bytes.count
+                    return sqlite_nio_sqlite3_bind_text64(
+                        statement, index, copy.assumingMemoryBound(to: CChar.self), UInt64(bytes.count), nil, UInt8(SQLITE_UTF8))
+                }
                 return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
                     sqlite_nio_sqlite3_bind_text64(statement, index, $0, UInt64(bytes.count), transientDestructor, UInt8(SQLITE_UTF8))
                 }
-            })
+            }
+            bound(result)
         }
 
         mutating func int(_ value: Int64?) {

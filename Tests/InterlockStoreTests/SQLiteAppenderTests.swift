@@ -51,6 +51,28 @@ import Testing
         }
     }
 
+    /// Texts are bound from a room of `textRoomBytes` per statement: rows whose texts
+    /// overflow it (a captured tool answer of more than the room, several long ones in one
+    /// statement) are stored whole, and the rows after them too.
+    @Test(arguments: kinds) func textsLongerThanTheBindingRoomAreStoredWhole(kind: StoreKind) async throws {
+        try await TestStores.with(kind) { store in
+            let room = SQLiteAppender.textRoomBytes
+            // Five times over: the first 32 rows share one multi-row statement.
+            let lengths = Array(repeatElement([10, room + 1, room / 2, room / 2, 3, room * 2, 0, 64], count: 5).joined())
+            let audit = lengths.enumerated().map { index, length in
+                AuditRecord(
+                    timestampMs: Int64(index), node: "n", action: "tool.call", target: "t\(index)", decision: "allow",
+                    capture: String(repeating: Character(UnicodeScalar(UInt8(97 + index % 26))), count: length))
+            }
+            try await store.appendAudit(audit)
+            let stored = try await store.auditRecords(afterPosition: 0, limit: 100).records
+            #expect(stored.map(\.capture) == audit.map(\.capture))
+            #expect(stored.map(\.target) == audit.map(\.target))
+            var chain = AuditChain()
+            #expect(chain.verify(stored) == nil)
+        }
+    }
+
     /// A batch with one row SQLite refuses leaves nothing behind, says why, and the next batch
     /// still lands (the failed transaction was rolled back, not left open).
     @Test(arguments: kinds) func aRefusedRowTakesItsWholeBatchBackAndTheNextBatchLands(kind: StoreKind) async throws {
