@@ -46,6 +46,8 @@ import Testing
         let headerSets: [[(String, String)]] = [
             [], [("Host", "a")], [("Connection", "close")], [("CONNECTION", "Keep-Alive")], [("connection", "upgrade, close")],
             [("Connection", "keep-alive"), ("Connection", "close")], [("Connection", "")], [("Connectio", "close")],
+            [("Connection", "Close")], [("Connection", "keep-alive ")], [("Connection", " close")], [("Connection", "KEEP-ALIVE")],
+            [("Connection", "keep-alivf")], [("Connection", "TE")], [("Host", "a"), ("connection", "close"), ("Accept", "*/*")],
         ]
         for version in [HTTPVersion.http1_1, .http1_0] {
             for pairs in headerSets {
