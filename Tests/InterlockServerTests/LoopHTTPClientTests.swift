@@ -19,11 +19,11 @@ import Testing
             headers[HTTPField.Name("x-seen-query")!] = request.uri.query ?? "-"
             return Response(status: .accepted, headers: headers, body: .init(byteBuffer: body))
         }
-        // Four pieces 150 ms apart, or one piece and then silence.
+        // Four pieces 400 ms apart, or one piece and then silence.
         router.post("/drip") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/event-stream"], body: ResponseBody { writer in
                 for index in 0..<4 {
-                    if index > 0 { try await Task.sleep(for: .milliseconds(150)) }
+                    if index > 0 { try await Task.sleep(for: .milliseconds(400)) }
                     try await writer.write(ByteBuffer(string: "data: \(index)\n\n"))
                 }
                 try await writer.finish(nil)
@@ -63,13 +63,17 @@ import Testing
         let target = try #require(UpstreamTarget(url: url))
         let ended = loop.makePromise(of: (String, UpstreamFailure?).self)
         // The callbacks are set in the callback that receives the head, as the client asks.
-        try await loop.flatSubmit {
+        let started = loop.flatSubmit {
             client.postStreaming(on: loop, to: target, headers: [], body: ByteBuffer(string: "{}"), timeout: timeout).map { stream in
                 let body = NIOLoopBoundBox("", eventLoop: loop)
                 stream.onBody = { body.value += String(buffer: $0) }
                 stream.onEnd = { ended.succeed((body.value, $0)) }
             }
-        }.get()
+        }
+        // No head (a timeout, a refused connection): the test fails with the error instead of
+        // crashing on a promise nobody completed.
+        started.whenFailure { ended.fail($0) }
+        try await started.get()
         return try await ended.futureResult.get()
     }
 
@@ -78,15 +82,16 @@ import Testing
         let app = Application(router: Self.upstream(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { upstream in
             let base = "http://127.0.0.1:\(upstream.port!)"
-            // 450 ms in all, but no gap as long as the 400 ms timeout.
-            let drip = try await stream(client, base + "/drip", timeout: .milliseconds(400))
+            // 1.2 s in all, but no gap as long as the 1 s timeout (slack for a loaded machine:
+            // every test runs at once in CI).
+            let drip = try await stream(client, base + "/drip", timeout: .milliseconds(1000))
             #expect(drip.failure == nil)
             #expect(drip.body == "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n")
             let started = ContinuousClock.now
-            let stall = try await stream(client, base + "/stall", timeout: .milliseconds(300))
+            let stall = try await stream(client, base + "/stall", timeout: .milliseconds(1000))
             #expect(stall.failure == .timeout)
             #expect(stall.body == "data: first\n\n")
-            #expect(started.duration(to: .now) < .milliseconds(1500))
+            #expect(started.duration(to: .now) < .milliseconds(1900))  // the stall lasts 2 s
         }
         client.closeIdleConnections()
     }
