@@ -16,6 +16,15 @@ public enum ASCIIText {
         }
     }
 
+    /// Whether `bytes` are exactly `text`'s bytes.
+    @inlinable
+    public static func equals(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
+        guard bytes.count == text.utf8CodeUnitCount else { return false }
+        let expected = text.utf8Start
+        for offset in 0..<bytes.count where bytes[offset] != expected[offset] { return false }
+        return true
+    }
+
     /// The lowercase digit of a value below 36 (`0`–`9`, then `a`–`z`): a hex digit below 16.
     @inline(__always)
     public static func hexDigit(_ value: UInt8) -> UInt8 {

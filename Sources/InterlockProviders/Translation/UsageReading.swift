@@ -70,12 +70,9 @@ public enum UsageReading {
         return found
     }
 
+    /// `""` names no member (an empty member name does not match it).
     private static func matches(_ bytes: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
-        let count = name.utf8CodeUnitCount
-        guard count > 0, bytes.count == count else { return false }
-        let expected = name.utf8Start
-        for offset in 0..<count where bytes[offset] != expected[offset] { return false }
-        return true
+        name.utf8CodeUnitCount > 0 && ASCIIText.equals(bytes, name)
     }
 
     /// An integer member of a usage object; 0 when absent, negative or not an integer, and

@@ -219,7 +219,7 @@ public struct HTTP1PlainHead: Sendable {
     }
 
     private static func matches(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ expected: StaticString) -> Bool {
-        range.count == expected.utf8CodeUnitCount && matches(bytes, range, prefixOf: expected)
+        ASCIIText.equals(UnsafeRawBufferPointer(rebasing: bytes[range]), expected)
     }
 
     /// Whether the bytes in `range` are the start of `expected`.
@@ -284,26 +284,19 @@ extension HTTP1PlainHead {
     @usableFromInline
     static func persists(_ headers: HTTPHeaders, version: HTTPVersion) -> Bool? {
         var connection: String?
-        for (name, value) in headers where name.utf8.count == 10 && equalsIgnoringCase(name, "connection") {
+        for (name, value) in headers where equalsLowercased(name, "connection") {
             guard connection == nil else { return nil }
             connection = value
         }
         guard let connection else { return version.major == 1 && version.minor >= 1 }
-        if equalsIgnoringCase(connection, "keep-alive") { return true }
-        if equalsIgnoringCase(connection, "close") { return false }
+        if equalsLowercased(connection, "keep-alive") { return true }
+        if equalsLowercased(connection, "close") { return false }
         return nil
     }
 
-    /// ASCII case-insensitive equality with a lowercase name.
-    private static func equalsIgnoringCase(_ text: String, _ lowercase: StaticString) -> Bool {
-        let utf8 = text.utf8
-        guard utf8.count == lowercase.utf8CodeUnitCount else { return false }
-        var offset = 0
-        for byte in utf8 {
-            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-            guard folded == lowercase.utf8Start[offset] else { return false }
-            offset += 1
-        }
-        return true
+    private static func equalsLowercased(_ text: String, _ name: StaticString) -> Bool {
+        guard text.utf8.count == name.utf8CodeUnitCount else { return false }
+        var text = text
+        return text.withUTF8 { equalsLowercased(UnsafeRawBufferPointer($0), 0..<$0.count, name) }
     }
 }
