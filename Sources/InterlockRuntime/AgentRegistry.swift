@@ -333,7 +333,7 @@ public final class AgentRegistry: Sendable {
         var ledger = BudgetLedger(limits: limits)
         for period in BudgetPeriod.allCases {
             let spent = try await store.spend(agentID: agentID, sinceMs: period.start(epochMs: nowMs))
-            ledger.restore(period: period, key: period.key(epochMs: nowMs), spent: spent.cost)
+            ledger.restore(period: period, epochMs: nowMs, spent: spent.cost)
         }
         return BudgetAccount(ledger)
     }

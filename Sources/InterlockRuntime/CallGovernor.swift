@@ -523,7 +523,7 @@ public final class CallGovernor: Sendable {
                 return ledger.remaining(epochMs: now)
             }
             if let remaining {
-                Gauge(label: "interlock_budget_remaining_usd", dimensions: [("agent", call.agent.id)]).record(remaining.dollars)
+                metrics.budgetRemaining(agent: call.agent.id).record(remaining.dollars)
             }
         }
         let latency = admission.startedAt.duration(to: .now)
@@ -563,7 +563,7 @@ public final class CallGovernor: Sendable {
             guard let budget = entry.budget else { continue }
             for period in BudgetPeriod.allCases {
                 let spent = try await store.spend(agentID: entry.agent.id, sinceMs: period.start(epochMs: now))
-                budget.withLock { $0.restore(period: period, key: period.key(epochMs: now), spent: spent.cost) }
+                budget.withLock { $0.restore(period: period, epochMs: now, spent: spent.cost) }
             }
         }
     }

@@ -43,6 +43,17 @@ final class CallMetrics: Sendable {
     }
 
     private let handles = Mutex<[Key: Handles]>([:])
+    private let budgetGauges = Mutex<[String: Gauge]>([:])
+
+    /// `interlock_budget_remaining_usd` of an agent.
+    func budgetRemaining(agent: String) -> Gauge {
+        budgetGauges.withLock { gauges in
+            if let gauge = gauges[agent] { return gauge }
+            let gauge = Gauge(label: "interlock_budget_remaining_usd", dimensions: [("agent", agent)])
+            gauges[agent] = gauge
+            return gauge
+        }
+    }
 
     private func handles(agent: String, target: String, operation: String) -> Handles {
         let key = Key(agent: agent, target: target, operation: operation)

@@ -171,6 +171,46 @@ func at(_ seconds: Double) -> Instant { Instant(offset: .milliseconds(Int64(seco
         #expect(BudgetPeriod.month.end(epochMs: day) == 1_796_083_200_000)  // 2026-12-01
         #expect(BudgetPeriod.day.key(epochMs: 951_782_400_000) == "2000-02-29")
     }
+
+    /// The ledger counts by period number; two instants share a number exactly when they share
+    /// a key, across month and year ends, leap days and instants before 1970.
+    @Test func periodNumbersNameTheSamePeriodsAsKeys() {
+        let hour: Int64 = 3_600_000
+        var instants: [Int64] = []
+        for start: Int64 in [-2 * 86_400_000 * 40, 946_684_800_000 - 40 * 86_400_000, 951_782_400_000 - 3 * 86_400_000, day - 45 * 86_400_000] {
+            for step in 0..<(80 * 24 / 7) { instants.append(start + Int64(step) * 7 * hour - 1) }
+        }
+        for period in BudgetPeriod.allCases {
+            var byIndex: [Int64: String] = [:]
+            var byKey: [String: Int64] = [:]
+            for instant in instants {
+                let index = period.index(epochMs: instant), key = period.key(epochMs: instant)
+                #expect(byIndex[index, default: key] == key, "\(period) \(instant)")
+                #expect(byKey[key, default: index] == index, "\(period) \(instant)")
+                byIndex[index] = key
+                byKey[key] = index
+            }
+            #expect(byIndex.count > 2)
+        }
+    }
+
+    @Test func restoredSpendingCountsInItsPeriodsOnly() {
+        var ledger = BudgetLedger(limits: .init(daily: USD(dollars: 5), monthly: USD(dollars: 8)))
+        let lastOfMonth = day + 9 * 86_400_000  // 2026-11-30
+        ledger.restore(period: .day, epochMs: lastOfMonth, spent: USD(dollars: 2))
+        ledger.restore(period: .month, epochMs: lastOfMonth, spent: USD(dollars: 7))
+        #expect(ledger.spent(in: .day, epochMs: lastOfMonth + 3_600_000) == USD(dollars: 2))
+        #expect(ledger.spent(in: .day, epochMs: lastOfMonth - 1) == .zero)
+        #expect(ledger.remaining(epochMs: lastOfMonth) == USD(dollars: 1))
+        if case .granted = ledger.reserve(USD(dollars: 1.5), epochMs: lastOfMonth) { Issue.record("the month's limit was passed") }
+        // December: both periods start empty; old periods are pruned as spending goes on.
+        let december = lastOfMonth + 86_400_000
+        #expect(ledger.remaining(epochMs: december) == USD(dollars: 5))
+        for offset in 0..<6 { ledger.record(USD(dollars: 0.5), epochMs: december + Int64(offset) * 86_400_000) }
+        #expect(ledger.spent(in: .month, epochMs: december + 5 * 86_400_000) == USD(dollars: 3))
+        #expect(ledger.spent(in: .day, epochMs: december + 5 * 86_400_000) == USD(dollars: 0.5))
+        #expect(ledger.spent(in: .month, epochMs: lastOfMonth) == .zero)  // pruned
+    }
 }
 
 @Suite struct RouterTests {

@@ -31,8 +31,16 @@ public struct BudgetLedger: Sendable {
     /// May change while calls are in flight (an operator edits the agent): spending and
     /// reservations stay, and the new limits apply from the next reservation on.
     public var limits: Limits
-    /// Settled spending per period key (`2026-11-21`, `2026-11`).
-    private var spent: [String: USD] = [:]
+    /// One period of one kind (`BudgetPeriod.index`).
+    private struct Slot: Hashable {
+        var period: BudgetPeriod
+        var index: Int64
+    }
+
+    /// Settled spending per period. Keyed by number, not by `BudgetPeriod.key`: building the
+    /// key strings (three to five a call) and hashing them was most of a budgeted call's
+    /// bookkeeping.
+    private var spent: [Slot: USD] = [:]
     private var reservations: [UInt64: USD] = [:]
     public private(set) var reserved: USD = .zero
     private var nextID: UInt64 = 0
@@ -41,13 +49,14 @@ public struct BudgetLedger: Sendable {
         self.limits = limits
     }
 
-    /// Restores spending already recorded in the usage ledger, e.g. at start-up.
-    public mutating func restore(period: BudgetPeriod, key: String, spent amount: USD) {
-        spent[key] = amount
+    /// Restores spending already recorded in the usage ledger, e.g. at start-up: `amount` was
+    /// spent in the period of kind `period` that contains `epochMs`.
+    public mutating func restore(period: BudgetPeriod, epochMs: Int64, spent amount: USD) {
+        spent[Slot(period: period, index: period.index(epochMs: epochMs))] = amount
     }
 
     public func spent(in period: BudgetPeriod, epochMs: Int64) -> USD {
-        spent[period.key(epochMs: epochMs)] ?? .zero
+        spent[Slot(period: period, index: period.index(epochMs: epochMs))] ?? .zero
     }
 
     /// What is left in the tightest period, counting reservations in flight.
@@ -87,14 +96,13 @@ public struct BudgetLedger: Sendable {
     /// Counts spending that had no reservation.
     public mutating func record(_ amount: USD, epochMs: Int64) {
         for period in BudgetPeriod.allCases where limits.perPeriod[period] != nil {
-            spent[period.key(epochMs: epochMs), default: .zero] += amount
+            spent[Slot(period: period, index: period.index(epochMs: epochMs)), default: .zero] += amount
         }
         pruneOldPeriods(epochMs: epochMs)
     }
 
     private mutating func pruneOldPeriods(epochMs: Int64) {
         guard spent.count > 4 else { return }
-        let current = Set(BudgetPeriod.allCases.map { $0.key(epochMs: epochMs) })
-        spent = spent.filter { current.contains($0.key) }
+        spent = spent.filter { $0.key.index == $0.key.period.index(epochMs: epochMs) }
     }
 }

@@ -13,6 +13,16 @@ public enum BudgetPeriod: String, Sendable, CaseIterable {
         }
     }
 
+    /// The number of the period that contains `epochMs`: days since 1970-01-01 for a day,
+    /// `year × 12 + month − 1` for a month. What `key` names, without building a string.
+    public func index(epochMs: Int64) -> Int64 {
+        let date = CivilDate(epochMs: epochMs)
+        switch self {
+        case .day: return date.daysSinceEpoch
+        case .month: return date.year * 12 + date.month - 1
+        }
+    }
+
     /// The Unix time in milliseconds at which the period containing `epochMs` began.
     public func start(epochMs: Int64) -> Int64 {
         let date = CivilDate(epochMs: epochMs)
