@@ -57,8 +57,12 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     /// Records written since start.
     public var writtenCount: Int { state.withLock { $0.written } }
 
-    public func append(_ record: Record) {
-        state.withLock { $0.buffer.append(record) }
+    /// Takes the record over: passed as a temporary, it moves into the buffer without the copy
+    /// (a retain of every string field, then a release of the original) that a borrowed
+    /// parameter needs.
+    public func append(_ record: consuming Record) {
+        var pending = Optional(consume record)
+        state.withLock { $0.buffer.append(pending.take()!) }
     }
 
     /// Appends under the writer's lock together with `make`, so records made in that order
