@@ -141,7 +141,7 @@ final class SQLiteAppender: @unchecked Sendable {
                 var chain = try self.auditChainHead()
                 // Linked in order as they are bound: the rows of a statement follow each other.
                 try self.insertRows(records, statement: { .insertAudit(rows: $0) }) { record, binder in
-                    StoreRecords.write(chain.link(record), to: &binder)
+                    StoreRecords.write(record, at: chain.place(record), to: &binder)
                 }
                 return (chain.lastSequence, chain.lastHash)
             }
@@ -223,7 +223,10 @@ final class SQLiteAppender: @unchecked Sendable {
         while start < records.endIndex {
             let rows = records.endIndex - start >= Self.rowsPerStatement ? Self.rowsPerStatement : 1
             try insert(statement(rows)) { binder in
-                for record in records[start..<(start + rows)] { write(record, &binder) }
+                // Through the buffer: each record lent to `write`, not copied out of the array.
+                records.withUnsafeBufferPointer { buffer in
+                    for index in start..<(start + rows) { write(buffer[index], &binder) }
+                }
             }
             start += rows
         }

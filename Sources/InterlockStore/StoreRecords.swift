@@ -109,12 +109,17 @@ enum StoreRecords {
 
     /// The values of `auditColumns`, in order.
     static func write(_ record: AuditRecord, to row: inout some StoreRowWriter) {
-        row.int(record.sequence); row.int(record.timestampMs); row.text(record.node); row.text(record.action)
+        write(record, at: AuditChain.Place(sequence: record.sequence, previousHash: record.previousHash, hash: record.hash), to: &row)
+    }
+
+    /// A record with its place in the chain given apart from it (linked without a copy).
+    static func write(_ record: AuditRecord, at place: AuditChain.Place, to row: inout some StoreRowWriter) {
+        row.int(place.sequence); row.int(record.timestampMs); row.text(record.node); row.text(record.action)
         row.text(record.agentID); row.text(record.userID); row.text(JSONWriter.string(.array(record.actorChain.map(JSONValue.string))))
         row.text(record.runID); row.text(record.parentRunID); row.text(record.supervisor); row.text(record.target)
         row.text(record.decision); row.text(record.reason); row.text(record.argumentsHash); row.text(record.outcome)
-        row.int(record.status.map(Int64.init)); row.int(record.costNanos); row.text(record.requestID); row.text(record.previousHash)
-        row.text(record.hash); row.text(record.resultHash); row.text(record.capture)
+        row.int(record.status.map(Int64.init)); row.int(record.costNanos); row.text(record.requestID); row.text(place.previousHash)
+        row.text(place.hash); row.text(record.resultHash); row.text(record.capture)
     }
 
     static func audit(_ row: some StoreRow) -> AuditRecord {

@@ -51,6 +51,38 @@ import Testing
         return records
     }
 
+    /// `place` gives a record the place `link` gives it, and the chain it builds verifies.
+    @Test func placingWithoutACopyLinksAsLinkDoes() {
+        let unlinked = chain(6).map { record in
+            var record = record
+            record.sequence = 0
+            record.previousHash = ""
+            record.hash = ""
+            return record
+        }
+        var linking = AuditChain(lastSequence: 41, lastHash: String(repeating: "b", count: 64))
+        var placing = linking
+        var placed: [AuditRecord] = []
+        for record in unlinked {
+            let linked = linking.link(record)
+            let place = placing.place(record)
+            #expect(place.sequence == linked.sequence)
+            #expect(place.previousHash == linked.previousHash)
+            #expect(place.hash == linked.hash)
+            #expect(place.hash == linked.computedHash())
+            var stored = record
+            (stored.sequence, stored.previousHash, stored.hash) = (place.sequence, place.previousHash, place.hash)
+            placed.append(stored)
+        }
+        #expect(placing.lastHash == linking.lastHash)
+        var verifying = AuditChain(lastSequence: 41, lastHash: String(repeating: "b", count: 64))
+        #expect(verifying.verify(placed) == nil)
+        // A place is the record's: another record in it fails verification.
+        placed[2].target = "other"
+        var again = AuditChain(lastSequence: 41, lastHash: String(repeating: "b", count: 64))
+        #expect(again.verify(placed)?.sequence == 44)
+    }
+
     /// The direct canonical writer and the generic one agree, for every shape of record.
     @Test func directCanonicalFormMatchesTheGenericOne() {
         var records = chain(8)

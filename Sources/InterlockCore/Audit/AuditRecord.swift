@@ -100,7 +100,12 @@ public struct AuditRecord: Sendable, Equatable {
 
     /// SHA-256 (hex) of the canonical JSON of every field but `hash`.
     public func computedHash() -> String {
-        AuditChain.hex(SHA256.hash(data: canonicalBytes()))
+        computedHash(sequence: sequence, previousHash: previousHash)
+    }
+
+    /// The hash the record would have with this place in a chain.
+    public func computedHash(sequence: Int64, previousHash: String) -> String {
+        AuditChain.hex(SHA256.hash(data: canonicalBytes(sequence: sequence, previousHash: previousHash)))
     }
 
     /// The RFC 8785 form of `json(includingHash: false)`, written directly: every record has
@@ -108,6 +113,11 @@ public struct AuditRecord: Sendable, Equatable {
     /// member's name goes in with its punctuation as one piece (it went byte by byte: a third
     /// of an audit row's hashing on the batch thread).
     public func canonicalBytes() -> [UInt8] {
+        canonicalBytes(sequence: sequence, previousHash: previousHash)
+    }
+
+    /// The canonical form with this place in a chain (`AuditChain.place` links without a copy).
+    public func canonicalBytes(sequence: Int64, previousHash: String) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(512)
         func raw(_ piece: StaticString) {
@@ -173,13 +183,34 @@ public struct AuditChain: Sendable {
 
     /// Gives the record its place: the next sequence number, the previous hash, its hash.
     public mutating func link(_ record: AuditRecord) -> AuditRecord {
+        let place = place(record)
         var record = record
-        lastSequence += 1
-        record.sequence = lastSequence
-        record.previousHash = lastHash
-        record.hash = record.computedHash()
-        lastHash = record.hash
+        record.sequence = place.sequence
+        record.previousHash = place.previousHash
+        record.hash = place.hash
         return record
+    }
+
+    /// A record's place in the chain, as `link` would give it, without copying the record
+    /// (a copy retains and releases its dozen strings: the batch writer links every record).
+    public mutating func place(_ record: AuditRecord) -> Place {
+        let previous = lastHash
+        lastSequence += 1
+        lastHash = record.computedHash(sequence: lastSequence, previousHash: previous)
+        return Place(sequence: lastSequence, previousHash: previous, hash: lastHash)
+    }
+
+    /// Sequence number, previous hash and hash of a linked record.
+    public struct Place: Sendable {
+        public var sequence: Int64
+        public var previousHash: String
+        public var hash: String
+
+        public init(sequence: Int64, previousHash: String, hash: String) {
+            self.sequence = sequence
+            self.previousHash = previousHash
+            self.hash = hash
+        }
     }
 
     /// The first place a chain is broken, and how.
