@@ -65,11 +65,12 @@ private struct ConfigDocument {
             if let sqlite = fields["sqlite"]?.mapping(allowed: ["path", "synchronous", "batch_writer"]), let path = sqlite["path"]?.nonEmptyString() {
                 let durability = sqlite["synchronous"]?.oneOf(SQLiteDurability.self, SQLiteDurability.allCases) ?? .normal
                 var batchWriter = SQLiteBatchWriterSettings()
-                if let writer = sqlite["batch_writer"]?.mapping(allowed: ["priority", "boost_after_ms"]) {
+                if let writer = sqlite["batch_writer"]?.mapping(allowed: ["priority", "boost_after_ms", "raised_for_ms"]) {
                     if let value = writer["priority"]?.oneOf(SQLiteBatchWriterSettings.Priority.self, SQLiteBatchWriterSettings.Priority.allCases) {
                         batchWriter.priority = value
                     }
                     if let value = writer["boost_after_ms"]?.int(minimum: 1, maximum: 10_000) { batchWriter.boostAfterMs = value }
+                    if let value = writer["raised_for_ms"]?.int(minimum: 0, maximum: 600_000) { batchWriter.raisedForMs = value }
                 }
                 config.store = .sqlite(path: path, durability: durability, batchWriter: batchWriter)
             }

@@ -15,8 +15,14 @@ import Glibc
 /// slowest calls waited for it. A `SCHED_IDLE` thread runs only on an otherwise idle core and
 /// gives it up the moment another thread wakes. Such a thread can starve while it holds the
 /// database's write lock, though, so a batch still running after `boostAfterMs` is raised to
-/// the normal policy, and the next batch starts idle again: other writes wait at most that
-/// long for a starved batch, and the batches keep up when the cores are saturated.
+/// the normal policy: other writes wait at most that long for a starved batch.
+///
+/// A batch that had to be raised means the cores are saturated. Batches that start within
+/// `raisedForMs` of that start at the normal policy: starting idle, every batch (at most
+/// `max_batch` rows) would first wait `boostAfterMs` for its boost, which capped the writer
+/// at about 24,000 rows a second, and at 25,000 calls a second (two rows each) the records
+/// waiting in memory grew without bound. Once no batch has needed a boost for that long,
+/// batches start idle again.
 ///
 /// Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or `RLIMIT_NICE` of at least 20 (`ulimit -e`).
 /// Without either, a batch could never be raised, so the thread stays at the normal policy
@@ -31,6 +37,9 @@ final class BackgroundPriority: Sendable {
     /// The latest batch, and the latest one that was raised.
     private let batches = Atomic<Int>(0)
     private let boosted = Atomic<Int>(-1)
+    private let raisedFor: Int64
+    /// Until when (`NIODeadline` uptime, ns) batches start raised.
+    private let raisedUntil = Atomic<Int64>(0)
     private let timerLoop: any EventLoop
 
     /// The batch thread's kernel id, once it has run a batch.
@@ -39,8 +48,9 @@ final class BackgroundPriority: Sendable {
         return id == 0 ? nil : pid_t(id)
     }
 
-    private init(boostAfterMs: Int, timerLoop: any EventLoop) {
+    private init(boostAfterMs: Int, raisedForMs: Int, timerLoop: any EventLoop) {
         self.boostAfter = .milliseconds(Int64(boostAfterMs))
+        self.raisedFor = Int64(raisedForMs) * 1_000_000
         self.timerLoop = timerLoop
     }
 
@@ -48,7 +58,7 @@ final class BackgroundPriority: Sendable {
     /// so, or this process may not raise a thread back out of `SCHED_IDLE`.
     static func make(_ settings: SQLiteBatchWriterSettings) async -> BackgroundPriority? {
         guard settings.priority == .idle, await probe() else { return nil }
-        return BackgroundPriority(boostAfterMs: settings.boostAfterMs, timerLoop: MultiThreadedEventLoopGroup.singleton.any())
+        return BackgroundPriority(boostAfterMs: settings.boostAfterMs, raisedForMs: settings.raisedForMs, timerLoop: MultiThreadedEventLoopGroup.singleton.any())
     }
 
     /// Whether a thread of this process can enter `SCHED_IDLE` and leave it again.
@@ -64,10 +74,14 @@ final class BackgroundPriority: Sendable {
     }
 
     /// Runs `body` on `pool` (a single thread, one batch at a time) at idle priority, raised
-    /// to normal if it takes longer than `boostAfterMs`.
+    /// to normal if it takes longer than `boostAfterMs`, or from the start within `raisedForMs`
+    /// of the last batch that needed that.
     func run<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> T) async throws -> T {
         let batch = batches.add(1, ordering: .sequentiallyConsistent).newValue
-        let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch) }
+        if Int64(NIODeadline.now().uptimeNanoseconds) < raisedUntil.load(ordering: .sequentiallyConsistent) {
+            raise(batch, extending: false)
+        }
+        let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch, extending: true) }
         defer { boost.cancel() }
         return try await pool.runIfActive {
             self.lowerCurrentThread(for: batch)
@@ -88,8 +102,12 @@ final class BackgroundPriority: Sendable {
         #endif
     }
 
-    private func raise(_ batch: Int) {
+    /// `extending`: the batch needed its boost, so later ones start raised for `raisedForMs`.
+    private func raise(_ batch: Int, extending: Bool) {
         #if os(Linux)
+        if extending {
+            raisedUntil.store(Int64(NIODeadline.now().uptimeNanoseconds) + raisedFor, ordering: .sequentiallyConsistent)
+        }
         boosted.store(batch, ordering: .sequentiallyConsistent)
         let id = thread.load(ordering: .sequentiallyConsistent)
         if id != 0 { _ = Self.setPolicy(SCHED_OTHER, of: pid_t(id)) }

@@ -69,6 +69,8 @@ import Testing
         func with(_ writer: String) -> String { valid + "\nstore:\n  sqlite:\n    path: /tmp/x.sqlite\n    batch_writer: { \(writer) }" }
         let set = try ConfigLoader.parse(with("priority: normal, boost_after_ms: 50"), file: "c.yaml", environment: environment)
         #expect(set.store == .sqlite(path: "/tmp/x.sqlite", batchWriter: SQLiteBatchWriterSettings(priority: .normal, boostAfterMs: 50)))
+        let raised = try ConfigLoader.parse(with("raised_for_ms: 0"), file: "c.yaml", environment: environment)
+        #expect(raised.store == .sqlite(path: "/tmp/x.sqlite", batchWriter: SQLiteBatchWriterSettings(priority: .idle, boostAfterMs: 20, raisedForMs: 0)))
         let wrong = Result { () throws(ConfigError) in try ConfigLoader.parse(with("priority: low"), file: "c.yaml", environment: environment) }
         guard case .failure(let error) = wrong else {
             Issue.record("priority: low was accepted")

@@ -136,6 +136,33 @@ import Testing
         return Int(fields[41 - 3])!  // fields after the name start at field 3
     }
 
+    /// After a batch had to be raised, the batches that start within `raised_for_ms` start at
+    /// the normal policy (on saturated cores each would otherwise wait for its boost). That the
+    /// window ends is not checked here: with a boost after 1 ms, a busy test machine raises even
+    /// a one-row batch, so its policy after the window says nothing.
+    @Test func batchesAfterARaisedOneStartRaisedForAWhile() async throws {
+        #if os(Linux)
+        guard await BackgroundPriority.probe() else { return }  // no CAP_SYS_NICE: nothing to raise
+        for (raisedForMs, expected) in [(60_000, 0)] {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("interlock-raised-\(UInt64.random(in: 0...UInt64.max)).sqlite").path
+            defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+            let store = try await SQLiteStore.open(
+                path: path, batchWriter: SQLiteBatchWriterSettings(priority: .idle, boostAfterMs: 1, raisedForMs: raisedForMs))
+            try await store.migrate()
+            try await store.appendUsage([usage("small")])
+            let thread = try #require(store.appender?.priority?.threadID)
+            try await store.appendUsage((0..<20_000).map { usage("big\($0)") })
+            #expect(try Self.policy(ofThread: thread) == 0, "a batch past boost_after_ms runs at the normal policy")
+            for index in 0..<3 {
+                try await store.appendUsage([usage("after\(index)")])
+                #expect(try Self.policy(ofThread: thread) == expected, "raised_for_ms \(raisedForMs), batch \(index) after the raised one")
+            }
+            #expect(try await store.recentUsage(limit: 3).map(\.requestID).sorted() == ["after0", "after1", "after2"])
+            try await store.close()
+        }
+        #endif
+    }
+
     /// Batches run on their own thread at `SCHED_IDLE` (5); one that outlasts `boost_after_ms`
     /// is raised to the normal policy (0), and the next one starts idle again. With
     /// `priority: normal` the thread never leaves the normal policy.
