@@ -123,13 +123,15 @@ private struct ConfigDocument {
                 config.auth.apiKeyRotationOverlapSeconds = value
             }
         }
-        if let node = top["audit"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
+        if let node = top["audit"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch", "max_backlog_records"]) {
             if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.audit.flushIntervalMs = value }
             if let value = fields["max_batch"]?.int(minimum: 1, maximum: 100_000) { config.audit.maxBatch = value }
+            if let value = fields["max_backlog_records"]?.int(minimum: 0, maximum: 100_000_000) { config.audit.maxBacklogRecords = value }
         }
-        if let node = top["ledger"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch"]) {
+        if let node = top["ledger"], let fields = node.mapping(allowed: ["flush_interval_ms", "max_batch", "max_backlog_records"]) {
             if let value = fields["flush_interval_ms"]?.int(minimum: 1, maximum: 60_000) { config.ledger.flushIntervalMs = value }
             if let value = fields["max_batch"]?.int(minimum: 1, maximum: 100_000) { config.ledger.maxBatch = value }
+            if let value = fields["max_backlog_records"]?.int(minimum: 0, maximum: 100_000_000) { config.ledger.maxBacklogRecords = value }
         }
         if let node = top["logging"], let fields = node.mapping(allowed: ["level", "log_prompts"]) {
             if let level = fields["level"] {

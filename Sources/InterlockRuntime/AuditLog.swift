@@ -17,24 +17,24 @@ public final class AuditLog: Sendable {
 
     /// Continues the chain from the store's last record.
     public static func open(
-        store: any InterlockStore, node: String, flushInterval: Duration, maxBatch: Int, logger: Logger,
+        store: any InterlockStore, node: String, flushInterval: Duration, maxBatch: Int, maxBacklog: Int = 0, logger: Logger,
         wallClockMs: @escaping @Sendable () -> Int64
     ) async throws -> AuditLog {
         let head = try await store.auditHead()
         return AuditLog(
             store: store, node: node, chain: AuditChain(lastSequence: head?.sequence ?? 0, lastHash: head?.hash ?? AuditRecord.genesisHash),
-            flushInterval: flushInterval, maxBatch: maxBatch, logger: logger, wallClockMs: wallClockMs)
+            flushInterval: flushInterval, maxBatch: maxBatch, maxBacklog: maxBacklog, logger: logger, wallClockMs: wallClockMs)
     }
 
     private init(
-        store: any InterlockStore, node: String, chain: AuditChain, flushInterval: Duration, maxBatch: Int, logger: Logger,
+        store: any InterlockStore, node: String, chain: AuditChain, flushInterval: Duration, maxBatch: Int, maxBacklog: Int, logger: Logger,
         wallClockMs: @escaping @Sendable () -> Int64
     ) {
         let state = ChainState(chain)
         self.chain = state
         self.node = node
         self.wallClockMs = wallClockMs
-        writer = BatchedWriter(name: "audit log", flushInterval: flushInterval, maxBatch: maxBatch, logger: logger) { batch in
+        writer = BatchedWriter(name: "audit log", flushInterval: flushInterval, maxBatch: maxBatch, maxBacklog: maxBacklog, logger: logger) { batch in
             // The store links the batch onto the stored chain: other nodes may have written since.
             let head = try await store.appendAudit(batch)
             state.chain.withLock { $0 = AuditChain(lastSequence: head.sequence, lastHash: head.hash) }

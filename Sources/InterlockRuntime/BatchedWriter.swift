@@ -8,8 +8,10 @@ import Synchronization
 public typealias UsageLedgerWriter = BatchedWriter<UsageRecord>
 
 extension BatchedWriter where Record == UsageRecord {
-    public convenience init(store: any InterlockStore, flushInterval: Duration, maxBatch: Int, logger: Logger) {
-        self.init(name: "usage ledger", flushInterval: flushInterval, maxBatch: maxBatch, logger: logger) { try await store.appendUsage($0) }
+    public convenience init(store: any InterlockStore, flushInterval: Duration, maxBatch: Int, maxBacklog: Int = 0, logger: Logger) {
+        self.init(name: "usage ledger", flushInterval: flushInterval, maxBatch: maxBatch, maxBacklog: maxBacklog, logger: logger) {
+            try await store.appendUsage($0)
+        }
     }
 }
 
@@ -37,20 +39,30 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     private let store: @Sendable ([Record]) async throws -> Void
     private let flushInterval: Duration
     private let maxBatch: Int
+    /// Records waiting past which `isBehind` says so (0: never).
+    private let maxBacklog: Int
     private let logger: Logger
     private let state = Mutex(State())
+    /// `backlog`, mirrored where admission reads it without the lock.
+    private let waiting = Atomic<Int>(0)
     /// One flush at a time, so batches reach the store in order.
     private let flushing = AsyncSerialGate()
 
     public init(
-        name: String, flushInterval: Duration, maxBatch: Int, logger: Logger, write: @escaping @Sendable ([Record]) async throws -> Void
+        name: String, flushInterval: Duration, maxBatch: Int, maxBacklog: Int = 0, logger: Logger,
+        write: @escaping @Sendable ([Record]) async throws -> Void
     ) {
         self.name = name
         self.store = write
         self.flushInterval = flushInterval
         self.maxBatch = maxBatch
+        self.maxBacklog = maxBacklog
         self.logger = logger
     }
+
+    /// More records wait for the store than `maxBacklog`: admission refuses new calls until
+    /// the writer catches up (calls already admitted still hand theirs over).
+    public var isBehind: Bool { maxBacklog > 0 && waiting.load(ordering: .relaxed) >= maxBacklog }
 
     /// Records waiting to be written.
     public var backlog: Int { state.withLock { $0.buffer.count + $0.inFlight } }
@@ -62,13 +74,19 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     /// parameter needs.
     public func append(_ record: consuming Record) {
         var pending = Optional(consume record)
-        state.withLock { $0.buffer.append(pending.take()!) }
+        state.withLock { state in
+            state.buffer.append(pending.take()!)
+            waiting.store(state.buffer.count + state.inFlight, ordering: .relaxed)
+        }
     }
 
     /// Appends under the writer's lock together with `make`, so records made in that order
     /// are written in that order (the audit chain links records as it hands them over).
     public func append(_ make: () -> Record) {
-        state.withLock { $0.buffer.append(make()) }
+        state.withLock { state in
+            state.buffer.append(make())
+            waiting.store(state.buffer.count + state.inFlight, ordering: .relaxed)
+        }
     }
 
     public func run() async throws {
@@ -110,6 +128,7 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
                     state.withLock { state in
                         state.buffer.insert(contentsOf: taken[start...], at: 0)
                         state.inFlight = 0
+                        waiting.store(state.buffer.count, ordering: .relaxed)
                     }
                     return
                 }
@@ -139,6 +158,7 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
                 state.withLock { state in
                     state.written += batch.count
                     state.inFlight -= batch.count
+                    waiting.store(state.buffer.count + state.inFlight, ordering: .relaxed)
                 }
                 return true
             } catch {

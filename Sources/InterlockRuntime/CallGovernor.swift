@@ -336,9 +336,23 @@ public final class CallGovernor: Sendable {
         return (current, generation)
     }
 
+    /// Refuses new calls while the usage ledger or the audit log has more records waiting for
+    /// the store than it may hold (`max_backlog_records`): memory stays bounded while the store
+    /// is slow or away, and no call goes unrecorded. The refusal itself writes no record (it
+    /// would add to the backlog); it is counted in `interlock_store_backlog_rejections_total`.
+    private func requireRecordsKeepingUp() throws(GatewayError) {
+        guard ledger.isBehind || audit?.writer.isBehind == true else { return }
+        Counter(label: "interlock_store_backlog_rejections_total").increment()
+        throw GatewayError(
+            kind: .unavailable, code: "store_backlog",
+            message: "Interlock cannot record calls as fast as they arrive (its store is slow or unreachable); retry shortly.",
+            retryAfterSeconds: 1)
+    }
+
     /// Agent-level limits (waiting in the bounded queue if need be), then the budget reservation.
     public func admit(_ call: GovernedCall) async throws(GatewayError) -> Admission {
         let started = ContinuousClock.now
+        try requireRecordsKeepingUp()
         let (entry, generation) = try currentEntry(call)
         var queued = Duration.zero
         if let limiter = entry.limiter {
@@ -421,6 +435,7 @@ public final class CallGovernor: Sendable {
     /// waiting path, which also produces the refusal. Budget refusals are thrown here.
     public func admitImmediately(_ call: GovernedCall) throws(GatewayError) -> Admission? {
         let started = ContinuousClock.now
+        try requireRecordsKeepingUp()
         let (entry, generation) = try currentEntry(call)
         // Cluster limits and budgets take a round trip to the store: the waiting path.
         if shared != nil, !entry.agent.limits.isUnlimited || entry.budget != nil { return nil }

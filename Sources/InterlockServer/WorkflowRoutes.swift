@@ -318,7 +318,7 @@ struct WorkflowRoutes {
         if let supervisor = run.supervisor { fields["supervisor"] = .string(supervisor) }
         let state = RunState(try await engine.history(runID: run.id))
         let definition = try? await engine.catalog.definition(hash: run.workflowHash)
-        let steps = state.steps.sorted { ($0.value.startedMs, $0.key) < ($1.value.startedMs, $1.key) }.map { path, step -> JSONValue in
+        let steps = state.stepsInOrder.map { path, step -> JSONValue in
             var entry: JSONObject = [
                 "path": .string(path), "attempt": .integer(Int64(step.attempt)), "status": .string(Self.phase(step.phase)), "started_ms": .integer(step.startedMs),
             ]

@@ -246,10 +246,11 @@ struct Serve: AsyncParsableCommand {
 
         let ledger = UsageLedgerWriter(
             store: store, flushInterval: .milliseconds(configuration.ledger.flushIntervalMs), maxBatch: configuration.ledger.maxBatch,
-            logger: Logger(label: "interlock.ledger"))
+            maxBacklog: configuration.ledger.maxBacklogRecords, logger: Logger(label: "interlock.ledger"))
         let audit = try await AuditLog.open(
             store: store, node: configuration.node.id, flushInterval: .milliseconds(configuration.audit.flushIntervalMs),
-            maxBatch: configuration.audit.maxBatch, logger: Logger(label: "interlock.audit"), wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
+            maxBatch: configuration.audit.maxBatch, maxBacklog: configuration.audit.maxBacklogRecords, logger: Logger(label: "interlock.audit"),
+            wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
         let tokens = try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
         // This process's run of the node: workflow leases and shared budget reservations are
         // held under `<node>/<incarnation>`.

@@ -30,6 +30,25 @@ import Testing
         history.add(.stepCompleted(path: path, output: output))
     }
 
+    /// Steps begun within one millisecond keep the history's order, whatever their names
+    /// (`route` before `draft`, as the procurement example runs them); time orders the rest.
+    @Test func stepsInOrderFollowTheHistoryWithinAMillisecond() {
+        var history = History()
+        history.add(.runStarted(input: [:], budgets: .init()))
+        Self.started(&history, "validate", output: [:])
+        history.now += 5
+        Self.started(&history, "route", output: [:])
+        Self.started(&history, "draft", output: [:])
+        history.now += 1
+        Self.started(&history, "approve", output: [:])
+        Self.started(&history, "a-send", output: [:])
+        #expect(history.state.stepsInOrder.map(\.path) == ["validate", "route", "draft", "approve", "a-send"])
+        // A later attempt of a step counts from when it began again.
+        history.now += 1
+        history.add(.stepStarted(path: "validate", attempt: 2, data: nil))
+        #expect(history.state.stepsInOrder.map(\.path) == ["route", "draft", "approve", "a-send", "validate"])
+    }
+
     @Test func stepsRunInOrderAndTheLastOutputIsTheRunsOutput() {
         let planner = RunPlanner(definition: WorkflowDefinition(name: "w", agentID: "a", steps: [Self.step("a"), Self.step("b", reads: ["a"])]))
         var history = History()

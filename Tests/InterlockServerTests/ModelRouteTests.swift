@@ -25,10 +25,11 @@ struct Harness {
         let store = try await SQLiteStore.open(path: ":memory:")
         try await store.migrate()
         let logger = Logger(label: "test")
-        let ledger = UsageLedgerWriter(store: store, flushInterval: .milliseconds(10), maxBatch: 100, logger: logger)
+        let ledger = UsageLedgerWriter(
+            store: store, flushInterval: .milliseconds(10), maxBatch: 100, maxBacklog: configuration.ledger.maxBacklogRecords, logger: logger)
         let audit = try await AuditLog.open(
-            store: store, node: "test-node", flushInterval: .milliseconds(10), maxBatch: 100, logger: logger,
-            wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
+            store: store, node: "test-node", flushInterval: .milliseconds(10), maxBatch: 100, maxBacklog: configuration.audit.maxBacklogRecords,
+            logger: logger, wallClockMs: { Int64(Date().timeIntervalSince1970 * 1000) })
         let governor = try await CallGovernor.open(
             configuration: configuration, store: store, ledger: ledger, audit: audit,
             tokens: try await TokenService.open(store: store, settings: configuration.auth, nowMs: Int64(Date().timeIntervalSince1970 * 1000)),
@@ -155,6 +156,38 @@ func auth(_ key: String) -> HTTPFields {
                 #expect(body["error"]?["type"] == "authentication_error")
             }
         }
+        try await harness.close()
+    }
+
+    /// Past `max_backlog_records` records waiting for the store, new calls get 503
+    /// `store_backlog` with `Retry-After` and change nothing; once the writer catches up they
+    /// are served again. (The harness runs no flush loop: records wait until `flush`.)
+    @Test func callsAreRefusedWhileTheirRecordsCannotBeWritten() async throws {
+        let harness = try await Harness.make(baseConfig + "\nledger: { max_backlog_records: 2 }\n")
+        let app = Application(router: harness.router)
+        let ledger = harness.services.ledger
+        try await app.test(.router) { client in
+            for _ in 0..<2 {
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat()) { response in
+                    #expect(response.status == .ok)
+                }
+            }
+            #expect(ledger.isBehind)
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat()) { response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(response.headers[.retryAfter] == "1")
+                let body = try JSONParser.parse(Array(response.body.readableBytesView))
+                #expect(body["error"]?["code"] == "store_backlog")
+            }
+            #expect(ledger.backlog == 2, "the refusal wrote no record")
+            await ledger.flush()
+            #expect(!ledger.isBehind)
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: auth("test-key-aaaaaaaaaaaa"), body: chat()) { response in
+                #expect(response.status == .ok)
+            }
+        }
+        await harness.services.ledger.flush()
+        #expect(try await harness.services.store.recentUsage(limit: 10).count == 3)
         try await harness.close()
     }
 

@@ -83,6 +83,31 @@ final class FlakyStore: InterlockStore {
         #expect(store.rows.withLock { $0.map(\.requestID) } == (0..<10).map { "r\($0)" })
     }
 
+    /// `isBehind` once `maxBacklog` records wait (taken but unwritten ones count), not before,
+    /// and no longer once they are written; without a limit, never.
+    @Test func aWriterPastItsBacklogLimitSaysSoUntilItCatchesUp() async throws {
+        let store = FlakyStore()
+        let writer = UsageLedgerWriter(store: store, flushInterval: .seconds(60), maxBatch: 2, maxBacklog: 3, logger: Logger(label: "test"))
+        writer.append(record(0))
+        writer.append(record(1))
+        #expect(!writer.isBehind)
+        writer.append(record(2))
+        #expect(writer.isBehind)
+        store.failuresLeft.withLock { $0 = .max }
+        let stuck = Task { await writer.flush() }
+        try await Task.sleep(for: .milliseconds(120))  // taken, being retried
+        #expect(writer.isBehind)
+        stuck.cancel()
+        await stuck.value
+        store.failuresLeft.withLock { $0 = 0 }
+        await writer.flush()
+        #expect(!writer.isBehind)
+        #expect(writer.backlog == 0)
+        let unlimited = UsageLedgerWriter(store: store, flushInterval: .seconds(60), maxBatch: 2, logger: Logger(label: "test"))
+        for index in 0..<50 { unlimited.append(record(index)) }
+        #expect(!unlimited.isBehind)
+    }
+
     /// A flush takes the whole buffer; what it has not written yet still counts as backlog (the
     /// shutdown report of unwritten records reads it), and a cancelled flush puts it back in order.
     @Test func recordsOfAStuckWriteStillCountAsBacklog() async throws {

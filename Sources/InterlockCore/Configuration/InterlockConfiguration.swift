@@ -283,6 +283,9 @@ public struct LedgerSettings: Sendable {
     public var flushIntervalMs: Int = 50
     /// Records written in one statement.
     public var maxBatch: Int = 500
+    /// Records waiting for the store past which new calls are refused (503 `store_backlog`)
+    /// until the writer catches up; 0: no limit. Bounds memory while the store is slow or away.
+    public var maxBacklogRecords: Int = 100_000
 
     public init() {}
 }
@@ -334,6 +337,8 @@ public struct AuditSettings: Sendable {
     public var flushIntervalMs: Int = 50
     /// Records written in one statement.
     public var maxBatch: Int = 500
+    /// As `LedgerSettings.maxBacklogRecords`, for audit records.
+    public var maxBacklogRecords: Int = 100_000
 
     public init() {}
 }

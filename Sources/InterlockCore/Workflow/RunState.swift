@@ -39,6 +39,9 @@ public struct RunState: Sendable {
         public var attempt: Int
         public var phase: Phase
         public var startedMs: Int64
+        /// The sequence number of the event that began the attempt: the order of steps begun
+        /// within one millisecond (a branch and the step it chose, say).
+        public var startedSeq: Int64 = 0
         public var finishedMs: Int64?
         public var output: JSONValue?
         public var error: StepError?
@@ -55,6 +58,11 @@ public struct RunState: Sendable {
     public private(set) var finishedMs: Int64?
     /// By path (`intake`, `lines[2]/check`, `review.legal/notify`, `draft#2` for a second visit).
     public private(set) var steps: [String: Step] = [:]
+    /// The steps in the order they began: by time, and within a millisecond by the history's
+    /// order (a branch and the step it chose often begin in the same millisecond).
+    public var stepsInOrder: [(path: String, step: Step)] {
+        steps.sorted { ($0.value.startedMs, $0.value.startedSeq) < ($1.value.startedMs, $1.value.startedSeq) }.map { (path: $0.key, step: $0.value) }
+    }
     /// Distinct step paths begun (what `max_steps` counts).
     public private(set) var stepsStarted = 0
     public private(set) var lastSeq: Int64 = 0
@@ -81,19 +89,19 @@ public struct RunState: Sendable {
         case .stepStarted(let path, let attempt, let data):
             let previous = steps[path]
             if previous == nil { stepsStarted += 1 }
-            var step = Step(attempt: attempt, phase: .running, startedMs: event.timeMs, data: data ?? previous?.data)
+            var step = Step(attempt: attempt, phase: .running, startedMs: event.timeMs, startedSeq: event.seq, data: data ?? previous?.data)
             // The same attempt begun again (after a policy approval) keeps its agent checkpoints.
             if let previous, previous.attempt == attempt { step.turns = previous.turns }
             steps[path] = step
         case .stepCompleted(let path, let output):
-            var step = steps[path] ?? Step(attempt: 1, phase: .running, startedMs: event.timeMs)
+            var step = steps[path] ?? Step(attempt: 1, phase: .running, startedMs: event.timeMs, startedSeq: event.seq)
             step.phase = .completed
             step.output = output
             step.error = nil
             step.finishedMs = event.timeMs
             steps[path] = step
         case .stepFailed(let path, let attempt, let error, let retryAt):
-            var step = steps[path] ?? Step(attempt: attempt, phase: .running, startedMs: event.timeMs)
+            var step = steps[path] ?? Step(attempt: attempt, phase: .running, startedMs: event.timeMs, startedSeq: event.seq)
             step.attempt = attempt
             step.error = error
             step.turns = []
