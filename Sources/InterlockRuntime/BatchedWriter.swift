@@ -140,7 +140,14 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
 
     private func loop() async {
         while true {
-            try? await Task.sleep(for: flushInterval)
+            // In slices, so that a stop is seen within one: a whole interval's sleep held a
+            // graceful shutdown for up to `flush_interval_ms` (a minute, set so).
+            var slept = Duration.zero
+            while slept < flushInterval, !state.withLock({ $0.stopping }), !Task.isCancelled {
+                let slice = min(flushInterval - slept, Self.stopCheckInterval)
+                try? await Task.sleep(for: slice)
+                slept += slice
+            }
             await flushing.run { await self.flushNow(untilEmpty: false) }
             if state.withLock({ $0.stopping }) || Task.isCancelled {
                 await flush()
@@ -148,6 +155,9 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
             }
         }
     }
+
+    /// Longest a stop waits for the periodic flush's sleep to notice it.
+    static var stopCheckInterval: Duration { .milliseconds(100) }
 
     /// Writes one batch, retrying failures with backoff; false only when cancelled before it succeeded.
     private func write(_ batch: [Record]) async -> Bool {

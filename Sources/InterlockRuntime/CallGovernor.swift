@@ -25,6 +25,8 @@ public final class CallGovernor: Sendable {
     private let logger: Logger
     private let wallClockMs: @Sendable () -> Int64
     private let metrics = CallMetrics()
+    /// When the last `store_backlog` refusal was logged (wall clock, ms).
+    private let backlogWarnedMs = Atomic<Int64>(0)
     /// Budgets of the workflow runs executing on this node, by run id.
     private let runBudgets = Mutex<[String: RunBudget]>([:])
     /// Agent and deployment limits counted across the cluster (shared store only).
@@ -343,6 +345,14 @@ public final class CallGovernor: Sendable {
     private func requireRecordsKeepingUp() throws(GatewayError) {
         guard ledger.isBehind || audit?.writer.isBehind == true else { return }
         Counter(label: "interlock_store_backlog_rejections_total").increment()
+        // At most one line a second: refusals come at the rate of calls.
+        let now = wallClockMs()
+        let last = backlogWarnedMs.load(ordering: .relaxed)
+        if now - last >= 1_000, backlogWarnedMs.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged {
+            logger.warning(
+                "refusing calls: records wait for the store past max_backlog_records",
+                metadata: ["interlock.ledger.backlog": "\(ledger.backlog)", "interlock.audit.backlog": "\(audit?.writer.backlog ?? 0)"])
+        }
         throw GatewayError(
             kind: .unavailable, code: "store_backlog",
             message: "Interlock cannot record calls as fast as they arrive (its store is slow or unreachable); retry shortly.",

@@ -66,6 +66,9 @@ public func buildRouter(_ services: InterlockServices) -> Router<InterlockReques
     }
     router.get("metrics") { _, _ in
         Metrics.Gauge(label: "interlock_ledger_backlog", dimensions: []).record(Double(services.ledger.backlog))
+        if let audit = services.gateway.governor.audit {
+            Metrics.Gauge(label: "interlock_audit_backlog", dimensions: []).record(Double(audit.writer.backlog))
+        }
         for (deployment, depth) in services.gateway.queueDepths() {
             Metrics.Gauge(label: "interlock_queue_depth", dimensions: [("scope", "deployment"), ("key", deployment)]).record(Double(depth))
         }
