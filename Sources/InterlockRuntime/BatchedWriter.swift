@@ -43,7 +43,8 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
     private let maxBacklog: Int
     private let logger: Logger
     private let state = Mutex(State())
-    /// `backlog`, mirrored where admission reads it without the lock.
+    /// Records buffered or taken and not yet written (`backlog`): set under the state's lock
+    /// whenever either changes, read without it (admission reads it on every call).
     private let waiting = Atomic<Int>(0)
     /// One flush at a time, so batches reach the store in order.
     private let flushing = AsyncSerialGate()
@@ -62,10 +63,10 @@ public final class BatchedWriter<Record: Sendable>: Service, Sendable {
 
     /// More records wait for the store than `maxBacklog`: admission refuses new calls until
     /// the writer catches up (calls already admitted still hand theirs over).
-    public var isBehind: Bool { maxBacklog > 0 && waiting.load(ordering: .relaxed) >= maxBacklog }
+    public var isBehind: Bool { maxBacklog > 0 && backlog >= maxBacklog }
 
     /// Records waiting to be written.
-    public var backlog: Int { state.withLock { $0.buffer.count + $0.inFlight } }
+    public var backlog: Int { waiting.load(ordering: .relaxed) }
     /// Records written since start.
     public var writtenCount: Int { state.withLock { $0.written } }
 

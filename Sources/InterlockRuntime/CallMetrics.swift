@@ -6,6 +6,20 @@ import Synchronization
 /// Asking the metrics factory for a handle hashes and looks up its labels under a lock; at
 /// thousands of calls a second that was a visible share of CPU, so handles are cached here.
 final class CallMetrics: Sendable {
+    /// Values made once per key, under a lock.
+    private final class Made<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+        private let values = Mutex<[Key: Value]>([:])
+
+        func value(_ key: Key, make: (Key) -> Value) -> Value {
+            values.withLock { values in
+                if let value = values[key] { return value }
+                let value = make(key)
+                values[key] = value
+                return value
+            }
+        }
+    }
+
     private struct Key: Hashable {
         var agent: String
         var target: String
@@ -18,7 +32,7 @@ final class CallMetrics: Sendable {
         let outputTokens: Counter
         let cachedInputTokens: Counter
         let cost: FloatingPointCounter
-        let requests: Mutex<[Int: Counter]>
+        let requests = Made<Int, Counter>()
         let dimensions: [(String, String)]
 
         init(_ key: Key) {
@@ -29,40 +43,23 @@ final class CallMetrics: Sendable {
             outputTokens = Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "output")])
             cachedInputTokens = Counter(label: "interlock_tokens_total", dimensions: dimensions + [("kind", "cached_input")])
             cost = FloatingPointCounter(label: "interlock_cost_usd_total", dimensions: dimensions)
-            requests = Mutex([:])
         }
 
         func requestCounter(status: Int) -> Counter {
-            requests.withLock { counters in
-                if let counter = counters[status] { return counter }
-                let counter = Counter(label: "interlock_requests_total", dimensions: dimensions + [("status", String(status))])
-                counters[status] = counter
-                return counter
-            }
+            requests.value(status) { Counter(label: "interlock_requests_total", dimensions: dimensions + [("status", String($0))]) }
         }
     }
 
-    private let handles = Mutex<[Key: Handles]>([:])
-    private let budgetGauges = Mutex<[String: Gauge]>([:])
+    private let handles = Made<Key, Handles>()
+    private let budgetGauges = Made<String, Gauge>()
 
     /// `interlock_budget_remaining_usd` of an agent.
     func budgetRemaining(agent: String) -> Gauge {
-        budgetGauges.withLock { gauges in
-            if let gauge = gauges[agent] { return gauge }
-            let gauge = Gauge(label: "interlock_budget_remaining_usd", dimensions: [("agent", agent)])
-            gauges[agent] = gauge
-            return gauge
-        }
+        budgetGauges.value(agent) { Gauge(label: "interlock_budget_remaining_usd", dimensions: [("agent", $0)]) }
     }
 
     private func handles(agent: String, target: String, operation: String) -> Handles {
-        let key = Key(agent: agent, target: target, operation: operation)
-        return handles.withLock { cache in
-            if let found = cache[key] { return found }
-            let made = Handles(key)
-            cache[key] = made
-            return made
-        }
+        handles.value(Key(agent: agent, target: target, operation: operation), make: Handles.init)
     }
 
     func record(agent: String, target: String, operation: String, status: Int, latency: Duration, inputTokens: Int, outputTokens: Int, cachedInputTokens: Int, costDollars: Double) {

@@ -78,9 +78,7 @@ final class BackgroundPriority: Sendable {
     /// of the last batch that needed that.
     func run<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> T) async throws -> T {
         let batch = batches.add(1, ordering: .sequentiallyConsistent).newValue
-        if Int64(NIODeadline.now().uptimeNanoseconds) < raisedUntil.load(ordering: .sequentiallyConsistent) {
-            raise(batch, extending: false)
-        }
+        if startsRaised { raise(batch, extending: false) }
         let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch, extending: true) }
         defer { boost.cancel() }
         return try await pool.runIfActive {
@@ -100,6 +98,12 @@ final class BackgroundPriority: Sendable {
         _ = Self.setPolicy(Self.schedIdle, of: 0)
         if boosted.load(ordering: .sequentiallyConsistent) == batch { _ = Self.setPolicy(SCHED_OTHER, of: 0) }
         #endif
+    }
+
+    /// Whether a batch starting now starts at the normal policy: within `raisedForMs` of the
+    /// last batch that needed its boost.
+    var startsRaised: Bool {
+        Int64(NIODeadline.now().uptimeNanoseconds) < raisedUntil.load(ordering: .sequentiallyConsistent)
     }
 
     /// `extending`: the batch needed its boost, so later ones start raised for `raisedForMs`.
