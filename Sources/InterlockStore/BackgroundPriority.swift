@@ -18,7 +18,7 @@ import Glibc
 /// the normal policy: other writes wait at most that long for a starved batch.
 ///
 /// A batch that had to be raised means the cores are saturated. Batches that start within
-/// `raisedForMs` of that start at the normal policy: starting idle, every batch (at most
+/// `raisedForMs` of its end start at the normal policy: starting idle, every batch (at most
 /// `max_batch` rows) would first wait `boostAfterMs` for its boost, which capped the writer
 /// at about 24,000 rows a second, and at 25,000 calls a second (two rows each) the records
 /// waiting in memory grew without bound. Once no batch has needed a boost for that long,
@@ -75,12 +75,22 @@ final class BackgroundPriority: Sendable {
 
     /// Runs `body` on `pool` (a single thread, one batch at a time) at idle priority, raised
     /// to normal if it takes longer than `boostAfterMs`, or from the start within `raisedForMs`
-    /// of the last batch that needed that.
+    /// of the end of the last batch that needed that boost. A batch started raised proves
+    /// nothing about the cores, so it does not prolong the window: once it has passed, the
+    /// next batch starts idle and finds out again.
     func run<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> T) async throws -> T {
         let batch = batches.add(1, ordering: .sequentiallyConsistent).newValue
-        if startsRaised { raise(batch, extending: false) }
-        let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch, extending: true) }
-        defer { boost.cancel() }
+        if startsRaised {
+            raise(batch)
+            return try await pool.runIfActive(body)
+        }
+        let boost = timerLoop.scheduleTask(in: boostAfter) { self.raise(batch) }
+        defer {
+            boost.cancel()
+            if boosted.load(ordering: .sequentiallyConsistent) == batch {
+                raisedUntil.store(Int64(NIODeadline.now().uptimeNanoseconds) + raisedFor, ordering: .sequentiallyConsistent)
+            }
+        }
         return try await pool.runIfActive {
             self.lowerCurrentThread(for: batch)
             return try body()
@@ -101,17 +111,13 @@ final class BackgroundPriority: Sendable {
     }
 
     /// Whether a batch starting now starts at the normal policy: within `raisedForMs` of the
-    /// last batch that needed its boost.
+    /// end of the last batch that needed its boost.
     var startsRaised: Bool {
         Int64(NIODeadline.now().uptimeNanoseconds) < raisedUntil.load(ordering: .sequentiallyConsistent)
     }
 
-    /// `extending`: the batch needed its boost, so later ones start raised for `raisedForMs`.
-    private func raise(_ batch: Int, extending: Bool) {
+    private func raise(_ batch: Int) {
         #if os(Linux)
-        if extending {
-            raisedUntil.store(Int64(NIODeadline.now().uptimeNanoseconds) + raisedFor, ordering: .sequentiallyConsistent)
-        }
         boosted.store(batch, ordering: .sequentiallyConsistent)
         let id = thread.load(ordering: .sequentiallyConsistent)
         if id != 0 { _ = Self.setPolicy(SCHED_OTHER, of: pid_t(id)) }

@@ -256,7 +256,7 @@ public struct SQLiteBatchWriterSettings: Sendable, Equatable {
     public var priority: Priority = .idle
     /// A batch still running at idle priority after this long is raised to normal, in milliseconds.
     public var boostAfterMs: Int = 20
-    /// After a batch had to be raised, batches that start within this long start at the normal
+    /// After a batch had to be raised, batches that start within this long of its end start at the normal
     /// policy (the cores are saturated: starting idle, each would wait `boostAfterMs` for its
     /// boost), in milliseconds; 0: every batch starts idle.
     public var raisedForMs: Int = 1_000
